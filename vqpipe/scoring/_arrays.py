@@ -1,0 +1,35 @@
+"""Small helpers that let the math accept numpy arrays, Python sequences or torch tensors.
+
+Every public math function returns the kind it was given: a torch tensor in gives a torch
+tensor out (same device), anything else gives a numpy array (or a numpy scalar for 0-d input).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def as_float_tensor(x: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Convert to a floating tensor; half-precision tensors are upcast to ``dtype``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
+
+
+def like_input(result: torch.Tensor, original: Any) -> Any:
+    """Return ``result`` as the same kind of array as ``original``."""
+    if isinstance(original, torch.Tensor):
+        out_dtype = original.dtype if original.is_floating_point() else torch.float32
+        # Reduced-precision inputs get float32 results: probabilities and scores should
+        # not be rounded to bf16 after the math was done in full precision.
+        if out_dtype in (torch.float16, torch.bfloat16):
+            out_dtype = torch.float32
+        return result.to(device=original.device, dtype=out_dtype)
+    return result.detach().cpu().numpy()

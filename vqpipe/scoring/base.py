@@ -1,0 +1,117 @@
+"""The Scorer protocol: one shape for every quality method.
+
+A scorer splits its work so the pipeline can run each half where it belongs:
+
+* :meth:`Scorer.preprocess` — CPU side, one item (a PIL image, or a list of frames for video)
+  → a dict of numpy arrays. Runs in the decode stage of the pipeline.
+* :meth:`Scorer.collate` — stack per-item dicts into one batch dict.
+* :meth:`Scorer.predict` — accelerator side, one batch dict → ``{"score": (B,), "probs":
+  (B, K), ...}``. Runs in a GPU actor pool.
+
+Library users call :meth:`Scorer.score` / :meth:`Scorer.score_details`, which chain the three.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+Item = Any  # a PIL.Image.Image, or a sequence of PIL images (video frames)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → the first CUDA device when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` → bfloat16 on CUDA, float32 elsewhere; strings like ``"bf16"`` are accepted."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
+    try:
+        return aliases[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(aliases)}") from None
+
+
+class Scorer(abc.ABC):
+    """Base class of all scorers. Subclasses set the class attributes and the three steps."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    media: ClassVar[frozenset[str]] = frozenset({"image"})
+    higher_better: ClassVar[bool] = True
+    score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    prob_labels: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.checkpoint_fingerprint: str | None = None
+
+    @abc.abstractmethod
+    def preprocess(self, item: Item) -> dict[str, np.ndarray]:
+        """Turn one input (image or frame list) into model-ready arrays (CPU)."""
+
+    @abc.abstractmethod
+    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score one collated batch; returns at least ``score`` (B,) and ``probs`` (B, K)."""
+
+    def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Stack per-item arrays along a new batch axis (override for ragged inputs)."""
+        if not items:
+            raise ValueError(f"{self.name}: cannot collate an empty batch")
+        return {key: np.stack([it[key] for it in items]) for key in items[0]}
+
+    def score_details(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+        """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...)."""
+        items = list(items)
+        if not items:
+            return {"score": np.zeros(0, dtype=np.float32)}
+        return self.predict(self.collate([self.preprocess(it) for it in items]))
+
+    def score(self, items: Sequence[Item]) -> np.ndarray:
+        """One score per item, shape (len(items),)."""
+        return np.asarray(self.score_details(items)["score"])
+
+    def metadata(self) -> dict[str, Any]:
+        """What the quality table records about this scorer."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "checkpoint": self.checkpoint,
+            "checkpoint_fingerprint": self.checkpoint_fingerprint,
+            "media": sorted(self.media),
+            "higher_better": self.higher_better,
+            "score_range": list(self.score_range),
+            "prob_labels": list(self.prob_labels),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(checkpoint={self.checkpoint!r}, device={self.device})"

@@ -1,0 +1,118 @@
+"""Scorer registry: ``create_scorer(name, ...)`` in the spirit of pyiqa's ``create_metric``.
+
+Built-in scorers register themselves here with a lazy ``"module:Class"`` target, so listing
+scorers never imports model code. Third-party packages can add scorers through the
+``vqpipe.scorers`` entry-point group (``name = "package.module:Class"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+
+from vqpipe.scoring.base import Scorer
+
+ENTRY_POINT_GROUP = "vqpipe.scorers"
+
+
+class UnknownScorerError(ValueError):
+    """Raised by :func:`create_scorer` for a name that no scorer is registered under."""
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """How to build one registered scorer."""
+
+    name: str
+    target: str | type[Scorer]  # "package.module:Class" or the class itself
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> type[Scorer]:
+        if not isinstance(self.target, str):
+            return self.target
+        module_name, _, attr = self.target.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+            raise TypeError(f"scorer {self.name!r}: {self.target} is not a Scorer subclass")
+        return cls
+
+
+_REGISTRY: dict[str, ScorerSpec] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def _key(name: str) -> str:
+    """Registry keys ignore case, '-' and '_' ("Q-Align" == "qalign")."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def register_scorer(
+    name: str,
+    target: str | type[Scorer],
+    *,
+    description: str = "",
+    defaults: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> ScorerSpec:
+    """Register a scorer class (or lazy ``"module:Class"`` path) under ``name``."""
+    key = _key(name)
+    if key in _REGISTRY and not overwrite:
+        raise ValueError(f"a scorer named {name!r} is already registered")
+    spec = ScorerSpec(name=name, target=target, description=description, defaults=defaults or {})
+    _REGISTRY[key] = spec
+    return spec
+
+
+def unregister_scorer(name: str) -> None:
+    """Remove a registered scorer (mostly for tests)."""
+    _REGISTRY.pop(_key(name), None)
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if _key(ep.name) not in _REGISTRY:
+            register_scorer(ep.name, ep.value, description=f"plugin from {ep.value}")
+
+
+def list_scorers() -> list[str]:
+    """Names of all registered scorers, sorted."""
+    _load_entry_points()
+    return sorted(spec.name for spec in _REGISTRY.values())
+
+
+def get_scorer_spec(name: str) -> ScorerSpec:
+    """The registry entry for ``name``; :class:`UnknownScorerError` lists the known names."""
+    _load_entry_points()
+    try:
+        return _REGISTRY[_key(name)]
+    except KeyError:
+        known = ", ".join(list_scorers()) or "(none registered)"
+        raise UnknownScorerError(f"unknown scorer {name!r}; known scorers: {known}") from None
+
+
+def create_scorer(
+    name: str,
+    checkpoint: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **options: Any,
+) -> Scorer:
+    """Build a scorer by name.
+
+    ``checkpoint``: local path, fsspec URI (``s3://...``) or hub id (when online); ``None``
+    uses the scorer's default. ``device``: ``None`` picks CUDA when available. ``dtype``:
+    ``None`` picks bf16 on CUDA and fp32 on CPU. ``options`` go to the scorer's constructor,
+    over the registry's defaults for it.
+    """
+    spec = get_scorer_spec(name)
+    kwargs = {**spec.defaults, **options}
+    return spec.load()(checkpoint=checkpoint, device=device, dtype=dtype, **kwargs)
