@@ -56,34 +56,38 @@ def fit_logistic(pred: Any, mos: Any, kind: FitKind = "logistic5") -> LogisticFi
     """Least-squares fit of the logistic ``kind`` that maps ``pred`` onto ``mos``.
 
     Starts from the standard initial guess (5-param: ``[max y, min y, mean x, 0.1, 0.1]``;
-    4-param: ``[max y, min y, mean x, std x / 4]``) and, when that start does not converge or
-    lands in a worse local minimum, from scale-aware starts too; keeps the lowest squared error.
-    If no start converges the returned fit is the identity (``converged=False``) and a
-    :class:`MetricWarning` is emitted.
+    4-param: ``[max y, min y, mean x, std x / 4]``) and from a few scale-aware starts (for
+    5-param one is the plain linear fit, so the result is never worse than linear); keeps
+    the lowest squared error, preferring the standard start on ties. If every start fails the
+    returned fit is the identity (``converged=False``) and a :class:`MetricWarning` is emitted.
     """
     if kind not in _FORMS:
         raise ValueError(f"unknown logistic fit {kind!r}; choose one of {sorted(_FORMS)} or None")
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
     form = _FORMS[kind]
+
+    def residuals(b: np.ndarray) -> np.ndarray:
+        return form(x, *b) - y
+
     best: tuple[float, tuple[float, ...]] | None = None
     for p0 in _initial_guesses(x, y, kind):
+        method = "lm" if x.size >= len(p0) else "trf"  # MINPACK needs m >= n
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optimize.OptimizeWarning)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                params, _ = optimize.curve_fit(form, x, y, p0=p0, maxfev=20000)
-        except (RuntimeError, ValueError, np.linalg.LinAlgError):
+            with np.errstate(all="ignore"):
+                result = optimize.least_squares(
+                    residuals, p0, method=method, x_scale="jac", max_nfev=4000
+                )
+        except (ValueError, np.linalg.LinAlgError):
             continue
-        if not np.all(np.isfinite(params)):
+        sse = float(np.sum(result.fun**2))
+        if not (np.all(np.isfinite(result.x)) and np.isfinite(sse)):
             continue
-        sse = float(np.sum((form(x, *params) - y) ** 2))
-        # Prefer the standard start unless another one is clearly better.
         if best is None or sse < best[0] * (1 - 1e-9):
-            best = (sse, tuple(float(v) for v in params))
+            best = (sse, tuple(float(v) for v in result.x))
     if best is None:
         warnings.warn(
-            f"{kind} fit did not converge; PLCC uses the raw predictions", MetricWarning, 2
+            f"{kind} fit failed from every start; PLCC uses the raw predictions", MetricWarning, 2
         )
         return LogisticFit(kind, (), converged=False)
     return LogisticFit(kind, best[1], converged=True)
@@ -91,15 +95,17 @@ def fit_logistic(pred: Any, mos: Any, kind: FitKind = "logistic5") -> LogisticFi
 
 def _initial_guesses(x: np.ndarray, y: np.ndarray, kind: str) -> list[list[float]]:
     y_max, y_min, x_mean, x_std = float(y.max()), float(y.min()), float(x.mean()), float(x.std())
-    sign = 1.0 if stats.spearmanr(x, y).statistic >= 0 else -1.0
-    slope = 4.0 / max(x_std, 1e-12)
     if kind == "logistic5":
+        slope, intercept = np.polyfit(x, y, 1)
+        rho = stats.spearmanr(x, y).statistic
+        sign = 1.0 if not np.isfinite(rho) or rho >= 0 else -1.0
         return [
             [y_max, y_min, x_mean, 0.1, 0.1],
-            [sign * (y_max - y_min), slope, x_mean, 0.0, float(y.mean())],
+            [0.0, 1.0 / max(x_std, 1e-12), x_mean, float(slope), float(intercept)],
+            [sign * (y_max - y_min), 4.0 / max(x_std, 1e-12), x_mean, 0.0, float(y.mean())],
         ]
     guesses = [[y_max, y_min, x_mean, x_std / 4]]
-    if sign < 0:  # a decreasing relation: start from the mirrored curve too
+    if stats.spearmanr(x, y).statistic < 0:  # decreasing: start from the mirrored curve too
         guesses.append([y_min, y_max, x_mean, x_std / 4])
     return guesses
 

@@ -1,0 +1,4 @@
+"""Sources (listing, manifests, shards), checkpoint resolution and fingerprints, Parquet output.
+
+Filled by the pipeline issue.
+"""

@@ -1,0 +1,4 @@
+"""Fine-tuning: MOS readers, dataset mixing, one train loop per method, Ray Train wrappers.
+
+Filled by the scorer and Ray Train issues.
+"""
