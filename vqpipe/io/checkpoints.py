@@ -1,0 +1,107 @@
+"""Checkpoint resolution (local path or fsspec URI → local file, downloaded once) and fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def default_cache_dir() -> Path:
+    """``$VQPIPE_CACHE``, else ``~/.cache/vqpipe``."""
+    return Path(os.environ.get("VQPIPE_CACHE", Path.home() / ".cache" / "vqpipe"))
+
+
+def resolve_checkpoint(
+    uri: str | os.PathLike,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """A local path for a checkpoint file or directory.
+
+    Local paths (and ``file://`` URIs) are used in place. Other fsspec URIs (``s3://``,
+    ``gs://``, ``memory://``, ...) are copied once into ``cache_dir/<hash of URI>/<name>``; the
+    copy is made in a temporary directory and renamed into place, so an interrupted download
+    is never mistaken for a complete one.
+    """
+    text = os.fspath(uri)
+    if "://" not in text:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    fs, remote = fsspec.core.url_to_fs(text, **(storage_options or {}))
+    if "file" in _protocols(fs):
+        return resolve_checkpoint(remote)
+    if not fs.exists(remote):
+        raise FileNotFoundError(f"checkpoint not found: {text}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(text.rstrip("/").encode()).hexdigest()[:16]
+    target = root / "checkpoints" / key / (Path(remote.rstrip("/")).name or "checkpoint")
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        staged = Path(tmp) / target.name
+        if fs.isdir(remote):
+            fs.get(remote.rstrip("/") + "/", str(staged), recursive=True)
+        else:
+            fs.get(remote, str(staged))
+        try:
+            staged.rename(target)
+        except OSError:  # another process finished first
+            if not target.exists():
+                raise
+    return target
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files of a checkpoint file or directory, sorted by name."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` over the weight files of a checkpoint (names relative to it + bytes).
+
+    Memoised per file by (path, size, mtime), so rebuilding a scorer does not re-hash.
+    """
+    path = Path(path)
+    files = weight_files(path)
+    if not files:
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {path}")
+    digest = hashlib.sha256()
+    for file in files:
+        name = file.name if path.is_file() else file.relative_to(path).as_posix()
+        digest.update(name.encode() + b"\0" + _file_digest(file).encode() + b"\n")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _file_digest(file: Path) -> str:
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
