@@ -11,7 +11,13 @@ from collections.abc import Sequence
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vqpipe.demo import format_summary, run_demo
 
-    summary = run_demo(args.out, n_contents=args.contents, seed=args.seed, num_cpus=args.num_cpus)
+    summary = run_demo(
+        args.out,
+        n_contents=args.contents,
+        seed=args.seed,
+        num_cpus=args.num_cpus,
+        checkpoint=args.checkpoint,
+    )
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -42,14 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="generate a synthetic corpus and run the scoring math on local Ray",
-        description="Generate a synthetic corpus and run the scoring math on local Ray Data.",
+        help="generate a synthetic corpus and score it with Gamma on local Ray",
+        description="Generate a synthetic corpus and score it with Gamma on local Ray Data.",
     )
     demo.add_argument(
         "--out", default="vqpipe-demo", help="output directory (default: %(default)s)"
     )
     demo.add_argument("--contents", type=int, default=8, help="synthetic contents (26 images each)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=2026, help="corpus seed (default: unseen)")
+    demo.add_argument("--checkpoint", default=None, help="Gamma checkpoint (default: bundled)")
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs for local Ray")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=_cmd_demo)

@@ -1,4 +1,4 @@
-"""Checkpoint resolution (local path or fsspec URI → local file, downloaded once) and fingerprints."""
+"""Checkpoint resolution (local path or fsspec URI → local file, fetched once), fingerprints."""
 
 from __future__ import annotations
 
@@ -104,4 +104,3 @@ def _file_digest(file: Path) -> str:
                 h.update(chunk)
         _FINGERPRINTS[key] = h.hexdigest()
     return _FINGERPRINTS[key]
-

@@ -215,13 +215,13 @@ class GammaModel(nn.Module):
 
     # ---- parameters -----------------------------------------------------------------------
     def trainable_parameter_names(self, train_backbone: bool = False) -> list[str]:
-        """Gamma's recipe: experts, routers, λ, adapter, level weights (all with the backbone)."""
+        """Gamma's recipe: experts, routers, λ, adapter and level weights; everything when
+        ``train_backbone`` (training from scratch, as the bundled demo model was)."""
         names = []
-        for name, p in self.named_parameters():
+        for name, _ in self.named_parameters():
             head = name.startswith(("adapter.", "score_level"))
             moae = ".mlp.experts." in name or ".mlp.gating." in name or name.endswith(".mlp.scale")
-            shared = ".mlp.useful_experts." in name
-            if head or moae or (train_backbone and not shared):
+            if head or moae or train_backbone:
                 names.append(name)
         return names
 
@@ -268,7 +268,7 @@ class GammaModel(nn.Module):
 
     # ---- head -----------------------------------------------------------------------------
     def forward(
-        self, images: torch.Tensor, scenes: str | None | Sequence[str | None] = "natural-quality"
+        self, images: torch.Tensor, scenes: str | Sequence[str | None] | None = "natural-quality"
     ) -> dict[str, torch.Tensor]:
         """Scores for a batch; ``scenes`` is one scene for all images or one per image."""
         feats = self.image_features(images)  # [B, D]

@@ -135,15 +135,25 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     ]
     if missing or unexpected or wrong:
         parts = []
-        for label, items in (("wrong shape", wrong), ("missing", missing), ("unexpected", unexpected)):
+        for label, items in (
+            ("wrong shape", wrong),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        ):
             if items:
-                shown = "; ".join(items[:5]) + (f"; ... ({len(items)} in all)" if len(items) > 5 else "")
+                shown = "; ".join(items[:5]) + (
+                    f"; ... ({len(items)} in all)" if len(items) > 5 else ""
+                )
                 parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointMismatchError(f"checkpoint does not fit the model: {what}\n" + "\n".join(parts))
+        raise CheckpointMismatchError(
+            f"checkpoint does not fit the model: {what}\n" + "\n".join(parts)
+        )
     module.load_state_dict(state, strict=True)
 
 
-def save_gamma(model: GammaModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_gamma(
+    model: GammaModel, path: str | os.PathLike, dtype: torch.dtype | None = None
+) -> Path:
     """Write ``model`` as safetensors in the official key layout, with its config as metadata.
 
     ``dtype`` (e.g. ``torch.float16``) stores floating tensors at reduced precision; loading

@@ -73,6 +73,17 @@ def unregister_scorer(name: str) -> None:
     _REGISTRY.pop(_key(name), None)
 
 
+def _register_builtins() -> None:
+    register_scorer(
+        "gamma",
+        "vqpipe.scorers.gamma:GammaScorer",
+        description="Gamma: CLIP ViT-B/16 + Mixture of Assessment Experts (fast, generic)",
+    )
+
+
+_register_builtins()
+
+
 def _load_entry_points() -> None:
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:

@@ -1,0 +1,153 @@
+"""Gamma throughput, side by side in one process: fused batched scorer vs a naive per-image
+loop, MoAE (fused experts) vs MoAE (loop over experts) vs plain CLIP.
+
+    python benchmarks/gamma_throughput.py                 # ViT-B-16 shape, random weights
+    python benchmarks/gamma_throughput.py --quick         # the small demo config
+    python benchmarks/gamma_throughput.py --device cuda --dtype bf16 --batch 256
+
+Random weights (the speed does not depend on their values). Prints one line per comparison
+with its ratio; ``--json`` prints the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqpipe.models.gamma import GammaConfig, GammaModel, MoAEMLP, create_clip
+from vqpipe.scorers.gamma import GammaScorer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = GammaModel(config).eval()
+    scorer = GammaScorer(model=model, device=device, dtype=dtype)
+    dev = scorer.device
+    size = scorer.image_size
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (size + 32, size + 48, 3), dtype=np.uint8))
+    ] * batch
+    pixels = scorer.collate([scorer.preprocess(im) for im in images])
+    records = []
+
+    fused = _time(lambda: scorer.predict(pixels), dev, repeats)
+    single = {"pixels": pixels["pixels"][:1]}
+    n_naive = max(4, batch // 8)
+    naive = _time(lambda: [scorer.predict(single) for _ in range(n_naive)], dev, repeats) / n_naive
+    records.append(
+        {
+            "figure": "fused batched scorer vs per-image loop",
+            "images_per_s": batch / fused,
+            "baseline_images_per_s": 1 / naive,
+            "ratio": (batch / fused) * naive,
+        }
+    )
+
+    x = scorer.pixels_to_input(pixels["pixels"])
+    amp = scorer.autocast_dtype
+
+    def image_tower(m):
+        def call():
+            with (
+                torch.inference_mode(),
+                torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None),
+            ):
+                m.encode_image(x)
+
+        return call
+
+    moae_fused = _time(image_tower(scorer.model.clip_model), dev, repeats)
+    for module in scorer.model.modules():
+        if isinstance(module, MoAEMLP):
+            module.fused = False
+    moae_loop = _time(image_tower(scorer.model.clip_model), dev, repeats)
+    plain = create_clip(config).eval().to(dev)
+    plain_s = _time(image_tower(plain), dev, repeats)
+    records.append(
+        {
+            "figure": "MoAE fused experts vs loop over experts (image tower)",
+            "images_per_s": batch / moae_fused,
+            "baseline_images_per_s": batch / moae_loop,
+            "ratio": moae_loop / moae_fused,
+        }
+    )
+    records.append(
+        {
+            "figure": "MoAE overhead vs plain CLIP (image tower)",
+            "images_per_s": batch / moae_fused,
+            "baseline_images_per_s": batch / plain_s,
+            "ratio": moae_fused / plain_s,
+        }
+    )
+    machine = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    for r in records:
+        r.update(
+            {
+                "model": config.clip_model,
+                "batch": batch,
+                "device": str(dev),
+                "dtype": dtype,
+                "machine": machine,
+            }
+        )
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the small demo config")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        config = GammaConfig(clip_model="vqpipe-demo-ViT-16", n_moae_layers=2, adapter_hidden=64)
+    else:
+        config = GammaConfig()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    batch = args.batch or (256 if device == "cuda" else 16)
+    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
+    records = run(copy.deepcopy(config), device, dtype, batch, args.repeats)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return
+    for r in records:
+        print(
+            f"{r['figure']}: {r['images_per_s']:.1f} vs {r['baseline_images_per_s']:.1f} images/s "
+            f"→ {r['ratio']:.2f}x ({r['model']}, batch {r['batch']}, {r['device']} {r['dtype']})"
+        )
+
+
+if __name__ == "__main__":
+    main()

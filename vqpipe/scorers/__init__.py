@@ -1,0 +1,1 @@
+"""Built-in scorers, one module each; they register in :mod:`vqpipe.scoring.registry`."""
