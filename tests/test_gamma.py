@@ -259,24 +259,31 @@ def test_wrong_shape_checkpoint_fails_clearly(tmp_path):
 
 def test_short_training_run_lowers_the_loss(tmp_path):
     table = make_image_dataset(
-        tmp_path / "data", n_contents=2, size=(48, 36), seed=2, split_fractions=(1.0, 0.0, 0.0)
+        tmp_path / "data", n_contents=1, size=(40, 32), seed=2, split_fractions=(1.0, 0.0, 0.0)
     )
+    images = [Image.open(p).convert("RGB") for p in table["path"]]
+    target = ((table["mos"] - 1) / 4).to_numpy()
+    start = tiny_model(seed=1)
+    path = save_gamma(start, tmp_path / "start.safetensors")
+    before = np.mean((GammaScorer(model=start, device="cpu").score(images) - target) ** 2)
     history = train_gamma(
         {
-            "model_config": {**TINY.__dict__},
+            "checkpoint": str(path),
             "datasets": [{"table": table, "scene": "natural-quality"}],
             "train_backbone": True,
-            "epochs": 20,
+            "augment": False,
+            "epochs": 25,
             "batch_size": 13,
-            "lr": 2e-3,
+            "lr": 1e-3,
             "seed": 0,
             "output": str(tmp_path / "trained.safetensors"),
         }
     )
-    losses = history["epoch_loss"]
-    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
-    reloaded, _ = load_gamma(tmp_path / "trained.safetensors")
-    assert reloaded.config.clip_model == "vqpipe-test-ViT"
+    trained, _ = load_gamma(tmp_path / "trained.safetensors")
+    after = np.mean((GammaScorer(model=trained, device="cpu").score(images) - target) ** 2)
+    assert after < 0.75 * before  # measured here: 0.56x after 25 short epochs
+    assert history["epoch_loss"][-1] < history["epoch_loss"][0]
+    assert trained.config.clip_model == "vqpipe-test-ViT"
 
 
 def test_recipe_training_only_moves_the_recipe_parameters(tmp_path):

@@ -1,0 +1,105 @@
+"""Listing job inputs: local dirs, fsspec prefixes (a real S3-compatible server), manifests."""
+
+import pandas as pd
+import pytest
+
+from vqpipe.io.sources import list_inputs, media_type_from_name, sniff_media_type
+
+
+def _tree(root):
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0jpeg")
+    (root / "a" / "clip.MP4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "notes.txt").write_text("not media")
+    (root / "name with spaces é.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
+    (root / ".hidden.jpg").write_bytes(b"x")
+    (root / "_job.json").write_text("{}")
+
+
+def test_local_directory_listing(tmp_path):
+    _tree(tmp_path)
+    table = list_inputs(tmp_path)
+    names = [u.removeprefix(str(tmp_path) + "/") for u in table["uri"]]
+    assert names == ["a/clip.MP4", "a/x.jpg", "b.png", "name with spaces é.webp", "notes.txt"]
+    assert dict(zip(names, table["media_type"], strict=True)) == {
+        "a/clip.MP4": "video",
+        "a/x.jpg": "image",
+        "b.png": "image",
+        "name with spaces é.webp": "image",
+        "notes.txt": "unsupported",  # listed, so the job writes an error row for it
+    }
+    assert table.loc[table["uri"].str.endswith("b.png"), "bytes"].item() == 8
+
+
+def test_include_exclude_and_limit(tmp_path):
+    _tree(tmp_path)
+    assert len(list_inputs(tmp_path, include=["*.jpg", "*.png"])) == 2
+    assert len(list_inputs(tmp_path, exclude=["a/*"])) == 3
+    assert len(list_inputs(tmp_path, limit=2)) == 2
+
+
+def test_manifest_carries_columns_and_rejects_duplicates(tmp_path):
+    manifest = pd.DataFrame({"uri": ["s3://b/2.png", "s3://b/1.mov"], "caption": ["two", "one"]})
+    manifest.to_parquet(tmp_path / "m.parquet")
+    table = list_inputs(tmp_path / "m.parquet")
+    assert table["uri"].tolist() == ["s3://b/1.mov", "s3://b/2.png"]
+    assert table["caption"].tolist() == ["one", "two"]
+    assert table["media_type"].tolist() == ["video", "image"]
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    assert list_inputs(tmp_path / "m.csv")["caption"].tolist() == ["one", "two"]
+    manifest.to_json(tmp_path / "m.jsonl", orient="records", lines=True)
+    assert list_inputs(tmp_path / "m.jsonl")["caption"].tolist() == ["one", "two"]
+    pd.concat([manifest, manifest]).to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(ValueError, match="duplicate"):
+        list_inputs(tmp_path / "d.parquet")
+    pd.DataFrame({"path": ["x"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="no 'uri' column"):
+        list_inputs(tmp_path / "bad.parquet")
+
+
+def test_missing_input_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list_inputs(tmp_path / "nope")
+
+
+def test_s3_prefix_on_a_real_s3_server(s3_server, s3_bucket):
+    bucket, fs = s3_bucket
+    fs.pipe(f"{bucket}/corpus/img/1.jpg", b"\xff\xd8\xff\xe0")
+    fs.pipe(f"{bucket}/corpus/img/2.png", b"\x89PNG\r\n\x1a\n")
+    fs.pipe(f"{bucket}/corpus/vid/v.mp4", b"\x00\x00\x00\x18ftypisom")
+    fs.pipe(f"{bucket}/other/ignored.jpg", b"\xff\xd8\xff")
+    table = list_inputs(f"s3://{bucket}/corpus/", storage_options=s3_server)
+    assert table["uri"].tolist() == [
+        f"s3://{bucket}/corpus/img/1.jpg",
+        f"s3://{bucket}/corpus/img/2.png",
+        f"s3://{bucket}/corpus/vid/v.mp4",
+    ]
+    assert table["media_type"].tolist() == ["image", "image", "video"]
+    only_jpg = list_inputs(f"s3://{bucket}/corpus", include=["**.jpg"], storage_options=s3_server)
+    assert only_jpg["uri"].tolist() == [f"s3://{bucket}/corpus/img/1.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "image"),
+        (b"\x89PNG\r\n\x1a\n\x00", "image"),
+        (b"GIF89a\x01\x00", "image"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "image"),
+        (b"\x00\x00\x00\x20ftypisom\x00\x00", "video"),
+        (b"\x00\x00\x00\x1cftypheic\x00\x00", "image"),
+        (b"\x1a\x45\xdf\xa3\x9f", "video"),
+        (b"RIFF\x10\x00\x00\x00AVI LIST", "video"),
+        (b"hello world!", None),
+        (b"", None),
+    ],
+)
+def test_sniff_media_type(head, kind):
+    assert sniff_media_type(head) == kind
+
+
+def test_media_type_from_name():
+    assert media_type_from_name("s3://b/x.JPEG") == "image"
+    assert media_type_from_name("clip.webm") == "video"
+    assert media_type_from_name("x.tar.gz") == "unsupported"

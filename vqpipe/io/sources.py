@@ -1,0 +1,131 @@
+"""Job inputs: a local dir, an fsspec URI prefix with glob filters, or a manifest table.
+
+Every listed input becomes exactly one row (``uri``, ``media_type``, ``bytes`` and any carried
+manifest columns); inputs that cannot be scored (unsupported extension) are still listed, with
+``media_type="unsupported"``, so that the job writes a row with an ``error`` for them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import pandas as pd
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg"})
+MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+
+
+def media_type_from_name(name: str) -> str:
+    """``"image"``, ``"video"`` or ``"unsupported"`` from the file extension."""
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return "unsupported"
+
+
+def sniff_media_type(head: bytes) -> str | None:
+    """Media type from the first bytes of a file (magic numbers); None when unknown."""
+    if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image"
+    if head[:6] in (b"GIF87a", b"GIF89a") or head.startswith(b"BM"):
+        return "image"
+    if head[:4] in (b"II*\x00", b"MM\x00*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if head[4:8] == b"ftyp":  # ISO BMFF: mp4 / mov / heic
+        brand = head[8:12]
+        return "image" if brand in (b"heic", b"heix", b"avif", b"mif1") else "video"
+    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return "video"
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):  # MPEG-PS / MPEG-1
+        return "video"
+    return None
+
+
+def is_manifest(spec: str) -> bool:
+    return spec.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def read_manifest(spec: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A manifest (Parquet / CSV / JSONL) with a ``uri`` column; other columns are carried."""
+    opts = {"storage_options": storage_options} if "://" in spec else {}
+    lower = spec.lower()
+    if lower.endswith(".parquet"):
+        table = pd.read_parquet(spec, **opts)
+    elif lower.endswith(".csv"):
+        table = pd.read_csv(spec, **opts)
+    else:
+        table = pd.read_json(spec, lines=lower.endswith(".jsonl"), **opts)
+    if "uri" not in table.columns:
+        raise ValueError(f"manifest {spec} has no 'uri' column (columns: {list(table.columns)})")
+    return table
+
+
+def _join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
+    if "://" not in spec:
+        return path
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
+
+
+def list_inputs(
+    spec: str | os.PathLike,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    storage_options: dict[str, Any] | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """All inputs of a job, sorted by ``uri`` (a stable order for sharding and resume).
+
+    ``spec``: a local directory, an fsspec URI prefix (``s3://bucket/prefix/``), or a manifest
+    file (``.parquet`` / ``.csv`` / ``.jsonl``, needs a ``uri`` column). ``include`` /
+    ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
+    is taken as it is. Hidden files and our own job outputs (``_job.json``, ``_*``) are skipped.
+    """
+    spec = os.fspath(spec)
+    if is_manifest(spec):
+        table = read_manifest(spec, storage_options)
+        table = table.assign(uri=table["uri"].astype(str))
+        if "media_type" not in table.columns:
+            table["media_type"] = table["uri"].map(media_type_from_name)
+        if "bytes" not in table.columns:
+            table["bytes"] = pd.array([None] * len(table), dtype="Int64")
+    else:
+        fs, root = fsspec.core.url_to_fs(spec, **(storage_options or {}))
+        if not fs.isdir(root):
+            raise FileNotFoundError(f"input not found or not a directory: {spec}")
+        root = root.rstrip("/")
+        rows = []
+        for path, info in sorted(fs.find(root, withdirs=False, detail=True).items()):
+            rel = path[len(root) :].lstrip("/")
+            if any(part.startswith((".", "_")) for part in PurePosixPath(rel).parts):
+                continue
+            if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
+                continue
+            if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+                continue
+            rows.append(
+                {
+                    "uri": _join_uri(fs, path, spec),
+                    "media_type": media_type_from_name(path),
+                    "bytes": int(info.get("size") or 0),
+                }
+            )
+        table = pd.DataFrame(rows, columns=["uri", "media_type", "bytes"])
+    dupes = table["uri"].duplicated()
+    if dupes.any():
+        raise ValueError(
+            f"{int(dupes.sum())} duplicate uri(s) in the input, e.g. {table['uri'][dupes].iloc[0]}"
+        )
+    table = table.sort_values("uri", kind="stable").reset_index(drop=True)
+    return table.head(limit) if limit is not None else table
