@@ -1,0 +1,177 @@
+"""Decoding inputs from bytes: images with Pillow, video frames with decord (PyAV fallback).
+
+Everything raises :class:`MediaError` with a message that says what went wrong, so that the
+pipeline can put it in the row's ``error`` column; limits (bytes, pixels, frames, duration) are
+checked before the expensive work.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+from vqpipe.media.image import to_rgb
+
+
+class MediaError(ValueError):
+    """An input that cannot be decoded or breaks a configured limit."""
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Input limits; ``None`` disables one."""
+
+    max_bytes: int | None = 512 * 1024 * 1024
+    max_pixels: int | None = 178_956_970  # Pillow's own decompression-bomb threshold (2x warn)
+    max_frames: int = 32  # frames sampled per video (evenly spread when the video is longer)
+    max_duration_s: float | None = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    duration_s: float
+    fps: float
+    frames: int  # frames in the video (container count)
+    sampled: int  # frames returned
+
+
+def _check_bytes(data: bytes, limits: MediaLimits) -> None:
+    if not data:
+        raise MediaError("empty file (0 bytes)")
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise MediaError(f"file has {len(data)} bytes, over the limit of {limits.max_bytes}")
+
+
+def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> tuple[Image.Image, ImageInfo]:
+    """Bytes → upright 8-bit RGB image (first frame of animations) and its size."""
+    _check_bytes(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if limits.max_pixels is not None and width * height > limits.max_pixels:
+                raise MediaError(
+                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                    f"{limits.max_pixels} (decompression bomb guard)"
+                )
+            if getattr(image, "is_animated", False):
+                image = next(ImageSequence.Iterator(image))
+            image.load()
+            rgb = to_rgb(image)
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(f"decompression bomb: {exc}") from None
+    except Exception as exc:
+        raise MediaError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    return rgb, ImageInfo(width=rgb.width, height=rgb.height)
+
+
+def frame_indices(n_frames: int, fps: float, sample_fps: float, max_frames: int) -> list[int]:
+    """Indices of frames to score: ``sample_fps`` frames per second as Q-Align samples them
+    (``int(fps / sample_fps · i)``), evenly thinned to ``max_frames`` for long videos."""
+    if n_frames <= 0:
+        return []
+    if fps <= 0 or sample_fps <= 0:
+        return [0]
+    step = fps / sample_fps
+    count = max(1, int(n_frames / step))
+    indices = [min(int(step * i), n_frames - 1) for i in range(count)]
+    if len(indices) > max_frames:
+        keep = np.linspace(0, len(indices) - 1, max_frames).round().astype(int)
+        indices = [indices[k] for k in keep]
+    return indices
+
+
+def decode_video(
+    data: bytes, sample_fps: float = 1.0, limits: MediaLimits = MediaLimits()
+) -> tuple[list[Image.Image], VideoInfo]:
+    """Bytes → sampled RGB frames and the video's metadata (decord, PyAV when it fails)."""
+    _check_bytes(data, limits)
+    errors = []
+    for backend in (_decode_with_decord, _decode_with_pyav):
+        try:
+            frames, info = backend(data, sample_fps, limits)
+        except MediaError:
+            raise
+        except ImportError as exc:
+            errors.append(f"{backend.__name__.split('_')[-1]} not installed ({exc})")
+            continue
+        except Exception as exc:
+            errors.append(f"{backend.__name__.split('_')[-1]}: {type(exc).__name__}: {exc}")
+            continue
+        if not frames:
+            errors.append(f"{backend.__name__.split('_')[-1]}: no decodable frames")
+            continue
+        return frames, info
+    raise MediaError("cannot decode video: " + "; ".join(errors))
+
+
+def _check_duration(duration: float, limits: MediaLimits) -> None:
+    if limits.max_duration_s is not None and duration > limits.max_duration_s:
+        raise MediaError(
+            f"video lasts {duration:.1f} s, over the limit of {limits.max_duration_s} s"
+        )
+
+
+def _decode_with_decord(
+    data: bytes, sample_fps: float, limits: MediaLimits
+) -> tuple[list[Image.Image], VideoInfo]:
+    import decord
+
+    reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+    n, fps = len(reader), float(reader.get_avg_fps() or 0.0)
+    duration = n / fps if fps > 0 else 0.0
+    _check_duration(duration, limits)
+    indices = frame_indices(n, fps, sample_fps, limits.max_frames)
+    if not indices:
+        return [], VideoInfo(0, 0, duration, fps, n, 0)
+    array = reader.get_batch(indices).asnumpy()  # [T, H, W, 3] uint8
+    frames = [Image.fromarray(frame) for frame in array]
+    h, w = array.shape[1:3]
+    return frames, VideoInfo(int(w), int(h), duration, fps, n, len(frames))
+
+
+def _decode_with_pyav(
+    data: bytes, sample_fps: float, limits: MediaLimits
+) -> tuple[list[Image.Image], VideoInfo]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise MediaError("no video stream (audio-only or not a video)")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        n = int(stream.frames or 0)
+        duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        if not duration and container.duration:
+            duration = container.duration / 1_000_000
+        _check_duration(duration, limits)
+        if not n and fps and duration:
+            n = round(duration * fps)
+        wanted = set(frame_indices(n, fps, sample_fps, limits.max_frames)) if n else None
+        frames = []
+        for i, frame in enumerate(container.decode(stream)):
+            if wanted is None or i in wanted:
+                frames.append(frame.to_image())
+                if wanted is None and len(frames) >= limits.max_frames:
+                    break
+            if wanted is not None and i >= max(wanted):
+                break
+    if not frames:
+        return [], VideoInfo(0, 0, duration, fps, n, 0)
+    width, height = frames[0].size
+    return [to_rgb(f) for f in frames], VideoInfo(width, height, duration, fps, n, len(frames))
