@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -20,6 +21,101 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
+
+
+def job_config_from_args(args: argparse.Namespace) -> Any:
+    """The JobConfig that ``vqpipe score`` and ``pipelines/score_corpus.py`` both build."""
+    from vqpipe.media.decode import MediaLimits
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions
+
+    specs = [ScorerOptions.parse(text) for text in args.scorer or []]
+    named = {s.name for s in specs}
+    for name in filter(None, (args.scorers or "").split(",")):
+        if name not in named:
+            specs.append(ScorerOptions(name.strip()))
+    if not specs:
+        specs = [ScorerOptions("gamma")]
+    for spec in specs:
+        if args.batch_size:
+            spec.batch_size = args.batch_size
+        if args.num_gpus_per_actor is not None:
+            spec.num_gpus = args.num_gpus_per_actor
+        if args.actors:
+            low, _, high = args.actors.partition(",")
+            spec.actors = (int(low), int(high or low))
+        if args.num_gpus_per_actor == 0 or not _has_gpu():
+            spec.options.setdefault("device", "cpu")
+    storage = json.loads(args.storage_options) if args.storage_options else {}
+    return JobConfig(
+        input=args.input,
+        output=args.out,
+        scorers=specs,
+        include=tuple(args.include or ()),
+        exclude=tuple(args.exclude or ()),
+        storage_options=storage,
+        video_fps=args.video_fps,
+        limits=MediaLimits(max_frames=args.max_frames),
+        rows_per_file=args.rows_per_file,
+        limit=args.limit,
+        resume=not args.no_resume,
+    )
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from vqpipe.pipeline.job import run_job
+
+    summary = run_job(job_config_from_args(args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from vqpipe.pipeline.job import read_quality_table
+
+    storage = json.loads(args.storage_options) if args.storage_options else {}
+    table = read_quality_table(args.table, storage)
+    keep = table[table["error"].isna()] if "error" in table else table
+    if args.where:
+        keep = keep.query(args.where)
+    if args.percentile:
+        column, _, value = args.percentile.partition(":")
+        threshold = keep[column].quantile(float(value) / 100.0)
+        keep = keep[keep[column] >= threshold]
+    keep = keep.drop(columns=[c for c in keep.columns if c.endswith("_probs")])
+    out = pd.DataFrame(keep).reset_index(drop=True)
+    out.to_parquet(args.out, storage_options=storage or None)
+    print(f"kept {len(out)} of {len(table)} rows → {args.out}")
+    return 0
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
+    )
+    parser.add_argument("--out", required=True, help="output dir or URI for the quality table")
+    parser.add_argument(
+        "--scorer", action="append", help="NAME[:key=value,...], e.g. gamma:checkpoint=s3://m/g.pth"
+    )
+    parser.add_argument("--scorers", help="comma-separated scorer names (default: gamma)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--num-gpus-per-actor", type=float, default=None)
+    parser.add_argument("--actors", help="MIN,MAX actors per scorer pool (autoscaling)")
+    parser.add_argument("--video-fps", type=float, default=1.0)
+    parser.add_argument("--max-frames", type=int, default=32)
+    parser.add_argument("--rows-per-file", type=int, default=256)
+    parser.add_argument("--storage-options", help="JSON, e.g. '{\"anon\": true}'")
+    parser.add_argument("--include", action="append", help="glob on relative paths (repeatable)")
+    parser.add_argument("--exclude", action="append", help="glob on relative paths (repeatable)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true", help="replace existing results")
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
@@ -60,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs for local Ray")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=_cmd_demo)
+
+    score = sub.add_parser("score", help="score a corpus into a Parquet quality table")
+    add_score_arguments(score)
+    score.set_defaults(func=_cmd_score)
+
+    filt = sub.add_parser("filter", help="write the keep list of a quality table")
+    filt.add_argument("table", help="output dir of a scoring job")
+    filt.add_argument("--where", help='pandas query, e.g. "gamma_score >= 0.6"')
+    filt.add_argument("--percentile", help="COLUMN:P keeps rows at or above the P-th percentile")
+    filt.add_argument("--out", required=True)
+    filt.add_argument("--storage-options", help="JSON storage options")
+    filt.set_defaults(func=_cmd_filter)
 
     scorers = sub.add_parser("scorers", help="list the registered scorers")
     scorers.set_defaults(func=_cmd_scorers)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,15 @@ def _file_digest(file: Path) -> str:
                 h.update(chunk)
         _FINGERPRINTS[key] = h.hexdigest()
     return _FINGERPRINTS[key]
+
+
+def read_safetensors_metadata(
+    uri: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, reading only its header (local or fsspec)."""
+    with fsspec.open(os.fspath(uri), "rb", **(storage_options or {})) as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 100 * 1024 * 1024:
+            raise ValueError(f"{uri}: safetensors header of {length} bytes is not plausible")
+        header = json.loads(fh.read(length))
+    return dict(header.get("__metadata__") or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -9,18 +10,50 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-from vqpipe.io.checkpoints import fingerprint
+from vqpipe.io.checkpoints import fingerprint, read_safetensors_metadata
 from vqpipe.media.image import to_rgb
-from vqpipe.models.gamma import PROMPT_LEVELS, GammaModel, scene_prompts
-from vqpipe.models.gamma_checkpoint import load_gamma
+from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, scene_prompts
+from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
 from vqpipe.scoring.base import Scorer
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class GammaPreprocessor:
+    """CPU half of the scorer: PIL image → uint8 [3, S, S], open_clip's eval geometry
+    (shortest side → S, bicubic, centre crop). Picklable, no model needed."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = int(image_size)
+        self._resize = Resize(self.image_size, interpolation=InterpolationMode.BICUBIC)
+        self._crop = CenterCrop(self.image_size)
+
+    def __call__(self, item: Image.Image) -> dict[str, np.ndarray]:
+        image = self._crop(self._resize(to_rgb(item)))
+        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        return {"pixels": np.ascontiguousarray(pixels)}
+
+
+def checkpoint_image_size(
+    checkpoint: str | os.PathLike | None, storage_options: dict[str, Any] | None = None
+) -> int:
+    """Input size of a Gamma checkpoint without loading it: the config stored in our
+    safetensors header (read over fsspec), else ViT-B/16's 224."""
+    source = os.fspath(checkpoint) if checkpoint is not None else str(demo_checkpoint())
+    config = GammaConfig()
+    if source.endswith(".safetensors"):
+        stored = read_safetensors_metadata(source, storage_options).get(CONFIG_METADATA_KEY)
+        if stored:
+            config = GammaConfig.from_dict(json.loads(stored))
+    size = (open_clip.get_model_config(config.clip_model) or {}).get("vision_cfg", {})
+    size = size.get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def demo_checkpoint() -> Path:
@@ -70,20 +103,30 @@ class GammaScorer(Scorer):
         self._mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=self.device).view(3, 1, 1)
         self._std = torch.tensor(cfg.get("std", OPENAI_STD), device=self.device).view(3, 1, 1)
         # Same geometry as open_clip's eval transform: shortest side → size (bicubic), centre crop.
-        self._resize = Resize(self.image_size, interpolation=InterpolationMode.BICUBIC)
-        self._crop = CenterCrop(self.image_size)
+        self.preprocessor = GammaPreprocessor(self.image_size)
         self._forward = torch.compile(self.model) if compile else self.model
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
 
+    @classmethod
+    def default_checkpoint(cls) -> Path:
+        return demo_checkpoint()
+
+    @classmethod
+    def make_preprocessor(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        storage_options: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> GammaPreprocessor:
+        """The CPU preprocessing for ``checkpoint``, without loading the model."""
+        return GammaPreprocessor(checkpoint_image_size(checkpoint, storage_options))
+
     def preprocess(self, item: Image.Image) -> dict[str, np.ndarray]:
         """PIL image → uint8 [3, S, S] (normalisation happens on the device, 4× less to move)."""
-        image = self._crop(self._resize(to_rgb(item)))
-        return {
-            "pixels": np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-        }
+        return self.preprocessor(item)
 
     def pixels_to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] → normalised float input on the scorer's device."""

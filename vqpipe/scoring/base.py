@@ -73,6 +73,18 @@ class Scorer(abc.ABC):
         self.dtype = resolve_dtype(dtype, self.device)
         self.checkpoint_fingerprint: str | None = None
 
+    @classmethod
+    def default_checkpoint(cls) -> Any:
+        """The checkpoint used when none is given (None: the scorer has no default)."""
+        return None
+
+    @classmethod
+    def make_preprocessor(cls, **options: Any) -> Any:
+        """A picklable ``item -> dict[str, np.ndarray]`` for CPU workers (the pipeline's decode
+        stage). The default builds the scorer on the CPU; scorers override it to skip loading
+        weights."""
+        return cls(device="cpu", **options).preprocess
+
     @abc.abstractmethod
     def preprocess(self, item: Item) -> dict[str, np.ndarray]:
         """Turn one input (image or frame list) into model-ready arrays (CPU)."""
