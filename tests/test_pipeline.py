@@ -176,3 +176,52 @@ def test_unwritable_output_fails_before_scoring(corpus, checkpoint, tmp_path):
     blocker.write_text("x")
     with pytest.raises(RuntimeError, match="not writable"):
         run_job(_config(corpus, blocker / "out", checkpoint))
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_without_loss_or_duplicates(corpus, checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = tmp_path / "many"
+    make_image_dataset(images, n_contents=2, size=(48, 36))  # 52 images
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "vqpipe.cli",
+        "score",
+        str(images),
+        "--out",
+        str(out),
+        "--scorer",
+        f"gamma:checkpoint={checkpoint}",
+        "--rows-per-file",
+        "2",
+        "--exclude",
+        "*.parquet",
+        "--exclude",
+        "*.csv",
+    ]
+    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-job
+    proc.wait()
+    partial = len(read_quality_table(str(out)))
+    assert 0 < partial < 52, "the kill should land midway"
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    table = read_quality_table(str(out))
+    expected = sorted(str(p) for p in (images / "images").glob("*.png"))
+    assert sorted(table["uri"]) == expected  # every input exactly once

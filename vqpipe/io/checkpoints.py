@@ -81,17 +81,20 @@ _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` over the weight files of a checkpoint (names relative to it + bytes).
+    """``sha256:<hex>`` of a checkpoint: a file's own sha256, or for a directory one over its
+    weight files (names relative to it + their sha256).
 
     Memoised per file by (path, size, mtime), so rebuilding a scorer does not re-hash.
     """
     path = Path(path)
+    if path.is_file():  # the plain sha256 of the file, as `sha256sum` prints it
+        return f"sha256:{_file_digest(path)}"
     files = weight_files(path)
     if not files:
         raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {path}")
     digest = hashlib.sha256()
     for file in files:
-        name = file.name if path.is_file() else file.relative_to(path).as_posix()
+        name = file.relative_to(path).as_posix()
         digest.update(name.encode() + b"\0" + _file_digest(file).encode() + b"\n")
     return f"sha256:{digest.hexdigest()}"
 
