@@ -17,7 +17,7 @@ from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from vqpipe.io.checkpoints import fingerprint, read_safetensors_metadata
 from vqpipe.media.image import to_rgb
-from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, scene_prompts
+from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP, scene_prompts
 from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
 from vqpipe.scoring.base import Scorer
 
@@ -65,8 +65,9 @@ class GammaScorer(Scorer):
     """Gamma image assessment; ``score`` = Σ softmax(level logits) · score_level (≈ 0.2..1).
 
     Options: ``scene`` (default prompts for every item; ``score_details(items, scene=[...])``
-    sets them per item), ``compile`` (``torch.compile`` the model), ``storage_options`` for
-    fsspec checkpoint URIs. ``checkpoint=None`` loads the bundled demo checkpoint.
+    sets them per item), ``compile`` (``torch.compile`` the model), ``fused_experts`` (MoAE
+    experts as two wide matmuls instead of a loop), ``storage_options`` for fsspec URIs.
+    ``checkpoint=None`` loads the bundled demo checkpoint.
     """
 
     name = "gamma"
@@ -82,6 +83,7 @@ class GammaScorer(Scorer):
         dtype: str | torch.dtype | None = None,
         scene: str | None = "natural-quality",
         compile: bool = False,
+        fused_experts: bool = False,
         storage_options: dict[str, Any] | None = None,
         model: GammaModel | None = None,
     ) -> None:
@@ -94,6 +96,9 @@ class GammaScorer(Scorer):
             self.checkpoint = os.fspath(source)
             self.checkpoint_fingerprint = fingerprint(local)
         self.model = model.eval().to(self.device)
+        for module in self.model.modules():
+            if isinstance(module, MoAEMLP):
+                module.fused = fused_experts
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         visual = self.model.clip_model.visual
