@@ -117,3 +117,8 @@ def test_device_and_dtype_defaults():
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_dtype(None, torch.device("cpu")) == torch.float32
     assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+
+
+def test_default_preprocessor_builds_a_cpu_scorer_whatever_the_device_option():
+    prep = ContrastScorer.make_preprocessor(device="cuda", dtype="bf16", size=8)
+    assert prep(Image.new("RGB", (10, 10)))["pixels"].shape == (8, 8)

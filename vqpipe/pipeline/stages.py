@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import uuid
 from typing import Any
@@ -23,8 +24,6 @@ INPUT_PREFIX = "_input_"
 
 @functools.lru_cache(maxsize=16)
 def _preprocessor(name: str, options_json: str) -> Any:
-    import json
-
     from vqpipe.scoring import get_scorer_spec
 
     spec = get_scorer_spec(name)
@@ -46,10 +45,9 @@ def decode_batch(
     """CPU stage: fetch bytes, decode (sample frames), run each scorer's preprocessing.
 
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
-    ``_input_<name>`` column of uint8 arrays [T, ...] (T = 1 for images, 0 after an error).
+    ``_input_<name>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
+    sampled frames for a video) as ``.npy`` bytes, empty after an error.
     """
-    import json
-
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items()}
     width = np.full(n, -1, np.int64)

@@ -83,6 +83,7 @@ class Scorer(abc.ABC):
         """A picklable ``item -> dict[str, np.ndarray]`` for CPU workers (the pipeline's decode
         stage). The default builds the scorer on the CPU; scorers override it to skip loading
         weights."""
+        options = {k: v for k, v in options.items() if k not in ("device", "dtype")}
         return cls(device="cpu", **options).preprocess
 
     @abc.abstractmethod
