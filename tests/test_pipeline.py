@@ -11,7 +11,7 @@ from vqpipe.cli import main
 from vqpipe.data import make_image_dataset, make_video_dataset
 from vqpipe.models.gamma_checkpoint import save_gamma
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.job import read_quality_table, run_job
+from vqpipe.pipeline.job import format_progress, read_quality_table, run_job
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,11 @@ def _config(corpus, out, checkpoint, **kw):
 
 
 def test_every_input_gets_exactly_one_row(ray_local, corpus, checkpoint, tmp_path):
-    summary = run_job(_config(corpus, tmp_path / "out", checkpoint))
+    updates = []
+    summary = run_job(_config(corpus, tmp_path / "out", checkpoint), progress=updates.append)
+    assert updates[-1]["done"] == updates[-1]["total"] == len(_inputs(corpus))
+    assert updates[-1]["errors"] == 4 and updates[-1]["eta_s"] == 0
+    assert "errors" in format_progress(updates[0])
     table = read_quality_table(str(tmp_path / "out"))
     assert sorted(table["uri"]) == _inputs(corpus)
     assert summary["scored_rows"] == len(table) and summary["errors"] == 4

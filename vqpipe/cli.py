@@ -68,9 +68,12 @@ def _has_gpu() -> bool:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from vqpipe.pipeline.job import run_job
+    from vqpipe.pipeline.job import format_progress, run_job
 
-    summary = run_job(job_config_from_args(args))
+    def report(progress: dict[str, Any]) -> None:
+        print(format_progress(progress), file=sys.stderr, flush=True)
+
+    summary = run_job(job_config_from_args(args), progress=report)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -88,8 +89,35 @@ def done_uris(config: JobConfig, signature: dict[str, Any]) -> set[str]:
     return done
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run a scoring job (local Ray, or the cluster in RAY_ADDRESS); returns the summary."""
+def _progress(written: list[dict[str, Any]], total: int, elapsed: float) -> dict[str, Any]:
+    done = sum(int(w["rows"]) for w in written)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return {
+        "done": done,
+        "total": total,
+        "errors": sum(int(w["errors"]) for w in written),
+        "items_per_s": round(rate, 2),
+        "eta_s": round((total - done) / rate, 1) if rate > 0 else None,
+    }
+
+
+def format_progress(p: dict[str, Any]) -> str:
+    """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s``."""
+    eta = f"{p['eta_s']:.0f} s" if p["eta_s"] is not None else "?"
+    rate = p["items_per_s"]
+    return f"scored {p['done']}/{p['total']}, {p['errors']} errors, {rate} items/s, ETA {eta}"
+
+
+def run_job(
+    config: JobConfig,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_every_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run a scoring job (local Ray, or the cluster in RAY_ADDRESS); returns the summary.
+
+    ``progress`` receives ``{done, total, errors, items_per_s, eta_s}`` as parts are committed
+    (at most every ``progress_every_s`` seconds, and once at the end).
+    """
     import ray
 
     started = time.perf_counter()
@@ -161,7 +189,15 @@ def run_job(config: JobConfig) -> dict[str, Any]:
             batch_size=config.rows_per_file,
             batch_format="numpy",
         )
-        written = ds.take_all()
+        written, last, reported = [], 0.0, -1
+        for row in ds.iter_rows():  # one row per written part, as parts are committed
+            written.append(row)
+            now = time.perf_counter()
+            if progress is not None and (now - last >= progress_every_s or len(written) == 1):
+                last, reported = now, len(written)
+                progress(_progress(written, len(todo), now - started))
+        if progress is not None and reported != len(written):
+            progress(_progress(written, len(todo), time.perf_counter() - started))
     seconds = time.perf_counter() - started
     rows = sum(int(w["rows"]) for w in written)
     summary = {
