@@ -598,6 +598,32 @@ def _check_choices(
 # image dataset
 
 
+def _mos_row(
+    path: Path,
+    mos: float,
+    std: float,
+    dataset: str,
+    split: str,
+    content_id: int,
+    kind: str,
+    severity: int,
+) -> dict:
+    """One row of :data:`MOS_COLUMNS` (our synthetic MOS is on 1..5, higher is better)."""
+    return {
+        "path": str(path),
+        "mos": mos,
+        "std": std,
+        "dataset": dataset,
+        "split": split,
+        "content_id": content_id,
+        "distortion": kind,
+        "severity": severity,
+        "scale_low": 1.0,
+        "scale_high": 5.0,
+        "lower_better": False,
+    }
+
+
 def _build_image_dataset(
     media_root: Path,
     table_dir: Path,
@@ -653,19 +679,7 @@ def _build_image_dataset(
             image.save(path, **save_kwargs)
             mos, std = scores[(kind, sev)]
             rows.append(
-                {
-                    "path": str(path),
-                    "mos": mos,
-                    "std": std,
-                    "dataset": dataset,
-                    "split": split_of[content_id],
-                    "content_id": content_id,
-                    "distortion": kind,
-                    "severity": sev,
-                    "scale_low": 1.0,
-                    "scale_high": 5.0,
-                    "lower_better": False,
-                }
+                _mos_row(path, mos, std, dataset, split_of[content_id], content_id, kind, sev)
             )
     table = _finish_table(rows, MOS_COLUMNS)
     _write_table(table, table_dir)
@@ -872,24 +886,8 @@ def _build_video_dataset(
         stem = f"v{index:03d}_ref" if kind == REFERENCE else f"v{index:03d}_{kind}_s{severity}"
         path = video_dir / f"{stem}.mp4"
         _encode_h264(path, frames, fps, crf)
-        rows.append(
-            {
-                "path": str(path),
-                "mos": mos,
-                "std": std,
-                "dataset": dataset,
-                "split": split_of[content_id],
-                "content_id": content_id,
-                "distortion": kind,
-                "severity": severity,
-                "scale_low": 1.0,
-                "scale_high": 5.0,
-                "lower_better": False,
-                "fps": fps,
-                "frames": n_frames,
-                "duration_s": n_frames / fps,
-            }
-        )
+        row = _mos_row(path, mos, std, dataset, split_of[content_id], content_id, kind, severity)
+        rows.append({**row, "fps": fps, "frames": n_frames, "duration_s": n_frames / fps})
     table = _finish_table(rows, VIDEO_COLUMNS)
     table["fps"] = table["fps"].astype("int64")
     table["frames"] = table["frames"].astype("int64")

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
+from vqpipe.io.fs import is_local, url_to_fs
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -39,8 +39,8 @@ def resolve_checkpoint(
         if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return path
-    fs, remote = fsspec.core.url_to_fs(text, **(storage_options or {}))
-    if "file" in _protocols(fs):
+    fs, remote = url_to_fs(text, storage_options)
+    if is_local(fs):
         return resolve_checkpoint(remote)
     if not fs.exists(remote):
         raise FileNotFoundError(f"checkpoint not found: {text}")
@@ -62,11 +62,6 @@ def resolve_checkpoint(
             if not target.exists():
                 raise
     return target
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
@@ -115,7 +110,8 @@ def read_safetensors_metadata(
     uri: str | os.PathLike, storage_options: dict[str, Any] | None = None
 ) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, reading only its header (local or fsspec)."""
-    with fsspec.open(os.fspath(uri), "rb", **(storage_options or {})) as fh:
+    fs, path = url_to_fs(uri, storage_options)
+    with fs.open(path, "rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > 100 * 1024 * 1024:
             raise ValueError(f"{uri}: safetensors header of {length} bytes is not plausible")

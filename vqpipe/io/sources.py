@@ -16,6 +16,8 @@ from typing import Any
 import fsspec
 import pandas as pd
 
+from vqpipe.io.fs import url_to_fs
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 )
@@ -101,7 +103,7 @@ def list_inputs(
         if "bytes" not in table.columns:
             table["bytes"] = pd.array([None] * len(table), dtype="Int64")
     else:
-        fs, root = fsspec.core.url_to_fs(spec, **(storage_options or {}))
+        fs, root = url_to_fs(spec, storage_options)
         if not fs.isdir(root):
             raise FileNotFoundError(f"input not found or not a directory: {spec}")
         root = root.rstrip("/")

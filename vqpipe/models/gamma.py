@@ -57,6 +57,8 @@ DATASET_SCENES: dict[str, str] = {
 """Which scene prompts each dataset trains and tests with (Gamma's grouping), by name prefix."""
 
 INITIAL_SCORE_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def scene_prompts(scene: str | None) -> tuple[str, ...]:
@@ -214,6 +216,12 @@ class GammaModel(nn.Module):
         self.score_level = nn.Parameter(torch.tensor(INITIAL_SCORE_LEVELS))
         self.tokenizer = open_clip.get_tokenizer(self.config.clip_model)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        cfg = getattr(self.clip_model.visual, "preprocess_cfg", {}) or {}
+        # Non-persistent: they follow .to(device) but stay out of the checkpoint keys.
+        mean = torch.tensor(cfg.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.get("std", OPENAI_STD)).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
 
     # ---- parameters -----------------------------------------------------------------------
     def trainable_parameter_names(self, train_backbone: bool = False) -> list[str]:
@@ -233,6 +241,17 @@ class GammaModel(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(name in wanted)
         return sorted(wanted)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the vision tower expects."""
+        size = self.clip_model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] (on the model's device) → float input with the CLIP mean/std of
+        this model's preprocessing; the scorer and the training loop both use it."""
+        return (pixels.float() / 255.0 - self.pixel_mean) / self.pixel_std
 
     # ---- towers ---------------------------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

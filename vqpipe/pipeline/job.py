@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 import vqpipe
 from vqpipe.io.checkpoints import fingerprint, resolve_checkpoint
+from vqpipe.io.fs import url_to_fs
 from vqpipe.io.sources import list_inputs
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.stages import ScoreStage, decode_batch, write_batch
@@ -41,15 +42,16 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
     return {"name": spec.name, "options": options, "checkpoint_fingerprint": digest}
 
 
-def _output_fs(config: JobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    options = config.storage_options if "://" in config.output else {}
-    fs, root = fsspec.core.url_to_fs(config.output, **options)
+def _output_fs(
+    output: str, storage_options: dict[str, Any] | None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = url_to_fs(output, storage_options)
     return fs, root.rstrip("/")
 
 
 def check_output_writable(config: JobConfig) -> None:
     """Fail fast, before any scoring, when the output store cannot be written."""
-    fs, root = _output_fs(config)
+    fs, root = _output_fs(config.output, config.storage_options)
     probe = f"{root}/.vqpipe-write-probe"
     try:
         fs.makedirs(root, exist_ok=True)
@@ -61,8 +63,9 @@ def check_output_writable(config: JobConfig) -> None:
         ) from exc
 
 
-def existing_parts(config: JobConfig) -> list[str]:
-    fs, root = _output_fs(config)
+def existing_parts(output: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The committed ``part-*.parquet`` files under ``output`` (temporary files excluded)."""
+    fs, root = _output_fs(output, storage_options)
     if not fs.exists(root):
         return []
     return sorted(
@@ -74,9 +77,9 @@ def existing_parts(config: JobConfig) -> list[str]:
 
 def done_uris(config: JobConfig, signature: dict[str, Any]) -> set[str]:
     """URIs already in the output, from parts written with the same scorer signature."""
-    fs, _ = _output_fs(config)
+    fs, _ = _output_fs(config.output, config.storage_options)
     done: set[str] = set()
-    for part in existing_parts(config):
+    for part in existing_parts(config.output, config.storage_options):
         with fs.open(part, "rb") as fh:
             parquet = pq.ParquetFile(fh)
             stored = json.loads((parquet.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
@@ -136,8 +139,8 @@ def run_job(
     if config.resume:
         done = done_uris(config, signature)
     else:
-        fs, _ = _output_fs(config)
-        for part in existing_parts(config):
+        fs, _ = _output_fs(config.output, config.storage_options)
+        for part in existing_parts(config.output, config.storage_options):
             fs.rm(part)
         done = set()
     todo = inputs[~inputs["uri"].isin(done)].reset_index(drop=True)
@@ -199,17 +202,17 @@ def run_job(
         if progress is not None and reported != len(written):
             progress(_progress(written, len(todo), time.perf_counter() - started))
     seconds = time.perf_counter() - started
-    rows = sum(int(w["rows"]) for w in written)
+    final = _progress(written, len(todo), seconds)
     summary = {
         "inputs": len(inputs),
         "already_done": len(done),
-        "scored_rows": rows,
-        "errors": sum(int(w["errors"]) for w in written),
+        "scored_rows": final["done"],
+        "errors": final["errors"],
         "files_written": len(written),
         "seconds": round(seconds, 2),
-        "items_per_s": round(rows / seconds, 2) if seconds > 0 else None,
+        "items_per_s": final["items_per_s"] if seconds > 0 else None,
     }
-    fs, root = _output_fs(config)
+    fs, root = _output_fs(config.output, config.storage_options)
     job = {"signature": signature, "config": config.to_metadata(), "summary": summary}
     fs.pipe(f"{root}/_job.json", json.dumps(job, indent=2, default=str).encode())
     return summary
@@ -217,9 +220,8 @@ def run_job(
 
 def read_quality_table(output: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """All committed parts of a job's output as one DataFrame (temporary files ignored)."""
-    config = JobConfig(input="", output=output, storage_options=storage_options or {})
-    fs, _ = _output_fs(config)
-    parts = existing_parts(config)
+    fs, _ = _output_fs(output, storage_options)
+    parts = existing_parts(output, storage_options)
     if not parts:
         return pd.DataFrame()
     frames = []

@@ -10,12 +10,12 @@ import os
 import uuid
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vqpipe.io.fs import is_local, url_to_fs
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
 
@@ -31,7 +31,8 @@ def _preprocessor(name: str, options_json: str) -> Any:
 
 
 def _read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
-    with fsspec.open(uri, "rb", **(storage_options if "://" in uri else {})) as fh:
+    fs, path = url_to_fs(uri, storage_options)
+    with fs.open(path, "rb") as fh:
         return fh.read()
 
 
@@ -156,12 +157,12 @@ def write_batch(
     columns["error"] = pa.array(errors, type=pa.string())  # one schema for every part
     table = pa.Table.from_pydict(columns)
     table = table.replace_schema_metadata(metadata)
-    fs, root = fsspec.core.url_to_fs(output, **(storage_options if "://" in output else {}))
+    fs, root = url_to_fs(output, storage_options)
     name = f"part-{uuid.uuid4().hex}.parquet"
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     final = f"{root.rstrip('/')}/{name}"
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local(fs):
         tmp = f"{root.rstrip('/')}/.tmp-{name}"
         with fs.open(tmp, "wb") as fh:
             fh.write(buffer.getvalue())

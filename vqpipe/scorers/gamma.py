@@ -21,9 +21,6 @@ from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP,
 from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
 from vqpipe.scoring.base import Scorer
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class GammaPreprocessor:
     """CPU half of the scorer: PIL image → uint8 [3, S, S], open_clip's eval geometry
@@ -101,12 +98,7 @@ class GammaScorer(Scorer):
                 module.fused = fused_experts
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        visual = self.model.clip_model.visual
-        size = visual.image_size
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        cfg = getattr(visual, "preprocess_cfg", {}) or {}
-        self._mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=self.device).view(3, 1, 1)
-        self._std = torch.tensor(cfg.get("std", OPENAI_STD), device=self.device).view(3, 1, 1)
+        self.image_size = self.model.image_size
         # Same geometry as open_clip's eval transform: shortest side → size (bicubic), centre crop.
         self.preprocessor = GammaPreprocessor(self.image_size)
         self._forward = torch.compile(self.model) if compile else self.model
@@ -138,7 +130,7 @@ class GammaScorer(Scorer):
         x = torch.as_tensor(pixels)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        x = (x.to(self.device).float() / 255.0 - self._mean) / self._std
+        x = self.model.normalize(x.to(self.device))
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -37,7 +37,6 @@ from torchvision.transforms import InterpolationMode, RandomCrop, RandomHorizont
 from vqpipe.media.image import to_rgb
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset, scene_prompts
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
-from vqpipe.scorers.gamma import OPENAI_MEAN, OPENAI_STD
 
 
 def normalised_targets(table: pd.DataFrame) -> np.ndarray:
@@ -62,16 +61,18 @@ def normalised_targets(table: pd.DataFrame) -> np.ndarray:
     return np.clip(target, 0.0, 1.0)
 
 
+def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    return pd.read_parquet(source) if str(source).endswith(".parquet") else pd.read_csv(source)
+
+
 def mixed_table(datasets: Sequence[dict[str, Any]], split: str | None = "train") -> pd.DataFrame:
     """One table (path, target, scene, weight) from several MOS tables with their options."""
     parts = []
     for spec in datasets:
-        table = spec["table"]
-        table = (
-            pd.read_parquet(table)
-            if isinstance(table, (str, Path)) and str(table).endswith(".parquet")
-            else (pd.read_csv(table) if isinstance(table, (str, Path)) else table.copy())
-        )
+        table = _read_table(spec["table"])
         wanted = spec.get("split", split)
         if wanted is not None and "split" in table:
             table = table[table["split"] == wanted]
@@ -168,7 +169,7 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any]:
 
     model = build_model(config)
     trainable = model.set_trainable(train_backbone=bool(config.get("train_backbone", False)))
-    image_size = int(np.atleast_1d(model.clip_model.visual.image_size)[0])
+    image_size = model.image_size
     table = mixed_table(config["datasets"], split=config.get("split", "train"))
     dataset = MOSImageDataset(table, image_size, augment=bool(config.get("augment", True)))
     generator = torch.Generator().manual_seed(seed)
@@ -213,15 +214,13 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any]:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     level_weight = float(config.get("level_loss_weight", 0.0))
-    mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1)
 
     history: dict[str, Any] = {"epoch_loss": [], "step_loss": [], "trainable": len(trainable)}
     step, started = 0, time.perf_counter()
     for epoch in range(epochs):
         losses = []
         for pixels, targets, scenes in loader:
-            x = (pixels.to(device).float() / 255.0 - mean) / std
+            x = core.normalize(pixels.to(device))
             out = model(x, scenes)
             targets = targets.to(device)
             loss = torch.nn.functional.mse_loss(out["score"], targets)
