@@ -90,10 +90,14 @@ def frame_indices(n_frames: int, fps: float, sample_fps: float, max_frames: int)
     step = fps / sample_fps
     count = max(1, int(n_frames / step))
     indices = [min(int(step * i), n_frames - 1) for i in range(count)]
-    if len(indices) > max_frames:
-        keep = np.linspace(0, len(indices) - 1, max_frames).round().astype(int)
-        indices = [indices[k] for k in keep]
-    return indices
+    return [indices[k] for k in even_subset(len(indices), max_frames)]
+
+
+def even_subset(count: int, limit: int) -> list[int]:
+    """Positions of at most ``limit`` of ``count`` items, evenly spread, first and last kept."""
+    if count <= limit:
+        return list(range(count))
+    return [int(k) for k in np.linspace(0, count - 1, max(1, limit)).round().astype(int)]
 
 
 def decode_video(

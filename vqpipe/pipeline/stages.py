@@ -99,8 +99,8 @@ def decode_batch(
 
 
 class ScoreStage:
-    """Actor stage: load one scorer once, score the rows without an error (frames of a video
-    are scored together and averaged), pass every row through."""
+    """Actor stage: load one scorer once, score the rows without an error (each row's frames
+    go to :meth:`Scorer.predict_items`), pass every row through."""
 
     def __init__(self, spec: ScorerOptions) -> None:
         from vqpipe.scoring import create_scorer
@@ -118,20 +118,10 @@ class ScoreStage:
         errors = np.array([_error_text(e) for e in batch["error"]], dtype=object)
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
-            stacked = np.concatenate([np.asarray(inputs[i]) for i in todo])  # all frames
-            owner = np.repeat(np.arange(len(todo)), [len(inputs[i]) for i in todo])
             try:
-                frame_scores, frame_probs = [], []
-                for start in range(0, len(stacked), self.spec.batch_size):
-                    out = self.scorer.predict(
-                        {"pixels": stacked[start : start + self.spec.batch_size]}
-                    )
-                    frame_scores.append(out["score"])
-                    frame_probs.append(out["probs"])
-                fs, fp = np.concatenate(frame_scores), np.concatenate(frame_probs)
-                for j, i in enumerate(todo):
-                    scores[i] = fs[owner == j].mean()
-                    probs[i] = fp[owner == j].mean(axis=0)
+                out = self.scorer.predict_items([inputs[i] for i in todo], self.spec.batch_size)
+                scores[todo] = out["score"]
+                probs[todo] = out["probs"]
             except Exception as exc:
                 for i in todo:
                     errors[i] = f"score[{column}]: {type(exc).__name__}: {exc}"

@@ -100,6 +100,31 @@ class Scorer(abc.ABC):
             raise ValueError(f"{self.name}: cannot collate an empty batch")
         return {key: np.stack([it[key] for it in items]) for key in items[0]}
 
+    def predict_items(
+        self, inputs: Sequence[np.ndarray], batch_size: int = 64
+    ) -> dict[str, np.ndarray]:
+        """Score preprocessed items, each a [T, ...] array of frames (T = 1 for an image).
+
+        The default scores every frame as an image and averages over each item's frames
+        (video scored by an image model); video-native scorers override it.
+        """
+        n = len(inputs)
+        k = max(len(self.prob_labels), 1)
+        if n == 0:
+            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
+        stacked = np.concatenate([np.asarray(x) for x in inputs])
+        owner = np.repeat(np.arange(n), [len(x) for x in inputs])
+        outs = [
+            self.predict({"pixels": stacked[i : i + batch_size]})
+            for i in range(0, len(stacked), batch_size)
+        ]
+        scores = np.concatenate([o["score"] for o in outs])
+        probs = np.concatenate([o["probs"] for o in outs])
+        return {
+            "score": np.array([scores[owner == i].mean() for i in range(n)], np.float32),
+            "probs": np.stack([probs[owner == i].mean(axis=0) for i in range(n)]),
+        }
+
     def score_details(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...)."""
         items = list(items)

@@ -79,6 +79,11 @@ def _register_builtins() -> None:
         "vqpipe.scorers.gamma:GammaScorer",
         description="Gamma: CLIP ViT-B/16 + Mixture of Assessment Experts (fast, generic)",
     )
+    register_scorer(
+        "qalign",
+        "vqpipe.scorers.qalign:QAlignScorer",
+        description="Q-Align / OneAlign (mPLUG-Owl2): image quality, aesthetics, video quality",
+    )
 
 
 _register_builtins()
