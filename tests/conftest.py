@@ -53,3 +53,11 @@ def s3_bucket(s3_server, request):
     fs.mkdir(bucket)
     yield bucket, fs
     fs.rm(bucket, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def qalign_checkpoint(tmp_path_factory):
+    """A tiny random mPLUG-Owl2 checkpoint directory in the official layout (float32)."""
+    from vqpipe.models.mplug_owl2.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("qalign") / "tiny", seed=3)

@@ -22,12 +22,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from vqpipe.models.mplug_owl2.checkpoint import load_into, save_weights, weight_files
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
 from vqpipe.models.mplug_owl2.llama import KVCache, MPLUGOwl2Decoder
+from vqpipe.models.mplug_owl2.tokenizer import IMAGE_TOKEN_INDEX
 from vqpipe.models.mplug_owl2.visual import (
     MplugOwlVisionModel,
     MplugOwlVisualAbstractorModel,
 )
 
-IMAGE_TOKEN_INDEX = -200
 IGNORE_INDEX = -100
 logger = logging.getLogger(__name__)
 
