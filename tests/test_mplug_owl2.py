@@ -180,7 +180,7 @@ def test_pickle_checkpoints_load_with_weights_only(qalign_checkpoint, tmp_path, 
     shutil.copy(qalign_checkpoint / "config.json", ckpt)
     torch.save({"lm_head.weight": torch.zeros(2, 2), "x": _Exploit()}, ckpt / "pytorch_model.bin")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+    with pytest.raises(Exception, match=r"(?i)weights.only|unpickl"):
         MPLUGOwl2ForCausalLM.from_pretrained(ckpt)
     assert not (tmp_path / "PWNED").exists()
 
@@ -266,7 +266,10 @@ def test_video_frames_share_one_placeholder(model):
 def test_batched_forward_with_left_padding_equals_one_by_one(model):
     rows = [[1, 11, IMAGE_TOKEN_INDEX, 13, 14, 15], [1, IMAGE_TOKEN_INDEX, 16]]
     frames = [torch.randn(2, 3, 28, 28), torch.randn(1, 3, 28, 28)]
-    singles = [model(torch.tensor([r]), images=[f]).logits[0, -1] for r, f in zip(rows, frames)]
+    singles = [
+        model(torch.tensor([r]), images=[f]).logits[0, -1]
+        for r, f in zip(rows, frames, strict=True)
+    ]
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])

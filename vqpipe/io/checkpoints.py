@@ -25,20 +25,24 @@ def resolve_checkpoint(
     *,
     storage_options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    hub_files: list[str] | None = None,
 ) -> Path:
     """A local path for a checkpoint file or directory.
 
     Local paths (and ``file://`` URIs) are used in place. Other fsspec URIs (``s3://``,
     ``gs://``, ``memory://``, ...) are copied once into ``cache_dir/<hash of URI>/<name>``; the
     copy is made in a temporary directory and renamed into place, so an interrupted download
-    is never mistaken for a complete one.
+    is never mistaken for a complete one. An ``owner/name`` that is not a local path is a
+    Hugging Face hub repository (fetched when online; only ``hub_files`` patterns).
     """
     text = os.fspath(uri)
     if "://" not in text:
         path = Path(text).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return path
+        if path.exists():
+            return path
+        if is_hub_id(text):
+            return _hub_snapshot(text, hub_files)
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     fs, remote = url_to_fs(text, storage_options)
     if is_local(fs):
         return resolve_checkpoint(remote)
@@ -62,6 +66,25 @@ def resolve_checkpoint(
             if not target.exists():
                 raise
     return target
+
+
+def is_hub_id(text: str) -> bool:
+    """``owner/name`` with no scheme and not a relative or absolute path."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _hub_snapshot(repo_id: str, patterns: list[str] | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"checkpoint {repo_id!r} is not a local path and could not be fetched from the "
+            f"Hugging Face hub ({type(exc).__name__}: {exc}); point to a local dir or an "
+            "s3:// prefix instead"
+        ) from exc
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:

@@ -273,22 +273,7 @@ def resolve_model_dir(
     """A local checkpoint directory for a path, an fsspec URI or a hub id."""
     from vqpipe.io.checkpoints import resolve_checkpoint
 
-    text = os.fspath(path_or_uri)
-    local = Path(text).expanduser()
-    if "://" in text or local.exists():
-        return resolve_checkpoint(text, storage_options=storage_options)
-    if text.count("/") == 1 and not text.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, allow_patterns=HUB_FILES))
-        except Exception as exc:
-            raise FileNotFoundError(
-                f"{text!r} is not a local directory and could not be fetched from the "
-                f"Hugging Face hub ({type(exc).__name__}: {exc}); point to a local dir or an "
-                "s3:// prefix holding config.json + weights + tokenizer"
-            ) from exc
-    raise FileNotFoundError(f"checkpoint not found: {text}")
+    return resolve_checkpoint(path_or_uri, storage_options=storage_options, hub_files=HUB_FILES)
 
 
 HUB_FILES = [
