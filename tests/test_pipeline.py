@@ -230,3 +230,34 @@ def test_killed_job_resumes_without_loss_or_duplicates(corpus, checkpoint, tmp_p
     table = read_quality_table(str(out))
     expected = sorted(str(p) for p in (images / "images").glob("*.png"))
     assert sorted(table["uri"]) == expected  # every input exactly once
+
+
+def test_two_scorer_pools_in_one_job_and_video_sequences(
+    ray_local, corpus, checkpoint, qalign_checkpoint, tmp_path
+):
+    """Gamma and Q-Align (video task: all sampled frames in one sequence) in one graph; the
+    job's Q-Align score of a video equals the scorer's own score of the same frames."""
+    from vqpipe.media.decode import decode_video
+    from vqpipe.scorers.qalign import QAlignScorer
+
+    qalign = {"checkpoint": str(qalign_checkpoint), "task": "video", "device": "cpu"}
+    config = JobConfig(
+        input=str(corpus),
+        output=str(tmp_path / "out"),
+        scorers=[
+            ScorerOptions("gamma", {"checkpoint": checkpoint, "device": "cpu"}, batch_size=8),
+            ScorerOptions("qalign", qalign, batch_size=4),
+        ],
+        exclude=("*.parquet", "*.csv"),
+        rows_per_file=6,
+    )
+    run_job(config)
+    table = read_quality_table(str(tmp_path / "out"))
+    assert sorted(table["uri"]) == _inputs(corpus)
+    ok = table[table["error"].isna()]
+    assert ok["qalign_score"].between(1, 5).all() and ok["gamma_score"].notna().all()
+    assert all(len(p) == 5 for p in ok["qalign_probs"])
+    video = ok[ok["media_type"] == "video"].iloc[0]
+    frames, _ = decode_video(Path(video["uri"]).read_bytes(), 1.0)
+    direct = QAlignScorer(**qalign).score([frames])[0]
+    assert video["qalign_score"] == pytest.approx(direct, abs=1e-4)

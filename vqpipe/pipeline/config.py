@@ -18,6 +18,7 @@ class ScorerOptions:
     batch_size: int = 64
     num_gpus: float = 0.0
     actors: tuple[int, int] = (1, 1)
+    num_cpus: float | None = None  # per actor; None: 1 with a GPU, else a share of one CPU
 
     @property
     def column(self) -> str:
@@ -28,8 +29,8 @@ class ScorerOptions:
     def parse(cls, text: str) -> ScorerOptions:
         """``"gamma"`` or ``"gamma:checkpoint=s3://m/g.pth,scene=face-quality,batch_size=128"``.
 
-        ``batch_size``, ``num_gpus`` and ``actors`` (``min-max``) configure the pool; every
-        other key goes to the scorer (values parsed as JSON when they are JSON, else strings).
+        ``batch_size``, ``num_gpus``, ``num_cpus`` and ``actors`` (``min-max``) configure the
+        pool; every other key goes to the scorer (values parsed as JSON when they are JSON, else strings).
         """
         name, _, rest = text.partition(":")
         spec = cls(name=name.strip())
@@ -42,6 +43,8 @@ class ScorerOptions:
                 spec.batch_size = int(value)
             elif key == "num_gpus":
                 spec.num_gpus = float(value)
+            elif key == "num_cpus":
+                spec.num_cpus = float(value)
             elif key == "actors":
                 low, _, high = value.partition("-")
                 spec.actors = (int(low), int(high or low))

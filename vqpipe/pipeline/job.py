@@ -111,6 +111,20 @@ def format_progress(p: dict[str, Any]) -> str:
     return f"scored {p['done']}/{p['total']}, {p['errors']} errors, {rate} items/s, ETA {eta}"
 
 
+DECODE_CPUS = 0.25
+
+
+def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
+    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; CPU-only pools
+    share one CPU (at least half each), so several pools never starve decode and write."""
+    if spec.num_cpus is not None:
+        return spec.num_cpus
+    if spec.num_gpus:
+        return 1.0
+    cpu_pools = sum(1 for s in scorers if not s.num_gpus)
+    return max(0.5, 1.0 / max(cpu_pools, 1))
+
+
 def run_job(
     config: JobConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -165,10 +179,10 @@ def run_job(
             },
             batch_size=config.rows_per_file,
             batch_format="numpy",
-            # Half a CPU: decode tasks then differ from the scorer actors' remote args, so Ray
-            # does not fuse decoding into the (single-threaded) actors on CPU-only jobs, and
-            # two decode tasks can share a core with the actor's idle time.
-            num_cpus=0.5,
+            # A quarter CPU: decode tasks then differ from the scorer actors' remote args, so
+            # Ray does not fuse decoding into the actors, and several decode tasks overlap
+            # with the actors' idle time.
+            num_cpus=DECODE_CPUS,
         )
         for spec in config.scorers:
             ds = ds.map_batches(
@@ -178,6 +192,7 @@ def run_job(
                     min_size=spec.actors[0], max_size=spec.actors[1]
                 ),
                 num_gpus=spec.num_gpus or None,
+                num_cpus=actor_cpus(spec, config.scorers),
                 batch_size=spec.batch_size,
                 batch_format="numpy",
             )
@@ -191,6 +206,7 @@ def run_job(
             },
             batch_size=config.rows_per_file,
             batch_format="numpy",
+            num_cpus=DECODE_CPUS,  # I/O
         )
         written, last, reported = [], 0.0, -1
         for row in ds.iter_rows():  # one row per written part, as parts are committed
