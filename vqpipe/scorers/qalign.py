@@ -14,28 +14,17 @@ padding, so a batched result equals the one-by-one result.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vqpipe.io.checkpoints import fingerprint
-from vqpipe.io.fs import url_to_fs
 from vqpipe.media.decode import even_subset
-from vqpipe.models.mplug_owl2 import (
-    IMAGE_TOKEN_INDEX,
-    MPLUGOwl2Config,
-    MPLUGOwl2ForCausalLM,
-    MPLUGOwl2ImageProcessor,
-    PromptTokenizer,
-    resolve_model_dir,
-)
+from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.llama import KVCache
-from vqpipe.scoring.base import Scorer
+from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
 
 DEFAULT_CHECKPOINT = "q-future/one-align"
@@ -59,51 +48,7 @@ def qalign_prompt(task: str) -> str:
     )
 
 
-def _read_checkpoint_json(
-    checkpoint: str | os.PathLike, name: str, storage_options: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """One small JSON file of a checkpoint (local dir, fsspec URI or hub id) without fetching
-    the weights; ``None`` when it is not there."""
-    text = os.fspath(checkpoint)
-    if "://" in text or Path(text).expanduser().exists():
-        fs, root = url_to_fs(text, storage_options)
-        path = f"{root.rstrip('/')}/{name}"
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "rb") as fh:
-            return json.load(fh)
-    try:
-        from huggingface_hub import hf_hub_download
-
-        with open(hf_hub_download(text, name), encoding="utf-8") as fh:
-            return json.load(fh)
-    except Exception:
-        return None
-
-
-def checkpoint_processor(
-    checkpoint: str | os.PathLike, storage_options: dict[str, Any] | None = None
-) -> MPLUGOwl2ImageProcessor:
-    """The image processor of a checkpoint, reading only its JSON files."""
-    config = _read_checkpoint_json(checkpoint, "config.json", storage_options) or {}
-    size = MPLUGOwl2Config.from_dict(config).vision.image_size
-    data = _read_checkpoint_json(checkpoint, "preprocessor_config.json", storage_options)
-    if data is None:
-        return MPLUGOwl2ImageProcessor(size=size)
-    return MPLUGOwl2ImageProcessor.from_config(data, default_size=size)
-
-
-class QAlignPreprocessor:
-    """CPU half: one PIL image (or video frame) → ``{"pixels": uint8 [3, S, S]}``."""
-
-    def __init__(self, processor: MPLUGOwl2ImageProcessor) -> None:
-        self.processor = processor
-
-    def __call__(self, image: Any) -> dict[str, np.ndarray]:
-        return {"pixels": self.processor.to_uint8(image)}
-
-
-class QAlignScorer(Scorer):
+class QAlignScorer(Owl2Scorer):
     """Q-Align / OneAlign: ``task`` = quality | aesthetics (images) | video.
 
     Options: ``max_frames`` (frames per video sequence; default what fits in the context,
@@ -114,6 +59,7 @@ class QAlignScorer(Scorer):
 
     name = "qalign"
     version = "1"
+    default_hub_id = DEFAULT_CHECKPOINT
     media = frozenset({"image", "video"})
     score_range = (1.0, 5.0)
     prob_labels = LEVELS
@@ -129,22 +75,10 @@ class QAlignScorer(Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
     ) -> None:
-        source = os.fspath(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-        super().__init__(source, device, dtype)
+        super().__init__(checkpoint, device, dtype, storage_options, model)
         self.task = task
         self.prompt = qalign_prompt(task)
-        directory = resolve_model_dir(source, storage_options)
-        if model is None:
-            model = MPLUGOwl2ForCausalLM.from_pretrained(
-                directory, dtype=self.dtype, device=self.device
-            )
-            self.checkpoint_fingerprint = fingerprint(directory)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         config = self.model.config
-        self.tokenizer = PromptTokenizer.from_pretrained(directory, bos_id=config.bos_token_id)
-        self.processor = MPLUGOwl2ImageProcessor.from_pretrained(
-            directory, default_size=config.vision.image_size
-        )
         ids = self.tokenizer.encode_prompt(self.prompt)
         if ids.count(IMAGE_TOKEN_INDEX) != 1:
             raise ValueError(f"the prompt must hold one image placeholder: {self.prompt!r}")
@@ -153,29 +87,12 @@ class QAlignScorer(Scorer):
         self.prefix_ids = torch.tensor(ids[:cut], device=self.device)
         self.suffix_ids = torch.tensor(ids[cut + 1 :], device=self.device)
         # Official preferential ids: the first piece of each word (bad..excellent here).
-        self.level_ids = torch.tensor(
-            [self.tokenizer.first_piece(w) for w in LEVELS], device=self.device
-        )
+        self.level_ids = self.word_ids(LEVELS)
         text_tokens = len(ids) - 1
         fit = (config.max_position_embeddings - text_tokens) // config.tokens_per_image
         self.max_frames = int(max_frames) if max_frames else max(1, fit)
         self.prefix_cache = prefix_cache
         self._cache: KVCache | None = None
-
-    @classmethod
-    def default_checkpoint(cls) -> str:
-        return DEFAULT_CHECKPOINT
-
-    @classmethod
-    def make_preprocessor(
-        cls,
-        checkpoint: str | os.PathLike | None = None,
-        storage_options: dict[str, Any] | None = None,
-        **_: Any,
-    ) -> QAlignPreprocessor:
-        """Per-frame CPU preprocessing for ``checkpoint``, reading only its JSON files."""
-        source = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
-        return QAlignPreprocessor(checkpoint_processor(source, storage_options))
 
     # ------------------------------------------------------------------ CPU side
     def preprocess(self, item: Any) -> dict[str, np.ndarray]:
@@ -242,11 +159,7 @@ class QAlignScorer(Scorer):
     ) -> torch.Tensor:
         """Logits of the five level words (bad..excellent) at the last position, [B, 5]."""
         model, device = self.model, self.device
-        x = torch.as_tensor(pixels)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        x = self.processor.normalize(x.to(device)).to(model.dtype)
-        feats = model.encode_images(x)  # [N, tokens, D]
+        feats = model.encode_images(self.to_input(pixels))  # [N, tokens, D]
         per_item = [f.flatten(0, 1) for f in feats.split(list(frames), dim=0)]
         lengths = [len(f) for f in per_item]
         b, visual_len, d = len(per_item), max(lengths), feats.shape[-1]

@@ -120,3 +120,10 @@ class MPLUGOwl2ImageProcessor:
         if isinstance(images, Image.Image):
             images = [images]
         return self.normalize(np.stack([self.to_uint8(im) for im in images]))
+
+    def preprocess(
+        self, images: Image.Image | Sequence[Image.Image], return_tensors: str = "pt"
+    ) -> dict[str, torch.Tensor | np.ndarray]:
+        """``{"pixel_values": ...}`` like a transformers image processor (``"pt"`` or ``"np"``)."""
+        pixels = self(images)
+        return {"pixel_values": pixels.numpy() if return_tensors == "np" else pixels}

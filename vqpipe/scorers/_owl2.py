@@ -1,0 +1,129 @@
+"""What the mPLUG-Owl2 scorers (Q-Align, Compare2Score) share: checkpoint loading, the
+tokenizer and image processor of the checkpoint, CPU preprocessing without the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqpipe.io.checkpoints import fingerprint
+from vqpipe.io.fs import url_to_fs
+from vqpipe.models.mplug_owl2 import (
+    MPLUGOwl2Config,
+    MPLUGOwl2ForCausalLM,
+    MPLUGOwl2ImageProcessor,
+    PromptTokenizer,
+    resolve_model_dir,
+)
+from vqpipe.scoring.base import Scorer
+
+
+def _read_checkpoint_json(
+    checkpoint: str | os.PathLike, name: str, storage_options: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """One small JSON file of a checkpoint (local dir, fsspec URI or hub id) without fetching
+    the weights; ``None`` when it is not there."""
+    text = os.fspath(checkpoint)
+    if "://" in text or Path(text).expanduser().exists():
+        fs, root = url_to_fs(text, storage_options)
+        path = f"{root.rstrip('/')}/{name}"
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as fh:
+            return json.load(fh)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        with open(hf_hub_download(text, name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except Exception:
+        return None
+
+
+def checkpoint_processor(
+    checkpoint: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> MPLUGOwl2ImageProcessor:
+    """The image processor of a checkpoint, reading only its JSON files."""
+    config = _read_checkpoint_json(checkpoint, "config.json", storage_options) or {}
+    size = MPLUGOwl2Config.from_dict(config).vision.image_size
+    data = _read_checkpoint_json(checkpoint, "preprocessor_config.json", storage_options)
+    if data is None:
+        return MPLUGOwl2ImageProcessor(size=size)
+    return MPLUGOwl2ImageProcessor.from_config(data, default_size=size)
+
+
+class Owl2Preprocessor:
+    """CPU half: one PIL image (or video frame) → ``{"pixels": uint8 [3, S, S]}``."""
+
+    def __init__(self, processor: MPLUGOwl2ImageProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Any) -> dict[str, np.ndarray]:
+        return {"pixels": self.processor.to_uint8(image)}
+
+
+class Owl2Scorer(Scorer):
+    """Base of the scorers that run the native mPLUG-Owl2."""
+
+    default_hub_id: str = ""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        storage_options: dict[str, Any] | None = None,
+        model: MPLUGOwl2ForCausalLM | None = None,
+    ) -> None:
+        source = os.fspath(checkpoint) if checkpoint is not None else self.default_hub_id
+        super().__init__(source, device, dtype)
+        self.directory = resolve_model_dir(source, storage_options)
+        if model is None:
+            model = MPLUGOwl2ForCausalLM.from_pretrained(
+                self.directory, dtype=self.dtype, device=self.device
+            )
+            self.checkpoint_fingerprint = fingerprint(self.directory)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        config = self.model.config
+        self.tokenizer = PromptTokenizer.from_pretrained(self.directory, config.bos_token_id)
+        self.processor = MPLUGOwl2ImageProcessor.from_pretrained(
+            self.directory, default_size=config.vision.image_size
+        )
+
+    @classmethod
+    def default_checkpoint(cls) -> str:
+        return cls.default_hub_id
+
+    @classmethod
+    def make_preprocessor(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        storage_options: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Owl2Preprocessor:
+        """Per-frame CPU preprocessing for ``checkpoint``, reading only its JSON files."""
+        source = checkpoint if checkpoint is not None else cls.default_hub_id
+        return Owl2Preprocessor(checkpoint_processor(source, storage_options))
+
+    def word_ids(self, words: tuple[str, ...], single: bool = False) -> torch.Tensor:
+        """The official ids of ``words``: each word's first piece (``single``: assert the word
+        is one piece)."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer.encode(word)
+            if single and len(pieces) != 1:
+                raise ValueError(f"{word!r} is {len(pieces)} pieces in this tokenizer, not one")
+            ids.append(self.tokenizer.first_piece(word))
+        return torch.tensor(ids, device=self.device)
+
+    def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""
+        x = torch.as_tensor(pixels)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return self.processor.normalize(x.to(self.device)).to(self.model.dtype)
