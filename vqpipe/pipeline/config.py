@@ -30,7 +30,8 @@ class ScorerOptions:
         """``"gamma"`` or ``"gamma:checkpoint=s3://m/g.pth,scene=face-quality,batch_size=128"``.
 
         ``batch_size``, ``num_gpus``, ``num_cpus`` and ``actors`` (``min-max``) configure the
-        pool; every other key goes to the scorer (values parsed as JSON when they are JSON, else strings).
+        pool; every other key goes to the scorer (values parsed as JSON when they are JSON,
+        else strings).
         """
         name, _, rest = text.partition(":")
         spec = cls(name=name.strip())

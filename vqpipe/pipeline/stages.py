@@ -116,15 +116,22 @@ class ScoreStage:
         scores = np.full(n, np.nan, np.float32)
         probs = np.full((n, k), np.nan, np.float32)
         errors = np.array([_error_text(e) for e in batch["error"]], dtype=object)
+        extra: dict[str, np.ndarray] = {}
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
             try:
                 out = self.scorer.predict_items([inputs[i] for i in todo], self.spec.batch_size)
                 scores[todo] = out["score"]
                 probs[todo] = out["probs"]
+                for key, values in out.items():  # further per-item numbers → own columns
+                    if key not in ("score", "probs") and np.ndim(values) == 1:
+                        extra[key] = np.full(n, np.nan, np.float32)
+                        extra[key][todo] = values
             except Exception as exc:
                 for i in todo:
                     errors[i] = f"score[{column}]: {type(exc).__name__}: {exc}"
+        for key in getattr(self.scorer, "extra_outputs", ()):
+            batch[f"{column}_{key}"] = extra.get(key, np.full(n, np.nan, np.float32))
         batch[f"{column}_score"] = scores
         batch[f"{column}_probs"] = probs
         batch["error"] = errors

@@ -61,6 +61,7 @@ class Scorer(abc.ABC):
     higher_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     prob_labels: ClassVar[tuple[str, ...]] = ()
+    extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
 
     def __init__(
         self,

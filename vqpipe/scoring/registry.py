@@ -84,6 +84,11 @@ def _register_builtins() -> None:
         "vqpipe.scorers.qalign:QAlignScorer",
         description="Q-Align / OneAlign (mPLUG-Owl2): image quality, aesthetics, video quality",
     )
+    register_scorer(
+        "compare2score",
+        "vqpipe.scorers.compare2score:Compare2ScoreScorer",
+        description="Compare2Score (mPLUG-Owl2): soft comparisons with anchors, Thurstone MAP",
+    )
 
 
 _register_builtins()

@@ -1,0 +1,274 @@
+"""The Compare2Score scorer: soft comparisons with anchor images → Thurstone Case V MAP score.
+
+Per test image: m comparisons "how is the second image compared with the first (anchor)?",
+each a soft probability ``p_j = Σ_k w_k · softmax(logits_k / 100)`` over the five comparison
+words; the row ``p`` and column ``1 − p`` join the anchor matrix ``P_a``, and the exact MAP
+of the (m+1)×(m+1) matrix (:func:`~vqpipe.scoring.thurstone_map`, batched over the batch) gives
+the test image's score.
+
+Speed by design (the official code runs m full two-image forwards per image): each test image
+goes through the vision tower and abstractor once; the token prefix up to and including each
+anchor image (``USER: <anchor> ``) is the same for every test image, so its KV cache is computed
+once per anchor and every (test image, anchor) pair of a batch runs in one forward that starts
+after it; only the last position and the five word rows of the LM head are computed.
+
+Outputs: ``thurstone`` (the raw MAP value, does not saturate), ``score_100`` (the official
+convention: min-max of the m+1 MAP scores to 0..100, so it saturates outside the anchors'
+range) and ``probs`` (the m comparison probabilities). ``score`` is ``thurstone`` unless
+``output="official"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqpipe.io.checkpoints import default_cache_dir
+from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
+from vqpipe.models.mplug_owl2.llama import KVCache
+from vqpipe.scorers._owl2 import Owl2Scorer
+from vqpipe.scorers.anchors import AnchorSet, check_anchor_matrix, load_anchor_set
+from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.scoring.thurstone import thurstone_map
+
+DEFAULT_CHECKPOINT = "q-future/Compare2Score"
+COMPARE_PROMPT = (
+    "USER: <|image|> <|image|> Compared with the first image, what is your quality rating for "
+    "second image? \nASSISTANT: The quality of the second image is"
+)
+"""The official prompt: anchor image first, test image second, BOS once at the front."""
+
+
+def add_test_rows(anchor_matrix: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(m+1)×(m+1) matrices, one per row of ``p`` [B, m]: ``C[m, j] = p_j``,
+    ``C[j, m] = 1 − p_j``, ``C[m, m] = 0.5`` around the anchor matrix."""
+    b, m = p.shape
+    c = np.empty((b, m + 1, m + 1), dtype=np.float64)
+    c[:, :m, :m] = anchor_matrix
+    c[:, m, :m] = p
+    c[:, :m, m] = 1.0 - p
+    c[:, m, m] = 0.5
+    return c
+
+
+def map_scores(anchor_matrix: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact MAP scores of test images from their anchor probabilities ``p`` [B, m]:
+    ``thurstone`` (raw, the test item's q) and ``score_100`` (official min-max to 0..100)."""
+    q = np.asarray(thurstone_map(add_test_rows(anchor_matrix, p)))
+    low, high = q.min(axis=1), q.max(axis=1)
+    span = np.where(high > low, high - low, 1.0)
+    return {"thurstone": q[:, -1], "score_100": 100.0 * (q[:, -1] - low) / span}
+
+
+class Compare2ScoreScorer(Owl2Scorer):
+    """Compare2Score on the native mPLUG-Owl2. ``anchors``: an anchor-set directory (default:
+    the bundled synthetic set); ``anchor_matrix``: a precomputed ``P_a`` (else computed once
+    per checkpoint and anchor set, cached under ``$VQPIPE_CACHE/compare2score``)."""
+
+    name = "compare2score"
+    version = "1"
+    media = frozenset({"image"})
+    score_range = (-10.0, 10.0)
+    default_hub_id = DEFAULT_CHECKPOINT
+    extra_outputs = ("thurstone", "score_100")  # quality-table columns besides score/probs
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        anchors: str | os.PathLike | AnchorSet | None = None,
+        anchor_matrix: Sequence[Sequence[float]] | np.ndarray | None = None,
+        output: str = "thurstone",
+        temperature: float = 100.0,
+        prefix_cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        storage_options: dict[str, Any] | None = None,
+        model: MPLUGOwl2ForCausalLM | None = None,
+    ) -> None:
+        super().__init__(checkpoint, device, dtype, storage_options, model)
+        if output not in ("thurstone", "official"):
+            raise ValueError(f"output must be 'thurstone' or 'official', got {output!r}")
+        self.output = output
+        self.temperature = float(temperature)
+        self.prefix_cache = prefix_cache
+        self.anchors = anchors if isinstance(anchors, AnchorSet) else load_anchor_set(anchors)
+        m = len(self.anchors)
+        self.prob_labels = tuple(f"anchor{j}" for j in range(m))
+        ids = self.tokenizer.encode_prompt(COMPARE_PROMPT)
+        first, second = (i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX)
+        self.prompt_ids = ids
+        self.head_ids = torch.tensor(ids[:first], device=self.device)
+        self.mid_ids = torch.tensor(ids[first + 1 : second], device=self.device)
+        self.tail_ids = torch.tensor(ids[second + 1 :], device=self.device)
+        self.word_ids_ = self.word_ids(COMPARISON_LEVELS, single=True)
+        self.anchor_pixels = np.stack([self.processor.to_uint8(im) for im in self.anchors.images()])
+        self._cache: KVCache | None = None
+        self._cache_dir = cache_dir
+        if anchor_matrix is None:
+            anchor_matrix = self.anchors.matrix
+        if anchor_matrix is None:
+            anchor_matrix = self._cached_anchor_matrix()
+        self.anchor_matrix = np.asarray(anchor_matrix, dtype=np.float64)
+        check_anchor_matrix(self.anchor_matrix, m)
+
+    # ------------------------------------------------------------------ anchor matrix
+    def compute_anchor_matrix(self) -> np.ndarray:
+        """``P_a[i, j] = P(anchor_i ≻ anchor_j)`` from the model: both orders of every pair,
+        averaged so that ``P[i, j] = 1 − P[j, i]``; diagonal 0.5."""
+        raw = self.comparison_probs(self.anchor_pixels).astype(np.float64)  # [i (second), j]
+        matrix = (raw + (1.0 - raw.T)) / 2.0
+        np.fill_diagonal(matrix, 0.5)
+        return matrix
+
+    def _cached_anchor_matrix(self) -> np.ndarray:
+        if self.checkpoint_fingerprint is None:  # a model object: no stable key, no disk cache
+            return self.compute_anchor_matrix()
+        key = json.dumps(
+            [
+                self.checkpoint_fingerprint,
+                self.anchors.fingerprint,
+                self.temperature,
+                COMPARE_PROMPT,
+                str(self.dtype),
+            ]
+        )
+        name = hashlib.sha256(key.encode()).hexdigest()[:24]
+        root = default_cache_dir() if self._cache_dir is None else self._cache_dir
+        path = os.path.join(os.fspath(root), "compare2score", f"{name}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                return np.asarray(json.load(fh)["matrix"], dtype=np.float64)
+        matrix = self.compute_anchor_matrix()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"key": json.loads(key), "matrix": matrix.tolist()}, fh)
+        os.replace(tmp, path)
+        return matrix
+
+    # ------------------------------------------------------------------ comparisons
+    @torch.inference_mode()
+    def comparison_logits(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits of the five comparison words for every (test image, anchor) pair, [B, m, 5]
+        (test image second, anchor first, as the official prompt)."""
+        model, device = self.model, self.device
+        m = len(self.anchor_pixels)
+        test = model.encode_images(self.to_input(pixels))  # [B, T, D] — once per test image
+        b, t, _ = test.shape
+        embed = model.model.embed_tokens
+        tail = embed(self.tail_ids)
+        rows = b * m
+        if self.prefix_cache:
+            cache = self._anchor_cache()
+            past = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in cache]
+            new = torch.cat([test.repeat_interleave(m, 0), tail[None].expand(rows, -1, -1)], 1)
+            start = past[0][0].shape[2]
+            positions = torch.arange(start, start + new.shape[1], device=device)
+            hidden, _ = model.model.decode(
+                new,
+                t,
+                position_ids=positions[None].expand(rows, -1),
+                past_key_values=past,
+                last_only=True,
+            )
+        else:  # full two-image sequences, nothing shared (the official path, batched)
+            anchors = model.encode_images(self.to_input(self.anchor_pixels))
+            seq = torch.cat(
+                [
+                    embed(self.head_ids)[None].expand(rows, -1, -1),
+                    anchors.repeat(b, 1, 1),
+                    embed(self.mid_ids)[None].expand(rows, -1, -1),
+                    test.repeat_interleave(m, 0),
+                    tail[None].expand(rows, -1, -1),
+                ],
+                dim=1,
+            )
+            modality = torch.zeros(rows, seq.shape[1], dtype=torch.long, device=device)
+            h, a = len(self.head_ids), anchors.shape[1]
+            modality[:, h : h + a] = 1
+            s = h + a + len(self.mid_ids)
+            modality[:, s : s + t] = 1
+            hidden, _ = model.model.decode(seq, modality, last_only=True)
+        logits = hidden[:, -1] @ model.lm_head.weight[self.word_ids_].T
+        return logits.float().view(b, m, -1)
+
+    def comparison_probs(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
+        logits = self.comparison_logits(pixels)
+        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
+
+    def _anchor_cache(self) -> KVCache:
+        """KV cache of ``[BOS] USER: <anchor_j> ␣`` for every anchor (batch m), made once."""
+        if self._cache is None:
+            model, device = self.model, self.device
+            embed = model.model.embed_tokens
+            anchors = model.encode_images(self.to_input(self.anchor_pixels))  # [m, T, D]
+            m, t, _ = anchors.shape
+            head, mid = embed(self.head_ids), embed(self.mid_ids)
+            seq = torch.cat(
+                [head[None].expand(m, -1, -1), anchors, mid[None].expand(m, -1, -1)], dim=1
+            )
+            modality = torch.zeros(m, seq.shape[1], dtype=torch.long, device=device)
+            modality[:, len(head) : len(head) + t] = 1
+            _, self._cache = model.model.decode(seq, modality, use_cache=True, last_only=True)
+        return self._cache
+
+    # ------------------------------------------------------------------ Scorer protocol
+    def preprocess(self, item: Any) -> dict[str, np.ndarray]:
+        """An image → uint8 [1, 3, S, S] (a frame list: its frames, scored and averaged)."""
+        frames = list(item) if isinstance(item, (list, tuple)) else [item]
+        return {"pixels": np.stack([self.processor.to_uint8(f) for f in frames])}
+
+    def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {"pixels": np.concatenate([np.asarray(it["pixels"]) for it in items])}
+
+    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 [B, 3, S, S] → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        p = self.comparison_probs(batch["pixels"])
+        scores = map_scores(self.anchor_matrix, p)
+        main = scores["thurstone"] if self.output == "thurstone" else scores["score_100"]
+        return {
+            "score": main.astype(np.float32),
+            "probs": p.astype(np.float32),
+            "thurstone": scores["thurstone"].astype(np.float32),
+            "score_100": scores["score_100"].astype(np.float32),
+        }
+
+    def predict_items(
+        self, inputs: Sequence[np.ndarray], batch_size: int = 16
+    ) -> dict[str, np.ndarray]:
+        """Frames as images, averaged per item; the extra outputs are averaged too."""
+        stacked = np.concatenate([np.asarray(x) for x in inputs])
+        owner = np.repeat(np.arange(len(inputs)), [len(x) for x in inputs])
+        outs = [
+            self.predict({"pixels": stacked[i : i + batch_size]})
+            for i in range(0, len(stacked), batch_size)
+        ]
+        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        return {
+            k: np.stack([v[owner == i].mean(axis=0) for i in range(len(inputs))]).astype(np.float32)
+            for k, v in merged.items()
+        }
+
+    def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        items = list(items)
+        if not items:
+            return {"score": np.zeros(0, np.float32)}
+        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **super().metadata(),
+            "output": self.output,
+            "anchors": str(self.anchors.root),
+            "anchor_fingerprint": self.anchors.fingerprint,
+            "anchor_mos": self.anchors.table["mos"].tolist(),
+            "temperature": self.temperature,
+        }
