@@ -55,7 +55,7 @@ def test_write_and_load_an_anchor_set(tmp_path):
     assert anchors.table["source"].tolist() == ["img1.png", "img4.png"]
     assert len(load_anchor_set(tmp_path / "set")) == 2 and anchors.matrix is None
     assert [im.size for im in anchors.images()] == [(8, 8), (8, 8)]
-    with pytest.raises(FileNotFoundError, match="anchors.csv"):
+    with pytest.raises(FileNotFoundError, match=r"anchors\.csv"):
         load_anchor_set(tmp_path)
 
 

@@ -235,8 +235,8 @@ def test_killed_job_resumes_without_loss_or_duplicates(corpus, checkpoint, tmp_p
 def test_two_scorer_pools_in_one_job_and_video_sequences(
     ray_local, corpus, checkpoint, qalign_checkpoint, tmp_path
 ):
-    """Gamma and Q-Align (video task: all sampled frames in one sequence) in one graph; the
-    job's Q-Align score of a video equals the scorer's own score of the same frames."""
+    """Gamma, Q-Align (video task: all sampled frames in one sequence) and Compare2Score in one
+    graph; the job's Q-Align score of a video equals the scorer's own score of its frames."""
     from vqpipe.media.decode import decode_video
     from vqpipe.scorers.qalign import QAlignScorer
 
@@ -247,6 +247,7 @@ def test_two_scorer_pools_in_one_job_and_video_sequences(
         scorers=[
             ScorerOptions("gamma", {"checkpoint": checkpoint, "device": "cpu"}, batch_size=8),
             ScorerOptions("qalign", qalign, batch_size=4),
+            ScorerOptions("compare2score", {"checkpoint": str(qalign_checkpoint)}, batch_size=4),
         ],
         exclude=("*.parquet", "*.csv"),
         rows_per_file=6,
@@ -257,6 +258,9 @@ def test_two_scorer_pools_in_one_job_and_video_sequences(
     ok = table[table["error"].isna()]
     assert ok["qalign_score"].between(1, 5).all() and ok["gamma_score"].notna().all()
     assert all(len(p) == 5 for p in ok["qalign_probs"])
+    assert ok["compare2score_thurstone"].notna().all()
+    assert ok["compare2score_score_100"].between(0, 100).all()
+    assert (ok["compare2score_score"] == ok["compare2score_thurstone"]).all()
     video = ok[ok["media_type"] == "video"].iloc[0]
     frames, _ = decode_video(Path(video["uri"]).read_bytes(), 1.0)
     direct = QAlignScorer(**qalign).score([frames])[0]
