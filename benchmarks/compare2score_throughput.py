@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from qalign_throughput import quick_config
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
-from vqpipe.models.mplug_owl2.tiny import train_tiny_tokenizer
+from vqpipe.models.mplug_owl2.tiny import bench_config, train_tiny_tokenizer
 from vqpipe.scorers.anchors import OFFICIAL_ANCHOR_MATRIX, AnchorSet
 from vqpipe.scorers.compare2score import Compare2ScoreScorer, map_scores
 
@@ -50,7 +49,7 @@ def _time(fn, device: torch.device, repeats: int) -> float:
 def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         train_tiny_tokenizer(tmp)
-        cfg = quick_config(400) if quick else MPLUGOwl2Config()
+        cfg = bench_config() if quick else MPLUGOwl2Config()
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
         model = MPLUGOwl2ForCausalLM.from_config(cfg, dtype=torch_dtype, device=device)
         cfg.save_pretrained(tmp)
@@ -101,7 +100,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
     )
     return [
         {
-            "figure": f"anchor-prefix cached scorer, batch {batch}, m={m}, vs official m full passes",
+            "figure": f"anchor-prefix cache, batch {batch}, m={m}, vs official m full passes",
             "images_per_s": batch / fast_s,
             "baseline_images_per_s": naive_ips,
             "ratio": (batch / fast_s) / naive_ips,

@@ -23,40 +23,8 @@ import torch
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
-from vqpipe.models.mplug_owl2.tiny import tiny_config, train_tiny_tokenizer
+from vqpipe.models.mplug_owl2.tiny import bench_config, train_tiny_tokenizer
 from vqpipe.scorers.qalign import QAlignScorer
-
-
-def quick_config(vocab: int) -> MPLUGOwl2Config:
-    """448 px with a narrow ViT, a 4-layer 256-wide LLM and a LLaMA-sized vocabulary."""
-    return tiny_config(
-        image_size=448,
-        vocab_size=max(vocab, 32000),
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=2048,
-        visual_config={
-            "visual_model": {
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "image_size": 448,
-                "patch_size": 14,
-            },
-            "visual_abstractor": {
-                "num_learnable_queries": 64,
-                "hidden_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "intermediate_size": 176,
-                "encoder_hidden_size": 64,
-                "grid_size": 32,
-            },
-        },
-    )
 
 
 def flops_per_image(cfg: MPLUGOwl2Config, prefix: int, suffix: int, naive: bool) -> float:
@@ -108,7 +76,7 @@ def run(
 ) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         train_tiny_tokenizer(tmp)  # prompt ids only; the model's vocabulary is its own
-        cfg = quick_config(400) if quick else MPLUGOwl2Config()
+        cfg = bench_config() if quick else MPLUGOwl2Config()
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
         model = MPLUGOwl2ForCausalLM.from_config(cfg, dtype=torch_dtype, device=device)
         cfg.save_pretrained(tmp)

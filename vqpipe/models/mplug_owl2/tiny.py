@@ -74,6 +74,38 @@ def tiny_config(image_size: int = 28, patch_size: int = 14, **overrides: Any) ->
     return MPLUGOwl2Config.from_dict(data)
 
 
+def bench_config(vocab: int = 32000) -> MPLUGOwl2Config:
+    """448 px with a narrow ViT, a 4-layer 256-wide LLM and a LLaMA-sized vocabulary."""
+    return tiny_config(
+        image_size=448,
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=2048,
+        visual_config={
+            "visual_model": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 448,
+                "patch_size": 14,
+            },
+            "visual_abstractor": {
+                "num_learnable_queries": 64,
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "intermediate_size": 176,
+                "encoder_hidden_size": 64,
+                "grid_size": 32,
+            },
+        },
+    )
+
+
 def train_tiny_tokenizer(directory: str | os.PathLike, vocab_size: int = 400) -> Path:
     """A LLaMA-like SentencePiece BPE model (``<unk>``=0, ``<s>``=1, ``</s>``=2, byte
     fallback, dummy prefix) on the prompt vocabulary → ``directory/tokenizer.model``."""
