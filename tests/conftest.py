@@ -7,6 +7,14 @@ import pytest
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def vqpipe_cache(tmp_path_factory):
+    """Checkpoint downloads and computed anchor matrices go to a per-session cache."""
+    path = tmp_path_factory.mktemp("vqpipe-cache")
+    os.environ["VQPIPE_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

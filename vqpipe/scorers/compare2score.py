@@ -66,7 +66,141 @@ def map_scores(anchor_matrix: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray
     return {"thurstone": q[:, -1], "score_100": 100.0 * (q[:, -1] - low) / span}
 
 
-class Compare2ScoreScorer(Owl2Scorer):
+class AnchorComparison:
+    """Anchor-set scoring shared by the Compare2Score scorers: the anchor matrix (given,
+    carried by the anchor set, or computed once with the model and cached on disk), the
+    (m+1)×(m+1) MAP per test image, the outputs. Subclasses provide
+    :meth:`comparison_logits` (inputs → [B, m, 5]) and :meth:`anchor_inputs`."""
+
+    extra_outputs = ("thurstone", "score_100")  # quality-table columns besides score/probs
+
+    def init_anchors(
+        self,
+        anchors: str | os.PathLike | AnchorSet | None,
+        anchor_matrix: Sequence[Sequence[float]] | np.ndarray | None,
+        output: str,
+        temperature: float,
+        cache_dir: str | os.PathLike | None,
+    ) -> None:
+        if output not in ("thurstone", "official"):
+            raise ValueError(f"output must be 'thurstone' or 'official', got {output!r}")
+        self.output = output
+        self.temperature = float(temperature)
+        self.anchors = anchors if isinstance(anchors, AnchorSet) else load_anchor_set(anchors)
+        self.prob_labels = tuple(f"anchor{j}" for j in range(len(self.anchors)))
+        self._cache_dir = cache_dir
+        self._anchor_matrix_given = anchor_matrix is not None or self.anchors.matrix is not None
+        self._anchor_matrix = anchor_matrix if anchor_matrix is not None else self.anchors.matrix
+
+    @property
+    def anchor_matrix(self) -> np.ndarray:
+        """``P_a``; computed with the model (and cached on disk) on first use when not given."""
+        if self._anchor_matrix is None:
+            self._anchor_matrix = self._cached_anchor_matrix()
+        matrix = np.asarray(self._anchor_matrix, dtype=np.float64)
+        check_anchor_matrix(matrix, len(self.anchors))
+        self._anchor_matrix = matrix
+        return matrix
+
+    def comparison_logits(self, inputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def anchor_inputs(self) -> Any:
+        """The anchors in the form :meth:`comparison_logits` takes test images."""
+        raise NotImplementedError
+
+    def comparison_probs(self, inputs: Any) -> np.ndarray:
+        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
+        logits = self.comparison_logits(inputs)
+        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
+
+    def compute_anchor_matrix(self) -> np.ndarray:
+        """``P_a[i, j] = P(anchor_i ≻ anchor_j)`` from the model: both orders of every pair,
+        averaged so that ``P[i, j] = 1 − P[j, i]``; diagonal 0.5."""
+        raw = self.comparison_probs(self.anchor_inputs()).astype(np.float64)  # [i (2nd), j]
+        matrix = (raw + (1.0 - raw.T)) / 2.0
+        np.fill_diagonal(matrix, 0.5)
+        return matrix
+
+    def cache_key(self) -> list[Any] | None:
+        """What identifies a computed anchor matrix (None: do not cache on disk)."""
+        fp = getattr(self, "checkpoint_fingerprint", None)
+        if fp is None:
+            return None
+        return [
+            fp,
+            self.anchors.fingerprint,
+            self.temperature,
+            type(self).__name__,
+            str(getattr(self, "dtype", "")),
+        ]
+
+    def _cached_anchor_matrix(self) -> np.ndarray:
+        key = self.cache_key()
+        if key is None:  # a model object: no stable key, no disk cache
+            return self.compute_anchor_matrix()
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+        root = default_cache_dir() if self._cache_dir is None else self._cache_dir
+        path = os.path.join(os.fspath(root), "compare2score", f"{name}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                return np.asarray(json.load(fh)["matrix"], dtype=np.float64)
+        matrix = self.compute_anchor_matrix()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"key": key, "matrix": matrix.tolist()}, fh)
+        os.replace(tmp, path)
+        return matrix
+
+    def scores_from_probs(self, p: np.ndarray) -> dict[str, np.ndarray]:
+        scores = map_scores(self.anchor_matrix, p)
+        main = scores["thurstone"] if self.output == "thurstone" else scores["score_100"]
+        return {
+            "score": main.astype(np.float32),
+            "probs": p.astype(np.float32),
+            "thurstone": scores["thurstone"].astype(np.float32),
+            "score_100": scores["score_100"].astype(np.float32),
+        }
+
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.scores_from_probs(self.comparison_probs(batch["pixels"]))
+
+    def predict_items(self, inputs: Sequence[Any], batch_size: int = 16) -> dict[str, np.ndarray]:
+        """Frames as images, averaged per item; the extra outputs are averaged too."""
+        frames = [f for x in inputs for f in x]
+        owner = np.repeat(np.arange(len(inputs)), [len(x) for x in inputs])
+        outs = [
+            self.predict({"pixels": self.stack(frames[i : i + batch_size])})
+            for i in range(0, len(frames), batch_size)
+        ]
+        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        return {
+            k: np.stack([v[owner == i].mean(axis=0) for i in range(len(inputs))]).astype(np.float32)
+            for k, v in merged.items()
+        }
+
+    def stack(self, frames: Sequence[Any]) -> Any:
+        return np.stack(frames)
+
+    def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        items = list(items)
+        if not items:
+            return {"score": np.zeros(0, np.float32)}
+        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
+
+    def anchor_metadata(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "anchors": str(self.anchors.root),
+            "anchor_fingerprint": self.anchors.fingerprint,
+            "anchor_mos": self.anchors.table["mos"].tolist(),
+            "temperature": self.temperature,
+        }
+
+
+class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     """Compare2Score on the native mPLUG-Owl2. ``anchors``: an anchor-set directory (default:
     the bundled synthetic set); ``anchor_matrix``: a precomputed ``P_a`` (else computed once
     per checkpoint and anchor set, cached under ``$VQPIPE_CACHE/compare2score``)."""
@@ -76,7 +210,6 @@ class Compare2ScoreScorer(Owl2Scorer):
     media = frozenset({"image"})
     score_range = (-10.0, 10.0)
     default_hub_id = DEFAULT_CHECKPOINT
-    extra_outputs = ("thurstone", "score_100")  # quality-table columns besides score/probs
 
     def __init__(
         self,
@@ -93,14 +226,8 @@ class Compare2ScoreScorer(Owl2Scorer):
         model: MPLUGOwl2ForCausalLM | None = None,
     ) -> None:
         super().__init__(checkpoint, device, dtype, storage_options, model)
-        if output not in ("thurstone", "official"):
-            raise ValueError(f"output must be 'thurstone' or 'official', got {output!r}")
-        self.output = output
-        self.temperature = float(temperature)
+        self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
         self.prefix_cache = prefix_cache
-        self.anchors = anchors if isinstance(anchors, AnchorSet) else load_anchor_set(anchors)
-        m = len(self.anchors)
-        self.prob_labels = tuple(f"anchor{j}" for j in range(m))
         ids = self.tokenizer.encode_prompt(COMPARE_PROMPT)
         first, second = (i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX)
         self.prompt_ids = ids
@@ -110,48 +237,14 @@ class Compare2ScoreScorer(Owl2Scorer):
         self.word_ids_ = self.word_ids(COMPARISON_LEVELS, single=True)
         self.anchor_pixels = np.stack([self.processor.to_uint8(im) for im in self.anchors.images()])
         self._cache: KVCache | None = None
-        self._cache_dir = cache_dir
-        if anchor_matrix is None:
-            anchor_matrix = self.anchors.matrix
-        if anchor_matrix is None:
-            anchor_matrix = self._cached_anchor_matrix()
-        self.anchor_matrix = np.asarray(anchor_matrix, dtype=np.float64)
-        check_anchor_matrix(self.anchor_matrix, m)
+        self.anchor_matrix  # noqa: B018 — computed (or read from the cache) up front
 
-    # ------------------------------------------------------------------ anchor matrix
-    def compute_anchor_matrix(self) -> np.ndarray:
-        """``P_a[i, j] = P(anchor_i ≻ anchor_j)`` from the model: both orders of every pair,
-        averaged so that ``P[i, j] = 1 − P[j, i]``; diagonal 0.5."""
-        raw = self.comparison_probs(self.anchor_pixels).astype(np.float64)  # [i (second), j]
-        matrix = (raw + (1.0 - raw.T)) / 2.0
-        np.fill_diagonal(matrix, 0.5)
-        return matrix
+    def anchor_inputs(self) -> np.ndarray:
+        return self.anchor_pixels
 
-    def _cached_anchor_matrix(self) -> np.ndarray:
-        if self.checkpoint_fingerprint is None:  # a model object: no stable key, no disk cache
-            return self.compute_anchor_matrix()
-        key = json.dumps(
-            [
-                self.checkpoint_fingerprint,
-                self.anchors.fingerprint,
-                self.temperature,
-                COMPARE_PROMPT,
-                str(self.dtype),
-            ]
-        )
-        name = hashlib.sha256(key.encode()).hexdigest()[:24]
-        root = default_cache_dir() if self._cache_dir is None else self._cache_dir
-        path = os.path.join(os.fspath(root), "compare2score", f"{name}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                return np.asarray(json.load(fh)["matrix"], dtype=np.float64)
-        matrix = self.compute_anchor_matrix()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"key": json.loads(key), "matrix": matrix.tolist()}, fh)
-        os.replace(tmp, path)
-        return matrix
+    def cache_key(self) -> list[Any] | None:
+        key = super().cache_key()
+        return None if key is None else [*key, COMPARE_PROMPT]
 
     # ------------------------------------------------------------------ comparisons
     @torch.inference_mode()
@@ -199,11 +292,6 @@ class Compare2ScoreScorer(Owl2Scorer):
         logits = hidden[:, -1] @ model.lm_head.weight[self.word_ids_].T
         return logits.float().view(b, m, -1)
 
-    def comparison_probs(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
-        logits = self.comparison_logits(pixels)
-        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
-
     def _anchor_cache(self) -> KVCache:
         """KV cache of ``[BOS] USER: <anchor_j> ␣`` for every anchor (batch m), made once."""
         if self._cache is None:
@@ -229,46 +317,5 @@ class Compare2ScoreScorer(Owl2Scorer):
     def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {"pixels": np.concatenate([np.asarray(it["pixels"]) for it in items])}
 
-    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """uint8 [B, 3, S, S] → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
-        p = self.comparison_probs(batch["pixels"])
-        scores = map_scores(self.anchor_matrix, p)
-        main = scores["thurstone"] if self.output == "thurstone" else scores["score_100"]
-        return {
-            "score": main.astype(np.float32),
-            "probs": p.astype(np.float32),
-            "thurstone": scores["thurstone"].astype(np.float32),
-            "score_100": scores["score_100"].astype(np.float32),
-        }
-
-    def predict_items(
-        self, inputs: Sequence[np.ndarray], batch_size: int = 16
-    ) -> dict[str, np.ndarray]:
-        """Frames as images, averaged per item; the extra outputs are averaged too."""
-        stacked = np.concatenate([np.asarray(x) for x in inputs])
-        owner = np.repeat(np.arange(len(inputs)), [len(x) for x in inputs])
-        outs = [
-            self.predict({"pixels": stacked[i : i + batch_size]})
-            for i in range(0, len(stacked), batch_size)
-        ]
-        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-        return {
-            k: np.stack([v[owner == i].mean(axis=0) for i in range(len(inputs))]).astype(np.float32)
-            for k, v in merged.items()
-        }
-
-    def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
-        items = list(items)
-        if not items:
-            return {"score": np.zeros(0, np.float32)}
-        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
-
     def metadata(self) -> dict[str, Any]:
-        return {
-            **super().metadata(),
-            "output": self.output,
-            "anchors": str(self.anchors.root),
-            "anchor_fingerprint": self.anchors.fingerprint,
-            "anchor_mos": self.anchors.table["mos"].tolist(),
-            "temperature": self.temperature,
-        }
+        return {**super().metadata(), **self.anchor_metadata()}

@@ -89,6 +89,11 @@ def _register_builtins() -> None:
         "vqpipe.scorers.compare2score:Compare2ScoreScorer",
         description="Compare2Score (mPLUG-Owl2): soft comparisons with anchors, Thurstone MAP",
     )
+    register_scorer(
+        "compare2score-lmm",
+        "vqpipe.scorers.compare2score_lmm:LMMCompare2ScoreScorer",
+        description="zero-shot Compare2Score with any transformers image-text-to-text LMM",
+    )
 
 
 _register_builtins()

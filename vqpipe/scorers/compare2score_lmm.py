@@ -1,0 +1,148 @@
+"""Zero-shot Compare2Score for general LMMs: any transformers image-text-to-text model whose
+processor takes two images (LLaVA-style) compares each test image with the anchors; the five
+comparison words' logits at the answer position give the soft comparisons, and the anchor
+matrix + Thurstone MAP turn them into a score — the probability-matrix inference that the
+Compare2Score paper shows lifts zero-shot LMMs.
+
+``create_scorer("compare2score-lmm", checkpoint="llava-hf/llava-1.5-7b-hf")`` (a local dir,
+fsspec URI or hub id). The question follows the official Compare2Score wording; the model's
+chat template is used when its processor has one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqpipe.io.checkpoints import fingerprint, resolve_checkpoint
+from vqpipe.media.image import to_rgb
+from vqpipe.scorers.anchors import AnchorSet
+from vqpipe.scorers.compare2score import AnchorComparison
+from vqpipe.scoring.base import Scorer
+from vqpipe.scoring.comparison import COMPARISON_LEVELS
+
+QUESTION = "Compared with the first image, what is your quality rating for second image?"
+ANSWER_PREFIX = "The quality of the second image is"
+
+
+class RGBArray:
+    """CPU half: a PIL image → uint8 [H, W, 3] (RGB, EXIF-upright), long side ≤ ``max_side``."""
+
+    def __init__(self, max_side: int = 1024) -> None:
+        self.max_side = int(max_side)
+
+    def __call__(self, image: Image.Image) -> dict[str, np.ndarray]:
+        image = to_rgb(image)
+        if max(image.size) > self.max_side:
+            image = image.copy()
+            image.thumbnail((self.max_side, self.max_side), Image.Resampling.BICUBIC)
+        return {"pixels": np.asarray(image, dtype=np.uint8)}
+
+
+class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
+    """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model."""
+
+    name = "compare2score-lmm"
+    version = "1"
+    media = frozenset({"image"})
+    score_range = (-10.0, 10.0)
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        anchors: str | os.PathLike | AnchorSet | None = None,
+        anchor_matrix: Sequence[Sequence[float]] | np.ndarray | None = None,
+        output: str = "thurstone",
+        temperature: float = 1.0,
+        pairs_per_forward: int = 16,
+        cache_dir: str | os.PathLike | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if checkpoint is None:
+            raise ValueError("compare2score-lmm needs checkpoint= (a transformers LMM)")
+        super().__init__(os.fspath(checkpoint), device, dtype)
+        directory = resolve_checkpoint(checkpoint, storage_options=storage_options)
+        self.checkpoint_fingerprint = fingerprint(directory)
+        self.processor = AutoProcessor.from_pretrained(directory)
+        self.model = AutoModelForImageTextToText.from_pretrained(directory, dtype=self.dtype)
+        self.model = self.model.to(self.device).eval()
+        tokenizer = self.processor.tokenizer
+        tokenizer.padding_side = "left"  # the answer position is the last one of every row
+        ids = []
+        for word in COMPARISON_LEVELS:
+            pieces = tokenizer(word, add_special_tokens=False).input_ids
+            if len(pieces) != 1:  # try the word with a leading space (SentencePiece / BPE)
+                pieces = tokenizer(" " + word, add_special_tokens=False).input_ids[-1:]
+            ids.append(pieces[0])
+        self.word_ids_ = torch.tensor(ids, device=self.device)
+        self.text = self._prompt()
+        self.pairs_per_forward = int(pairs_per_forward)
+        self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
+        self._anchor_images = self.anchors.images()
+        self.preprocessor = RGBArray()
+        self.anchor_matrix  # noqa: B018 — computed (or read from the cache) up front
+
+    def _prompt(self) -> str:
+        image = getattr(self.processor, "image_token", "<image>")
+        if getattr(self.processor, "chat_template", None):
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "image"},
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ]
+            head = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            return f"{head}{ANSWER_PREFIX}"
+        return f"USER: {image} {image} {QUESTION}\nASSISTANT: {ANSWER_PREFIX}"
+
+    @classmethod
+    def make_preprocessor(cls, **_: Any) -> RGBArray:
+        return RGBArray()
+
+    def preprocess(self, item: Any) -> dict[str, np.ndarray]:
+        frames = list(item) if isinstance(item, (list, tuple)) else [item]
+        return {"pixels": [self.preprocessor(f)["pixels"] for f in frames]}
+
+    def stack(self, frames: Sequence[Any]) -> list[np.ndarray]:
+        return list(frames)  # images keep their own sizes; the processor resizes them
+
+    def anchor_inputs(self) -> list[Image.Image]:
+        return self._anchor_images
+
+    @torch.inference_mode()
+    def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
+        """[B, m, 5] logits of the comparison words; anchor first, test image second."""
+        tests = [
+            im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in inputs
+        ]
+        pairs = [(a, t) for t in tests for a in self._anchor_images]
+        rows = []
+        for start in range(0, len(pairs), self.pairs_per_forward):
+            chunk = pairs[start : start + self.pairs_per_forward]
+            batch = self.processor(
+                text=[self.text] * len(chunk),
+                images=[[a, t] for a, t in chunk],
+                return_tensors="pt",
+                padding=True,
+            ).to(self.device)
+            if "pixel_values" in batch:
+                batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+            logits = self.model(**batch, logits_to_keep=1).logits[:, -1]
+            rows.append(logits[:, self.word_ids_].float())
+        return torch.cat(rows).view(len(tests), len(self._anchor_images), -1)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), **self.anchor_metadata(), "prompt": self.text}
