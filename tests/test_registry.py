@@ -122,3 +122,16 @@ def test_device_and_dtype_defaults():
 def test_default_preprocessor_builds_a_cpu_scorer_whatever_the_device_option():
     prep = ContrastScorer.make_preprocessor(device="cuda", dtype="bf16", size=8)
     assert prep(Image.new("RGB", (10, 10)))["pixels"].shape == (8, 8)
+
+
+def test_brightness_reference_scorer():
+    from PIL import Image
+
+    from vqpipe.scoring import create_scorer
+
+    scorer = create_scorer("brightness")
+    out = scorer.score_details(
+        [Image.new("RGB", (9, 7), c) for c in ((0, 0, 0), (255, 255, 255), (128, 128, 128))]
+    )
+    np.testing.assert_allclose(out["score"], [0.0, 1.0, 128 / 255], atol=1e-6)
+    np.testing.assert_allclose(out["probs"], [[1, 0, 0], [0, 0, 1], [0, 1, 0]])

@@ -94,6 +94,11 @@ def _register_builtins() -> None:
         "vqpipe.scorers.compare2score_lmm:LMMCompare2ScoreScorer",
         description="zero-shot Compare2Score with any transformers image-text-to-text LMM",
     )
+    register_scorer(
+        "brightness",
+        "vqpipe.scorers.brightness:BrightnessScorer",
+        description="mean luminance: a trivial reference scorer (smoke tests, overhead)",
+    )
 
 
 _register_builtins()

@@ -1,0 +1,67 @@
+"""A trivial reference scorer: mean luminance in [0, 1].
+
+Not a quality model — it exists so that the pipeline can be smoke-tested and its overhead
+measured with a scorer that is never the bottleneck (``benchmarks/pipeline.py --scorer
+brightness``), and as the smallest example of the Scorer protocol for plugin authors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vqpipe.media.image import to_rgb
+from vqpipe.scoring.base import Scorer
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class BrightnessPreprocessor:
+    """PIL image → ``{"pixels": uint8 [3, size, size]}`` (a small thumbnail)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = int(size)
+
+    def __call__(self, image: Image.Image) -> dict[str, np.ndarray]:
+        thumb = to_rgb(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return {"pixels": np.ascontiguousarray(np.asarray(thumb, np.uint8).transpose(2, 0, 1))}
+
+
+class BrightnessScorer(Scorer):
+    """``score`` = mean Rec. 601 luma / 255; ``probs`` = the fraction of dark / mid / bright
+    pixels."""
+
+    name = "brightness"
+    version = "1"
+    media = frozenset({"image", "video"})
+    score_range = (0.0, 1.0)
+    prob_labels = ("dark", "mid", "bright")
+
+    def __init__(
+        self, checkpoint: str | None = None, device: Any = None, dtype: Any = None, size: int = 64
+    ) -> None:
+        super().__init__(checkpoint, "cpu", "fp32")
+        self.preprocessor = BrightnessPreprocessor(size)
+
+    @classmethod
+    def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:
+        return BrightnessPreprocessor(size)
+
+    def preprocess(self, item: Image.Image) -> dict[str, np.ndarray]:
+        return self.preprocessor(item)
+
+    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = np.asarray(batch["pixels"], np.float32)  # [B, 3, S, S]
+        luma = np.einsum("bchw,c->bhw", pixels, _LUMA) / 255.0
+        flat = luma.reshape(len(luma), -1)
+        bins = np.stack(
+            [
+                (flat < 1 / 3).mean(1),
+                ((flat >= 1 / 3) & (flat < 2 / 3)).mean(1),
+                (flat >= 2 / 3).mean(1),
+            ],
+            axis=1,
+        )
+        return {"score": flat.mean(1).astype(np.float32), "probs": bins.astype(np.float32)}
