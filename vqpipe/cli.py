@@ -99,6 +99,41 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_table(path: str, storage: dict[str, Any] | None = None) -> Any:
+    """A quality-table directory (a job's output) or one Parquet / CSV / JSONL file."""
+    import pandas as pd
+
+    from vqpipe.pipeline.job import read_quality_table
+
+    lower = path.lower().rstrip("/")
+    if lower.endswith(".csv"):
+        return pd.read_csv(path, storage_options=storage or None)
+    if lower.endswith((".jsonl", ".json")):
+        return pd.read_json(path, lines=lower.endswith(".jsonl"), storage_options=storage or None)
+    if lower.endswith(".parquet"):
+        return pd.read_parquet(path, storage_options=storage or None)
+    return read_quality_table(path, storage)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vqpipe.eval.report import write_report
+
+    storage = json.loads(args.storage_options) if args.storage_options else {}
+    pred, mos = read_table(args.predictions, storage), read_table(args.mos, storage)
+    record = write_report(pred, mos, args.out, by=args.by, bootstrap=args.bootstrap)
+    for row in record["metrics"]:
+        print(
+            f"{row['scorer']:<16}{row['group']:<20}n={row['n']:<6}SRCC {row['srcc']:.4f}  "
+            f"KRCC {row['krcc']:.4f}  PLCC {row['plcc']:.4f}"
+        )
+    join = record["join"]
+    print(
+        f"matched {join['matched']}, {join['missing_predictions']} MOS rows without prediction, "
+        f"{join['without_mos']} predictions without MOS → {args.out}/report.md"
+    )
+    return 0
+
+
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
@@ -171,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--out", required=True)
     filt.add_argument("--storage-options", help="JSON storage options")
     filt.set_defaults(func=_cmd_filter)
+
+    ev = sub.add_parser("eval", help="SRCC/KRCC/PLCC of a quality table against MOS + report")
+    ev.add_argument("predictions", help="quality table: a job's output dir or a Parquet/CSV file")
+    ev.add_argument("--mos", required=True, help="MOS table (uri or path, mos[, dataset])")
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--by", default="dataset", help="group column (default: %(default)s)")
+    ev.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
+    ev.add_argument("--storage-options", help="JSON storage options")
+    ev.set_defaults(func=_cmd_eval)
 
     scorers = sub.add_parser("scorers", help="list the registered scorers")
     scorers.set_defaults(func=_cmd_scorers)

@@ -1,5 +1,6 @@
 """Evaluation: correlation metrics against MOS (reports and plots build on these)."""
 
+from vqpipe.eval.evaluate import evaluate, join_predictions, median_over_splits
 from vqpipe.eval.metrics import (
     LogisticFit,
     MetricWarning,
@@ -14,10 +15,13 @@ from vqpipe.eval.metrics import (
 __all__ = [
     "LogisticFit",
     "MetricWarning",
+    "evaluate",
     "fit_logistic",
+    "join_predictions",
     "krcc",
     "logistic4",
     "logistic5",
+    "median_over_splits",
     "plcc",
     "srcc",
 ]
