@@ -134,6 +134,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from vqpipe.bench import run_benchmarks, write_bench
+
+    report = run_benchmarks(args.dir, quick=args.quick, only=args.only)
+    _, markdown = write_bench(report, args.out)
+    print(markdown.read_text())
+    return 1 if any("error" in b for b in report["benchmarks"]) else 0
+
+
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
@@ -215,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
     ev.add_argument("--storage-options", help="JSON storage options")
     ev.set_defaults(func=_cmd_eval)
+
+    bench = sub.add_parser("bench", help="run benchmarks/ and write bench.json + bench.md")
+    bench.add_argument("--quick", action="store_true", help="the scripts' small settings")
+    bench.add_argument("--only", action="append", help="script name without .py (repeatable)")
+    bench.add_argument("--dir", default=None, help="benchmarks directory (default: ./benchmarks)")
+    bench.add_argument("--out", default="bench", help="output directory (default: %(default)s)")
+    bench.set_defaults(func=_cmd_bench)
 
     scorers = sub.add_parser("scorers", help="list the registered scorers")
     scorers.set_defaults(func=_cmd_scorers)
