@@ -143,6 +143,50 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if any("error" in b for b in report["benchmarks"]) else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vqpipe.train.trainer import fit
+
+    with open(args.config, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh) or {}
+    result = fit(
+        args.method,
+        config,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        storage_path=args.storage_path,
+        name=args.name,
+        resume=not args.no_resume,
+    )
+    if result.error is not None:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                "metrics": result.metrics,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, help="gamma (qalign, compare2score: planned)")
+    parser.add_argument("--config", required=True, help="YAML with the loop's config keys")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--storage-path", default=None, help="run storage (default ~/vqpipe-runs)")
+    parser.add_argument("--name", default="vqpipe-train", help="run name (resume key)")
+    parser.add_argument("--no-resume", action="store_true", help="start over")
+
+
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
@@ -224,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
     ev.add_argument("--storage-options", help="JSON storage options")
     ev.set_defaults(func=_cmd_eval)
+
+    train = sub.add_parser("train", help="fine-tune a method with Ray Train (TorchTrainer)")
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
 
     bench = sub.add_parser("bench", help="run benchmarks/ and write bench.json + bench.md")
     bench.add_argument("--quick", action="store_true", help="the scripts' small settings")

@@ -16,11 +16,19 @@ Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene
   ``max_steps`` (None), ``device`` (auto), ``output`` (a ``.safetensors`` path written at the end),
   ``save_dtype`` ("float32" | "float16"), ``verbose`` (print the loss per epoch),
   ``cosine`` (cosine decay, off), ``warmup`` (fraction of steps with linear warmup, 0),
-  ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch).
+  ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
+  ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
+  ``early_stop_patience`` (None: epochs without a better mean val SRCC before stopping),
+  ``checkpoint_every`` (1: epochs between Ray Train checkpoints), ``resume_from`` (a checkpoint
+  directory outside Ray Train; inside it, ``ray.train.get_checkpoint()`` is used).
+
+Checkpoints are directories with ``model.safetensors`` (what ``create_scorer("gamma",
+checkpoint=...)`` loads) and ``trainer_state.pt`` (optimizer, schedule, epoch, step).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -160,8 +168,67 @@ def build_model(config: dict[str, Any]) -> GammaModel:
     return GammaModel(GammaConfig.from_dict(dict(config.get("model_config") or {})))
 
 
-def train_gamma(config: dict[str, Any]) -> dict[str, Any]:
-    """Train Gamma from ``config`` (see the module docstring); returns the loss history."""
+def validate(model: GammaModel, config: dict[str, Any], device: torch.device) -> dict[str, float]:
+    """SRCC / PLCC of ``model`` on the ``val`` split of each training table (eval geometry)."""
+    from vqpipe.eval.metrics import plcc, srcc
+    from vqpipe.scorers.gamma import GammaScorer
+
+    was_training = model.training
+    scorer = GammaScorer(model=model, device=device, dtype="fp32")
+    out: dict[str, float] = {}
+    try:
+        for spec in config["datasets"]:
+            table = _read_table(spec["table"])
+            if "split" not in table or not (table["split"] == "val").any():
+                continue
+            val = table[table["split"] == "val"]
+            name = str(val["dataset"].iloc[0]) if "dataset" in val else "val"
+            scene = spec.get("scene") or scene_for_dataset(name)
+            images = []
+            for path in val["path"]:
+                with Image.open(path) as img:
+                    images.append(to_rgb(img))
+            pred = scorer.score(images, scene=scene)
+            target = normalised_targets(val)
+            out[f"val_srcc/{name}"] = srcc(pred, target)
+            out[f"val_plcc/{name}"] = plcc(pred, target)
+    finally:
+        model.train(was_training)
+    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
+    if srccs:
+        out["val_srcc"] = float(np.nanmean(srccs))
+    return out
+
+
+def save_training_checkpoint(
+    directory: str | Path, model: GammaModel, state: dict[str, Any]
+) -> Path:
+    """``model.safetensors`` + ``trainer_state.pt`` in ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_gamma(model, directory / "model.safetensors")
+    torch.save(state, directory / "trainer_state.pt")
+    return directory
+
+
+def _resume_dir(config: dict[str, Any], ray_ctx: Any) -> Any:
+    """A context manager yielding the directory to resume from, or None."""
+    import contextlib
+
+    if ray_ctx is not None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            return checkpoint.as_directory()
+    if config.get("resume_from"):
+        return contextlib.nullcontext(str(config["resume_from"]))
+    return contextlib.nullcontext(None)
+
+
+def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train Gamma from ``config`` (see the module docstring); returns the loss history and
+    the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     ray_ctx = _ray_train_context()
@@ -215,9 +282,26 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any]:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     level_weight = float(config.get("level_loss_weight", 0.0))
 
-    history: dict[str, Any] = {"epoch_loss": [], "step_loss": [], "trainable": len(trainable)}
-    step, started = 0, time.perf_counter()
-    for epoch in range(epochs):
+    history: dict[str, Any] = {
+        "epoch_loss": [],
+        "step_loss": [],
+        "trainable": len(trainable),
+        "val": [],
+    }
+    step, start_epoch, started = 0, 0, time.perf_counter()
+    with _resume_dir(config, ray_ctx) as resume:
+        if resume is not None:
+            stored, _ = load_gamma(Path(resume) / "model.safetensors")
+            core.load_state_dict(stored.state_dict())
+            state = torch.load(Path(resume) / "trainer_state.pt", weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
+            history["resumed_from_step"] = step
+    best, stale = -math.inf, 0
+    patience = config.get("early_stop_patience")
+    rank0 = ray_ctx is None or ray_ctx.get_world_rank() == 0
+    for epoch in range(start_epoch, epochs):
         losses = []
         for pixels, targets, scenes in loader:
             x = core.normalize(pixels.to(device))
@@ -236,23 +320,68 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any]:
             if max_steps and step >= int(max_steps):
                 break
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-        metrics = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
+        metrics: dict[str, Any] = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
+        if config.get("validate", True):
+            metrics.update(validate(core, config, device))
+            history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
+        stop = bool(max_steps and step >= int(max_steps))
+        if patience is not None and "val_srcc" in metrics:
+            if metrics["val_srcc"] > best:
+                best, stale = metrics["val_srcc"], 0
+            else:
+                stale += 1
+                stop = stop or stale >= int(patience)
         if ray_ctx is not None:
+            import tempfile
+
             import ray.train
 
-            ray.train.report(metrics)
+            every = int(config.get("checkpoint_every", 1))
+            if rank0 and ((epoch + 1) % every == 0 or stop or epoch == epochs - 1):
+                with tempfile.TemporaryDirectory() as tmp:
+                    state = {
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "schedule": schedule.state_dict(),
+                    }
+                    save_training_checkpoint(tmp, core, state)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
         elif config.get("verbose"):
             print(
                 f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.5f} ({step} steps)", flush=True
             )
-        if max_steps and step >= int(max_steps):
+        if config.get("checkpoint_dir") and rank0:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "schedule": schedule.state_dict(),
+            }
+            save_training_checkpoint(config["checkpoint_dir"], core, state)
+        if stop:
             break
     history["seconds"] = time.perf_counter() - started
     history["steps"] = step
     core.eval()
     output = config.get("output")
-    if output and (ray_ctx is None or ray_ctx.get_world_rank() == 0):
+    if output and rank0:
         dtype = torch.float16 if config.get("save_dtype") == "float16" else None
         history["output"] = str(save_gamma(core, output, dtype=dtype))
+        args = {
+            k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None)))
+        }
+        args["datasets"] = [
+            {k: (v if isinstance(v, (str, int, float)) else "<table>") for k, v in d.items()}
+            for d in config["datasets"]
+        ]
+        args.update(
+            steps=step, final_loss=history["epoch_loss"][-1] if history["epoch_loss"] else None
+        )
+        Path(output).with_name("training_args.json").write_text(json.dumps(args, indent=2))
+    if ray_ctx is not None:  # Ray Train cannot return tensors; the model is in the checkpoint
+        return None
     history["model"] = core
     return history
