@@ -111,7 +111,8 @@ def format_progress(p: dict[str, Any]) -> str:
     return f"scored {p['done']}/{p['total']}, {p['errors']} errors, {rate} items/s, ETA {eta}"
 
 
-DECODE_CPUS = 0.25
+DECODE_CPUS = 0.5
+DECODE_MEMORY = 256 * 1024**2
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
@@ -179,10 +180,12 @@ def run_job(
             },
             batch_size=config.rows_per_file,
             batch_format="numpy",
-            # A quarter CPU: decode tasks then differ from the scorer actors' remote args, so
-            # Ray does not fuse decoding into the actors, and several decode tasks overlap
-            # with the actors' idle time.
+            # Half a CPU each, so decode tasks overlap with the actors' idle time;
+            # the memory request bounds their concurrency for big images and keeps their
+            # remote args unlike any actor's, so Ray never fuses decoding into a scorer actor
+            # (which would serialise it there).
             num_cpus=DECODE_CPUS,
+            memory=DECODE_MEMORY,
         )
         for spec in config.scorers:
             ds = ds.map_batches(
