@@ -53,6 +53,22 @@ def sniff_media_type(head: bytes) -> str | None:
     return None
 
 
+INVALID_NAME = "invalid-name"
+"""``media_type`` of a listed file whose name is not valid UTF-8 (it gets an error row)."""
+
+
+def printable_uri(uri: str) -> tuple[str, bool]:
+    """``(uri, True)``, or for a local name that is not valid UTF-8 (surrogate-escaped by
+    Python) a readable stand-in with ``\\x`` escapes and ``False``: Parquet strings must be
+    UTF-8, and the input must still get its one row."""
+    try:
+        uri.encode("utf-8")
+        return uri, True
+    except UnicodeEncodeError:
+        raw = uri.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace"), False
+
+
 def is_manifest(spec: str) -> bool:
     return spec.lower().endswith(MANIFEST_SUFFIXES)
 
@@ -116,10 +132,11 @@ def list_inputs(
                 continue
             if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
                 continue
+            uri, printable = printable_uri(_join_uri(fs, path, spec))
             rows.append(
                 {
-                    "uri": _join_uri(fs, path, spec),
-                    "media_type": media_type_from_name(path),
+                    "uri": uri,
+                    "media_type": media_type_from_name(path) if printable else INVALID_NAME,
                     "bytes": int(info.get("size") or 0),
                 }
             )

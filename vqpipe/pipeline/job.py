@@ -112,7 +112,7 @@ def format_progress(p: dict[str, Any]) -> str:
 
 
 DECODE_CPUS = 0.5
-DECODE_MEMORY = 256 * 1024**2
+DECODE_MEMORY = 512 * 1024**2
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:

@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import time
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.sources import INVALID_NAME
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
 
@@ -30,10 +32,48 @@ def _preprocessor(name: str, options_json: str) -> Any:
     return spec.load().make_preprocessor(**{**spec.defaults, **json.loads(options_json)})
 
 
+READ_ATTEMPTS = 4
+READ_BACKOFF_S = 0.2
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth retrying: resets, timeouts, throttling and 5xx — not 403/404 or bad data."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        word in text
+        for word in (
+            "throttl",
+            "slowdown",
+            "slow down",
+            "timeout",
+            "timed out",
+            "temporarily",
+            "service unavailable",
+            "internal error",
+            "503",
+            "500",
+            "connection reset",
+            "connection aborted",
+        )
+    )
+
+
 def _read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
-    fs, path = url_to_fs(uri, storage_options)
-    with fs.open(path, "rb") as fh:
-        return fh.read()
+    """The object's bytes; transient store errors are retried with exponential backoff."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            fs, path = url_to_fs(uri, storage_options)
+            with fs.open(path, "rb") as fh:
+                return fh.read()
+        except Exception as exc:
+            if attempt == READ_ATTEMPTS - 1 or not _is_transient(exc):
+                raise
+            time.sleep(READ_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def decode_batch(
@@ -66,6 +106,8 @@ def decode_batch(
         try:
             if kind == "unsupported":
                 raise MediaError(f"unsupported file type {os.path.splitext(uri)[1] or '(none)'!r}")
+            if kind == INVALID_NAME:
+                raise OSError("file name is not valid UTF-8 (shown with \\x escapes); rename it")
             data = _read_bytes(uri, storage_options)
             if kind == "image":
                 image, info = decode_image(data, limits)
@@ -80,6 +122,8 @@ def decode_batch(
                 )
         except FileNotFoundError as exc:
             errors[i] = f"read: not found: {exc}"
+        except PermissionError as exc:
+            errors[i] = f"read: access denied: {exc}"
         except MediaError as exc:
             errors[i] = f"decode: {exc}"
         except Exception as exc:  # network, permissions, anything else: keep the row
