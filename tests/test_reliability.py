@@ -247,3 +247,35 @@ def test_secrets_never_reach_logs_job_record_or_parquet(
             meta = pq.ParquetFile(fh).schema_arrow.metadata or {}
         assert all(secret.encode() not in v and b"testing" not in v for v in meta.values())
     assert secret not in caplog.text
+
+
+def test_manifest_entries_cannot_escape_the_configured_root(tmp_path):
+    from vqpipe.io.sources import OUTSIDE_ROOT, confine, list_inputs
+    from vqpipe.pipeline.stages import decode_batch
+
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    png = _png(Image.new("RGB", (8, 8)))
+    (root / "a" / "ok.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(png)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "uri\na/ok.png\n../secret.png\na/../../secret.png\n" + f"{tmp_path / 'secret.png'}\n"
+    )
+    table = list_inputs(str(manifest), root=str(root))
+    inside = table[table["media_type"] != OUTSIDE_ROOT]
+    assert [os.path.basename(u) for u in inside["uri"]] == ["ok.png"]
+    assert (table["media_type"] == OUTSIDE_ROOT).sum() == 3
+    out = decode_batch(
+        {k: table[k].to_numpy() for k in ("uri", "media_type")},
+        [ScorerOptions("brightness")],
+        {},
+        1.0,
+        MediaLimits(),
+    )
+    errs = [e for e in out["error"] if e]
+    assert len(errs) == 3 and all("outside the configured input root" in e for e in errs)
+    assert confine("img/x.jpg", "s3://bucket/data") == ("s3://bucket/data/img/x.jpg", True)
+    assert confine("s3://bucket/data/../other/x.jpg", "s3://bucket/data")[1] is False
+    assert confine("s3://evil/data/x.jpg", "s3://bucket/data")[1] is False
+    assert confine("gs://bucket/data/x.jpg", "s3://bucket/data")[1] is False

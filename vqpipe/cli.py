@@ -54,10 +54,16 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         exclude=tuple(args.exclude or ()),
         storage_options=storage,
         video_fps=args.video_fps,
-        limits=MediaLimits(max_frames=args.max_frames),
+        limits=MediaLimits(
+            max_frames=args.max_frames,
+            max_bytes=args.max_bytes,
+            max_pixels=args.max_pixels,
+            max_duration_s=args.max_duration,
+        ),
         rows_per_file=args.rows_per_file,
         limit=args.limit,
         resume=not args.no_resume,
+        root=args.root,
     )
 
 
@@ -201,6 +207,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", help="MIN,MAX actors per scorer pool (autoscaling)")
     parser.add_argument("--video-fps", type=float, default=1.0)
     parser.add_argument("--max-frames", type=int, default=32)
+    parser.add_argument("--max-bytes", type=int, default=512 * 1024**2, help="per input file")
+    parser.add_argument("--max-pixels", type=int, default=178_956_970, help="per image")
+    parser.add_argument("--max-duration", type=float, default=4 * 3600.0, help="seconds")
+    parser.add_argument("--root", default=None, help="manifest entries must stay inside this")
     parser.add_argument("--rows-per-file", type=int, default=256)
     parser.add_argument("--storage-options", help="JSON, e.g. '{\"anon\": true}'")
     parser.add_argument("--include", action="append", help="glob on relative paths (repeatable)")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from vqpipe.io.fs import url_to_fs
@@ -69,6 +71,30 @@ def printable_uri(uri: str) -> tuple[str, bool]:
         return raw.decode("utf-8", "backslashreplace"), False
 
 
+OUTSIDE_ROOT = "outside-root"
+"""``media_type`` of a manifest entry that points outside the configured root (error row)."""
+
+
+def confine(uri: str, root: str) -> tuple[str, bool]:
+    """Resolve ``uri`` against ``root`` (relative entries are joined to it) and say whether it
+    stays inside: no ``..`` escapes, no absolute paths or other buckets elsewhere."""
+    root_scheme, _, root_path = root.rpartition("://") if "://" in root else ("", "", root)
+    scheme, _, path = uri.rpartition("://") if "://" in uri else ("", "", uri)
+    if not scheme and not path.startswith("/"):
+        scheme, path = root_scheme, posixpath.join(root_path, path)
+    if scheme != root_scheme:
+        return uri, False
+    if not scheme:  # local: resolve symlinks and ..
+        base = os.path.realpath(root_path)
+        full = os.path.realpath(path)
+        inside = full == base or full.startswith(base.rstrip(os.sep) + os.sep)
+        return full, inside
+    base = posixpath.normpath(root_path).rstrip("/")
+    full = posixpath.normpath(path)
+    inside = full == base or full.startswith(base + "/")
+    return f"{scheme}://{full}", inside
+
+
 def is_manifest(spec: str) -> bool:
     return spec.lower().endswith(MANIFEST_SUFFIXES)
 
@@ -102,6 +128,7 @@ def list_inputs(
     exclude: Sequence[str] = (),
     storage_options: dict[str, Any] | None = None,
     limit: int | None = None,
+    root: str | None = None,
 ) -> pd.DataFrame:
     """All inputs of a job, sorted by ``uri`` (a stable order for sharding and resume).
 
@@ -109,6 +136,8 @@ def list_inputs(
     file (``.parquet`` / ``.csv`` / ``.jsonl``, needs a ``uri`` column). ``include`` /
     ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
     is taken as it is. Hidden files and our own job outputs (``_job.json``, ``_*``) are skipped.
+    ``root``: manifest entries are resolved against it and must stay inside it (``..``,
+    absolute paths or other buckets elsewhere become error rows, never reads).
     """
     spec = os.fspath(spec)
     if is_manifest(spec):
@@ -116,6 +145,14 @@ def list_inputs(
         table = table.assign(uri=table["uri"].astype(str))
         if "media_type" not in table.columns:
             table["media_type"] = table["uri"].map(media_type_from_name)
+        if root is not None:
+            resolved = [confine(u, str(root)) for u in table["uri"]]
+            # rejected entries keep the manifest's text, so the error row names what was asked
+            table["uri"] = [
+                r if ok else u for u, (r, ok) in zip(table["uri"], resolved, strict=True)
+            ]
+            outside = np.array([not ok for _, ok in resolved], dtype=bool)
+            table.loc[outside, "media_type"] = OUTSIDE_ROOT
         if "bytes" not in table.columns:
             table["bytes"] = pd.array([None] * len(table), dtype="Int64")
     else:

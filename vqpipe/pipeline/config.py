@@ -76,6 +76,7 @@ class JobConfig:
     rows_per_file: int = 256
     limit: int | None = None
     resume: bool = True
+    root: str | None = None  # manifests: entries must stay inside this prefix
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (storage options are reduced to their key names)."""

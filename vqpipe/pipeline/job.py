@@ -150,6 +150,7 @@ def run_job(
         exclude=config.exclude,
         storage_options=config.storage_options,
         limit=config.limit,
+        root=config.root,
     )
     if config.resume:
         done = done_uris(config, signature)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vqpipe.io.fs import is_local, url_to_fs
-from vqpipe.io.sources import INVALID_NAME
+from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
 
@@ -106,6 +106,8 @@ def decode_batch(
         try:
             if kind == "unsupported":
                 raise MediaError(f"unsupported file type {os.path.splitext(uri)[1] or '(none)'!r}")
+            if kind == OUTSIDE_ROOT:
+                raise PermissionError("outside the configured input root; not read")
             if kind == INVALID_NAME:
                 raise OSError("file name is not valid UTF-8 (shown with \\x escapes); rename it")
             data = _read_bytes(uri, storage_options)
