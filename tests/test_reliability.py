@@ -74,6 +74,10 @@ def bad_corpus(tmp_path_factory):
             _png(rgb, format="GIF", save_all=True, append_images=[rgb.rotate(90)]),
             "ok",
         ),
+        "animated.webp": (
+            _png(rgb, format="WEBP", save_all=True, append_images=[rgb.rotate(90)]),
+            "ok",
+        ),
         "tall.png": (_png(Image.new("RGB", (1, 4000), (200, 10, 10))), "ok"),
         "no frames.mp4": (_mp4_without_frames(), "error"),
         "truncated.mp4": (good_video[: len(good_video) // 3], "error"),
