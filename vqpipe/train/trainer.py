@@ -12,8 +12,10 @@ from typing import Any
 
 METHODS: dict[str, str] = {
     "gamma": "vqpipe.train.gamma:train_gamma",
+    "qalign": "vqpipe.train.lmm:train_qalign",
+    "compare2score": "vqpipe.train.lmm:train_compare2score",
 }
-"""Method → its training loop (Q-Align / Compare2Score loops plug in here)."""
+"""Method → its training loop."""
 
 
 def training_loop(method: str) -> Callable[[dict[str, Any]], Any]:
