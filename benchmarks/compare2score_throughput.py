@@ -15,35 +15,18 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from _timing import best_time, print_records
 from PIL import Image
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.tiny import bench_config, train_tiny_tokenizer
 from vqpipe.scorers.anchors import OFFICIAL_ANCHOR_MATRIX, AnchorSet
 from vqpipe.scorers.compare2score import Compare2ScoreScorer, map_scores
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[dict]:
@@ -75,7 +58,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
     dev = scorer.device
     m = len(scorer.anchor_pixels)
     pixels = rng.integers(0, 255, (batch, 3, size, size), dtype=np.uint8)
-    fast_s = _time(lambda: scorer.predict({"pixels": pixels}), dev, repeats)
+    fast_s = best_time(lambda: scorer.predict({"pixels": pixels}), dev, repeats)
 
     ids = torch.tensor([scorer.prompt_ids], device=dev)
     anchor_in = scorer.to_input(scorer.anchor_pixels)
@@ -91,7 +74,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
         map_scores(scorer.anchor_matrix, np.array([p]))
 
     n_naive = 2
-    naive_s = _time(lambda: [official_one(pixels[i]) for i in range(n_naive)], dev, repeats)
+    naive_s = best_time(lambda: [official_one(pixels[i]) for i in range(n_naive)], dev, repeats)
     naive_ips = n_naive / naive_s
     machine = (
         torch.cuda.get_device_name(dev)
@@ -129,11 +112,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(records, indent=2))
         return
-    for r in records:
-        print(
-            f"{r['figure']}: {r['images_per_s']:.2f} vs {r['baseline_images_per_s']:.2f} images/s"
-            f" → {r['ratio']:.2f}x ({r['model']}, {r['device']} {r['dtype']})"
-        )
+    print_records(records)
 
 
 if __name__ == "__main__":

@@ -15,31 +15,14 @@ import argparse
 import copy
 import json
 import platform
-import time
 
 import numpy as np
 import torch
+from _timing import best_time, print_records
 from PIL import Image
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, MoAEMLP, create_clip
 from vqpipe.scorers.gamma import GammaScorer
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) -> list[dict]:
@@ -55,10 +38,12 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
     pixels = scorer.collate([scorer.preprocess(im) for im in images])
     records = []
 
-    fused = _time(lambda: scorer.predict(pixels), dev, repeats)
+    fused = best_time(lambda: scorer.predict(pixels), dev, repeats)
     single = {"pixels": pixels["pixels"][:1]}
     n_naive = max(4, batch // 8)
-    naive = _time(lambda: [scorer.predict(single) for _ in range(n_naive)], dev, repeats) / n_naive
+    naive = (
+        best_time(lambda: [scorer.predict(single) for _ in range(n_naive)], dev, repeats) / n_naive
+    )
     records.append(
         {
             "figure": "fused batched scorer vs per-image loop",
@@ -87,11 +72,11 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
                 module.fused = flag
 
     set_fused(True)
-    moae_fused = _time(image_tower(scorer.model.clip_model), dev, repeats)
+    moae_fused = best_time(image_tower(scorer.model.clip_model), dev, repeats)
     set_fused(False)
-    moae_loop = _time(image_tower(scorer.model.clip_model), dev, repeats)
+    moae_loop = best_time(image_tower(scorer.model.clip_model), dev, repeats)
     plain = create_clip(config).eval().to(dev)
-    plain_s = _time(image_tower(plain), dev, repeats)
+    plain_s = best_time(image_tower(plain), dev, repeats)
     records.append(
         {
             "figure": "MoAE fused experts vs loop over experts (image tower)",
@@ -146,11 +131,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(records, indent=2))
         return
-    for r in records:
-        print(
-            f"{r['figure']}: {r['images_per_s']:.1f} vs {r['baseline_images_per_s']:.1f} images/s "
-            f"→ {r['ratio']:.2f}x ({r['model']}, batch {r['batch']}, {r['device']} {r['dtype']})"
-        )
+    print_records(records)
 
 
 if __name__ == "__main__":

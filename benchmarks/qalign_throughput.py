@@ -16,10 +16,10 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 
 import numpy as np
 import torch
+from _timing import best_time, print_records
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
@@ -54,23 +54,6 @@ def flops_per_image(cfg: MPLUGOwl2Config, prefix: int, suffix: int, naive: bool)
     return float(vit + abstr + llm + head)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(
     quick: bool, device: str, dtype: str, batches: list[int], repeats: int, peak_tflops: float
 ) -> list[dict]:
@@ -95,7 +78,7 @@ def run(
             logits[:, -1, scorer.level_ids].float().cpu()
 
     n_naive = 2 if dev.type == "cpu" else 8
-    naive_s = _time(lambda: [naive() for _ in range(n_naive)], dev, repeats) / n_naive
+    naive_s = best_time(lambda: [naive() for _ in range(n_naive)], dev, repeats) / n_naive
     naive_ips = 1 / naive_s
     machine = (
         torch.cuda.get_device_name(dev)
@@ -105,7 +88,9 @@ def run(
     records = []
     for batch in batches:
         chunk = pixels[:batch]
-        fused_s = _time(lambda c=chunk: scorer.level_logits(c, [1] * len(c)).cpu(), dev, repeats)
+        fused_s = best_time(
+            lambda c=chunk: scorer.level_logits(c, [1] * len(c)).cpu(), dev, repeats
+        )
         ips = batch / fused_s
         flops = flops_per_image(cfg, prefix, suffix, naive=False)
         records.append(
@@ -147,12 +132,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(records, indent=2))
         return
-    for r in records:
-        mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
-        print(
-            f"{r['figure']}: {r['images_per_s']:.2f} vs {r['baseline_images_per_s']:.2f} images/s"
-            f" → {r['ratio']:.2f}x ({r['model']}, {r['device']} {r['dtype']}{mfu})"
-        )
+    print_records(records)
 
 
 if __name__ == "__main__":

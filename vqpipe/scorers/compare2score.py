@@ -72,6 +72,9 @@ class AnchorComparison:
     (m+1)×(m+1) MAP per test image, the outputs. Subclasses provide
     :meth:`comparison_logits` (inputs → [B, m, 5]) and :meth:`anchor_inputs`."""
 
+    version = "1"
+    media = frozenset({"image"})
+    score_range = (-10.0, 10.0)  # the raw Thurstone value; score_100 is on 0..100
     extra_outputs = ("thurstone", "score_100")  # quality-table columns besides score/probs
 
     def init_anchors(
@@ -206,9 +209,6 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     per checkpoint and anchor set, cached under ``$VQPIPE_CACHE/compare2score``)."""
 
     name = "compare2score"
-    version = "1"
-    media = frozenset({"image"})
-    score_range = (-10.0, 10.0)
     default_hub_id = DEFAULT_CHECKPOINT
 
     def __init__(

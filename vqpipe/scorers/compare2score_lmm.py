@@ -48,9 +48,6 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model."""
 
     name = "compare2score-lmm"
-    version = "1"
-    media = frozenset({"image"})
-    score_range = (-10.0, 10.0)
 
     def __init__(
         self,

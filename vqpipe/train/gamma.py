@@ -149,7 +149,7 @@ def soft_level_loss(
     return -(labels * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def _ray_train_context() -> Any | None:
+def ray_train_context() -> Any | None:
     """The Ray Train context when running inside a Ray Train worker, else None."""
     try:
         import ray.train
@@ -231,7 +231,7 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    ray_ctx = _ray_train_context()
+    ray_ctx = ray_train_context()
     device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = build_model(config)

@@ -36,6 +36,7 @@ from vqpipe.models.mplug_owl2 import (
     PromptTokenizer,
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
+from vqpipe.train.gamma import ray_train_context
 from vqpipe.train.tasks import (
     compare2score_conversations,
     compare2score_pairs,
@@ -156,17 +157,6 @@ def _batch(
     }
 
 
-def _ray_context() -> Any | None:
-    try:
-        import ray.train
-
-        context = ray.train.get_context()
-        context.get_world_size()
-        return context
-    except Exception:
-        return None
-
-
 def save_model_dir(model: MPLUGOwl2ForCausalLM, source: Path, out: Path) -> Path:
     """Weights + config in the official layout, with the tokenizer and preprocessor files."""
     model.save_pretrained(out)
@@ -188,7 +178,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
 
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    ctx = _ray_context()
+    ctx = ray_train_context()
     device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(config.get("dtype"), device)
     source = Path(config["checkpoint"])

@@ -1,0 +1,38 @@
+"""Timing helpers shared by the benchmark scripts (``vqpipe bench`` skips ``_*`` files)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def print_records(records: list[dict[str, Any]]) -> None:
+    """One line per record: figure, images/s vs baseline, ratio, model and device."""
+    for r in records:
+        mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+        print(
+            f"{r['figure']}: {r['images_per_s']:.2f} vs {r['baseline_images_per_s']:.2f} images/s"
+            f" → {r['ratio']:.2f}x ({r['model']}, {r['device']} {r['dtype']}{mfu})"
+        )
