@@ -36,3 +36,21 @@ def print_records(records: list[dict[str, Any]]) -> None:
             f"{r['figure']}: {r['images_per_s']:.2f} vs {r['baseline_images_per_s']:.2f} images/s"
             f" → {r['ratio']:.2f}x ({r['model']}, {r['device']} {r['dtype']}{mfu})"
         )
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    """FLOPs of one call, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def mfu(
+    images_per_s: float, flops_per_image: float, device: torch.device, peak_tflops: float = 989.0
+) -> float | None:
+    """Model FLOPs utilisation on a GPU (``None`` elsewhere); peak: H100/H200 bf16 dense."""
+    if device.type != "cuda":
+        return None
+    return images_per_s * flops_per_image / (peak_tflops * 1e12)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _timing import best_time, print_records
+from _timing import best_time, count_flops, mfu, print_records
 from PIL import Image
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
@@ -59,6 +59,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
     m = len(scorer.anchor_pixels)
     pixels = rng.integers(0, 255, (batch, 3, size, size), dtype=np.uint8)
     fast_s = best_time(lambda: scorer.predict({"pixels": pixels}), dev, repeats)
+    flops = count_flops(lambda: scorer.comparison_logits(pixels[:1]))
 
     ids = torch.tensor([scorer.prompt_ids], device=dev)
     anchor_in = scorer.to_input(scorer.anchor_pixels)
@@ -87,6 +88,8 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
             "images_per_s": batch / fast_s,
             "baseline_images_per_s": naive_ips,
             "ratio": (batch / fast_s) / naive_ips,
+            "gflops_per_image": flops / 1e9,
+            "mfu": mfu(batch / fast_s, flops, dev),
             "model": "quick" if quick else "7B (Compare2Score shape)",
             "device": str(dev),
             "dtype": dtype,

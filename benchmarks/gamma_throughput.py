@@ -18,7 +18,7 @@ import platform
 
 import numpy as np
 import torch
-from _timing import best_time, print_records
+from _timing import best_time, count_flops, mfu, print_records
 from PIL import Image
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, MoAEMLP, create_clip
@@ -39,6 +39,7 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
     records = []
 
     fused = best_time(lambda: scorer.predict(pixels), dev, repeats)
+    flops = count_flops(lambda: scorer.predict({"pixels": pixels["pixels"][:1]}))
     single = {"pixels": pixels["pixels"][:1]}
     n_naive = max(4, batch // 8)
     naive = (
@@ -48,6 +49,8 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
         {
             "figure": "fused batched scorer vs per-image loop",
             "images_per_s": batch / fused,
+            "gflops_per_image": flops / 1e9,
+            "mfu": mfu(batch / fused, flops, dev),
             "baseline_images_per_s": 1 / naive,
             "ratio": (batch / fused) * naive,
         }
