@@ -341,3 +341,14 @@ def test_random_model_of_any_config_runs():
     model = MPLUGOwl2ForCausalLM.from_config(cfg, seed=1)
     out = model(torch.tensor([[1, IMAGE_TOKEN_INDEX, 5]]), images=torch.randn(1, 3, 42, 42))
     assert out.logits.shape == (1, 2 + cfg.tokens_per_image, cfg.vocab_size)
+
+
+def test_config_takes_unknown_keywords_like_transformers():
+    cfg = MPLUGOwl2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        torch_dtype="float32",
+        visual_config={"visual_model": {"image_size": 28, "foo": 1}},
+    )
+    assert cfg.to_dict()["torch_dtype"] == "float32" and cfg.num_key_value_heads == 4
+    assert cfg.vision.image_size == 28 and cfg.vision.to_dict()["foo"] == 1

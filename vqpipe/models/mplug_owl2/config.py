@@ -16,6 +16,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 _C = TypeVar("_C", bound="_ConfigBase")
+_T = TypeVar("_T")
+
+
+def accepts_extra_fields(cls: type[_T]) -> type[_T]:
+    """Let a config dataclass take unknown keyword arguments (like ``transformers`` configs):
+    they are kept in ``extra`` and written back by ``to_dict``."""
+    init = cls.__init__
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def init_with_extra(self: Any, *args: Any, **kwargs: Any) -> None:
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        init(self, *args, **kwargs)
+        self.extra.update(extra)
+
+    init_with_extra.__name__ = "__init__"
+    cls.__init__ = init_with_extra  # type: ignore[method-assign]
+    return cls
 
 
 @dataclass
@@ -38,6 +55,7 @@ class _ConfigBase:
         return out
 
 
+@accepts_extra_fields
 @dataclass
 class MplugOwlVisionConfig(_ConfigBase):
     """The ViT-L/14 vision encoder (official ``MplugOwlVisionConfig`` defaults)."""
@@ -57,6 +75,7 @@ class MplugOwlVisionConfig(_ConfigBase):
         return (self.image_size // self.patch_size) ** 2
 
 
+@accepts_extra_fields
 @dataclass
 class MplugOwlVisualAbstractorConfig(_ConfigBase):
     """The visual abstractor: learnable queries cross-attending to the ViT tokens."""
@@ -76,6 +95,7 @@ class MplugOwlVisualAbstractorConfig(_ConfigBase):
         return int(self.grid_size) if self.grid_size else 32
 
 
+@accepts_extra_fields
 @dataclass
 class MPLUGOwl2Config(_ConfigBase):
     """LLaMA fields (official names) + ``visual_config`` with the two visual sub-configs."""
