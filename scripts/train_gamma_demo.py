@@ -2,11 +2,13 @@
 
     python scripts/train_gamma_demo.py [--out vqpipe/assets/gamma-demo.safetensors]
 
-A reduced CLIP (``vqpipe-demo-ViT-16``: 128 px, 4+2 layers, average-pooled image tokens) with
-MoAE in the last 2 blocks of both towers is trained end to end (no pretrained weights offline)
-on the train split of :func:`vqpipe.data.make_image_dataset`, then scored on the held-out
-contents of the val/test splits with the same :class:`GammaScorer` users get. Writes the
-checkpoint (fp16 safetensors) and a JSON card with the held-out SRCC/PLCC next to it.
+A reduced CLIP (``vqpipe-demo2-ViT-8``: 192 px = the synthetic images' short side, so the
+eval geometry only centre-crops and keeps pixel-level noise and JPEG blocks; 8 px patches,
+4+2 layers, average-pooled image tokens) with MoAE in the last 2 blocks of both towers is
+trained end to end (no pretrained weights offline) on the train split of
+:func:`vqpipe.data.make_image_dataset`, then scored on the held-out contents of the val/test
+splits with the same :class:`GammaScorer` users get. Writes the checkpoint (fp16 safetensors)
+and a JSON card with the held-out SRCC/PLCC (overall and per distortion) next to it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vqpipe.data import make_image_dataset
+from vqpipe.data import DISTORTIONS, make_image_dataset
 from vqpipe.eval import plcc, srcc
 from vqpipe.scorers.gamma import GammaScorer
 from vqpipe.train.gamma import train_gamma
 
 DEMO_MODEL_CONFIG = {
-    "clip_model": "vqpipe-demo-ViT-16",
+    "clip_model": "vqpipe-demo2-ViT-8",
     "force_quick_gelu": True,
     "n_moae_layers": 2,
     "n_experts": 3,
@@ -37,14 +39,15 @@ DEMO_MODEL_CONFIG = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="vqpipe/assets/gamma-demo.safetensors")
-    parser.add_argument("--contents", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--contents", type=int, default=120)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level-loss", type=float, default=0.5, help="soft level CE weight")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         table = make_image_dataset(Path(tmp) / "corpus", n_contents=args.contents, seed=args.seed)
@@ -78,6 +81,11 @@ def main() -> None:
                 "contents": int(rows["content_id"].nunique()),
                 "srcc": round(srcc(scores, rows["mos"]), 4),
                 "plcc": round(plcc(scores, rows["mos"]), 4),
+                "srcc_by_distortion": {
+                    kind: round(srcc(scores[mask], rows["mos"][mask]), 4)
+                    for kind in DISTORTIONS
+                    if (mask := (rows["distortion"] == kind).to_numpy()).any()
+                },
             }
         card.update(
             {

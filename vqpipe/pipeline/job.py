@@ -116,14 +116,12 @@ DECODE_MEMORY = 512 * 1024**2
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
-    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; CPU-only pools
-    share one CPU (at least half each), so several pools never starve decode and write."""
+    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; half a CPU for
+    CPU-only actors, so decode and write tasks always fit beside them (a 1-CPU machine with a
+    1-CPU actor would deadlock: nothing left to decode)."""
     if spec.num_cpus is not None:
         return spec.num_cpus
-    if spec.num_gpus:
-        return 1.0
-    cpu_pools = sum(1 for s in scorers if not s.num_gpus)
-    return max(0.5, 1.0 / max(cpu_pools, 1))
+    return 1.0 if spec.num_gpus else 0.5
 
 
 def run_job(
