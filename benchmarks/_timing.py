@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,3 +59,18 @@ def mfu(
     if device.type != "cuda":
         return None
     return images_per_s * flops_per_image / (peak_tflops * 1e12)
+
+
+def machine_name(device: torch.device) -> str:
+    """The GPU's name, else the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def emit(records: list[dict[str, Any]], as_json: bool) -> None:
+    """Print the records as JSON (``--json``, what ``vqpipe bench`` reads) or as lines."""
+    if as_json:
+        print(json.dumps(records, indent=2))
+    else:
+        print_records(records)

@@ -12,15 +12,13 @@ Random weights; the anchor matrix is given (the official constant), so only scor
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from _timing import best_time, count_flops, mfu, print_records
+from _timing import best_time, count_flops, emit, machine_name, mfu
 from PIL import Image
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
@@ -77,11 +75,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
     n_naive = 2
     naive_s = best_time(lambda: [official_one(pixels[i]) for i in range(n_naive)], dev, repeats)
     naive_ips = n_naive / naive_s
-    machine = (
-        torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    machine = machine_name(dev)
     return [
         {
             "figure": f"anchor-prefix cache, batch {batch}, m={m}, vs official m full passes",
@@ -112,10 +106,7 @@ def main() -> None:
     batch = args.batch or (32 if device == "cuda" else 8)
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     records = run(quick, device, dtype, batch, args.repeats)
-    if args.json:
-        print(json.dumps(records, indent=2))
-        return
-    print_records(records)
+    emit(records, args.json)
 
 
 if __name__ == "__main__":

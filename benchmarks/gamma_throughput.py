@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 
 import numpy as np
 import torch
-from _timing import best_time, count_flops, mfu, print_records
+from _timing import best_time, count_flops, emit, machine_name, mfu
 from PIL import Image
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, MoAEMLP, create_clip
@@ -96,11 +94,7 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
             "ratio": moae_loop / plain_s,
         }
     )
-    machine = (
-        torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    machine = machine_name(dev)
     for r in records:
         r.update(
             {
@@ -131,10 +125,7 @@ def main() -> None:
     batch = args.batch or (256 if device == "cuda" else 16)
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     records = run(copy.deepcopy(config), device, dtype, batch, args.repeats)
-    if args.json:
-        print(json.dumps(records, indent=2))
-        return
-    print_records(records)
+    emit(records, args.json)
 
 
 if __name__ == "__main__":

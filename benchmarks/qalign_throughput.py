@@ -13,13 +13,11 @@ H100/H200 bf16 dense). ``--json`` prints the records.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 
 import numpy as np
 import torch
-from _timing import best_time, print_records
+from _timing import best_time, emit, machine_name, mfu
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
@@ -80,11 +78,7 @@ def run(
     n_naive = 2 if dev.type == "cpu" else 8
     naive_s = best_time(lambda: [naive() for _ in range(n_naive)], dev, repeats) / n_naive
     naive_ips = 1 / naive_s
-    machine = (
-        torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
+    machine = machine_name(dev)
     records = []
     for batch in batches:
         chunk = pixels[:batch]
@@ -100,7 +94,7 @@ def run(
                 "baseline_images_per_s": naive_ips,
                 "ratio": ips / naive_ips,
                 "tflops_per_s": ips * flops / 1e12,
-                "mfu": ips * flops / (peak_tflops * 1e12) if dev.type == "cuda" else None,
+                "mfu": mfu(ips, flops, dev, peak_tflops),
                 "baseline_tflops_per_s": naive_ips
                 * flops_per_image(cfg, prefix, suffix, True)
                 / 1e12,
@@ -129,10 +123,7 @@ def main() -> None:
     batches = args.batch or ([1, 16, 64] if device == "cuda" else [1, 8])
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     records = run(quick, device, dtype, batches, args.repeats, args.peak_tflops)
-    if args.json:
-        print(json.dumps(records, indent=2))
-        return
-    print_records(records)
+    emit(records, args.json)
 
 
 if __name__ == "__main__":

@@ -170,28 +170,11 @@ class AnchorComparison:
         """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
         return self.scores_from_probs(self.comparison_probs(batch["pixels"]))
 
-    def predict_items(self, inputs: Sequence[Any], batch_size: int = 16) -> dict[str, np.ndarray]:
-        """Frames as images, averaged per item; the extra outputs are averaged too."""
-        frames = [f for x in inputs for f in x]
-        owner = np.repeat(np.arange(len(inputs)), [len(x) for x in inputs])
-        outs = [
-            self.predict({"pixels": self.stack(frames[i : i + batch_size])})
-            for i in range(0, len(frames), batch_size)
-        ]
-        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-        return {
-            k: np.stack([v[owner == i].mean(axis=0) for i in range(len(inputs))]).astype(np.float32)
-            for k, v in merged.items()
-        }
-
-    def stack(self, frames: Sequence[Any]) -> Any:
-        return np.stack(frames)
-
     def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         items = list(items)
         if not items:
             return {"score": np.zeros(0, np.float32)}
-        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
+        return self.predict_items([self.preprocess(it)["pixels"] for it in items], batch_size=16)
 
     def anchor_metadata(self) -> dict[str, Any]:
         return {

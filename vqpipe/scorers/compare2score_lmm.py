@@ -113,7 +113,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         frames = list(item) if isinstance(item, (list, tuple)) else [item]
         return {"pixels": [self.preprocessor(f)["pixels"] for f in frames]}
 
-    def stack(self, frames: Sequence[Any]) -> list[np.ndarray]:
+    def stack_frames(self, frames: Sequence[Any]) -> list[np.ndarray]:
         return list(frames)  # images keep their own sizes; the processor resizes them
 
     def anchor_inputs(self) -> list[Image.Image]:

@@ -106,25 +106,28 @@ class Scorer(abc.ABC):
     ) -> dict[str, np.ndarray]:
         """Score preprocessed items, each a [T, ...] array of frames (T = 1 for an image).
 
-        The default scores every frame as an image and averages over each item's frames
-        (video scored by an image model); video-native scorers override it.
+        The default scores every frame as an image and averages every output over each item's
+        frames (video scored by an image model); video-native scorers override it.
         """
         n = len(inputs)
         k = max(len(self.prob_labels), 1)
         if n == 0:
             return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
-        stacked = np.concatenate([np.asarray(x) for x in inputs])
+        frames = [f for x in inputs for f in x]
         owner = np.repeat(np.arange(n), [len(x) for x in inputs])
         outs = [
-            self.predict({"pixels": stacked[i : i + batch_size]})
-            for i in range(0, len(stacked), batch_size)
+            self.predict({"pixels": self.stack_frames(frames[i : i + batch_size])})
+            for i in range(0, len(frames), batch_size)
         ]
-        scores = np.concatenate([o["score"] for o in outs])
-        probs = np.concatenate([o["probs"] for o in outs])
+        merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
         return {
-            "score": np.array([scores[owner == i].mean() for i in range(n)], np.float32),
-            "probs": np.stack([probs[owner == i].mean(axis=0) for i in range(n)]),
+            key: np.stack([v[owner == i].mean(axis=0) for i in range(n)]).astype(np.float32)
+            for key, v in merged.items()
         }
+
+    def stack_frames(self, frames: Sequence[Any]) -> Any:
+        """One ``pixels`` batch from single frames (scorers with ragged inputs override it)."""
+        return np.stack([np.asarray(f) for f in frames])
 
     def score_details(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...)."""

@@ -69,7 +69,7 @@ def normalised_targets(table: pd.DataFrame) -> np.ndarray:
     return np.clip(target, 0.0, 1.0)
 
 
-def _read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+def read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
@@ -80,7 +80,7 @@ def mixed_table(datasets: Sequence[dict[str, Any]], split: str | None = "train")
     """One table (path, target, scene, weight) from several MOS tables with their options."""
     parts = []
     for spec in datasets:
-        table = _read_table(spec["table"])
+        table = read_table(spec["table"])
         wanted = spec.get("split", split)
         if wanted is not None and "split" in table:
             table = table[table["split"] == wanted]
@@ -178,7 +178,7 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            table = _read_table(spec["table"])
+            table = read_table(spec["table"])
             if "split" not in table or not (table["split"] == "val").any():
                 continue
             val = table[table["split"] == "val"]

@@ -36,7 +36,7 @@ from vqpipe.models.mplug_owl2 import (
     PromptTokenizer,
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
-from vqpipe.train.gamma import ray_train_context
+from vqpipe.train.gamma import ray_train_context, read_table
 from vqpipe.train.tasks import (
     compare2score_conversations,
     compare2score_pairs,
@@ -108,14 +108,7 @@ def deepspeed_config(
 def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
     tables = []
     for spec in config["datasets"]:
-        t = spec["table"]
-        t = (
-            t
-            if isinstance(t, pd.DataFrame)
-            else pd.read_parquet(t)
-            if str(t).endswith(".parquet")
-            else pd.read_csv(t)
-        )
+        t = read_table(spec["table"])
         wanted = spec.get("split", "train")
         if wanted and "split" in t:
             t = t[t["split"] == wanted]
