@@ -39,6 +39,7 @@ DEMO_MODEL_CONFIG = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="vqpipe/assets/gamma-demo.safetensors")
+    parser.add_argument("--clip-model", default=DEMO_MODEL_CONFIG["clip_model"])
     parser.add_argument("--contents", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -48,13 +49,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    model_config = {**DEMO_MODEL_CONFIG, "clip_model": args.clip_model}
 
     with tempfile.TemporaryDirectory() as tmp:
         table = make_image_dataset(Path(tmp) / "corpus", n_contents=args.contents, seed=args.seed)
         started = time.perf_counter()
         history = train_gamma(
             {
-                "model_config": DEMO_MODEL_CONFIG,
+                "model_config": model_config,
                 "datasets": [{"table": table, "scene": "natural-quality"}],
                 "train_backbone": True,
                 "epochs": args.epochs,
@@ -71,7 +73,7 @@ def main() -> None:
         )
         minutes = (time.perf_counter() - started) / 60
         scorer = GammaScorer(checkpoint=args.out, device="cpu")  # the saved fp16 file
-        card = {"checkpoint": Path(args.out).name, "model_config": DEMO_MODEL_CONFIG}
+        card = {"checkpoint": Path(args.out).name, "model_config": model_config}
         for split in ("val", "test"):
             rows = table[table["split"] == split]
             images = [Image.open(p) for p in rows["path"]]

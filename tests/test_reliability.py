@@ -175,6 +175,7 @@ def test_transient_store_errors_are_retried_and_denied_objects_become_rows(monke
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
+    import vqpipe.io.fs
     from vqpipe.pipeline import stages
 
     failures: dict[str, int] = {}
@@ -202,7 +203,7 @@ def test_transient_store_errors_are_retried_and_denied_objects_become_rows(monke
             return super()._open(path, mode, **kw)
 
     fsspec.register_implementation("flaky", Flaky, clobber=True)
-    monkeypatch.setattr(stages, "READ_BACKOFF_S", 0.01)
+    monkeypatch.setattr(vqpipe.io.fs, "READ_BACKOFF_S", 0.01)
     fs = Flaky()
     png = _png(Image.new("RGB", (8, 8), (9, 9, 9)))
     fs.pipe("/b/ok.png", png)

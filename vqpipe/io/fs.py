@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import fsspec
@@ -22,3 +23,47 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local filesystem (where rename is atomic and paths need no copying)."""
     protocol = fs.protocol
     return "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
+
+
+READ_ATTEMPTS = 4
+READ_BACKOFF_S = 0.2
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: resets, timeouts, throttling and 5xx — not 403/404 or bad data."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        word in text
+        for word in (
+            "throttl",
+            "slowdown",
+            "slow down",
+            "timeout",
+            "timed out",
+            "temporarily",
+            "service unavailable",
+            "internal error",
+            "503",
+            "500",
+            "connection reset",
+            "connection aborted",
+        )
+    )
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The object's bytes; transient store errors are retried with exponential backoff."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            fs, path = url_to_fs(uri, storage_options)
+            with fs.open(path, "rb") as fh:
+                return fh.read()
+        except Exception as exc:
+            if attempt == READ_ATTEMPTS - 1 or not is_transient(exc):
+                raise
+            time.sleep(READ_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")

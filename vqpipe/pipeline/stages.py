@@ -7,7 +7,6 @@ import functools
 import io
 import json
 import os
-import time
 import uuid
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.fs import is_local, read_bytes, url_to_fs
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
@@ -30,50 +29,6 @@ def _preprocessor(name: str, options_json: str) -> Any:
 
     spec = get_scorer_spec(name)
     return spec.load().make_preprocessor(**{**spec.defaults, **json.loads(options_json)})
-
-
-READ_ATTEMPTS = 4
-READ_BACKOFF_S = 0.2
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Worth retrying: resets, timeouts, throttling and 5xx — not 403/404 or bad data."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(
-        word in text
-        for word in (
-            "throttl",
-            "slowdown",
-            "slow down",
-            "timeout",
-            "timed out",
-            "temporarily",
-            "service unavailable",
-            "internal error",
-            "503",
-            "500",
-            "connection reset",
-            "connection aborted",
-        )
-    )
-
-
-def _read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
-    """The object's bytes; transient store errors are retried with exponential backoff."""
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            fs, path = url_to_fs(uri, storage_options)
-            with fs.open(path, "rb") as fh:
-                return fh.read()
-        except Exception as exc:
-            if attempt == READ_ATTEMPTS - 1 or not _is_transient(exc):
-                raise
-            time.sleep(READ_BACKOFF_S * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 def decode_batch(
@@ -110,7 +65,7 @@ def decode_batch(
                 raise PermissionError("outside the configured input root; not read")
             if kind == INVALID_NAME:
                 raise OSError("file name is not valid UTF-8 (shown with \\x escapes); rename it")
-            data = _read_bytes(uri, storage_options)
+            data = read_bytes(uri, storage_options)
             if kind == "image":
                 image, info = decode_image(data, limits)
                 items, width[i], height[i], frames[i] = [image], info.width, info.height, 1

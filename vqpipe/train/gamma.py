@@ -8,136 +8,72 @@ Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene
 ``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged. Keys:
 
 - ``datasets``: list of ``{"table": path | DataFrame, "scene": str | None, "weight": float,
-  "split": "train"}`` — MOS tables with ``path``, ``mos``, ``dataset`` and optionally
-  ``split``, ``scale_low``, ``scale_high``, ``lower_better`` (default scale: the table's range).
+  "split": "train"}`` — MOS tables with ``path`` (local or fsspec URI), ``mos``, ``dataset``
+  and optionally ``split``, ``scale_low``, ``scale_high``, ``lower_better``.
 - ``checkpoint`` (path / URI) or ``model_config`` (a :class:`GammaConfig` dict) for a fresh model.
 - ``epochs`` (10), ``batch_size`` (8), ``lr`` (2e-5), ``weight_decay`` (0), ``seed`` (0),
   ``train_backbone`` (False; True trains the whole CLIP too, e.g. from scratch),
-  ``max_steps`` (None), ``device`` (auto), ``output`` (a ``.safetensors`` path written at the end),
-  ``save_dtype`` ("float32" | "float16"), ``verbose`` (print the loss per epoch),
-  ``cosine`` (cosine decay, off), ``warmup`` (fraction of steps with linear warmup, 0),
+  ``max_steps``, ``device`` (auto), ``output`` (a ``.safetensors`` path written at the end,
+  with ``training_args.json`` beside it), ``save_dtype`` ("float32" | "float16"),
+  ``verbose``, ``cosine`` (cosine decay, off), ``warmup`` (warmup fraction of the steps, 0),
   ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
+  ``crop_step`` (8: random crops on the JPEG block grid), ``augment`` (True),
+  ``storage_options`` (fsspec options for ``s3://`` tables, images and checkpoints),
   ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
-  ``early_stop_patience`` (None: epochs without a better mean val SRCC before stopping),
-  ``checkpoint_every`` (1: epochs between Ray Train checkpoints), ``resume_from`` (a checkpoint
-  directory outside Ray Train; inside it, ``ray.train.get_checkpoint()`` is used).
+  ``early_stop_patience`` (None), ``checkpoint_every`` (1), ``checkpoint_dir`` (outside Ray
+  Train), ``resume_from`` (a checkpoint directory; inside Ray Train the reported one wins).
 
-Checkpoints are directories with ``model.safetensors`` (what ``create_scorer("gamma",
-checkpoint=...)`` loads) and ``trainer_state.pt`` (optimizer, schedule, epoch, step).
+Images come from a local DataLoader, or — when Ray Train hands the worker a ``"train"``
+dataset (:func:`vqpipe.train.data.training_stream`, ``fit(..., stream=True)``) — are
+streamed by Ray Data through the same reader and decoder as the scoring pipeline.
+Checkpoints: ``model.safetensors`` (what ``create_scorer("gamma", checkpoint=...)`` loads)
+and ``trainer_state.pt``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import InterpolationMode, RandomCrop, RandomHorizontalFlip, Resize
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from vqpipe.media.image import to_rgb
-from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset, scene_prompts
+from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
+from vqpipe.train.data import (
+    MOSImageDataset,
+    dataset_name,
+    load_image,
+    mixed_table,
+    normalised_targets,
+    read_table,
+    split_rows,
+)
+from vqpipe.train.loop import (
+    STATE_FILE,
+    EarlyStopping,
+    end_epoch,
+    load_state,
+    rank_and_world,
+    ray_train_context,
+    resume_directory,
+    trainer_state,
+    write_training_args,
+)
 
-
-def normalised_targets(table: pd.DataFrame) -> np.ndarray:
-    """MOS → [0, 1] with each row's scale; lower-is-better scales (DMOS) are flipped."""
-    mos = table["mos"].to_numpy(dtype=np.float64)
-    low = (
-        table["scale_low"].to_numpy(np.float64)
-        if "scale_low" in table
-        else np.full_like(mos, mos.min())
-    )
-    high = (
-        table["scale_high"].to_numpy(np.float64)
-        if "scale_high" in table
-        else np.full_like(mos, mos.max())
-    )
-    if np.any(high <= low):
-        raise ValueError("MOS scale needs scale_high > scale_low")
-    target = (mos - low) / (high - low)
-    if "lower_better" in table:
-        flip = table["lower_better"].fillna(False).to_numpy(bool)
-        target = np.where(flip, 1.0 - target, target)
-    return np.clip(target, 0.0, 1.0)
-
-
-def read_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path."""
-    if isinstance(source, pd.DataFrame):
-        return source.copy()
-    return pd.read_parquet(source) if str(source).endswith(".parquet") else pd.read_csv(source)
-
-
-def mixed_table(datasets: Sequence[dict[str, Any]], split: str | None = "train") -> pd.DataFrame:
-    """One table (path, target, scene, weight) from several MOS tables with their options."""
-    parts = []
-    for spec in datasets:
-        table = read_table(spec["table"])
-        wanted = spec.get("split", split)
-        if wanted is not None and "split" in table:
-            table = table[table["split"] == wanted]
-        if table.empty:
-            continue
-        name = str(table["dataset"].iloc[0]) if "dataset" in table else "dataset"
-        scene = spec.get("scene") or scene_for_dataset(name)
-        scene_prompts(scene)  # validate
-        part = pd.DataFrame(
-            {
-                "path": table["path"].astype(str).to_numpy(),
-                "target": normalised_targets(table),
-                "scene": scene,
-                # each dataset gets `weight` of the sampling mass, split over its rows
-                "weight": float(spec.get("weight", 1.0)) / len(table),
-            }
-        )
-        parts.append(part)
-    if not parts:
-        raise ValueError("no training rows: check the dataset tables and split names")
-    return pd.concat(parts, ignore_index=True)
-
-
-class MOSImageDataset(Dataset):
-    """Images as uint8 [3, S, S] (resize shortest side, random crop and flip), target, scene."""
-
-    def __init__(self, table: pd.DataFrame, image_size: int, augment: bool = True) -> None:
-        self.table = table.reset_index(drop=True)
-        self.resize = Resize(image_size, interpolation=InterpolationMode.BICUBIC)
-        self.crop = RandomCrop(image_size)
-        self.flip = RandomHorizontalFlip() if augment else None
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, float, str]:
-        row = self.table.iloc[index]
-        with Image.open(row["path"]) as img:
-            image = self.crop(self.resize(to_rgb(img)))
-        if self.flip is not None:
-            image = self.flip(image)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
-        return pixels, float(row["target"]), str(row["scene"])
-
-
-def _collate(
-    batch: list[tuple[torch.Tensor, float, str]],
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    pixels, targets, scenes = zip(*batch, strict=True)
-    return torch.stack(pixels), torch.tensor(targets, dtype=torch.float32), list(scenes)
+Batch = tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]
+"""uint8 pixels [B, 3, S, S], targets [B], scenes, loss weights [B] (0 for unreadable rows)."""
 
 
 def soft_level_loss(
     logits: torch.Tensor, targets: torch.Tensor, model: GammaModel, width: float = 0.1
 ) -> torch.Tensor:
-    """Cross-entropy of the level softmax against soft labels centred on each target.
+    """Per-row cross-entropy of the level softmax against soft labels centred on each target.
 
     ``q_k ∝ exp(-(l_k - y)² / 2w²)`` with ``l_k`` the (detached) level weights: CLIP-style
     alignment of each image with its level prompt. Not in Gamma's recipe (weight 0 by
@@ -146,19 +82,7 @@ def soft_level_loss(
     """
     levels = model.score_level.detach().float()
     labels = torch.softmax(-((levels[None, :] - targets[:, None]) ** 2) / (2 * width**2), dim=-1)
-    return -(labels * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-def ray_train_context() -> Any | None:
-    """The Ray Train context when running inside a Ray Train worker, else None."""
-    try:
-        import ray.train
-
-        context = ray.train.get_context()
-        context.get_world_size()
-        return context
-    except Exception:
-        return None
+    return -(labels * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
 def build_model(config: dict[str, Any]) -> GammaModel:
@@ -178,16 +102,12 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            table = read_table(spec["table"])
-            if "split" not in table or not (table["split"] == "val").any():
+            val = split_rows(read_table(spec["table"]), "val")
+            if "split" not in val or val.empty:
                 continue
-            val = table[table["split"] == "val"]
-            name = str(val["dataset"].iloc[0]) if "dataset" in val else "val"
+            name = dataset_name(val, "val")
             scene = spec.get("scene") or scene_for_dataset(name)
-            images = []
-            for path in val["path"]:
-                with Image.open(path) as img:
-                    images.append(to_rgb(img))
+            images = [load_image(p, config.get("storage_options")) for p in val["path"]]
             pred = scorer.score(images, scene=scene)
             target = normalised_targets(val)
             out[f"val_srcc/{name}"] = srcc(pred, target)
@@ -207,23 +127,63 @@ def save_training_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_gamma(model, directory / "model.safetensors")
-    torch.save(state, directory / "trainer_state.pt")
+    torch.save(state, directory / STATE_FILE)
     return directory
 
 
-def _resume_dir(config: dict[str, Any], ray_ctx: Any) -> Any:
-    """A context manager yielding the directory to resume from, or None."""
-    import contextlib
-
-    if ray_ctx is not None:
+def _dataset_shard(ctx: Any | None) -> Any | None:
+    """The worker's shard of a ``"train"`` Ray Dataset, when the trainer was given one."""
+    if ctx is None:
+        return None
+    try:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            return checkpoint.as_directory()
-    if config.get("resume_from"):
-        return contextlib.nullcontext(str(config["resume_from"]))
-    return contextlib.nullcontext(None)
+        return ray.train.get_dataset_shard("train")
+    except Exception:  # no datasets passed to the trainer
+        return None
+
+
+def _collate(batch: list[tuple[torch.Tensor, float, str]]) -> Batch:
+    pixels, targets, scenes = zip(*batch, strict=True)
+    targets_t = torch.tensor(targets, dtype=torch.float32)
+    return torch.stack(pixels), targets_t, list(scenes), torch.ones_like(targets_t)
+
+
+def _stream_batches(shard: Any, batch_size: int) -> Iterator[Batch]:
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        ok = np.array([not e for e in batch["error"]], dtype=np.float32)
+        yield (
+            torch.from_numpy(np.ascontiguousarray(batch["pixels"])),
+            torch.from_numpy(batch["target"].astype(np.float32)),
+            [str(s) for s in batch["scene"]],
+            torch.from_numpy(batch["weight"].astype(np.float32) * ok),
+        )
+
+
+def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) -> DataLoader:
+    seed = int(config.get("seed", 0))
+    batch_size = int(config.get("batch_size", 8))
+    dataset = MOSImageDataset(
+        table,
+        image_size,
+        augment=bool(config.get("augment", True)),
+        crop_step=int(config.get("crop_step", 8)),
+        storage_options=config.get("storage_options"),
+    )
+    sampler = WeightedRandomSampler(
+        torch.as_tensor(table["weight"].to_numpy(copy=True)),
+        len(table),
+        replacement=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=_collate,
+        num_workers=int(config.get("num_workers", 0)),
+        drop_last=len(table) > batch_size,
+    )
 
 
 def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -231,35 +191,23 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    ray_ctx = ray_train_context()
+    ctx = ray_train_context()
+    rank, world = rank_and_world(ctx)
     device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = build_model(config)
     trainable = model.set_trainable(train_backbone=bool(config.get("train_backbone", False)))
-    image_size = model.image_size
+    batch_size = int(config.get("batch_size", 8))
     table = mixed_table(config["datasets"], split=config.get("split", "train"))
-    dataset = MOSImageDataset(table, image_size, augment=bool(config.get("augment", True)))
-    generator = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(
-        torch.as_tensor(table["weight"].to_numpy(copy=True)),
-        len(table),
-        replacement=True,
-        generator=generator,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=int(config.get("batch_size", 8)),
-        sampler=sampler,
-        collate_fn=_collate,
-        num_workers=int(config.get("num_workers", 0)),
-        drop_last=len(table) > int(config.get("batch_size", 8)),
-    )
+    shard = _dataset_shard(ctx)
+    loader = None if shard is not None else _local_loader(config, table, model.image_size)
     model.to(device).train()
-    if ray_ctx is not None and ray_ctx.get_world_size() > 1:
+    if world > 1:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)
-        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+        if loader is not None:
+            loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     core = model.module if hasattr(model, "module") else model
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
@@ -268,8 +216,9 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
         weight_decay=float(config.get("weight_decay", 0.0)),
     )
     epochs = int(config.get("epochs", 10))
+    per_epoch = len(loader) if loader is not None else math.ceil(len(table) / world / batch_size)
     max_steps = config.get("max_steps")
-    total = min(epochs * len(loader), int(max_steps)) if max_steps else epochs * len(loader)
+    total = min(epochs * per_epoch, int(max_steps)) if max_steps else epochs * per_epoch
     warmup = int(float(config.get("warmup", 0.0)) * total)
 
     def lr_factor(step: int) -> float:  # linear warmup, then cosine decay (if enabled)
@@ -281,35 +230,32 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     level_weight = float(config.get("level_loss_weight", 0.0))
-
-    history: dict[str, Any] = {
-        "epoch_loss": [],
-        "step_loss": [],
-        "trainable": len(trainable),
-        "val": [],
-    }
+    history: dict[str, Any] = {"epoch_loss": [], "step_loss": [], "trainable": len(trainable)}
+    history["val"] = []
     step, start_epoch, started = 0, 0, time.perf_counter()
-    with _resume_dir(config, ray_ctx) as resume:
+    with resume_directory(config, ctx) as resume:
         if resume is not None:
-            stored, _ = load_gamma(Path(resume) / "model.safetensors")
+            stored, _ = load_gamma(resume / "model.safetensors")
             core.load_state_dict(stored.state_dict())
-            state = torch.load(Path(resume) / "trainer_state.pt", weights_only=True)
+            state = load_state(resume)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
             history["resumed_from_step"] = step
-    best, stale = -math.inf, 0
-    patience = config.get("early_stop_patience")
-    rank0 = ray_ctx is None or ray_ctx.get_world_rank() == 0
+    stopper = EarlyStopping(config.get("early_stop_patience"))
     for epoch in range(start_epoch, epochs):
+        torch.manual_seed(seed + epoch)  # crops and flips: reproducible and resumable
+        if loader is not None and hasattr(loader.sampler, "generator"):
+            loader.sampler.generator.manual_seed(seed + epoch)
+        batches = _stream_batches(shard, batch_size) if shard is not None else loader
         losses = []
-        for pixels, targets, scenes in loader:
-            x = core.normalize(pixels.to(device))
-            out = model(x, scenes)
-            targets = targets.to(device)
-            loss = torch.nn.functional.mse_loss(out["score"], targets)
+        for pixels, targets, scenes, weights in batches:
+            out = model(core.normalize(pixels.to(device)), scenes)
+            targets, weights = targets.to(device), weights.to(device)
+            per_row = (out["score"].float() - targets) ** 2
             if level_weight > 0:
-                loss = loss + level_weight * soft_level_loss(out["logits"], targets, core)
+                per_row = per_row + level_weight * soft_level_loss(out["logits"], targets, core)
+            loss = (per_row * weights).sum() / weights.sum().clamp_min(1e-6)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -324,64 +270,29 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
         if config.get("validate", True):
             metrics.update(validate(core, config, device))
             history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
-        stop = bool(max_steps and step >= int(max_steps))
-        if patience is not None and "val_srcc" in metrics:
-            if metrics["val_srcc"] > best:
-                best, stale = metrics["val_srcc"], 0
-            else:
-                stale += 1
-                stop = stop or stale >= int(patience)
-        if ray_ctx is not None:
-            import tempfile
-
-            import ray.train
-
-            every = int(config.get("checkpoint_every", 1))
-            if rank0 and ((epoch + 1) % every == 0 or stop or epoch == epochs - 1):
-                with tempfile.TemporaryDirectory() as tmp:
-                    state = {
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "schedule": schedule.state_dict(),
-                    }
-                    save_training_checkpoint(tmp, core, state)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
-        elif config.get("verbose"):
-            print(
-                f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.5f} ({step} steps)", flush=True
-            )
-        if config.get("checkpoint_dir") and rank0:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "schedule": schedule.state_dict(),
-            }
-            save_training_checkpoint(config["checkpoint_dir"], core, state)
+        stop = bool(max_steps and step >= int(max_steps)) | stopper.update(metrics)
+        state = trainer_state(optimizer, schedule, epoch, step)
+        end_epoch(
+            metrics,
+            config,
+            ctx,
+            lambda d, state=state: save_training_checkpoint(d, core, state),
+            last=stop or epoch == epochs - 1,
+        )
         if stop:
             break
     history["seconds"] = time.perf_counter() - started
     history["steps"] = step
     core.eval()
     output = config.get("output")
-    if output and rank0:
+    if output and rank == 0:
         dtype = torch.float16 if config.get("save_dtype") == "float16" else None
         history["output"] = str(save_gamma(core, output, dtype=dtype))
-        args = {
-            k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None)))
-        }
-        args["datasets"] = [
-            {k: (v if isinstance(v, (str, int, float)) else "<table>") for k, v in d.items()}
-            for d in config["datasets"]
-        ]
-        args.update(
-            steps=step, final_loss=history["epoch_loss"][-1] if history["epoch_loss"] else None
+        final = history["epoch_loss"][-1] if history["epoch_loss"] else None
+        write_training_args(
+            Path(output).with_name("training_args.json"), config, steps=step, final_loss=final
         )
-        Path(output).with_name("training_args.json").write_text(json.dumps(args, indent=2))
-    if ray_ctx is not None:  # Ray Train cannot return tensors; the model is in the checkpoint
+    if ctx is not None:  # Ray Train cannot return tensors; the model is in the checkpoint
         return None
     history["model"] = core
     return history

@@ -6,18 +6,25 @@ Each example is an official-format conversation (:mod:`vqpipe.train.tasks`) rend
 vicuna_v1 template the official training uses — ``"<system> USER: <|image|>\\n<question>
 ASSISTANT: <answer></s>"`` (images moved to the front of the user turn) — and the loss covers
 the assistant tokens only. Config keys: ``checkpoint`` (a model directory: weights, tokenizer,
-preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train"}]``, unified MOS
-tables), ``task`` (Q-Align: quality | aesthetics | video), ``n_pairs`` (Compare2Score),
-``epochs`` (2), ``batch_size`` (4), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
-``max_steps``, ``freeze_vision`` (False), ``gradient_checkpointing`` (False), ``dtype``
-(bf16 on GPU, fp32 on CPU), ``output`` (a directory in the layout ``from_pretrained`` and the
-scorers load), ``seed``. DeepSpeed (ZeRO-2/3) settings for the LMMs come from
-:func:`deepspeed_config`.
+preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train", "weight": 1}]``,
+unified MOS tables; images local or fsspec URIs), ``task`` (Q-Align: quality | aesthetics |
+video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation anchor set; default:
+selected from the training rows), ``epochs`` (Q-Align 2, Compare2Score 1: METHODS.md),
+``batch_size`` (4 per worker), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
+``max_steps``, ``freeze_vision`` (False), ``gradient_checkpointing`` (False), ``dtype`` (bf16
+on GPU, fp32 on CPU), ``validate`` (True: SRCC/PLCC of the scorer on each table's ``val``
+split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_dir``,
+``resume_from``, ``output`` (a directory in the layout ``from_pretrained`` and the scorers
+load, with ``training_args.json``), ``storage_options``, ``seed``, ``deepspeed`` (None, or a
+:func:`deepspeed_config` dict / ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
+DeepSpeed, on GPUs).
+
+Per-dataset ``weight`` sets each dataset's share of an epoch's examples (drawn with
+replacement when weights are given, a permutation otherwise).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -25,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 
 from vqpipe.models.mplug_owl2 import (
     IMAGE_TOKEN,
@@ -36,7 +41,18 @@ from vqpipe.models.mplug_owl2 import (
     PromptTokenizer,
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
-from vqpipe.train.gamma import ray_train_context, read_table
+from vqpipe.train.data import dataset_name, load_image, read_table, split_rows
+from vqpipe.train.loop import (
+    STATE_FILE,
+    EarlyStopping,
+    end_epoch,
+    load_state,
+    rank_and_world,
+    ray_train_context,
+    resume_directory,
+    trainer_state,
+    write_training_args,
+)
 from vqpipe.train.tasks import (
     compare2score_conversations,
     compare2score_pairs,
@@ -106,21 +122,58 @@ def deepspeed_config(
 
 
 def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
-    tables = []
+    """Training conversations of every dataset, each with its sampling ``weight``."""
+    out: list[dict[str, Any]] = []
     for spec in config["datasets"]:
-        t = read_table(spec["table"])
-        wanted = spec.get("split", "train")
-        if wanted and "split" in t:
-            t = t[t["split"] == wanted]
-        tables.append(t)
-    table = pd.concat(tables, ignore_index=True)
-    if method == "qalign":
-        return [
-            {"images": [r["image"]], "conversations": r["conversations"]}
-            for r in qalign_conversations(table, config.get("task", "quality"))
-        ]
-    pairs = compare2score_pairs(table, int(config.get("n_pairs", 1000)), int(config.get("seed", 0)))
-    return compare2score_conversations(pairs)
+        table = split_rows(read_table(spec["table"]), spec.get("split", "train"))
+        if table.empty:
+            continue
+        if method == "qalign":
+            examples = [
+                {"images": [r["image"]], "conversations": r["conversations"]}
+                for r in qalign_conversations(table, config.get("task", "quality"))
+            ]
+        else:
+            seed = int(config.get("seed", 0)) + len(out)
+            pairs = compare2score_pairs(table, int(config.get("n_pairs", 1000)), seed)
+            examples = compare2score_conversations(pairs)
+        weight = float(spec.get("weight", 1.0)) / max(len(examples), 1)
+        out.extend({**ex, "weight": weight} for ex in examples)
+    if not out:
+        raise ValueError("no training rows: check the dataset tables and split names")
+    return out
+
+
+def epoch_order(
+    examples: list[dict[str, Any]], config: dict[str, Any], epoch: int, rank: int, world: int
+) -> np.ndarray:
+    """This worker's example indices for ``epoch`` (seeded by epoch, so resuming repeats it)."""
+    rng = np.random.default_rng([int(config.get("seed", 0)), epoch])
+    n = len(examples)
+    if any("weight" in spec for spec in config["datasets"]):
+        p = np.array([ex["weight"] for ex in examples], np.float64)
+        order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+    else:
+        order = rng.permutation(n)
+    per_worker = n // world if n >= world else 1  # equal step counts on every worker
+    return np.resize(order, per_worker * world)[rank::world]
+
+
+def _load_visual(
+    path: str, processor: MPLUGOwl2ImageProcessor, config: dict[str, Any]
+) -> np.ndarray:
+    """uint8 [T, 3, S, S]: one image (T = 1), or a video's frames at 1 fps (official Q-Align
+    video recipe) capped evenly at ``max_frames`` (8)."""
+    from vqpipe.io.fs import read_bytes
+    from vqpipe.io.sources import media_type_from_name
+    from vqpipe.media.decode import decode_video, even_subset
+
+    options = config.get("storage_options")
+    if media_type_from_name(path) != "video":
+        return processor.to_uint8(load_image(path, options))[None]
+    frames, _ = decode_video(read_bytes(path, options), float(config.get("video_fps", 1.0)))
+    keep = even_subset(len(frames), int(config.get("max_frames", 8)))
+    return np.stack([processor.to_uint8(frames[i]) for i in keep])
 
 
 def _batch(
@@ -129,30 +182,40 @@ def _batch(
     processor: MPLUGOwl2ImageProcessor,
     eos_id: int,
     pad_id: int,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    ids, labels, pixels = [], [], []
+    """Right-padded ids / labels / mask and the visual inputs: one normalised tensor
+    [N, 3, S, S] for images, a list of [T, 3, S, S] per placeholder when videos are present."""
+    ids, labels, visuals = [], [], []
     for ex in examples:
         i, lab = encode_example(tokenizer, ex["conversations"], len(ex["images"]), eos_id)
         ids.append(i)
         labels.append(lab)
-        for path in ex["images"]:
-            with Image.open(path) as im:
-                pixels.append(processor.to_uint8(im))
+        visuals.extend(_load_visual(str(path), processor, config or {}) for path in ex["images"])
     width = max(map(len, ids))
     mask = [[1] * len(i) + [0] * (width - len(i)) for i in ids]
     ids = [i + [pad_id] * (width - len(i)) for i in ids]
     labels = [lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]
+    if all(len(v) == 1 for v in visuals):
+        images: Any = processor.normalize(np.concatenate(visuals))
+    else:
+        images = [processor.normalize(v) for v in visuals]
     return {
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
         "attention_mask": torch.tensor(mask),
-        "images": processor.normalize(np.stack(pixels)),
+        "images": images,
     }
 
 
-def save_model_dir(model: MPLUGOwl2ForCausalLM, source: Path, out: Path) -> Path:
+def save_model_dir(
+    model: MPLUGOwl2ForCausalLM,
+    source: Path,
+    out: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Weights + config in the official layout, with the tokenizer and preprocessor files."""
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     for name in (
         "tokenizer.model",
         "tokenizer.json",
@@ -165,17 +228,119 @@ def save_model_dir(model: MPLUGOwl2ForCausalLM, source: Path, out: Path) -> Path
     return out
 
 
+def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
+    """Compare2Score validation anchors: ``config["anchors"]``, else five selected from the
+    first dataset's training rows (Eq. 4) and written under ``directory``."""
+    from vqpipe.scorers.anchors import load_anchor_set, write_anchor_set
+
+    if config.get("anchors"):
+        return load_anchor_set(config["anchors"])
+    spec = config["datasets"][0]
+    rows = split_rows(read_table(spec["table"]), spec.get("split", "train"))
+    return write_anchor_set(rows.reset_index(drop=True), directory / "anchors")
+
+
+def validate_lmm(
+    model: MPLUGOwl2ForCausalLM,
+    method: str,
+    config: dict[str, Any],
+    source: Path,
+    anchors: Any = None,
+) -> dict[str, float]:
+    """SRCC / PLCC of the method's scorer (built on the in-training model) on each table's
+    ``val`` split, against the oriented MOS."""
+    from vqpipe.eval.metrics import plcc, srcc
+    from vqpipe.scorers.compare2score import Compare2ScoreScorer
+    from vqpipe.scorers.qalign import QAlignScorer
+    from vqpipe.train.tasks import oriented_mos
+
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    if method == "qalign":
+        scorer: Any = QAlignScorer(
+            source, device=device, dtype=dtype, task=config.get("task", "quality"), model=model
+        )
+    else:
+        scorer = Compare2ScoreScorer(
+            source, device=device, dtype=dtype, anchors=anchors, model=model
+        )
+    processor = scorer.processor
+    out: dict[str, float] = {}
+    try:
+        for spec in config["datasets"]:
+            table = read_table(spec["table"])
+            val = split_rows(table, "val")
+            if "split" not in table or val.empty:
+                continue
+            items = [_load_visual(str(p), processor, config) for p in val["path"]]
+            with torch.no_grad():
+                pred = scorer.predict_items(items, int(config.get("batch_size", 4)))["score"]
+            target = oriented_mos(val)
+            name = dataset_name(val, "val")
+            out[f"val_srcc/{name}"] = srcc(pred, target)
+            out[f"val_plcc/{name}"] = plcc(pred, target)
+    finally:
+        model.train()
+    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
+    if srccs:
+        out["val_srcc"] = float(np.nanmean(srccs))
+    return out
+
+
+def _deepspeed_engine(
+    model: torch.nn.Module, optimizer: Any, schedule: Any, config: dict[str, Any]
+) -> Any:
+    """``deepspeed.initialize`` with :func:`deepspeed_config` (GPU machines)."""
+    try:
+        import deepspeed
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "config['deepspeed'] needs DeepSpeed: pip install 'vqpipe[deepspeed]' (GPU)"
+        ) from exc
+    ds = dict(config["deepspeed"]) if isinstance(config["deepspeed"], dict) else {}
+    if "zero_optimization" not in ds:
+        ds = deepspeed_config(
+            stage=int(ds.get("stage", 2)),
+            bf16=bool(ds.get("bf16", True)),
+            batch_per_gpu=int(config.get("batch_size", 4)),
+            grad_accum=int(ds.get("grad_accum", 1)),
+            offload=bool(ds.get("offload", False)),
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds
+    )
+    return engine
+
+
+def _full_state_dict(model: torch.nn.Module, engine: Any) -> dict[str, torch.Tensor] | None:
+    """Full weights for saving: gathered from ZeRO-3 partitions (a collective: every rank
+    calls it), else None (the model's own state dict)."""
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return None
+
+
 def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     """Supervised fine-tuning of the LMM on ``method``'s conversations (see module doc)."""
+    import tempfile
+
     from vqpipe.scoring.base import resolve_dtype
 
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     ctx = ray_train_context()
+    rank, world = rank_and_world(ctx)
     device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if ctx is not None and device.type == "cuda":
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
     dtype = resolve_dtype(config.get("dtype"), device)
     source = Path(config["checkpoint"])
-    model = MPLUGOwl2ForCausalLM.from_pretrained(source, dtype=dtype, device=device).train()
+    with resume_directory(config, ctx) as resume:
+        weights = resume if resume is not None else source
+        model = MPLUGOwl2ForCausalLM.from_pretrained(weights, dtype=dtype, device=device).train()
+        state = load_state(resume) if resume is not None else None
     tokenizer = PromptTokenizer.from_pretrained(source, model.config.bos_token_id)
     processor = MPLUGOwl2ImageProcessor.from_pretrained(source, model.config.vision.image_size)
     if config.get("freeze_vision"):
@@ -184,13 +349,6 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
         model.model.gradient_checkpointing = True
         model.model.vision_model.encoder.gradient_checkpointing = True
     examples = _examples(config, method)
-    rng = np.random.default_rng(seed)
-    rank, world = (ctx.get_world_rank(), ctx.get_world_size()) if ctx else (0, 1)
-    train_model: torch.nn.Module = model
-    if ctx is not None and world > 1:
-        import ray.train.torch
-
-        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
@@ -198,8 +356,8 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
         weight_decay=float(config.get("weight_decay", 0.0)),
     )
     batch_size = int(config.get("batch_size", 4))
-    epochs = int(config.get("epochs", 2))
-    per_epoch = math.ceil(len(examples) / world / batch_size)
+    epochs = int(config.get("epochs", 2 if method == "qalign" else 1))
+    per_epoch = math.ceil(len(epoch_order(examples, config, 0, rank, world)) / batch_size)
     total = epochs * per_epoch
     if config.get("max_steps"):
         total = min(total, int(config["max_steps"]))
@@ -212,12 +370,33 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
             else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1)))
         ),
     )
+    step, start_epoch = 0, 0
+    if state is not None:
+        if "optimizer" in state:  # absent under DeepSpeed (its moments are not saved yet)
+            optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
+    engine = (
+        _deepspeed_engine(model, optimizer, schedule, config) if config.get("deepspeed") else None
+    )
+    train_model: torch.nn.Module = engine if engine is not None else model
+    if engine is None and world > 1:
+        import ray.train.torch
+
+        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    anchors = None
+    scratch = tempfile.TemporaryDirectory()
+    if method == "compare2score" and config.get("validate", True):
+        anchors = validation_anchors(config, Path(scratch.name))
     eos_id = int(model.config.eos_token_id)
     pad_id = int(model.config.pad_token_id or 0)
-    history: dict[str, Any] = {"step_loss": [], "epoch_loss": []}
-    step, started = 0, time.perf_counter()
-    for epoch in range(epochs):
-        order = rng.permutation(len(examples))[rank::world]
+    history: dict[str, Any] = {"step_loss": [], "epoch_loss": [], "val": []}
+    if state is not None:
+        history["resumed_from_step"] = step
+    stopper = EarlyStopping(config.get("early_stop_patience"))
+    started = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        order = epoch_order(examples, config, epoch, rank, world)
         losses = []
         for start in range(0, len(order), batch_size):
             batch = _batch(
@@ -226,46 +405,66 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
                 processor,
                 eos_id,
                 pad_id,
+                config,
+            )
+            images = batch["images"]
+            images = (
+                [v.to(device, dtype) for v in images]
+                if isinstance(images, list)
+                else images.to(device, dtype)
             )
             out = train_model(
                 input_ids=batch["input_ids"].to(device),
-                images=batch["images"].to(device, dtype),
+                images=images,
                 attention_mask=batch["attention_mask"].to(device),
                 labels=batch["labels"].to(device),
             )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
+            if engine is not None:
+                engine.backward(out.loss)
+                engine.step()  # clips, steps the optimizer and the schedule
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                schedule.step()
             losses.append(float(out.loss.detach()))
             history["step_loss"].append(losses[-1])
             step += 1
             if step >= total:
                 break
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-        metrics = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
-        if ctx is not None:
-            import tempfile
+        metrics: dict[str, Any] = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
+        if config.get("validate", True):
+            metrics.update(validate_lmm(model, method, config, source, anchors))
+            history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
+        stop = step >= total or stopper.update(metrics)
+        weights_now = _full_state_dict(model, engine)
+        state_now = trainer_state(optimizer, schedule, epoch, step)
+        if engine is not None:  # ZeRO shards the moments; the base optimizer's are not them
+            state_now.pop("optimizer")
 
-            import ray.train
+        def save(directory: Path, weights_now=weights_now, state_now=state_now) -> None:
+            save_model_dir(model, source, directory, weights_now)
+            torch.save(state_now, directory / STATE_FILE)
 
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_model_dir(model, source, Path(tmp))
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
-        if step >= total:
+        end_epoch(metrics, config, ctx, save, last=stop or epoch == epochs - 1)
+        if stop:
             break
+    scratch.cleanup()
     history["seconds"] = time.perf_counter() - started
     model.eval()
+    final_weights = _full_state_dict(model, engine)  # collective under ZeRO-3: every rank
     if config.get("output") and rank == 0:
-        out = save_model_dir(model, source, Path(config["output"]))
-        args = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
-        args.update(method=method, steps=step, examples=len(examples))
-        (out / "training_args.json").write_text(json.dumps(args, indent=2))
-        history["output"] = str(out)
+        out_dir = save_model_dir(model, source, Path(config["output"]), final_weights)
+        write_training_args(
+            out_dir / "training_args.json",
+            config,
+            method=method,
+            steps=step,
+            examples=len(examples),
+        )
+        history["output"] = str(out_dir)
     if ctx is not None:
         return None
     history["model"] = model

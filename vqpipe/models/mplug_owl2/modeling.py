@@ -260,11 +260,16 @@ class MPLUGOwl2ForCausalLM(nn.Module):
         return model.to(device).eval()
 
     def save_pretrained(
-        self, directory: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3
+        self,
+        directory: str | os.PathLike,
+        max_shard_bytes: int = 5 * 1024**3,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> list[Path]:
-        """``config.json`` + safetensors in the official key layout."""
+        """``config.json`` + safetensors in the official key layout (``state_dict``: weights
+        gathered elsewhere, e.g. from DeepSpeed ZeRO-3 partitions)."""
         self.config.save_pretrained(directory)
-        return save_weights(self.state_dict(), directory, max_shard_bytes)
+        weights = self.state_dict() if state_dict is None else state_dict
+        return save_weights(weights, directory, max_shard_bytes)
 
 
 def resolve_model_dir(
