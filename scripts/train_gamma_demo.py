@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level-loss", type=float, default=0.5, help="soft level CE weight")
+    parser.add_argument("--patch-init", default="dct", help="'dct' or 'random'")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,6 +60,7 @@ def main() -> None:
                 "model_config": model_config,
                 "datasets": [{"table": table, "scene": "natural-quality"}],
                 "train_backbone": True,
+                "patch_init": args.patch_init,
                 "epochs": args.epochs,
                 "batch_size": args.batch_size,
                 "lr": args.lr,
@@ -95,6 +97,7 @@ def main() -> None:
                 "epochs": args.epochs,
                 "lr": args.lr,
                 "level_loss": args.level_loss,
+                "patch_init": args.patch_init,
                 "batch_size": args.batch_size,
                 "seed": args.seed,
                 "final_loss": round(history["epoch_loss"][-1], 5),

@@ -17,7 +17,8 @@ Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene
   with ``training_args.json`` beside it), ``save_dtype`` ("float32" | "float16"),
   ``verbose``, ``cosine`` (cosine decay, off), ``warmup`` (warmup fraction of the steps, 0),
   ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
-  ``crop_step`` (8: random crops on the JPEG block grid), ``augment`` (True),
+  ``patch_init`` ("dct": :func:`dct_patch_init_` for a fresh model), ``crop_step`` (8: random
+  crops on the JPEG block grid), ``augment`` (True),
   ``storage_options`` (fsspec options for ``s3://`` tables, images and checkpoints),
   ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
   ``early_stop_patience`` (None), ``checkpoint_every`` (1), ``checkpoint_dir`` (outside Ray
@@ -85,11 +86,60 @@ def soft_level_loss(
     return -(labels * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
+def dct_patch_init_(conv: torch.nn.Conv2d, dc_gain: float = 0.125) -> None:
+    """Initialise a ViT patch embedding with a 2-D DCT basis, as JPEG sees a block.
+
+    Channels take luma DCT coefficients in zigzag order (low frequencies first) and, for one
+    eighth of the width each, the lowest Cb and Cr coefficients; the DC terms are scaled by
+    ``dc_gain`` so that after ``ln_pre`` the high frequencies — where noise, blur and JPEG
+    live — are not drowned by the patch mean. Only an initialisation (the layer stays
+    trainable); used when training a small model from scratch (``patch_init: dct``).
+    """
+    width, _, p, q = conv.weight.shape
+    if p != q:
+        raise ValueError("DCT init needs square patches")
+    k = torch.arange(p, dtype=torch.float64)
+    basis_1d = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * p))  # [freq, pos]
+    basis_1d[0] /= math.sqrt(2)
+    basis_1d *= math.sqrt(2 / p)
+    freqs = sorted(((u, v) for u in range(p) for v in range(p)), key=lambda f: (f[0] + f[1], f))
+    ycc = torch.tensor(
+        [[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]],
+        dtype=torch.float64,
+    )
+    n_chroma = width // 8
+    plan = [(0, f) for f in freqs[: width - 2 * n_chroma]]
+    plan += [(1, f) for f in freqs[:n_chroma]] + [(2, f) for f in freqs[:n_chroma]]
+    weight = torch.zeros(width, 3, p, p, dtype=torch.float64)
+    for c, (colour, (u, v)) in enumerate(plan):
+        gain = dc_gain if (u, v) == (0, 0) else 1.0
+        pattern = torch.outer(basis_1d[u], basis_1d[v])
+        weight[c] = gain * ycc[colour][:, None, None] * pattern[None]
+    with torch.no_grad():
+        conv.weight.copy_(weight.to(conv.weight.dtype))
+
+
 def build_model(config: dict[str, Any]) -> GammaModel:
     if config.get("checkpoint"):
         model, _ = load_gamma(config["checkpoint"], storage_options=config.get("storage_options"))
         return model
-    return GammaModel(GammaConfig.from_dict(dict(config.get("model_config") or {})))
+    model = GammaModel(GammaConfig.from_dict(dict(config.get("model_config") or {})))
+    if config.get("patch_init") == "dct":
+        dct_patch_init_(model.clip_model.visual.conv1)
+    return model
+
+
+def input_size(config: dict[str, Any]) -> int:
+    """The model's input size from ``config`` without building it."""
+    import open_clip
+
+    from vqpipe.scorers.gamma import checkpoint_image_size
+
+    if config.get("checkpoint"):
+        return checkpoint_image_size(config["checkpoint"], config.get("storage_options"))
+    name = GammaConfig.from_dict(dict(config.get("model_config") or {})).clip_model
+    size = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def validate(model: GammaModel, config: dict[str, Any], device: torch.device) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Ray Train entry point: ``fit(method, config)`` runs a method's ``train_loop_per_worker`` in a
 ``TorchTrainer`` (CPU: gloo; GPU: nccl), with checkpoints reported each epoch and resume
 from the last one (``resume=True`` continues from the newest checkpoint under
-``storage_path/name``)."""
+``storage_path/name``). ``config["stream"] = True`` streams Gamma's training images with
+Ray Data (:func:`vqpipe.train.data.training_stream`)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def fit(
         use_gpu=use_gpu,
         resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
     )
+    datasets = {"train": streamed_training_data(method, config)} if config.get("stream") else None
     local = "://" not in storage
     latest = latest_checkpoint(os.path.join(storage, name)) if resume and local else None
     if latest:  # the loop resumes from ray.train.get_checkpoint() first, else from this
@@ -72,8 +74,28 @@ def fit(
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=run_config,
+        datasets=datasets,
     )
     return trainer.fit()
+
+
+def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
+    """``config["stream"]``: the training images as a Ray Dataset read and decoded by Ray Data
+    workers (local or object storage) and split across the training workers."""
+    if method != "gamma":
+        raise ValueError(
+            f"stream=True streams Gamma's images; the {method} loop reads its images per batch"
+        )
+    from vqpipe.train.data import mixed_table, training_stream
+    from vqpipe.train.gamma import input_size
+
+    return training_stream(
+        mixed_table(config["datasets"], split=config.get("split", "train")),
+        input_size(config),
+        crop_step=int(config.get("crop_step", 8)),
+        augment=bool(config.get("augment", True)),
+        storage_options=config.get("storage_options"),
+    )
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
