@@ -235,3 +235,47 @@ def test_qalign_video_sft_step_and_early_stop(qalign_checkpoint, tmp_path):
     state = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=True)
     assert state["epoch"] == 1
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_qalign_deepspeed_zero_on_two_ray_train_workers(
+    ray_local, qalign_checkpoint, small_table, tmp_path, stage
+):
+    pytest.importorskip("deepspeed")
+    config = {
+        "checkpoint": str(qalign_checkpoint),
+        "datasets": [{"table": small_table}],
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 1e-4,
+        "device": "cpu",
+        "deepspeed": {"stage": stage},
+    }
+    result = fit(
+        "qalign",
+        config,
+        num_workers=2,
+        cpus_per_worker=0.5,
+        storage_path=tmp_path / "runs",
+        name=f"ds{stage}",
+    )
+    assert result.error is None
+    assert result.metrics["steps"] >= 1 and np.isfinite(result.metrics["loss"])
+    assert "val_srcc" in result.metrics
+    ckpt = result.checkpoint.path
+    assert any((tmp_path / "runs").rglob("*optim_states.pt"))  # the ZeRO shards were saved
+    scorer = QAlignScorer(ckpt)
+    assert np.isfinite(scorer.score([Image.open(small_table["path"][0])])).all()
+    if stage == 2:  # resume: DeepSpeed reloads weights, moments and schedule on every rank
+        steps = result.metrics["steps"]
+        again = fit(
+            "qalign",
+            {**config, "epochs": 2},
+            num_workers=2,
+            cpus_per_worker=0.5,
+            storage_path=tmp_path / "runs",
+            name=f"ds{stage}",
+        )
+        assert again.error is None
+        assert again.metrics["epoch"] == 1 and again.metrics["steps"] == 2 * steps

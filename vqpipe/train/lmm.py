@@ -9,8 +9,9 @@ the assistant tokens only. Config keys: ``checkpoint`` (a model directory: weigh
 preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train", "weight": 1}]``,
 unified MOS tables; images local or fsspec URIs), ``task`` (Q-Align: quality | aesthetics |
 video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation anchor set; default:
-selected from the training rows), ``epochs`` (Q-Align 2, Compare2Score 1: METHODS.md),
-``batch_size`` (4 per worker), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
+selected from the training rows), ``epochs`` (2, both recipes),
+``batch_size`` per worker (:data:`DEFAULT_BATCH`: Q-Align 32 per device, Compare2Score 8 =
+64 on 8 GPUs), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
 ``max_steps``, ``freeze_vision`` (False), ``gradient_checkpointing`` (False), ``dtype`` (bf16
 on GPU, fp32 on CPU), ``validate`` (True: SRCC/PLCC of the scorer on each table's ``val``
 split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_dir``,
@@ -25,6 +26,7 @@ replacement when weights are given, a permutation otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -59,11 +61,22 @@ from vqpipe.train.tasks import (
     qalign_conversations,
 )
 
+DEEPSPEED_DIR = "deepspeed"
+"""Checkpoint subdirectory with DeepSpeed's sharded optimizer state (one file per rank)."""
+
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant "
     "gives helpful, detailed, and polite answers to the human's questions."
 )
 EOS = "</s>"
+
+
+DEFAULT_BATCH = {"qalign": 32, "compare2score": 8}
+"""Per-worker batch of the official recipes (OneAlign: 32 per device; Compare2Score: 64)."""
+
+
+def batch_size_of(config: dict[str, Any], method: str = "qalign") -> int:
+    return int(config.get("batch_size", DEFAULT_BATCH.get(method, 8)))
 
 
 def render(conversation: list[dict[str, str]], n_images: int) -> tuple[str, str]:
@@ -274,7 +287,7 @@ def validate_lmm(
                 continue
             items = [_load_visual(str(p), processor, config) for p in val["path"]]
             with torch.no_grad():
-                pred = scorer.predict_items(items, int(config.get("batch_size", 4)))["score"]
+                pred = scorer.predict_items(items, batch_size_of(config, method))["score"]
             target = oriented_mos(val)
             name = dataset_name(val, "val")
             out[f"val_srcc/{name}"] = srcc(pred, target)
@@ -287,27 +300,49 @@ def validate_lmm(
     return out
 
 
+def _deepspeed_settings(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The DeepSpeed config of ``config["deepspeed"]``: a full DeepSpeed dict, or
+    ``{"stage", "bf16", "offload", "grad_accum"}`` filled in by :func:`deepspeed_config`."""
+    ds = dict(config["deepspeed"]) if isinstance(config["deepspeed"], dict) else {}
+    if "zero_optimization" in ds:
+        return ds
+    return deepspeed_config(
+        stage=int(ds.get("stage", 2)),
+        bf16=bool(ds.get("bf16", True)),
+        batch_per_gpu=batch_size_of(config, method),
+        grad_accum=int(ds.get("grad_accum", 1)),
+        offload=bool(ds.get("offload", False)),
+    )
+
+
 def _deepspeed_engine(
-    model: torch.nn.Module, optimizer: Any, schedule: Any, config: dict[str, Any]
+    model: torch.nn.Module, optimizer: Any, schedule: Any, settings: dict[str, Any], device: Any
 ) -> Any:
-    """``deepspeed.initialize`` with :func:`deepspeed_config` (GPU machines)."""
+    """``deepspeed.initialize`` on the process group Ray Train set up (or a one-process gloo /
+    nccl group outside it). On CPU DeepSpeed runs with its CPU accelerator and gloo."""
+    import os
+
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         import deepspeed
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise ImportError(
-            "config['deepspeed'] needs DeepSpeed: pip install 'vqpipe[deepspeed]' (GPU)"
+            "config['deepspeed'] needs DeepSpeed: pip install 'vqpipe[train]'"
         ) from exc
-    ds = dict(config["deepspeed"]) if isinstance(config["deepspeed"], dict) else {}
-    if "zero_optimization" not in ds:
-        ds = deepspeed_config(
-            stage=int(ds.get("stage", 2)),
-            bf16=bool(ds.get("bf16", True)),
-            batch_per_gpu=int(config.get("batch_size", 4)),
-            grad_accum=int(ds.get("grad_accum", 1)),
-            offload=bool(ds.get("offload", False)),
-        )
+    if not torch.distributed.is_initialized():
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        for key, value in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)):
+            os.environ.setdefault(key, str(value))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=settings
     )
     return engine
 
@@ -336,11 +371,15 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
 
         device = ray.train.torch.get_device()
     dtype = resolve_dtype(config.get("dtype"), device)
+    settings = _deepspeed_settings(config, method) if config.get("deepspeed") else None
+    if settings is not None and settings.get("bf16", {}).get("enabled"):
+        dtype = torch.bfloat16  # DeepSpeed's bf16 mode holds the weights in bf16
     source = Path(config["checkpoint"])
-    with resume_directory(config, ctx) as resume:
-        weights = resume if resume is not None else source
-        model = MPLUGOwl2ForCausalLM.from_pretrained(weights, dtype=dtype, device=device).train()
-        state = load_state(resume) if resume is not None else None
+    opened = contextlib.ExitStack()  # the resume directory stays until DeepSpeed has read it
+    resume = opened.enter_context(resume_directory(config, ctx))
+    weights = resume if resume is not None else source
+    model = MPLUGOwl2ForCausalLM.from_pretrained(weights, dtype=dtype, device=device).train()
+    state = load_state(resume) if resume is not None else None
     tokenizer = PromptTokenizer.from_pretrained(source, model.config.bos_token_id)
     processor = MPLUGOwl2ImageProcessor.from_pretrained(source, model.config.vision.image_size)
     if config.get("freeze_vision"):
@@ -355,8 +394,8 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
         lr=float(config.get("lr", 2e-5)),
         weight_decay=float(config.get("weight_decay", 0.0)),
     )
-    batch_size = int(config.get("batch_size", 4))
-    epochs = int(config.get("epochs", 2 if method == "qalign" else 1))
+    batch_size = batch_size_of(config, method)
+    epochs = int(config.get("epochs", 2))
     per_epoch = math.ceil(len(epoch_order(examples, config, 0, rank, world)) / batch_size)
     total = epochs * per_epoch
     if config.get("max_steps"):
@@ -372,13 +411,14 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     )
     step, start_epoch = 0, 0
     if state is not None:
-        if "optimizer" in state:  # absent under DeepSpeed (its moments are not saved yet)
+        if "optimizer" in state:  # under DeepSpeed the moments are in its own checkpoint
             optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
-    engine = (
-        _deepspeed_engine(model, optimizer, schedule, config) if config.get("deepspeed") else None
-    )
+    engine = _deepspeed_engine(model, optimizer, schedule, settings, device) if settings else None
+    if engine is not None and resume is not None and (resume / DEEPSPEED_DIR).exists():
+        engine.load_checkpoint(str(resume / DEEPSPEED_DIR))  # every rank: its ZeRO shard
+    opened.close()
     train_model: torch.nn.Module = engine if engine is not None else model
     if engine is None and world > 1:
         import ray.train.torch
@@ -440,15 +480,18 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
             history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
         stop = step >= total or stopper.update(metrics)
         weights_now = _full_state_dict(model, engine)
-        state_now = trainer_state(optimizer, schedule, epoch, step)
-        if engine is not None:  # ZeRO shards the moments; the base optimizer's are not them
-            state_now.pop("optimizer")
+        # under ZeRO the moments are sharded: the base optimizer's state is not them
+        state_now = trainer_state(optimizer if engine is None else None, schedule, epoch, step)
 
         def save(directory: Path, weights_now=weights_now, state_now=state_now) -> None:
-            save_model_dir(model, source, directory, weights_now)
-            torch.save(state_now, directory / STATE_FILE)
+            if engine is not None:  # collective: each rank writes its optimizer shard
+                engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag="state")
+            if rank == 0:
+                save_model_dir(model, source, directory, weights_now)
+                torch.save(state_now, directory / STATE_FILE)
 
-        end_epoch(metrics, config, ctx, save, last=stop or epoch == epochs - 1)
+        last = stop or epoch == epochs - 1
+        end_epoch(metrics, config, ctx, save, last=last, all_ranks=engine is not None)
         if stop:
             break
     scratch.cleanup()

@@ -56,13 +56,12 @@ def load_state(directory: Path) -> dict[str, Any]:
     return torch.load(directory / STATE_FILE, weights_only=True)
 
 
-def trainer_state(optimizer: Any, schedule: Any, epoch: int, step: int) -> dict[str, Any]:
-    return {
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "epoch": epoch,
-        "step": step,
-    }
+def trainer_state(optimizer: Any | None, schedule: Any, epoch: int, step: int) -> dict[str, Any]:
+    """What resuming needs besides the weights (``optimizer`` None: not saved)."""
+    state = {"schedule": schedule.state_dict(), "epoch": epoch, "step": step}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
 
 
 class EarlyStopping:
@@ -91,15 +90,19 @@ def end_epoch(
     ctx: Any | None,
     save: Callable[[Path], None],
     last: bool,
+    all_ranks: bool = False,
 ) -> None:
     """Report ``metrics`` and save a checkpoint with ``save(directory)``: every
-    ``checkpoint_every`` epochs (default 1) and at the last one, from rank 0 only."""
+    ``checkpoint_every`` epochs (default 1) and at the last one, from rank 0 — or from every
+    rank with ``all_ranks`` (sharded state such as DeepSpeed's; Ray Train merges the ranks'
+    files into one checkpoint directory)."""
     rank, _ = rank_and_world(ctx)
     due = last or (metrics["epoch"] + 1) % int(config.get("checkpoint_every", 1)) == 0
+    saves = due and (rank == 0 or all_ranks)
     if ctx is not None:
         import ray.train
 
-        if rank == 0 and due:
+        if saves:
             with tempfile.TemporaryDirectory() as tmp:
                 save(Path(tmp))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -108,7 +111,7 @@ def end_epoch(
     elif config.get("verbose"):
         shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
         print(json.dumps(shown), flush=True)
-    if config.get("checkpoint_dir") and rank == 0 and due:
+    if config.get("checkpoint_dir") and saves:
         save(Path(config["checkpoint_dir"]))
 
 
