@@ -21,6 +21,14 @@ from vqpipe.train.lmm import epoch_order, train_lmm
 from vqpipe.train.loop import EarlyStopping
 from vqpipe.train.trainer import fit, latest_checkpoint
 
+TWO_WORKERS = {"num_workers": 2, "cpus_per_worker": 0.5}
+TINY_GAMMA = {
+    "clip_model": "vqpipe-test-ViT",
+    "n_moae_layers": 1,
+    "n_experts": 2,
+    "adapter_hidden": 16,
+}
+
 
 def _jpeg(width: int, height: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
@@ -145,13 +153,8 @@ def test_gamma_streams_training_images_from_s3_with_ray_data(
         s3_table.to_csv(fh, index=False)
     assert len(mixed_table([{"table": s3_table}])) == int((s3_table["split"] == "train").sum())
     config = {
-        "model_config": {
-            "clip_model": "vqpipe-test-ViT",
-            "n_moae_layers": 1,
-            "n_experts": 2,
-            "adapter_hidden": 16,
-        },
-        "datasets": [{"table": s3_table, "scene": "natural-quality"}],
+        "model_config": TINY_GAMMA,
+        "datasets": [{"table": table_uri, "scene": "natural-quality"}],
         "train_backbone": True,
         "epochs": 2,
         "batch_size": 4,
@@ -160,9 +163,7 @@ def test_gamma_streams_training_images_from_s3_with_ray_data(
         "stream": True,
         "storage_options": s3_server,
     }
-    result = fit(
-        "gamma", config, num_workers=2, cpus_per_worker=0.5, storage_path=tmp_path / "runs"
-    )
+    result = fit("gamma", config, storage_path=tmp_path / "runs", **TWO_WORKERS)
     assert result.error is None
     assert result.metrics["epoch"] == 1 and result.metrics["steps"] >= 2
     assert np.isfinite(result.metrics["loss"]) and "val_srcc" in result.metrics
@@ -194,7 +195,7 @@ def test_qalign_two_workers_validate_checkpoint_and_resume(
         "lr": 1e-4,
         "device": "cpu",
     }
-    kwargs = {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": tmp_path / "runs"}
+    kwargs = {**TWO_WORKERS, "storage_path": tmp_path / "runs"}
     first = fit("qalign", config, name="qa", **kwargs)
     assert first.error is None
     metrics = first.metrics
@@ -252,14 +253,8 @@ def test_qalign_deepspeed_zero_on_two_ray_train_workers(
         "device": "cpu",
         "deepspeed": {"stage": stage},
     }
-    result = fit(
-        "qalign",
-        config,
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage_path=tmp_path / "runs",
-        name=f"ds{stage}",
-    )
+    kwargs = {**TWO_WORKERS, "storage_path": tmp_path / "runs", "name": f"ds{stage}"}
+    result = fit("qalign", config, **kwargs)
     assert result.error is None
     assert result.metrics["steps"] >= 1 and np.isfinite(result.metrics["loss"])
     assert "val_srcc" in result.metrics
@@ -269,13 +264,6 @@ def test_qalign_deepspeed_zero_on_two_ray_train_workers(
     assert np.isfinite(scorer.score([Image.open(small_table["path"][0])])).all()
     if stage == 2:  # resume: DeepSpeed reloads weights, moments and schedule on every rank
         steps = result.metrics["steps"]
-        again = fit(
-            "qalign",
-            {**config, "epochs": 2},
-            num_workers=2,
-            cpus_per_worker=0.5,
-            storage_path=tmp_path / "runs",
-            name=f"ds{stage}",
-        )
+        again = fit("qalign", {**config, "epochs": 2}, **kwargs)
         assert again.error is None
         assert again.metrics["epoch"] == 1 and again.metrics["steps"] == 2 * steps

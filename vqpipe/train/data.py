@@ -18,11 +18,14 @@ from vqpipe.media.decode import MediaLimits, decode_image
 from vqpipe.models.gamma import scene_for_dataset, scene_prompts
 
 
-def read_table(source: str | Any) -> pd.DataFrame:
-    """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path or URI."""
+def read_table(source: str | Any, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path or fsspec URI."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
-    return pd.read_parquet(source) if str(source).endswith(".parquet") else pd.read_csv(source)
+    options = storage_options if "://" in str(source) else None
+    if str(source).endswith(".parquet"):
+        return pd.read_parquet(source, storage_options=options)
+    return pd.read_csv(source, storage_options=options)
 
 
 def split_rows(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
@@ -58,14 +61,18 @@ def normalised_targets(table: pd.DataFrame) -> np.ndarray:
     return np.clip(target, 0.0, 1.0)
 
 
-def mixed_table(datasets: Sequence[dict[str, Any]], split: str | None = "train") -> pd.DataFrame:
+def mixed_table(
+    datasets: Sequence[dict[str, Any]],
+    split: str | None = "train",
+    storage_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """One table (path, target, scene, weight) from several MOS tables with their options.
 
     Each dataset gets ``weight`` (default 1) of the sampling mass, spread over its rows, so a
     small set mixed with weight 1 is seen as often as a large one."""
     parts = []
     for spec in datasets:
-        table = split_rows(read_table(spec["table"]), spec.get("split", split))
+        table = split_rows(read_table(spec["table"], storage_options), spec.get("split", split))
         if table.empty:
             continue
         scene = spec.get("scene") or scene_for_dataset(dataset_name(table))

@@ -152,7 +152,7 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            val = split_rows(read_table(spec["table"]), "val")
+            val = split_rows(read_table(spec["table"], config.get("storage_options")), "val")
             if "split" not in val or val.empty:
                 continue
             name = dataset_name(val, "val")
@@ -248,7 +248,9 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     model = build_model(config)
     trainable = model.set_trainable(train_backbone=bool(config.get("train_backbone", False)))
     batch_size = int(config.get("batch_size", 8))
-    table = mixed_table(config["datasets"], split=config.get("split", "train"))
+    table = mixed_table(
+        config["datasets"], config.get("split", "train"), config.get("storage_options")
+    )
     shard = _dataset_shard(ctx)
     loader = None if shard is not None else _local_loader(config, table, model.image_size)
     model.to(device).train()

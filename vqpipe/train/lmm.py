@@ -138,7 +138,9 @@ def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
     """Training conversations of every dataset, each with its sampling ``weight``."""
     out: list[dict[str, Any]] = []
     for spec in config["datasets"]:
-        table = split_rows(read_table(spec["table"]), spec.get("split", "train"))
+        table = split_rows(
+            read_table(spec["table"], config.get("storage_options")), spec.get("split", "train")
+        )
         if table.empty:
             continue
         if method == "qalign":
@@ -249,7 +251,9 @@ def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
     if config.get("anchors"):
         return load_anchor_set(config["anchors"])
     spec = config["datasets"][0]
-    rows = split_rows(read_table(spec["table"]), spec.get("split", "train"))
+    rows = split_rows(
+        read_table(spec["table"], config.get("storage_options")), spec.get("split", "train")
+    )
     return write_anchor_set(rows.reset_index(drop=True), directory / "anchors")
 
 
@@ -281,7 +285,7 @@ def validate_lmm(
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            table = read_table(spec["table"])
+            table = read_table(spec["table"], config.get("storage_options"))
             val = split_rows(table, "val")
             if "split" not in table or val.empty:
                 continue

@@ -90,7 +90,9 @@ def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
     from vqpipe.train.gamma import input_size
 
     return training_stream(
-        mixed_table(config["datasets"], split=config.get("split", "train")),
+        mixed_table(
+            config["datasets"], config.get("split", "train"), config.get("storage_options")
+        ),
         input_size(config),
         crop_step=int(config.get("crop_step", 8)),
         augment=bool(config.get("augment", True)),
