@@ -80,11 +80,12 @@ def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
     from vqpipe.scorers.gamma import GammaScorer
     from vqpipe.train.gamma import train_gamma
 
-    table = make_image_dataset(tmp / "data", n_contents=args.contents)
+    size = (64, 64) if args.tiny else (256, 192)
+    table = make_image_dataset(tmp / "data", n_contents=args.contents, size=size)
     train_gamma(
         {
             "model_config": {
-                "clip_model": "vqpipe-demo2-ViT-8",
+                "clip_model": "vqpipe-tiny-ViT-8" if args.tiny else "vqpipe-demo2-ViT-8",
                 "force_quick_gelu": True,
                 "n_moae_layers": 2,
                 "n_experts": 3,
@@ -117,6 +118,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 / 5e-4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tiny", action="store_true", help="gamma: 64 px images and vqpipe-tiny-ViT-8"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -167,8 +167,6 @@ def test_gamma_streams_training_images_from_s3_with_ray_data(
     assert result.error is None
     assert result.metrics["epoch"] == 1 and result.metrics["steps"] >= 2
     assert np.isfinite(result.metrics["loss"]) and "val_srcc" in result.metrics
-    with pytest.raises(ValueError, match="streams Gamma"):
-        fit("qalign", {**config, "checkpoint": "x"}, storage_path=tmp_path / "runs")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +234,39 @@ def test_qalign_video_sft_step_and_early_stop(qalign_checkpoint, tmp_path):
     state = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=True)
     assert state["epoch"] == 1
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_qalign_streams_its_examples_with_ray_data(
+    ray_local, qalign_checkpoint, small_table, tmp_path
+):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    table = pd.concat(
+        [small_table, small_table.iloc[:1].assign(path=str(broken), split="train")],
+        ignore_index=True,
+    )
+    config = {
+        "checkpoint": str(qalign_checkpoint),
+        "datasets": [{"table": table}],
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 1e-4,
+        "device": "cpu",
+        "stream": True,
+    }
+    result = fit("qalign", config, storage_path=tmp_path / "runs", **TWO_WORKERS)
+    assert result.error is None and np.isfinite(result.metrics["loss"])
+    n_train = int((table["split"] == "train").sum())
+    assert result.metrics["steps"] == math.ceil(n_train // 2 / 2)
+    from vqpipe.train.lmm import decode_lmm_batch
+
+    out = decode_lmm_batch(
+        {"images": np.array([json.dumps([str(broken)]), json.dumps([small_table["path"][0]])])},
+        str(qalign_checkpoint),
+        {},
+    )
+    assert out["error"][0] and not out["error"][1] and len(out["visuals"][1]) > 0
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ from vqpipe.train.data import (
 from vqpipe.train.loop import (
     STATE_FILE,
     EarlyStopping,
+    dataset_shard,
     end_epoch,
     load_state,
     rank_and_world,
@@ -181,18 +182,6 @@ def save_training_checkpoint(
     return directory
 
 
-def _dataset_shard(ctx: Any | None) -> Any | None:
-    """The worker's shard of a ``"train"`` Ray Dataset, when the trainer was given one."""
-    if ctx is None:
-        return None
-    try:
-        import ray.train
-
-        return ray.train.get_dataset_shard("train")
-    except Exception:  # no datasets passed to the trainer
-        return None
-
-
 def _collate(batch: list[tuple[torch.Tensor, float, str]]) -> Batch:
     pixels, targets, scenes = zip(*batch, strict=True)
     targets_t = torch.tensor(targets, dtype=torch.float32)
@@ -251,7 +240,7 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     table = mixed_table(
         config["datasets"], config.get("split", "train"), config.get("storage_options")
     )
-    shard = _dataset_shard(ctx)
+    shard = dataset_shard(ctx)
     loader = None if shard is not None else _local_loader(config, table, model.image_size)
     model.to(device).train()
     if world > 1:

@@ -27,6 +27,8 @@ replacement when weights are given, a permutation otherwise).
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import math
 import shutil
 import time
@@ -47,6 +49,7 @@ from vqpipe.train.data import dataset_name, load_image, read_table, split_rows
 from vqpipe.train.loop import (
     STATE_FILE,
     EarlyStopping,
+    dataset_shard,
     end_epoch,
     load_state,
     rank_and_world,
@@ -191,6 +194,83 @@ def _load_visual(
     return np.stack([processor.to_uint8(frames[i]) for i in keep])
 
 
+def _pack(arrays: list[np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, *arrays)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(data)) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+
+def decode_lmm_batch(
+    batch: dict[str, np.ndarray], checkpoint: str, options: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Ray Data media stage of the LMM loops: each row's images (or video frames) → uint8
+    arrays packed as ``.npz`` bytes in ``visuals``; a failure leaves ``error`` set instead."""
+    from vqpipe.scorers._owl2 import checkpoint_processor
+
+    processor = checkpoint_processor(checkpoint, options.get("storage_options"))
+    visuals = np.full(len(batch["images"]), b"", dtype=object)
+    errors = np.full(len(batch["images"]), "", dtype=object)
+    for i, paths in enumerate(batch["images"]):
+        try:
+            visuals[i] = _pack([_load_visual(p, processor, options) for p in json.loads(paths)])
+        except Exception as exc:  # an unreadable image must not end the run
+            errors[i] = f"{type(exc).__name__}: {exc}"
+    return {**batch, "visuals": visuals, "error": errors}
+
+
+def lmm_training_stream(config: dict[str, Any], method: str) -> Any:
+    """The examples' visual inputs as a Ray Dataset (read, decode and preprocess in Ray Data
+    workers; split across the training workers). The weighted plan of epoch 0 is drawn once
+    on the driver; Ray Data streams it again each epoch."""
+    import pandas as pd
+    import ray.data
+
+    examples = _examples(config, method)
+    order = epoch_order(examples, config, 0, 0, 1)
+    rows = pd.DataFrame(
+        {"index": order, "images": [json.dumps(examples[i]["images"]) for i in order]}
+    )
+    keys = ("storage_options", "video_fps", "max_frames")
+    return ray.data.from_pandas(rows).map_batches(
+        decode_lmm_batch,
+        batch_size=16,
+        fn_kwargs={
+            "checkpoint": str(config["checkpoint"]),
+            "options": {k: config[k] for k in keys if k in config},
+        },
+        num_cpus=0.5,
+    )
+
+
+def _stream_batches(
+    shard: Any,
+    examples: list[dict[str, Any]],
+    batch_size: int,
+    make_batch: Any,
+) -> Any:
+    """Batches of a Ray Data shard: rows that failed to load keep their place with blank
+    images and no loss (all labels ignored), so every worker runs the same steps."""
+    for rows in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        chosen = [examples[int(i)] for i in rows["index"]]
+        visuals = [
+            _unpack(v) if not e else None
+            for v, e in zip(rows["visuals"], rows["error"], strict=True)
+        ]
+        batch = make_batch(chosen, visuals)
+        failed = [i for i, v in enumerate(visuals) if v is None]
+        if failed:
+            batch["labels"][failed] = IGNORE_INDEX
+            if len(failed) == len(visuals):  # keep one row's labels, count it for nothing
+                batch["labels"][0] = batch["kept_labels"][0]
+                batch["loss_scale"] = 0.0
+        yield batch
+
+
 def _batch(
     examples: list[dict[str, Any]],
     tokenizer: PromptTokenizer,
@@ -198,15 +278,23 @@ def _batch(
     eos_id: int,
     pad_id: int,
     config: dict[str, Any] | None = None,
+    loaded: list[list[np.ndarray] | None] | None = None,
 ) -> dict[str, Any]:
     """Right-padded ids / labels / mask and the visual inputs: one normalised tensor
-    [N, 3, S, S] for images, a list of [T, 3, S, S] per placeholder when videos are present."""
+    [N, 3, S, S] for images, a list of [T, 3, S, S] per placeholder when videos are present.
+    ``loaded``: each example's uint8 visuals already decoded (None: blank images)."""
     ids, labels, visuals = [], [], []
-    for ex in examples:
+    size = processor.crop_size
+    for k, ex in enumerate(examples):
         i, lab = encode_example(tokenizer, ex["conversations"], len(ex["images"]), eos_id)
         ids.append(i)
         labels.append(lab)
-        visuals.extend(_load_visual(str(path), processor, config or {}) for path in ex["images"])
+        if loaded is None:
+            visuals.extend(_load_visual(str(p), processor, config or {}) for p in ex["images"])
+        elif loaded[k] is None:
+            visuals.extend(np.zeros((1, 3, size, size), np.uint8) for _ in ex["images"])
+        else:
+            visuals.extend(loaded[k])
     width = max(map(len, ids))
     mask = [[1] * len(i) + [0] * (width - len(i)) for i in ids]
     ids = [i + [pad_id] * (width - len(i)) for i in ids]
@@ -218,8 +306,10 @@ def _batch(
     return {
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
+        "kept_labels": torch.tensor(labels),
         "attention_mask": torch.tensor(mask),
         "images": images,
+        "loss_scale": 1.0,
     }
 
 
@@ -400,6 +490,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     )
     batch_size = batch_size_of(config, method)
     epochs = int(config.get("epochs", 2))
+    shard = dataset_shard(ctx)
     per_epoch = math.ceil(len(epoch_order(examples, config, 0, rank, world)) / batch_size)
     total = epochs * per_epoch
     if config.get("max_steps"):
@@ -440,17 +531,30 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     stopper = EarlyStopping(config.get("early_stop_patience"))
     started = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        order = epoch_order(examples, config, epoch, rank, world)
-        losses = []
-        for start in range(0, len(order), batch_size):
-            batch = _batch(
-                [examples[i] for i in order[start : start + batch_size]],
-                tokenizer,
-                processor,
-                eos_id,
-                pad_id,
-                config,
+        if shard is not None:
+            batches: Any = _stream_batches(
+                shard,
+                examples,
+                batch_size,
+                lambda chosen, loaded: _batch(
+                    chosen, tokenizer, processor, eos_id, pad_id, config, loaded
+                ),
             )
+        else:
+            order = epoch_order(examples, config, epoch, rank, world)
+            batches = (
+                _batch(
+                    [examples[i] for i in order[start : start + batch_size]],
+                    tokenizer,
+                    processor,
+                    eos_id,
+                    pad_id,
+                    config,
+                )
+                for start in range(0, len(order), batch_size)
+            )
+        losses = []
+        for batch in batches:
             images = batch["images"]
             images = (
                 [v.to(device, dtype) for v in images]
@@ -463,12 +567,13 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
                 attention_mask=batch["attention_mask"].to(device),
                 labels=batch["labels"].to(device),
             )
+            loss = out.loss * batch["loss_scale"]
             if engine is not None:
-                engine.backward(out.loss)
+                engine.backward(loss)
                 engine.step()  # clips, steps the optimizer and the schedule
             else:
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()

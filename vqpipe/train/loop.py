@@ -33,6 +33,18 @@ def ray_train_context() -> Any | None:
         return None
 
 
+def dataset_shard(ctx: Any | None, name: str = "train") -> Any | None:
+    """The worker's shard of the Ray Dataset ``name``, when the trainer was given one."""
+    if ctx is None:
+        return None
+    try:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+    except Exception:  # no datasets passed to the trainer
+        return None
+
+
 def rank_and_world(ctx: Any | None) -> tuple[int, int]:
     return (ctx.get_world_rank(), ctx.get_world_size()) if ctx is not None else (0, 1)
 

@@ -1,8 +1,8 @@
 """Ray Train entry point: ``fit(method, config)`` runs a method's ``train_loop_per_worker`` in a
 ``TorchTrainer`` (CPU: gloo; GPU: nccl), with checkpoints reported each epoch and resume
 from the last one (``resume=True`` continues from the newest checkpoint under
-``storage_path/name``). ``config["stream"] = True`` streams Gamma's training images with
-Ray Data (:func:`vqpipe.train.data.training_stream`)."""
+``storage_path/name``). ``config["stream"] = True`` streams the training images with Ray
+Data (:func:`streamed_training_data`)."""
 
 from __future__ import annotations
 
@@ -80,12 +80,14 @@ def fit(
 
 
 def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
-    """``config["stream"]``: the training images as a Ray Dataset read and decoded by Ray Data
-    workers (local or object storage) and split across the training workers."""
+    """``config["stream"]``: the training images as a Ray Dataset read, decoded and
+    preprocessed by Ray Data workers (local or object storage), split across the training
+    workers — the Gamma crops (:func:`vqpipe.train.data.training_stream`) or the LMM examples'
+    images and frames (:func:`vqpipe.train.lmm.lmm_training_stream`)."""
     if method != "gamma":
-        raise ValueError(
-            f"stream=True streams Gamma's images; the {method} loop reads its images per batch"
-        )
+        from vqpipe.train.lmm import lmm_training_stream
+
+        return lmm_training_stream(config, method)
     from vqpipe.train.data import mixed_table, training_stream
     from vqpipe.train.gamma import input_size
 
