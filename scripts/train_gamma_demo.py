@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", default="vqpipe/assets/gamma-demo.safetensors")
     parser.add_argument("--clip-model", default=DEMO_MODEL_CONFIG["clip_model"])
     parser.add_argument("--contents", type=int, default=120)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

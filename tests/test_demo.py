@@ -21,9 +21,8 @@ def test_demo_job_scores_unseen_contents_with_the_bundled_checkpoint(ray_local, 
     assert table["error"].isna().all() and np.isfinite(table["gamma_score"]).all()
     assert np.stack(table["gamma_probs"]).shape == (len(corpus), 5)
     # Contents the demo model never saw (it trained on seed 0). A random model gives ~0; the
-    # bundled one reaches ~0.46 on held-out contents — below the 0.85 target, see
-    # gamma-demo.json's note; the floor is 0.05 under that.
-    assert summary["metrics"]["srcc"] >= 0.4
+    # bundled one reaches 0.88 on its held-out test split and 0.90 on the demo corpus.
+    assert summary["metrics"]["srcc"] >= 0.8
     assert (tmp_path / "demo_summary.json").exists()
 
 
