@@ -26,6 +26,8 @@ from PIL import Image
 from vqpipe.data import DISTORTIONS, make_image_dataset
 from vqpipe.eval import plcc, srcc
 
+TINY_CONFIGS = {64: "vqpipe-tiny-ViT-8", 96: "vqpipe-tiny96-ViT-8"}
+
 
 def held_out_report(scores: np.ndarray, rows) -> dict:
     mos = rows["mos"].to_numpy()
@@ -78,32 +80,23 @@ def run_qalign(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]
 
 def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
     from vqpipe.scorers.gamma import GammaScorer
-    from vqpipe.train.gamma import train_gamma
+    from vqpipe.train.gamma import from_scratch_config, train_gamma
 
-    size = (64, 64) if args.tiny else (256, 192)
+    side = args.tiny_size
+    size = (side, side) if args.tiny else (256, 192)
     table = make_image_dataset(tmp / "data", n_contents=args.contents, size=size)
+    clip_model = TINY_CONFIGS[side] if args.tiny else "vqpipe-demo2-ViT-8"
     train_gamma(
-        {
-            "model_config": {
-                "clip_model": "vqpipe-tiny-ViT-8" if args.tiny else "vqpipe-demo2-ViT-8",
-                "force_quick_gelu": True,
-                "n_moae_layers": 2,
-                "n_experts": 3,
-                "adapter_hidden": 64,
-            },
-            "datasets": [{"table": table, "scene": "natural-quality"}],
-            "train_backbone": True,
-            "patch_init": "dct",
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "cosine": True,
-            "warmup": 0.05,
-            "level_loss_weight": 0.5,
-            "validate": False,
-            "output": str(tmp / "gamma.safetensors"),
-            "seed": args.seed,
-        }
+        from_scratch_config(
+            clip_model,
+            table,
+            args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            validate=False,
+            output=str(tmp / "gamma.safetensors"),
+            seed=args.seed,
+        )
     )
     scorer = GammaScorer(checkpoint=tmp / "gamma.safetensors", device="cpu")
     test = table[table["split"] == "test"]
@@ -118,9 +111,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 / 5e-4")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--tiny", action="store_true", help="gamma: 64 px images and vqpipe-tiny-ViT-8"
-    )
+    parser.add_argument("--tiny", action="store_true", help="gamma: small square images")
+    parser.add_argument("--tiny-size", type=int, default=64, choices=sorted(TINY_CONFIGS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -25,21 +25,15 @@ from PIL import Image
 from vqpipe.data import DISTORTIONS, make_image_dataset
 from vqpipe.eval import plcc, srcc
 from vqpipe.scorers.gamma import GammaScorer
-from vqpipe.train.gamma import train_gamma
+from vqpipe.train.gamma import from_scratch_config, train_gamma
 
-DEMO_MODEL_CONFIG = {
-    "clip_model": "vqpipe-demo2-ViT-8",
-    "force_quick_gelu": True,
-    "n_moae_layers": 2,
-    "n_experts": 3,
-    "adapter_hidden": 64,
-}
+DEMO_CLIP_MODEL = "vqpipe-demo2-ViT-8"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="vqpipe/assets/gamma-demo.safetensors")
-    parser.add_argument("--clip-model", default=DEMO_MODEL_CONFIG["clip_model"])
+    parser.add_argument("--clip-model", default=DEMO_CLIP_MODEL)
     parser.add_argument("--contents", type=int, default=120)
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -50,31 +44,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model_config = {**DEMO_MODEL_CONFIG, "clip_model": args.clip_model}
 
     with tempfile.TemporaryDirectory() as tmp:
         table = make_image_dataset(Path(tmp) / "corpus", n_contents=args.contents, seed=args.seed)
         started = time.perf_counter()
         history = train_gamma(
-            {
-                "model_config": model_config,
-                "datasets": [{"table": table, "scene": "natural-quality"}],
-                "train_backbone": True,
-                "patch_init": args.patch_init,
-                "epochs": args.epochs,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "cosine": True,
-                "warmup": 0.05,
-                "level_loss_weight": args.level_loss,
-                "seed": args.seed,
-                "output": args.out,
-                "save_dtype": "float16",
-                "verbose": True,
-            }
+            from_scratch_config(
+                args.clip_model,
+                table,
+                args.epochs,
+                patch_init=args.patch_init,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                level_loss_weight=args.level_loss,
+                seed=args.seed,
+                output=args.out,
+                save_dtype="float16",
+                verbose=True,
+            )
         )
         minutes = (time.perf_counter() - started) / 60
         scorer = GammaScorer(checkpoint=args.out, device="cpu")  # the saved fp16 file
+        model_config = from_scratch_config(args.clip_model, table, 0)["model_config"]
         card = {"checkpoint": Path(args.out).name, "model_config": model_config}
         for split in ("val", "test"):
             rows = table[table["split"] == split]

@@ -308,31 +308,11 @@ def test_tiny_gamma_learns_synthetic_distortions_from_scratch(tmp_path):
     compute than a test has here (figures: benchmarks/learnability.py and the demo card)."""
     from vqpipe.eval import srcc
     from vqpipe.scorers.gamma import GammaScorer
-    from vqpipe.train.gamma import train_gamma
+    from vqpipe.train.gamma import from_scratch_config, train_gamma
 
     table = make_image_dataset(tmp_path / "d", n_contents=LEARN_CONTENTS, size=(64, 64))
-    history = train_gamma(
-        {
-            "model_config": {
-                "clip_model": "vqpipe-tiny-ViT-8",
-                "force_quick_gelu": True,
-                "n_moae_layers": 2,
-                "n_experts": 3,
-                "adapter_hidden": 64,
-            },
-            "datasets": [{"table": table, "scene": "natural-quality"}],
-            "train_backbone": True,
-            "patch_init": "dct",
-            "epochs": LEARN_EPOCHS,
-            "batch_size": 16,
-            "lr": 5e-4,
-            "cosine": True,
-            "warmup": 0.05,
-            "level_loss_weight": 0.5,
-            "validate": False,
-            "device": "cpu",
-        }
-    )
+    config = from_scratch_config("vqpipe-tiny-ViT-8", table, LEARN_EPOCHS, validate=False)
+    history = train_gamma({**config, "device": "cpu"})
     test = table[table["split"] == "test"]
     scorer = GammaScorer(model=history["model"], device="cpu", dtype="fp32")
     value = srcc(scorer.score([Image.open(p) for p in test["path"]]), test["mos"])
