@@ -2,7 +2,8 @@
 the held-out content split (the issue's target: ≥ 0.8).
 
     python benchmarks/learnability.py --method qalign [--epochs 8] [--contents 40]
-    python benchmarks/learnability.py --method gamma  [--epochs 6] [--contents 40]
+    python benchmarks/learnability.py --method gamma --tiny   # the test's recipe: 300 contents,
+                                                              # 7 epochs, fixed DCT patch embedding
 
 Q-Align: a tiny mPLUG-Owl2 (64 px, 8 px patches) fine-tuned with the level-SFT loop
 (:func:`vqpipe.train.lmm.train_qalign`) on 64 px synthetic images, scored by
@@ -85,7 +86,7 @@ def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
     side = args.tiny_size
     size = (side, side) if args.tiny else (256, 192)
     table = make_image_dataset(tmp / "data", n_contents=args.contents, size=size)
-    clip_model = TINY_CONFIGS[side] if args.tiny else "vqpipe-demo2-ViT-8"
+    clip_model = args.clip_model or (TINY_CONFIGS[side] if args.tiny else "vqpipe-demo2-ViT-8")
     train_gamma(
         from_scratch_config(
             clip_model,
@@ -93,6 +94,7 @@ def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
             args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            freeze_patch_embed=not args.trainable_patch_embed,
             validate=False,
             output=str(tmp / "gamma.safetensors"),
             seed=args.seed,
@@ -106,20 +108,25 @@ def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=("qalign", "gamma"), default="qalign")
-    parser.add_argument("--contents", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--contents", type=int, default=None, help="default: 40 / 300")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 8 / 7")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 / 5e-4")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="gamma: small square images")
     parser.add_argument("--tiny-size", type=int, default=64, choices=sorted(TINY_CONFIGS))
+    parser.add_argument("--clip-model", default=None, help="gamma: any open_clip config name")
+    parser.add_argument(
+        "--trainable-patch-embed", action="store_true", help="gamma: train the DCT patch layer too"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.lr is None:
-        args.lr = 1e-3 if args.method == "qalign" else 5e-4
+    qalign = args.method == "qalign"
+    args.contents = args.contents or (40 if qalign else 300)
+    args.epochs = args.epochs or (8 if qalign else 7)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = run_qalign if args.method == "qalign" else run_gamma

@@ -17,7 +17,8 @@ Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene
   with ``training_args.json`` beside it), ``save_dtype`` ("float32" | "float16"),
   ``verbose``, ``cosine`` (cosine decay, off), ``warmup`` (warmup fraction of the steps, 0),
   ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
-  ``patch_init`` ("dct": :func:`dct_patch_init_` for a fresh model), ``crop_step`` (8: random
+  ``patch_init`` ("dct": :func:`dct_patch_init_` for a fresh model), ``freeze_patch_embed``
+  (False; True keeps the patch embedding fixed, e.g. at its DCT basis), ``crop_step`` (8: random
   crops on the JPEG block grid), ``augment`` (True),
   ``storage_options`` (fsspec options for ``s3://`` tables, images and checkpoints),
   ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
@@ -93,8 +94,9 @@ def dct_patch_init_(conv: torch.nn.Conv2d, dc_gain: float = 0.125) -> None:
     Channels take luma DCT coefficients in zigzag order (low frequencies first) and, for one
     eighth of the width each, the lowest Cb and Cr coefficients; the DC terms are scaled by
     ``dc_gain`` so that after ``ln_pre`` the high frequencies — where noise, blur and JPEG
-    live — are not drowned by the patch mean. Only an initialisation (the layer stays
-    trainable); used when training a small model from scratch (``patch_init: dct``).
+    live — are not drowned by the patch mean. Used when training a small model from scratch
+    (``patch_init: dct``); the layer stays trainable unless ``freeze_patch_embed`` — kept
+    fixed, it is a JPEG-like analysis transform and noise and JPEG are learned much sooner.
     """
     width, _, p, q = conv.weight.shape
     if p != q:
@@ -264,6 +266,9 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
 
     model = build_model(config)
     trainable = model.set_trainable(train_backbone=bool(config.get("train_backbone", False)))
+    if config.get("freeze_patch_embed"):
+        model.clip_model.visual.conv1.requires_grad_(False)
+        trainable = [n for n in trainable if not n.startswith("clip_model.visual.conv1.")]
     batch_size = int(config.get("batch_size", 8))
     table = mixed_table(
         config["datasets"], config.get("split", "train"), config.get("storage_options")
