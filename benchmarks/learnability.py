@@ -47,19 +47,36 @@ def held_out_report(scores: np.ndarray, rows) -> dict:
 def run_qalign(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
     import sentencepiece
 
+    from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
     from vqpipe.models.mplug_owl2.tiny import (
         make_tiny_checkpoint,
         tiny_config,
         train_tiny_tokenizer,
     )
     from vqpipe.scorers.qalign import QAlignScorer
+    from vqpipe.train.gamma import dct_patch_init_
     from vqpipe.train.lmm import train_qalign
 
     table = make_image_dataset(tmp / "data", n_contents=args.contents, size=(64, 64))
     tokenizer = train_tiny_tokenizer(tmp / "tokenizer")
     vocab = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
-    config = tiny_config(image_size=64, patch_size=8, vocab_size=vocab)
+    width = args.vision_width
+    visual = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2}
+    heads = {"num_attention_heads": 4, "image_size": 64, "patch_size": 8}
+    abstractor = {"num_learnable_queries": 4, "hidden_size": width, "num_hidden_layers": 2}
+    abstractor |= {"num_attention_heads": 4, "intermediate_size": 3 * width // 2}
+    abstractor |= {"encoder_hidden_size": width, "grid_size": 8}
+    config = tiny_config(
+        image_size=64,
+        patch_size=8,
+        vocab_size=vocab,
+        visual_config={"visual_model": visual | heads, "visual_abstractor": abstractor},
+    )
     ckpt = make_tiny_checkpoint(tmp / "tiny", seed=args.seed, std=0.02, config=config)
+    if not args.train_patch_embed:  # the DCT basis, kept fixed (as for the tiny Gamma)
+        model = MPLUGOwl2ForCausalLM.from_pretrained(ckpt)
+        dct_patch_init_(model.model.vision_model.embeddings.patch_embed)
+        model.save_pretrained(ckpt)
     train_qalign(
         {
             "checkpoint": str(ckpt),
@@ -68,6 +85,7 @@ def run_qalign(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]
             "batch_size": args.batch_size,
             "lr": args.lr,
             "warmup": 0.05,
+            "freeze_patch_embed": not args.train_patch_embed,
             "validate": False,
             "device": "cpu",
             "output": str(tmp / "trained"),
@@ -94,7 +112,7 @@ def run_gamma(args: argparse.Namespace, tmp: Path) -> tuple[np.ndarray, object]:
             args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
-            freeze_patch_embed=not args.trainable_patch_embed,
+            freeze_patch_embed=not args.train_patch_embed,
             validate=False,
             output=str(tmp / "gamma.safetensors"),
             seed=args.seed,
@@ -116,8 +134,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="gamma: small square images")
     parser.add_argument("--tiny-size", type=int, default=64, choices=sorted(TINY_CONFIGS))
     parser.add_argument("--clip-model", default=None, help="gamma: any open_clip config name")
+    parser.add_argument("--vision-width", type=int, default=64, help="qalign: tiny ViT width")
     parser.add_argument(
-        "--trainable-patch-embed", action="store_true", help="gamma: train the DCT patch layer too"
+        "--train-patch-embed",
+        action="store_true",
+        help="train the patch embedding (gamma: from its DCT init; qalign: from random init)",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)

@@ -81,17 +81,15 @@ def test_compare2score_sft_and_two_worker_ray_train(ray_local, qalign_checkpoint
         "lr": 1e-4,
         "device": "cpu",
     }
-    result = fit(
-        "compare2score",
-        config,
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage_path=tmp_path / "runs",
-        name="c2s",
-    )
+    kwargs = {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": tmp_path / "runs"}
+    result = fit("compare2score", config, name="c2s", **kwargs)
     assert result.error is None and result.metrics["steps"] >= 1
     scorer = Compare2ScoreScorer(result.checkpoint.path, cache_dir=str(tmp_path / "c"))
     assert np.isfinite(scorer.anchor_matrix).all()
+    steps = result.metrics["steps"]  # resume: the second run continues from the saved step
+    again = fit("compare2score", {**config, "epochs": 2}, name="c2s", **kwargs)
+    assert again.error is None
+    assert again.metrics["epoch"] == 1 and again.metrics["steps"] == 2 * steps
 
 
 def test_deepspeed_config():

@@ -12,7 +12,8 @@ video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation ancho
 selected from the training rows), ``epochs`` (2, both recipes),
 ``batch_size`` per worker (:data:`DEFAULT_BATCH`: Q-Align 32 per device, Compare2Score 8 =
 64 on 8 GPUs), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
-``max_steps``, ``freeze_vision`` (False), ``gradient_checkpointing`` (False), ``dtype`` (bf16
+``max_steps``, ``freeze_vision`` (False), ``freeze_patch_embed`` (False: the vision patch
+embedding only, e.g. a DCT basis), ``gradient_checkpointing`` (False), ``dtype`` (bf16
 on GPU, fp32 on CPU), ``validate`` (True: SRCC/PLCC of the scorer on each table's ``val``
 split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_dir``,
 ``resume_from``, ``output`` (a directory in the layout ``from_pretrained`` and the scorers
@@ -478,6 +479,8 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     processor = MPLUGOwl2ImageProcessor.from_pretrained(source, model.config.vision.image_size)
     if config.get("freeze_vision"):
         model.model.vision_model.requires_grad_(False)
+    if config.get("freeze_patch_embed"):
+        model.model.vision_model.embeddings.patch_embed.requires_grad_(False)
     if config.get("gradient_checkpointing"):
         model.model.gradient_checkpointing = True
         model.model.vision_model.encoder.gradient_checkpointing = True
