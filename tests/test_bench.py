@@ -38,8 +38,13 @@ def test_failed_scripts_are_listed_not_hidden():
                     }
                 ],
             },
+            {
+                "script": "learnability.py",
+                "records": [{"figure": "g", "srcc": 0.8512, "minutes": 3}],
+            },
         ],
     }
     text = to_markdown(report)
     assert "NVIDIA H200" in text and "| a.py | failed: boom |" in text
     assert "10.0 vs 2.0 images/s, MFU 25.0% | 5.00x |" in text
+    assert "| learnability.py | g | SRCC 0.851 in 3 min |  |" in text

@@ -62,3 +62,35 @@ def test_two_worker_gamma_run_checkpoints_and_resumes(ray_local, tmp_path):
     assert again.metrics["epoch"] == 2  # continued after epoch 1, did not start over
     with pytest.raises(ValueError, match="no training loop"):
         fit("nope", config)
+
+
+@pytest.mark.slow
+def test_vqpipe_train_cli_runs_a_yaml_config_into_a_loadable_checkpoint(
+    ray_local, tmp_path, capsys
+):
+    import json
+
+    import yaml
+
+    from vqpipe.cli import main
+
+    table = make_image_dataset(
+        tmp_path / "data", n_contents=2, size=(40, 32), distortions=("jpeg",), severities=(1, 5)
+    )
+    config = {
+        "model_config": {"clip_model": "vqpipe-test-ViT", "n_moae_layers": 1, "n_experts": 2},
+        "datasets": [{"table": str(tmp_path / "data" / "mos.parquet"), "weight": 1}],
+        "epochs": 1,
+        "batch_size": 4,
+        "device": "cpu",
+    }
+    (tmp_path / "gamma.yaml").write_text(yaml.safe_dump(config))
+    argv = ["train", "--method", "gamma", "--config", str(tmp_path / "gamma.yaml")]
+    argv += ["--cpus-per-worker", "0.5", "--storage-path", str(tmp_path / "runs"), "--name", "cli"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"]["epoch"] == 0 and printed["metrics"]["steps"] >= 1
+    scorer = create_scorer("gamma", checkpoint=printed["checkpoint"], device="cpu")
+    assert np.isfinite(scorer.score([Image.open(p) for p in table["path"][:2]])).all()
+    with pytest.raises(SystemExit):  # unknown methods are refused by the parser
+        main(["train", "--method", "nope", "--config", str(tmp_path / "gamma.yaml")])

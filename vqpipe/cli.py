@@ -183,7 +183,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", required=True, help="gamma (qalign, compare2score: planned)")
+    from vqpipe.train.trainer import METHODS
+
+    parser.add_argument("--method", required=True, choices=sorted(METHODS))
     parser.add_argument("--config", required=True, help="YAML with the loop's config keys")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--use-gpu", action="store_true")
