@@ -5,11 +5,12 @@ the held-out content split (the issue's target: ≥ 0.8).
     python benchmarks/learnability.py --method gamma --tiny   # the test's recipe: 300 contents,
                                                               # 7 epochs, fixed DCT patch embedding
 
-Q-Align: a tiny mPLUG-Owl2 (64 px, 8 px patches) fine-tuned with the level-SFT loop
-(:func:`vqpipe.train.lmm.train_qalign`) on 64 px synthetic images, scored by
-:class:`QAlignScorer`. Gamma: the demo config trained end to end by
-:func:`vqpipe.train.gamma.train_gamma`. Prints one JSON record (SRCC/PLCC overall and per
-distortion, minutes); ``--out`` also writes it.
+Q-Align: a tiny mPLUG-Owl2 (64 px, 8 px patches, 96-wide 2-layer ViT whose patch embedding is
+a fixed DCT basis, 2-layer 64-wide LLaMA) fine-tuned with the level-SFT loop
+(:func:`vqpipe.train.lmm.train_qalign`, AdamW 3e-4) on 600 synthetic contents, scored by
+:class:`QAlignScorer`. Gamma: the tiny 64 px config (``--tiny``) or the demo config trained end
+to end by :func:`vqpipe.train.gamma.train_gamma`. Prints one JSON record (SRCC/PLCC overall
+and per distortion, minutes); ``--out`` also writes it.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="gamma: small square images")
     parser.add_argument("--tiny-size", type=int, default=64, choices=sorted(TINY_CONFIGS))
     parser.add_argument("--clip-model", default=None, help="gamma: any open_clip config name")
-    parser.add_argument("--vision-width", type=int, default=64, help="qalign: tiny ViT width")
+    parser.add_argument("--vision-width", type=int, default=96, help="qalign: tiny ViT width")
     parser.add_argument(
         "--train-patch-embed",
         action="store_true",
