@@ -26,7 +26,7 @@ from vqpipe.models.gamma_checkpoint import (
     save_gamma,
 )
 from vqpipe.scorers.gamma import GammaScorer
-from vqpipe.train.gamma import train_gamma
+from vqpipe.train.gamma import build_model, dct_patch_init_, train_gamma
 
 TINY = GammaConfig(clip_model="vqpipe-test-ViT", n_moae_layers=2, n_experts=3, adapter_hidden=16)
 
@@ -309,3 +309,31 @@ def test_recipe_training_only_moves_the_recipe_parameters(tmp_path):
         if moved:
             assert recipe, f"{name} moved but is frozen in Gamma's recipe"
     assert not torch.equal(start.score_level, after["score_level"])
+
+
+def test_freeze_patch_embed_keeps_the_dct_basis_while_the_backbone_trains(tmp_path):
+    table = make_image_dataset(tmp_path / "data", n_contents=2, size=(40, 32), seed=1)
+    config = {
+        "model_config": {"clip_model": "vqpipe-test-ViT", "n_moae_layers": 1, "n_experts": 2},
+        "datasets": [{"table": table}],
+        "train_backbone": True,
+        "patch_init": "dct",
+        "freeze_patch_embed": True,
+        "max_steps": 2,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "validate": False,
+        "device": "cpu",
+    }
+    history = train_gamma(config)
+    model = history["model"]
+    basis = torch.nn.Conv2d(3, model.clip_model.visual.conv1.out_channels, 8, 8, bias=False)
+    dct_patch_init_(basis)
+    assert torch.equal(model.clip_model.visual.conv1.weight, basis.weight)
+    torch.manual_seed(0)  # the start train_gamma drew (seed 0)
+    fresh = build_model(config)
+    assert torch.equal(fresh.clip_model.visual.conv1.weight, basis.weight)
+    assert not torch.equal(
+        fresh.clip_model.visual.transformer.resblocks[0].mlp.c_fc.weight,
+        model.clip_model.visual.transformer.resblocks[0].mlp.c_fc.weight,
+    )  # the rest of the backbone did train
