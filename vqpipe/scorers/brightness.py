@@ -3,10 +3,13 @@
 Not a quality model — it exists so that the pipeline can be smoke-tested and its overhead
 measured with a scorer that is never the bottleneck (``benchmarks/pipeline.py --scorer
 brightness``), and as the smallest example of the Scorer protocol for plugin authors.
+``latency_s`` makes each ``predict`` call take at least that long: a stand-in for a slow
+accelerator in fault-injection and back-pressure tests.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -40,10 +43,16 @@ class BrightnessScorer(Scorer):
     prob_labels = ("dark", "mid", "bright")
 
     def __init__(
-        self, checkpoint: str | None = None, device: Any = None, dtype: Any = None, size: int = 64
+        self,
+        checkpoint: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        size: int = 64,
+        latency_s: float = 0.0,
     ) -> None:
         super().__init__(checkpoint, "cpu", "fp32")
         self.preprocessor = BrightnessPreprocessor(size)
+        self.latency_s = float(latency_s)
 
     @classmethod
     def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:
@@ -53,6 +62,8 @@ class BrightnessScorer(Scorer):
         return self.preprocessor(item)
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
         pixels = np.asarray(batch["pixels"], np.float32)  # [B, 3, S, S]
         luma = np.einsum("bchw,c->bhw", pixels, _LUMA) / 255.0
         flat = luma.reshape(len(luma), -1)
