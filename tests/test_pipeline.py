@@ -8,6 +8,7 @@ import pytest
 
 from tests.test_gamma import tiny_model
 from vqpipe.cli import main
+from vqpipe.errors import UserError
 from vqpipe.data import make_image_dataset, make_video_dataset
 from vqpipe.models.gamma_checkpoint import save_gamma
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -97,7 +98,7 @@ def test_resume_refuses_results_of_another_checkpoint(ray_local, corpus, checkpo
     out = tmp_path / "out"
     run_job(_config(corpus, out, checkpoint, limit=3))
     other = str(save_gamma(tiny_model(seed=9), tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="other scorers or checkpoints"):
+    with pytest.raises(UserError, match="other scorers"):
         run_job(_config(corpus, out, other))
     run_job(_config(corpus, out, other, limit=2, resume=False))
     assert len(read_quality_table(str(out))) == 2
@@ -171,15 +172,16 @@ def test_scorer_option_parsing():
     )
     assert spec.options == {"checkpoint": "s3://m/g.pth", "scene": "face-quality"}
     assert (spec.batch_size, spec.actors, spec.num_gpus) == (128, (1, 4), 0.5)
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(UserError, match="key=value"):
         ScorerOptions.parse("gamma:oops")
 
 
 def test_unwritable_output_fails_before_scoring(corpus, checkpoint, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RuntimeError, match="not writable"):
+    with pytest.raises(UserError, match="not writable"):
         run_job(_config(corpus, blocker / "out", checkpoint))
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.slow

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
+
+from vqpipe.errors import JobError, UserError
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -23,36 +27,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def job_config_from_args(args: argparse.Namespace) -> Any:
-    """The JobConfig that ``vqpipe score`` and ``pipelines/score_corpus.py`` both build."""
-    from vqpipe.media.decode import MediaLimits
-    from vqpipe.pipeline.config import JobConfig, ScorerOptions
+def _storage_options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--storage-options is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UserError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
 
-    specs = [ScorerOptions.parse(text) for text in args.scorer or []]
-    named = {s.name for s in specs}
-    for name in filter(None, (args.scorers or "").split(",")):
-        if name not in named:
-            specs.append(ScorerOptions(name.strip()))
-    if not specs:
-        specs = [ScorerOptions("gamma")]
-    for spec in specs:
-        if args.batch_size:
-            spec.batch_size = args.batch_size
-        if args.num_gpus_per_actor is not None:
-            spec.num_gpus = args.num_gpus_per_actor
-        if args.actors:
-            low, _, high = args.actors.partition(",")
-            spec.actors = (int(low), int(high or low))
-        if args.num_gpus_per_actor == 0 or not _has_gpu():
-            spec.options.setdefault("device", "cpu")
-    storage = json.loads(args.storage_options) if args.storage_options else {}
+
+def job_config_from_args(args: argparse.Namespace) -> Any:
+    """The JobConfig that ``vqpipe score`` and ``pipelines/score_corpus.py`` both build.
+
+    The global pool flags (``--batch-size``, ``--num-gpus-per-actor``, ``--actors``) are the
+    defaults of every ``--scorer``; a scorer's own keys win.
+    """
+    from vqpipe.media.decode import MediaLimits
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions, parse_actors
+
+    defaults = {
+        "batch_size": args.batch_size,
+        "num_gpus": args.num_gpus_per_actor,
+        "actors": parse_actors(args.actors) if args.actors else None,
+    }
+    texts = list(args.scorer or [])
+    named = {t.partition(":")[0].strip() for t in texts}
+    texts += [n.strip() for n in (args.scorers or "").split(",") if n.strip() not in named | {""}]
+    specs = [ScorerOptions.parse(text, **defaults) for text in texts or ["gamma"]]
     return JobConfig(
         input=args.input,
         output=args.out,
         scorers=specs,
         include=tuple(args.include or ()),
         exclude=tuple(args.exclude or ()),
-        storage_options=storage,
+        storage_options=_storage_options(args.storage_options),
         video_fps=args.video_fps,
         limits=MediaLimits(
             max_frames=args.max_frames,
@@ -64,13 +75,8 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         limit=args.limit,
         resume=not args.no_resume,
         root=args.root,
+        address=args.address,
     )
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -79,7 +85,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     def report(progress: dict[str, Any]) -> None:
         print(format_progress(progress), file=sys.stderr, flush=True)
 
-    summary = run_job(job_config_from_args(args), progress=report)
+    def notice(line: str) -> None:
+        print(f"vqpipe: {line}", file=sys.stderr, flush=True)
+
+    summary = run_job(job_config_from_args(args), progress=report, notice=notice)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -89,7 +98,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
     from vqpipe.pipeline.job import read_quality_table
 
-    storage = json.loads(args.storage_options) if args.storage_options else {}
+    storage = _storage_options(args.storage_options)
     table = read_quality_table(args.table, storage)
     keep = table[table["error"].isna()] if "error" in table else table
     if args.where:
@@ -124,7 +133,7 @@ def read_table(path: str, storage: dict[str, Any] | None = None) -> Any:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vqpipe.eval.report import write_report
 
-    storage = json.loads(args.storage_options) if args.storage_options else {}
+    storage = _storage_options(args.storage_options)
     pred, mos = read_table(args.predictions, storage), read_table(args.mos, storage)
     record = write_report(pred, mos, args.out, by=args.by, bootstrap=args.bootstrap)
     for row in record["metrics"]:
@@ -196,29 +205,81 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    from vqpipe.pipeline.config import DEFAULT_BATCH_SIZE, POOL_KEYS
+
     parser.add_argument(
         "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
     )
     parser.add_argument("--out", required=True, help="output dir or URI for the quality table")
+    pool_keys = ", ".join(POOL_KEYS)
     parser.add_argument(
-        "--scorer", action="append", help="NAME[:key=value,...], e.g. gamma:checkpoint=s3://m/g.pth"
+        "--scorer",
+        action="append",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="a scorer pool, repeatable (default: gamma with its bundled demo checkpoint), e.g. "
+        "gamma:checkpoint=s3://m/g.safetensors,batch_size=256; pool keys: "
+        f"{pool_keys}; other keys go to the scorer (see `vqpipe scorers`)",
     )
-    parser.add_argument("--scorers", help="comma-separated scorer names (default: gamma)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-gpus-per-actor", type=float, default=None)
-    parser.add_argument("--actors", help="MIN,MAX actors per scorer pool (autoscaling)")
-    parser.add_argument("--video-fps", type=float, default=1.0)
-    parser.add_argument("--max-frames", type=int, default=32)
-    parser.add_argument("--max-bytes", type=int, default=512 * 1024**2, help="per input file")
-    parser.add_argument("--max-pixels", type=int, default=178_956_970, help="per image")
-    parser.add_argument("--max-duration", type=float, default=4 * 3600.0, help="seconds")
+    parser.add_argument("--scorers", help="comma-separated scorer names, default options")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="model inputs per forward pass for pools without batch_size= "
+        f"(default: {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--num-gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per scorer actor for pools without num_gpus= (default: 0, CPU); an actor "
+        "with a GPU scores on it",
+    )
+    parser.add_argument(
+        "--actors",
+        metavar="N|MIN-MAX",
+        help="actors per pool for pools without actors= (default: 1); MIN-MAX autoscales",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else local)"
+    )
+    parser.add_argument(
+        "--video-fps", type=float, default=1.0, help="frames sampled per second (default: 1)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=32, help="frames per video at most (default: 32)"
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=512 * 1024**2,
+        help="bytes per input file at most (default: 512 MiB)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=178_956_970,
+        help="pixels per image at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=4 * 3600.0,
+        help="video seconds at most (default: 4 h)",
+    )
     parser.add_argument("--root", default=None, help="manifest entries must stay inside this")
-    parser.add_argument("--rows-per-file", type=int, default=256)
-    parser.add_argument("--storage-options", help="JSON, e.g. '{\"anon\": true}'")
+    parser.add_argument(
+        "--rows-per-file", type=int, default=256, help="rows per output part (default: 256)"
+    )
+    parser.add_argument(
+        "--storage-options", help='JSON for fsspec, e.g. \'{"profile": "curation"}\''
+    )
     parser.add_argument("--include", action="append", help="glob on relative paths (repeatable)")
     parser.add_argument("--exclude", action="append", help="glob on relative paths (repeatable)")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--no-resume", action="store_true", help="replace existing results")
+    parser.add_argument("--limit", type=int, default=None, help="score the first N inputs only")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="replace existing results instead of resuming"
+    )
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
@@ -240,8 +301,11 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vqpipe", description="Score the visual quality of image and video corpora on Ray."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks (also VQPIPE_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -300,9 +364,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (``vqpipe: error: …``), like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _debug(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("VQPIPE_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run one command; a user error prints one line and returns 2 (``--debug`` or
+    ``VQPIPE_DEBUG=1`` show the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"vqpipe: error: {message}", file=sys.stderr)
+        return 2
+    except JobError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"vqpipe: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,10 +31,13 @@ def resolve_checkpoint(
     """A local path for a checkpoint file or directory.
 
     Local paths (and ``file://`` URIs) are used in place. Other fsspec URIs (``s3://``,
-    ``gs://``, ``memory://``, ...) are copied once into ``cache_dir/<hash of URI>/<name>``; the
-    copy is made in a temporary directory and renamed into place, so an interrupted download
-    is never mistaken for a complete one. An ``owner/name`` that is not a local path is a
-    Hugging Face hub repository (fetched when online; only ``hub_files`` patterns).
+    ``gs://``, ``memory://``, ...) are copied into ``cache_dir/<hash of URI + identity>/<name>``:
+    an object overwritten with other weights has another :func:`checkpoint_identity`, so it is
+    a new cache entry, never the old copy. One process per node downloads (a file lock; the
+    others wait and reuse it); the copy is made in a temporary directory, checked against the
+    identity (sizes, headers) and renamed into place, so an interrupted or raced download is
+    never mistaken for a complete one. An ``owner/name`` that is not a local path is a Hugging
+    Face hub repository (fetched when online; only ``hub_files`` patterns).
     """
     text = os.fspath(uri)
     if "://" not in text:
@@ -46,26 +50,97 @@ def resolve_checkpoint(
     fs, remote = url_to_fs(text, storage_options)
     if is_local(fs):
         return resolve_checkpoint(remote)
-    if not fs.exists(remote):
-        raise FileNotFoundError(f"checkpoint not found: {text}")
+    entries = _remote_entries(fs, remote, text)
+    identity = _identity_of(entries)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256(text.rstrip("/").encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{text.rstrip('/')}\n{identity}".encode()).hexdigest()[:16]
     target = root / "checkpoints" / key / (Path(remote.rstrip("/")).name or "checkpoint")
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        staged = Path(tmp) / target.name
-        if fs.isdir(remote):
-            fs.get(remote.rstrip("/") + "/", str(staged), recursive=True)
-        else:
-            fs.get(remote, str(staged))
-        try:
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the rest wait for it
+        if target.exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+            staged = Path(tmp) / target.name
+            if len(entries) == 1 and entries[0]["name"] == "":
+                fs.get(remote, str(staged))
+            else:
+                fs.get(remote.rstrip("/") + "/", str(staged), recursive=True)
+            _verify(staged, entries, text)
             staged.rename(target)
-        except OSError:  # another process finished first
-            if not target.exists():
-                raise
     return target
+
+
+HEADER_BYTES = 64 * 1024
+"""How much of each remote file's head goes into its identity."""
+_VERSION_FIELDS = ("VersionId", "version_id", "generation", "ETag", "etag", "md5Hash")
+
+
+def checkpoint_identity(
+    uri: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> str:
+    """What identifies a checkpoint's content, without downloading the weights.
+
+    Local files and directories (and hub snapshots): :func:`fingerprint`, the content sha256
+    (cached by path, size and mtime). Object stores: ``object:<sha256>`` over each file's
+    relative name, size, version id / ETag and the sha256 of its first 64 KiB — an overwritten
+    object gets a new identity, and a 14 GB checkpoint is identified with a few small reads.
+    """
+    text = os.fspath(uri)
+    if "://" in text:
+        fs, remote = url_to_fs(text, storage_options)
+        if not is_local(fs):
+            return _identity_of(_remote_entries(fs, remote, text))
+        text = remote
+    return fingerprint(resolve_checkpoint(text))
+
+
+def _remote_entries(fs: Any, remote: str, uri: str) -> list[dict[str, Any]]:
+    """One record per file of a remote checkpoint (name relative to it, size, version, head)."""
+    fs.invalidate_cache(remote)  # a listing cached by an earlier call may predate an overwrite
+    try:
+        info = fs.info(remote)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {uri}") from None
+    if info.get("type") == "directory":
+        base = remote.rstrip("/")
+        found = fs.find(base, detail=True)
+        if not found:
+            raise FileNotFoundError(f"checkpoint not found (empty prefix): {uri}")
+        items = [(path[len(base) :].lstrip("/"), path, meta) for path, meta in found.items()]
+    else:
+        items = [("", remote, info)]
+    entries = []
+    for name, path, meta in sorted(items, key=lambda item: item[0]):
+        version = next((str(meta[k]) for k in _VERSION_FIELDS if meta.get(k)), None)
+        head = fs.cat_file(path, start=0, end=HEADER_BYTES)
+        entries.append(
+            {
+                "name": name,
+                "size": int(meta.get("size") or 0),
+                "version": version,
+                "head": hashlib.sha256(head).hexdigest(),
+            }
+        )
+    return entries
+
+
+def _identity_of(entries: list[dict[str, Any]]) -> str:
+    blob = json.dumps(entries, sort_keys=True).encode()
+    return f"object:{hashlib.sha256(blob).hexdigest()}"
+
+
+def _verify(local: Path, entries: list[dict[str, Any]], uri: str) -> None:
+    """The downloaded copy has the sizes and heads the identity was computed from."""
+    for entry in entries:
+        path = local / entry["name"] if entry["name"] else local
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            raise OSError(f"checkpoint {uri} changed while it was downloaded ({entry['name']})")
+        with open(path, "rb") as fh:
+            if hashlib.sha256(fh.read(HEADER_BYTES)).hexdigest() != entry["head"]:
+                raise OSError(f"checkpoint {uri} changed while it was downloaded ({entry['name']})")
 
 
 def is_hub_id(text: str) -> bool:
@@ -118,15 +193,82 @@ def fingerprint(path: str | os.PathLike) -> str:
 
 
 def _file_digest(file: Path) -> str:
+    """sha256 of a file, memoised in the process and on disk by (path, size, mtime): a job
+    started again does not re-hash a 14 GB checkpoint."""
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FINGERPRINTS:
+    if key in _FINGERPRINTS:
+        return _FINGERPRINTS[key]
+    record = default_cache_dir() / "fingerprints" / hashlib.sha256(repr(key).encode()).hexdigest()
+    try:
+        digest = record.read_text().strip()
+    except OSError:
+        digest = ""
+    if len(digest) != 64:
         h = hashlib.sha256()
         with open(file, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
-        _FINGERPRINTS[key] = h.hexdigest()
-    return _FINGERPRINTS[key]
+        digest = h.hexdigest()
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            staged = record.with_suffix(f".{os.getpid()}.tmp")
+            staged.write_text(digest)
+            staged.replace(record)
+        except OSError:  # a read-only cache only costs the re-hash
+            pass
+    _FINGERPRINTS[key] = digest
+    return digest
+
+
+_PICKLE_HEADS = (b"PK\x03\x04", b"\x80")  # torch.save zip archive; legacy pickle protocol 2+
+
+
+def probe_checkpoint(uri: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail with a clear message when a checkpoint is missing or no loadable kind: reads only
+    the listing and each weight file's first bytes (a safetensors header must parse; a
+    ``.pt``/``.pth``/``.bin`` must be a torch archive or pickle). Hub ids are not checked."""
+    text = os.fspath(uri)
+    if "://" not in text and not Path(text).expanduser().exists():
+        if is_hub_id(text):
+            return
+        raise FileNotFoundError(f"checkpoint not found: {text}")
+    fs, path = url_to_fs(text if "://" in text else str(Path(text).expanduser()), storage_options)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {text}")
+    if fs.isdir(path):
+        files = [p for p in fs.find(path) if p.endswith(WEIGHT_SUFFIXES)]
+        if not files:
+            raise FileNotFoundError(
+                f"checkpoint {text} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})"
+            )
+    else:
+        files = [path]
+    for file in files:
+        name = file.rsplit("/", 1)[-1]
+        if not name.endswith(WEIGHT_SUFFIXES):
+            raise ValueError(
+                f"checkpoint {text}: {name!r} is not a weight file ({', '.join(WEIGHT_SUFFIXES)})"
+            )
+        head = fs.cat_file(file, start=0, end=HEADER_BYTES)
+        if name.endswith(".safetensors"):
+            _check_safetensors_head(head, text if file == path else f"{text} ({name})")
+        elif not head.startswith(_PICKLE_HEADS):
+            raise ValueError(f"checkpoint {text}: {name} is not a torch checkpoint (bad header)")
+
+
+def _check_safetensors_head(head: bytes, where: str) -> None:
+    if len(head) < 8:
+        raise ValueError(f"checkpoint {where} is not a safetensors file ({len(head)} bytes)")
+    (length,) = struct.unpack("<Q", head[:8])
+    if not 2 <= length <= 100 * 1024 * 1024 or head[8:9] != b"{":
+        raise ValueError(f"checkpoint {where} is not a safetensors file (bad header)")
+    if length + 8 <= len(head):
+        try:
+            json.loads(head[8 : 8 + length])
+        except ValueError:
+            raise ValueError(f"checkpoint {where} is not a safetensors file (bad header)") from None
 
 
 def read_safetensors_metadata(

@@ -2,56 +2,148 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vqpipe.errors import UserError
 from vqpipe.media.decode import MediaLimits
+
+DEFAULT_BATCH_SIZE = 64
+"""Model inputs per forward pass when neither ``batch_size=`` nor ``--batch-size`` is given."""
+
+POOL_KEYS = {
+    "batch_size": "model inputs (images, or frames for image models) per forward pass",
+    "num_gpus": "GPUs per actor (fractions share a GPU)",
+    "num_cpus": "CPUs per actor",
+    "actors": "actors in the pool: N or MIN-MAX (autoscaling)",
+    "column": "prefix of this pool's output columns (default: the scorer's name)",
+}
+"""``--scorer`` keys that configure the pool rather than the scorer."""
+
+_COLUMN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def parse_actors(text: str) -> tuple[int, int]:
+    """``"4"`` → (4, 4); ``"1-8"`` → (1, 8) (the one syntax for a pool size)."""
+    low, sep, high = str(text).strip().partition("-")
+    try:
+        pool = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise UserError(f"actors={text!r}: use N or MIN-MAX, e.g. actors=1-8") from None
+    if pool[0] < 1 or pool[1] < pool[0]:
+        raise UserError(f"actors={text!r}: need 1 <= MIN <= MAX")
+    return pool
+
+
+def _number(key: str, value: Any, kind: type, low: float, strict: bool = False) -> Any:
+    try:
+        number = kind(value)
+        if kind is int and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value!r}: expected {kind.__name__}") from None
+    if number < low or (strict and number == low):
+        raise UserError(f"{key}={value!r}: must be {'>' if strict else '>='} {low}")
+    return number
 
 
 @dataclass
 class ScorerOptions:
-    """One scorer of a job: registry name, its constructor options and its pool settings."""
+    """One scorer pool of a job: registry name, the scorer's options and the pool settings.
+
+    ``column`` is the prefix of the pool's output columns (``gamma`` → ``gamma_score``); two
+    pools of one scorer need different columns.
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     num_gpus: float = 0.0
     actors: tuple[int, int] = (1, 1)
     num_cpus: float | None = None  # per actor; None: 1 with a GPU, else a share of one CPU
+    column: str = ""
 
-    @property
-    def column(self) -> str:
-        """Prefix of this scorer's output columns (``gamma`` → ``gamma_score``)."""
-        return self.name.lower().replace("-", "_")
+    def __post_init__(self) -> None:
+        self.column = self.column or self.name.lower().replace("-", "_")
+        self.actors = tuple(self.actors)  # type: ignore[assignment]
 
     @classmethod
-    def parse(cls, text: str) -> ScorerOptions:
+    def parse(cls, text: str, **defaults: Any) -> ScorerOptions:
         """``"gamma"`` or ``"gamma:checkpoint=s3://m/g.pth,scene=face-quality,batch_size=128"``.
 
-        ``batch_size``, ``num_gpus``, ``num_cpus`` and ``actors`` (``min-max``) configure the
-        pool; every other key goes to the scorer (values parsed as JSON when they are JSON,
-        else strings).
+        The keys of :data:`POOL_KEYS` configure the pool; every other key goes to the scorer
+        (values parsed as JSON when they are JSON, else strings). ``defaults`` (the job's
+        global flags: ``batch_size``, ``num_gpus``, ``actors``) apply to the pool keys the text
+        does not set: per-scorer keys win.
         """
         name, _, rest = text.partition(":")
-        spec = cls(name=name.strip())
+        if not name.strip():
+            raise UserError(f"--scorer {text!r}: no scorer name before ':'")
+        pool: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
+        options: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             key, sep, value = part.partition("=")
-            if not sep:
-                raise ValueError(f"scorer option {part!r} in {text!r} is not key=value")
             key = key.strip()
-            if key == "batch_size":
-                spec.batch_size = int(value)
-            elif key == "num_gpus":
-                spec.num_gpus = float(value)
-            elif key == "num_cpus":
-                spec.num_cpus = float(value)
-            elif key == "actors":
-                low, _, high = value.partition("-")
-                spec.actors = (int(low), int(high or low))
+            if not sep or not key:
+                raise UserError(f"--scorer {text!r}: option {part!r} is not key=value")
+            if key in POOL_KEYS:
+                pool[key] = value.strip()
             else:
-                spec.options[key] = _parse_value(value)
+                options[key] = _parse_value(value)
+        spec = cls(name=name.strip(), options=options)
+        if "batch_size" in pool:
+            spec.batch_size = _number("batch_size", pool["batch_size"], int, 1)
+        if "num_gpus" in pool:
+            spec.num_gpus = _number("num_gpus", pool["num_gpus"], float, 0)
+        if "num_cpus" in pool:
+            spec.num_cpus = _number("num_cpus", pool["num_cpus"], float, 0, strict=True)
+        if "actors" in pool:
+            actors = pool["actors"]
+            spec.actors = actors if isinstance(actors, tuple) else parse_actors(actors)
+        if "column" in pool:
+            if not _COLUMN.fullmatch(pool["column"]):
+                raise UserError(
+                    f"column={pool['column']!r}: use letters, digits and '_', starting with "
+                    "a letter"
+                )
+            spec.column = pool["column"]
         return spec
+
+    def scorer_class(self) -> type:
+        from vqpipe.scoring import get_scorer_spec
+
+        return get_scorer_spec(self.name).load()
+
+    def scorer_kwargs(self, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The scorer's constructor arguments: registry defaults, its options, and the job's
+        storage options (under its own ``storage_options``, which win key by key) when the
+        scorer takes them. The one place that builds them: the driver's signature, the decode
+        stage's preprocessor and the scoring actor all call this."""
+        from vqpipe.scoring import get_scorer_spec
+
+        registered = get_scorer_spec(self.name)
+        kwargs = {**registered.defaults, **self.options}
+        if accepts_keyword(registered.load(), "storage_options"):
+            merged = {**(storage_options or {}), **(kwargs.get("storage_options") or {})}
+            if merged:
+                kwargs["storage_options"] = merged
+        return kwargs
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The pool as recorded: scorer-level storage options reduced to their key names."""
+        data = asdict(self)
+        if "storage_options" in data["options"]:
+            data["options"]["storage_options"] = sorted(data["options"]["storage_options"] or {})
+        return data
+
+
+def accepts_keyword(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name`` (explicitly or through ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _parse_value(value: str) -> Any:
@@ -77,9 +169,11 @@ class JobConfig:
     limit: int | None = None
     resume: bool = True
     root: str | None = None  # manifests: entries must stay inside this prefix
+    address: str | None = None  # Ray cluster to connect to (None: RAY_ADDRESS, else local)
 
     def to_metadata(self) -> dict[str, Any]:
-        """Job options without secrets (storage options are reduced to their key names)."""
+        """Job options without secrets (every storage options dict reduced to its key names)."""
         data = asdict(self)
         data["storage_options"] = sorted(self.storage_options)
+        data["scorers"] = [s.to_metadata() for s in self.scorers]
         return data

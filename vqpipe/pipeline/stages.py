@@ -11,24 +11,42 @@ import uuid
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vqpipe.errors import JobError
 from vqpipe.io.fs import is_local, read_bytes, url_to_fs
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
-
-INPUT_PREFIX = "_input_"
+from vqpipe.pipeline.schema import (
+    DURATION,
+    ERROR,
+    FRAMES,
+    HEIGHT,
+    INPUT_PREFIX,
+    INT_MISSING,
+    METADATA_KEY,
+    RUNTIME_PREFIX,
+    WIDTH,
+    error_text,
+    extra_column,
+    probs_column,
+    score_column,
+    to_arrow,
+)
 
 
 @functools.lru_cache(maxsize=16)
-def _preprocessor(name: str, options_json: str) -> Any:
+def _preprocessor(name: str, kwargs_json: str) -> Any:
     from vqpipe.scoring import get_scorer_spec
 
-    spec = get_scorer_spec(name)
-    return spec.load().make_preprocessor(**{**spec.defaults, **json.loads(options_json)})
+    return get_scorer_spec(name).load().make_preprocessor(**json.loads(kwargs_json))
+
+
+def build_preprocessor(spec: ScorerOptions, storage_options: dict[str, Any]) -> Any:
+    """The scorer's CPU preprocessing, from the same constructor arguments as its actor."""
+    kwargs = spec.scorer_kwargs(storage_options)
+    return _preprocessor(spec.name, json.dumps(kwargs, sort_keys=True, default=str))
 
 
 def decode_batch(
@@ -41,20 +59,23 @@ def decode_batch(
     """CPU stage: fetch bytes, decode (sample frames), run each scorer's preprocessing.
 
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
-    ``_input_<name>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
+    ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
     sampled frames for a video) as ``.npy`` bytes, empty after an error.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items()}
-    width = np.full(n, -1, np.int64)
-    height = np.full(n, -1, np.int64)
+    width = np.full(n, INT_MISSING, np.int64)
+    height = np.full(n, INT_MISSING, np.int64)
     duration = np.full(n, np.nan)
     frames = np.zeros(n, np.int64)
     errors = np.full(n, None, dtype=object)
     inputs: dict[str, list[np.ndarray]] = {s.column: [] for s in scorers}
-    preprocessors = {
-        s.column: _preprocessor(s.name, json.dumps(s.options, sort_keys=True)) for s in scorers
-    }
+    preprocessors: dict[str, Any] = {}
+    for spec in scorers:  # a preprocessor that cannot be built is every row's error, not a crash
+        try:
+            preprocessors[spec.column] = build_preprocessor(spec, storage_options)
+        except Exception as exc:
+            preprocessors[spec.column] = exc
     for i in range(n):
         uri, kind = str(batch["uri"][i]), str(batch["media_type"][i])
         items = []
@@ -89,34 +110,90 @@ def decode_batch(
             arrays = []
             if errors[i] is None:
                 try:
+                    if isinstance(prep, Exception):
+                        raise prep
                     arrays = [prep(item)["pixels"] for item in items]
                 except Exception as exc:
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
             inputs[column].append(np.stack(arrays) if arrays else None)
     for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
         out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
-    out.update(width=width, height=height, duration_s=duration, frames=frames, error=errors)
+    out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     return out
+
+
+class DeviceUnavailableError(JobError, RuntimeError):
+    """A scorer actor was given a GPU by Ray but cannot use CUDA on its node."""
+
+
+def actor_device(spec: ScorerOptions) -> str:
+    """The device of a scorer actor, from what Ray assigned: the actor's CUDA device when its
+    pool asked for GPUs (Ray sets ``CUDA_VISIBLE_DEVICES`` to the assigned ones), else the CPU.
+    An actor with a GPU but no usable CUDA fails loudly instead of quietly running on the CPU."""
+    if not spec.num_gpus:
+        return "cpu"
+    import ray
+    import torch
+
+    if not torch.cuda.is_available():
+        context = ray.get_runtime_context()
+        raise DeviceUnavailableError(
+            f"scorer pool {spec.column!r} asked for num_gpus={spec.num_gpus:g} per actor and Ray "
+            f"assigned GPU(s) {context.get_accelerator_ids().get('GPU', [])} on node "
+            f"{ray.util.get_node_ip_address()}, but CUDA is not usable there "
+            f"(torch.cuda.is_available() is False; torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA "
+            "build of torch on the GPU nodes, or pass device=cpu to score on the CPU"
+        )
+    return "cuda"
 
 
 class ScoreStage:
     """Actor stage: load one scorer once, score the rows without an error (each row's frames
-    go to :meth:`Scorer.predict_items`), pass every row through."""
+    go to :meth:`Scorer.predict_items`), pass every row through.
 
-    def __init__(self, spec: ScorerOptions) -> None:
+    The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
+    pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
+    the job signature; an actor that loads anything else refuses to score.
+    """
+
+    def __init__(
+        self,
+        spec: ScorerOptions,
+        storage_options: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        import ray
+
         from vqpipe.scoring import create_scorer
 
         self.spec = spec
-        self.scorer = create_scorer(spec.name, **spec.options)
+        kwargs = spec.scorer_kwargs(storage_options)
+        kwargs.setdefault("device", actor_device(spec))
+        self.scorer = create_scorer(spec.name, **kwargs)
+        loaded = self.scorer.checkpoint_fingerprint
+        if fingerprint is not None and loaded is not None and loaded != fingerprint:
+            raise RuntimeError(
+                f"scorer pool {spec.column!r}: the checkpoint changed since the job started "
+                f"(recorded {fingerprint}, loaded {loaded}); rerun the job"
+            )
+        self.runtime = json.dumps(
+            {
+                "device": str(self.scorer.device),
+                "dtype": str(self.scorer.dtype).removeprefix("torch."),
+                "node": ray.util.get_node_ip_address(),
+            },
+            sort_keys=True,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         column = self.spec.column
         inputs = [_from_bytes(b) for b in batch.pop(INPUT_PREFIX + column)]
         n = len(inputs)
         k = max(len(self.scorer.prob_labels), 1)
-        scores = np.full(n, np.nan, np.float32)
+        scores = np.full(n, np.nan, np.float32)  # NaN in transit; null once written
         probs = np.full((n, k), np.nan, np.float32)
-        errors = np.array([_error_text(e) for e in batch["error"]], dtype=object)
+        errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
         extra: dict[str, np.ndarray] = {}
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
@@ -132,10 +209,11 @@ class ScoreStage:
                 for i in todo:
                     errors[i] = f"score[{column}]: {type(exc).__name__}: {exc}"
         for key in getattr(self.scorer, "extra_outputs", ()):
-            batch[f"{column}_{key}"] = extra.get(key, np.full(n, np.nan, np.float32))
-        batch[f"{column}_score"] = scores
-        batch[f"{column}_probs"] = probs
-        batch["error"] = errors
+            batch[extra_column(column, key)] = extra.get(key, np.full(n, np.nan, np.float32))
+        batch[score_column(column)] = scores
+        batch[probs_column(column)] = probs
+        batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
+        batch[ERROR] = errors
         return batch
 
 
@@ -143,18 +221,22 @@ def write_batch(
     batch: dict[str, np.ndarray],
     output: str,
     storage_options: dict[str, Any],
-    metadata: dict[bytes, bytes],
+    metadata: dict[str, Any],
+    scorer_columns: list[str],
 ) -> dict[str, np.ndarray]:
     """Write one batch as one Parquet part, atomically; return a one-row summary.
 
     Local: write ``.tmp-*`` then rename. Object stores: one PUT of the whole file, which is
-    atomic there. A killed job therefore never leaves a partial ``part-*.parquet``.
+    atomic there. A killed job therefore never leaves a partial ``part-*.parquet``. The part's
+    metadata is the job's plus the devices and dtypes its rows were scored with.
     """
-    errors = [_error_text(e) for e in batch["error"]]
-    columns = {k: _arrow_column(v) for k, v in batch.items() if k != "error"}
-    columns["error"] = pa.array(errors, type=pa.string())  # one schema for every part
-    table = pa.Table.from_pydict(columns)
-    table = table.replace_schema_metadata(metadata)
+    runtime: dict[str, list[dict[str, Any]]] = {}
+    for name in [k for k in batch if k.startswith(RUNTIME_PREFIX)]:
+        seen = sorted({str(v) for v in batch.pop(name)})
+        runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
+    table = to_arrow(batch, scorer_columns)
+    record = {**metadata, "runtime": runtime}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
     fs, root = url_to_fs(output, storage_options)
     name = f"part-{uuid.uuid4().hex}.parquet"
     buffer = io.BytesIO()
@@ -167,15 +249,13 @@ def write_batch(
         os.replace(tmp, final)
     else:
         fs.pipe(final, buffer.getvalue())
-    failed = sum(e is not None for e in errors)
-    return {"file": np.array([final]), "rows": np.array([len(table)]), "errors": np.array([failed])}
-
-
-def _error_text(value: Any) -> str | None:
-    """``None`` for no error (Ray may hand it back as None or NaN), else the message."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None  # an all-None column comes back from Arrow as float32 NaN
-    return str(value)
+    failed = len(table) - table.column(ERROR).null_count
+    return {
+        "file": np.array([final]),
+        "rows": np.array([len(table)]),
+        "errors": np.array([failed]),
+        "runtime": np.array([json.dumps(runtime, sort_keys=True)]),
+    }
 
 
 def _to_bytes(array: np.ndarray | None) -> bytes:
@@ -188,11 +268,3 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
 
 def _from_bytes(data: bytes) -> np.ndarray | None:
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
-
-
-def _arrow_column(values: np.ndarray) -> pa.Array:
-    if values.dtype == object:
-        return pa.array(list(values))
-    if values.ndim == 2:  # [rows, K] → list<float>
-        return pa.array(list(values))
-    return pa.array(values)

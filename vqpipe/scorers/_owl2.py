@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqpipe.io.checkpoints import fingerprint
+from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.models.mplug_owl2 import (
     MPLUGOwl2Config,
@@ -87,7 +87,7 @@ class Owl2Scorer(Scorer):
             model = MPLUGOwl2ForCausalLM.from_pretrained(
                 self.directory, dtype=self.dtype, device=self.device
             )
-            self.checkpoint_fingerprint = fingerprint(self.directory)
+            self.checkpoint_fingerprint = checkpoint_identity(source, storage_options)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         config = self.model.config
         self.tokenizer = PromptTokenizer.from_pretrained(self.directory, config.bos_token_id)

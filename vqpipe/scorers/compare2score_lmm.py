@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqpipe.io.checkpoints import fingerprint, resolve_checkpoint
+from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
 from vqpipe.scorers.anchors import AnchorSet
 from vqpipe.scorers.compare2score import AnchorComparison
@@ -68,7 +68,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
             raise ValueError("compare2score-lmm needs checkpoint= (a transformers LMM)")
         super().__init__(os.fspath(checkpoint), device, dtype)
         directory = resolve_checkpoint(checkpoint, storage_options=storage_options)
-        self.checkpoint_fingerprint = fingerprint(directory)
+        self.checkpoint_fingerprint = checkpoint_identity(checkpoint, storage_options)
         self.processor = AutoProcessor.from_pretrained(directory)
         self.model = AutoModelForImageTextToText.from_pretrained(directory, dtype=self.dtype)
         self.model = self.model.to(self.device).eval()

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-from vqpipe.io.checkpoints import fingerprint, read_safetensors_metadata
+from vqpipe.io.checkpoints import checkpoint_identity, read_safetensors_metadata
 from vqpipe.media.image import to_rgb
 from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP, scene_prompts
 from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
@@ -89,9 +89,9 @@ class GammaScorer(Scorer):
         self.scene = scene
         if model is None:
             source = checkpoint if checkpoint is not None else demo_checkpoint()
-            model, local = load_gamma(source, storage_options=storage_options)
+            model, _ = load_gamma(source, storage_options=storage_options)
             self.checkpoint = os.fspath(source)
-            self.checkpoint_fingerprint = fingerprint(local)
+            self.checkpoint_fingerprint = checkpoint_identity(source, storage_options)
         self.model = model.eval().to(self.device)
         for module in self.model.modules():
             if isinstance(module, MoAEMLP):
@@ -110,6 +110,14 @@ class GammaScorer(Scorer):
     @classmethod
     def default_checkpoint(cls) -> Path:
         return demo_checkpoint()
+
+    @classmethod
+    def bundled_checkpoint(cls) -> Path:
+        return demo_checkpoint()
+
+    @classmethod
+    def check_options(cls, scene: str | None = "natural-quality", **_: Any) -> None:
+        scene_prompts(scene)
 
     @classmethod
     def make_preprocessor(

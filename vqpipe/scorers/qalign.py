@@ -94,6 +94,10 @@ class QAlignScorer(Owl2Scorer):
         self.prefix_cache = prefix_cache
         self._cache: KVCache | None = None
 
+    @classmethod
+    def check_options(cls, task: str = "quality", **_: Any) -> None:
+        qalign_prompt(task)
+
     # ------------------------------------------------------------------ CPU side
     def preprocess(self, item: Any) -> dict[str, np.ndarray]:
         """An image → uint8 [1, 3, S, S]; a frame list → [T, 3, S, S] (T ≤ ``max_frames``)."""

@@ -80,6 +80,18 @@ class Scorer(abc.ABC):
         return None
 
     @classmethod
+    def bundled_checkpoint(cls) -> Any:
+        """The demo checkpoint shipped inside the package when the default is one, else None
+        (jobs that score with it say so loudly and record ``checkpoint: bundled-demo``)."""
+        return None
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Raise ``ValueError`` for option values this scorer cannot take; cheap (no weights),
+        so a job can refuse them before it starts."""
+        return None
+
+    @classmethod
     def make_preprocessor(cls, **options: Any) -> Any:
         """A picklable ``item -> dict[str, np.ndarray]`` for CPU workers (the pipeline's decode
         stage). The default builds the scorer on the CPU; scorers override it to skip loading

@@ -1,0 +1,123 @@
+"""The quality table's schema: column names, the columns in transit, and the Arrow conversion.
+
+Every fact about the table's layout is defined here once; stages, the job, eval and the CLI
+import these names. Missing values are Arrow nulls: the scores, probabilities and extra outputs
+of a failed row, the size of an image that could not be decoded, the duration of an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+URI = "uri"
+MEDIA_TYPE = "media_type"
+BYTES = "bytes"
+WIDTH = "width"
+HEIGHT = "height"
+DURATION = "duration_s"
+FRAMES = "frames"
+ERROR = "error"
+MEDIA_COLUMNS = (WIDTH, HEIGHT, DURATION, FRAMES)
+"""What the decode stage adds to every row."""
+
+INPUT_PREFIX = "_input_"
+"""``_input_<column>``: a scorer's preprocessed arrays in transit (never written)."""
+RUNTIME_PREFIX = "_runtime_"
+"""``_runtime_<column>``: the device and dtype a scorer actor ran with (into part metadata)."""
+
+METADATA_KEY = b"vqpipe.job"
+"""Parquet key-value metadata key of every part: the job signature and scorer facts."""
+
+INT_MISSING = -1  # in transit (numpy has no integer null); written as null
+FLOAT_COLUMNS_MISSING_AS_NAN = (DURATION,)
+
+
+def score_column(column: str) -> str:
+    return f"{column}_score"
+
+
+def probs_column(column: str) -> str:
+    return f"{column}_probs"
+
+
+def extra_column(column: str, key: str) -> str:
+    return f"{column}_{key}"
+
+
+def output_columns(column: str, extra_outputs: Iterable[str] = ()) -> list[str]:
+    """The columns one scorer adds: score, probs and its extra outputs."""
+    return [score_column(column), probs_column(column)] + [
+        extra_column(column, key) for key in extra_outputs
+    ]
+
+
+def error_text(value: Any) -> str | None:
+    """``None`` for no error (Ray may hand it back as None or NaN), else the message."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None  # an all-None column comes back from Arrow as float32 NaN
+    return str(value)
+
+
+def _float_array(values: np.ndarray) -> pa.Array:
+    """float32 with NaN → null."""
+    values = np.asarray(values, np.float32)
+    return pa.array(values, mask=np.isnan(values), type=pa.float32())
+
+
+def _probs_array(values: np.ndarray) -> pa.Array:
+    """[rows, K] floats → list<float>; a row that is all NaN (no score) → null."""
+    values = np.asarray(values, np.float32)
+    rows, k = values.shape
+    missing = np.isnan(values).all(axis=1)
+    offsets = pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32))
+    flat = pa.array(values.reshape(-1), type=pa.float32())
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(missing))
+
+
+def _int_array(values: np.ndarray) -> pa.Array:
+    values = np.asarray(values, np.int64)
+    return pa.array(values, mask=values == INT_MISSING, type=pa.int64())
+
+
+def _carried(values: np.ndarray) -> pa.Array:
+    if values.dtype == object or values.ndim == 2:
+        return pa.array(list(values))
+    return pa.array(values)
+
+
+def to_arrow(batch: dict[str, np.ndarray], scorer_columns: Iterable[str]) -> pa.Table:
+    """One batch of finished rows → an Arrow table with nulls for every missing value.
+
+    ``scorer_columns``: the prefixes of the job's scorers (their outputs are typed float32 /
+    list<float32> with nulls); carried input columns keep their own types.
+    """
+    scored = {}
+    for column in scorer_columns:
+        for name in batch:
+            if name == probs_column(column):
+                scored[name] = "probs"
+            elif name.startswith(f"{column}_"):
+                scored[name] = "float"
+    arrays: dict[str, pa.Array] = {}
+    for name, values in batch.items():
+        if name == ERROR:
+            continue
+        kind = scored.get(name)
+        if kind == "probs" and np.ndim(values) == 2:
+            arrays[name] = _probs_array(values)
+        elif kind == "float" and np.ndim(values) == 1 and values.dtype != object:
+            arrays[name] = _float_array(values)
+        elif name in (WIDTH, HEIGHT, BYTES) and values.dtype != object:
+            arrays[name] = _int_array(values)
+        elif name in FLOAT_COLUMNS_MISSING_AS_NAN:
+            arrays[name] = pa.array(np.asarray(values, np.float64), from_pandas=True)
+        else:
+            arrays[name] = _carried(values)
+    # one schema for every part, whatever the batch held
+    arrays[ERROR] = pa.array([error_text(e) for e in batch[ERROR]], type=pa.string())
+    return pa.Table.from_pydict(arrays)
