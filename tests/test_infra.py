@@ -460,3 +460,5 @@ def test_readme_deploy_section_names_the_files_and_commands():
         "kubernetes-validate",
     ):
         assert needle in section, needle
+    # The local Ray that drives `ray up` / `ray job submit` must be the image's.
+    assert set(re.findall(r"ray\[default\]==([\d.]+)", section)) == {ray_version()}
