@@ -29,8 +29,8 @@ def open_input(
 
 
 def describe(exc: BaseException) -> str:
-    """``TypeName: message`` (the message alone when it already names the type)."""
-    text = str(exc) or repr(exc)
+    """``TypeName: message`` on one line (the message alone when it names the type)."""
+    text = " ".join((str(exc) or repr(exc)).split())
     return text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
 
 
