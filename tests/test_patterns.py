@@ -125,7 +125,7 @@ def test_expand_on_s3(s3_server, s3_bucket):
     with pytest.raises(FileNotFoundError, match=r"5 of 6 .*shard-00005"):
         expand_inputs(f"s3://{bucket}/wds/shard-{{00004..00009}}.tar", s3_server)
     s3, path = resolve(f"s3://{bucket}/wds", s3_server)
-    peeked = peek_files(s3, path, limit=3)
-    assert len(peeked) == 3
+    peeked = peek_files(s3, path, limit=3)  # one page of 3 entries, then the subdirectory
+    assert peeked == [f"{bucket}/wds/shard-00000.tar", f"{bucket}/wds/deeper/shard-00100.tar"]
     # the bounded peek must not leave a partial listing in s3fs's cache
     assert len(s3.ls(f"{bucket}/wds")) == 7
