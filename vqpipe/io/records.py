@@ -12,11 +12,16 @@ import pyarrow as pa
 from vqpipe.io.fs import READ_ATTEMPTS, READ_BACKOFF_S, is_transient
 from vqpipe.io.patterns import resolve
 
+DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
+"""Read-ahead block of remote files (s3fs defaults to 50 MiB per open file)."""
+
 
 def open_input(
     uri: str, storage_options: dict[str, Any] | None = None, **open_kwargs: Any
 ) -> IO[bytes]:
-    """``uri`` opened for binary reading; transient store errors are retried with backoff."""
+    """``uri`` opened for binary reading (``open_kwargs`` go to ``fs.open``; ``block_size``
+    defaults to 8 MiB); transient store errors are retried with backoff."""
+    open_kwargs.setdefault("block_size", DEFAULT_BLOCK_SIZE)
     for attempt in range(READ_ATTEMPTS):
         try:
             fs, path = resolve(uri, storage_options)

@@ -21,13 +21,15 @@ Record contract (every key always present):
 - ``error``: None, or ``"read: …"`` (no media member, media over ``max_bytes``, a key that
   appears twice, the shard damaged or unreadable).
 
-Shard-level damage (truncated tar, bad header, unreadable object): after the records of every
+Shard-level damage (truncated tar, bad header, unreadable object, a store error that outlived
+the retries of ``open_input`` and s3fs): after the records of every
 sample read before it, ONE record with ``key = "@<offset>"`` and ``uri = "<shard>#@<offset>"``,
 where ``<offset>`` is the byte offset in the (uncompressed) tar stream of the member header at
 which reading failed (0 when the shard could not be opened at all). The error names the offset,
 the member, how many samples came before, and the sample the damage cut (which gets no record
 of its own). A tar that simply stops without the end-of-archive marker counts as truncated;
-``tarfile`` alone would end silently there.
+``tarfile`` alone would end silently there. The error text names the exception (``ReadError``,
+``FileNotFoundError``, ``ConnectionError`` …), so a job can retry shards whose error is transient.
 """
 
 from __future__ import annotations
