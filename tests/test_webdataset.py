@@ -108,14 +108,18 @@ def test_media_member_choice_and_limit(tmp_path):
     ] == f"read: member a.mp4 has {len(video)} bytes, over the limit of " + str(len(video) - 1)
     (missing,) = iter_webdataset(str(path), media_member="png")
     assert missing["error"].startswith("read: sample has no 'png' member")
+    with pytest.raises(ValueError, match="media_member 'npy'"):
+        next(iter_webdataset(str(path), media_member="npy"))
 
 
 def test_repeated_key_keeps_uris_unique(tmp_path):
     samples = [("a", {"jpg": image_bytes(0)}), ("b", {"jpg": image_bytes(1)})]
-    samples.append(("a", {"txt": b"late"}))
+    samples.append(("a", {"jpg": image_bytes(2), "txt": b"late"}))
     records = list(iter_webdataset(str(write_shard(tmp_path / "s.tar", samples))))
-    assert len({r["uri"] for r in records}) == 3
+    assert len(records) == 3 and len({r["uri"] for r in records}) == 3
     assert records[2]["error"].startswith("read: key 'a' appears again at byte offset")
+    assert records[2]["members"] == ["jpg", "txt"]  # both late members: one record
+    assert records[2]["key"].startswith("a@")
     assert records[2]["uri"] == f"{tmp_path / 's.tar'}#{records[2]['key']}"
 
 
@@ -169,6 +173,20 @@ def test_cut_sidecar_cuts_its_sample(tmp_path, shard, samples):
     assert [r["key"] for r in records] == ["000000", "000001", f"@{txt}"]
     assert "in member 000002.txt" in records[-1]["error"]
     assert "'000002' cut" in records[-1]["error"]
+
+
+def test_damage_in_an_unkeyed_member_keeps_the_pending_sample(tmp_path):
+    from tests.lake_data import add_member
+
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "000000.jpg", image_bytes(0))
+        add_member(tar, "README", b"r" * 5000)  # no dot: not part of any sample
+    header = _offsets(path)["README"]
+    path.write_bytes(path.read_bytes()[: header + 512 + 1000])
+    records = list(iter_webdataset(str(path)))
+    assert [r["key"] for r in records] == ["000000", f"@{header}"]
+    assert records[0]["error"] is None and "in member README" in records[1]["error"]
 
 
 def test_unreadable_shard_is_one_error_record(tmp_path):

@@ -105,7 +105,8 @@ class _TracingTarInfo(tarfile.TarInfo):
 
 @dataclass
 class _Sample:
-    key: str
+    key: str  # the record's key (``<key>@<offset>`` for a key seen before in the shard)
+    raw_key: str  # the key in the member names
     offset: int
     order: list[str] = field(default_factory=list)
     payload: dict[str, bytes] = field(default_factory=dict)
@@ -124,6 +125,8 @@ def _flatten(value: Any, name: str, out: dict[str, Any]) -> None:
 
 
 def _json_fields(text: str | None, fields: bool | Sequence[str], prefix: str) -> dict[str, Any]:
+    if isinstance(fields, str):
+        fields = [fields]
     wanted = None if fields is True else list(fields)  # type: ignore[arg-type]
     out: dict[str, Any] = {} if wanted is None else {prefix + f: None for f in wanted}
     try:
@@ -221,6 +224,9 @@ def iter_webdataset(
     if flatten_json and not json_prefix:
         raise ValueError("json_prefix must not be empty (it keeps json fields off our columns)")
     media_member = media_member.lower().lstrip(".") if media_member else None
+    if media_member is not None and media_member not in MEDIA_MEMBERS:
+        known = ", ".join(sorted(MEDIA_MEMBERS))
+        raise ValueError(f"media_member {media_member!r}: one of {known}")
     shard = str(shard_uri)
     opts = dict(
         media_member=media_member,
@@ -244,6 +250,7 @@ def iter_webdataset(
                 tar.members = []  # stream mode keeps every TarInfo otherwise (as webdataset)
                 if not info.isreg():
                     continue
+                current = info
                 name = info.name
                 if "/" not in name and name.startswith("__") and name.endswith("__"):
                     continue  # webdataset's metadata members
@@ -251,12 +258,11 @@ def iter_webdataset(
                 if key is None or ext is None:
                     continue
                 ext = ext.lower()
-                current = info
-                if sample is None or key != sample.key:
+                if sample is None or key != sample.raw_key:
                     if sample is not None:
                         yield _record(shard, sample, **opts)
                         count += 1
-                    sample = _Sample(key=key, offset=info.offset)
+                    sample = _Sample(key=key, raw_key=key, offset=info.offset)
                     if key in seen:
                         sample.key = f"{key}@{info.offset}"
                         sample.error = (
@@ -307,7 +313,7 @@ def iter_webdataset(
     if stop is not None:
         message = stop[1]
     lost = ""
-    if sample is not None and cut_data:
+    if sample is not None and cut_data and split_key(current.name)[0] == sample.raw_key:
         lost = f"; sample {sample.key!r} cut"
     elif sample is not None:
         yield _record(shard, sample, **opts)
