@@ -91,6 +91,22 @@ def test_expand_names_missing_inputs(lake):
         expand_inputs(str(lake / "absent.tar"))
 
 
+def test_braces_across_folders_and_schemes(lake, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "shard-00000.tar").write_bytes(b"x")
+    spec = f"{{{lake},file://{other}}}/shard-00000.tar"
+    assert expand_inputs(spec) == [f"{lake}/shard-00000.tar", f"file://{other}/shard-00000.tar"]
+
+
+def test_url_chains_take_single_files(tmp_path):
+    (tmp_path / "shard-00001.tar").write_bytes(b"x")
+    chained = f"simplecache::file://{tmp_path}/shard-00001.tar"
+    assert expand_inputs(chained) == [chained]
+    with pytest.raises(ValueError, match="only single files inside URL chains"):
+        expand_inputs(f"simplecache::file://{tmp_path}/*.tar")
+
+
 def test_glob_characters_in_a_real_name_are_literal(tmp_path):
     odd = tmp_path / "shard[1].tar"
     odd.write_bytes(b"x")

@@ -100,6 +100,8 @@ def _sample_files(spec: str, storage_options: dict[str, Any] | None, peek: int):
     first = braceexpand(spec)[0]
     fs, path = resolve(first, storage_options)
     if has_magic(path) and not fs.exists(path):
+        if _kind(path) in ("media", "tar"):  # "*.jpg", "shard-*.tar": no need to list a prefix
+            return fs, [path]
         matches = sorted(fs.glob(path, detail=True).items())
         files = [p for p, info in matches if info.get("type") != "directory"][:peek]
         dirs = [p for p, info in matches if info.get("type") == "directory"]

@@ -154,15 +154,17 @@ def resolve(
     return fsspec.core.url_to_fs(text, **(storage_options or {}))
 
 
-def _uri_maker(spec: str, fs: fsspec.AbstractFileSystem):
-    """How a path found on ``fs`` is written back in the style of ``spec``."""
+def _is_chain(spec: str) -> bool:
+    return is_url(spec) and "::" in spec.split("://", 1)[0]
+
+
+def _uri_maker(spec: str):
+    """How a path found on the filesystem of ``spec`` is written back in the style of ``spec``."""
     if not is_url(spec):
         return lambda path: path
     if spec.startswith("file://"):
         return lambda path: "file://" + path
     scheme = spec.split("://", 1)[0]
-    if "::" in scheme:
-        raise ValueError(f"globs, directories and brace lists inside URL chains: {spec}")
     return lambda path: f"{scheme}://{path.lstrip('/')}"
 
 
@@ -234,47 +236,62 @@ def expand_inputs(
     (``s3://b/shards/*.tar``) or a brace pattern (``shard-{00000..00999}.tar``), or a list of
     them. ``suffixes`` filters directory listings and glob matches (``(".tar",)``); a file named
     explicitly is always kept. A brace expansion naming a missing file raises
-    ``FileNotFoundError``, as does a pattern that matches nothing. Meant for shard-level inputs
-    (tars, Parquet files, manifest shards): a directory is listed completely.
+    ``FileNotFoundError``, as does a pattern that matches nothing. Inside fsspec URL chains
+    (``simplecache::s3://…``) only single files. Meant for shard-level inputs (tars, Parquet
+    files, manifest shards): a directory is listed completely.
     """
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     out: set[str] = set()
     for one in specs:
-        text = os.fspath(one)
-        patterns = braceexpand(text)
-        fs, _ = resolve(patterns[0], storage_options)
-        to_uri = _uri_maker(text, fs)
-        literal: list[str] = []
-        for pattern in patterns:
-            _, path = resolve(pattern, storage_options)
+        # literal paths per filesystem, checked together (one listing per parent directory)
+        groups: dict[str, tuple[fsspec.AbstractFileSystem, Any, list[str]]] = {}
+        for pattern in braceexpand(os.fspath(one)):
+            fs, path = resolve(pattern, storage_options)
+            if _is_chain(pattern):
+                if has_magic(path) or not fs.isfile(path):
+                    raise ValueError(f"only single files inside URL chains: {pattern}")
+                out.add(pattern)
+                continue
+            to_uri = _uri_maker(pattern)
             if has_magic(path) and not fs.exists(path):
-                name_hidden = posixpath.basename(path).startswith((".", "_"))
-                matches = fs.glob(path, detail=True)
-                if not matches:
-                    raise FileNotFoundError(f"no input matches {pattern}")
-                for match, info in sorted(matches.items()):
-                    if _is_dir(info):
-                        out.update(to_uri(p) for p in _find_files(fs, match, suffixes))
-                    elif (name_hidden or not _hidden(posixpath.basename(match))) and _suffix_ok(
-                        match, suffixes
-                    ):
-                        out.add(to_uri(match))
+                out.update(to_uri(p) for p in _glob_files(fs, path, suffixes, pattern))
             else:
-                literal.append(path)
-        if not literal:
-            continue
-        infos = _infos(fs, literal)
-        missing = [p for p in literal if infos.get(p) is None]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(literal)} input(s) not found, e.g. {to_uri(missing[0])}"
-            )
-        for path in literal:
-            if _is_dir(infos[path]):
-                out.update(to_uri(p) for p in _find_files(fs, path, suffixes))
-            else:
-                out.add(to_uri(path))
+                scheme = pattern.split("://", 1)[0] if is_url(pattern) else ""
+                groups.setdefault(scheme, (fs, to_uri, []))[2].append(path)
+        for fs, to_uri, literal in groups.values():
+            infos = _infos(fs, literal)
+            missing = [p for p in literal if infos.get(p) is None]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(literal)} input(s) not found, "
+                    f"e.g. {to_uri(missing[0])}"
+                )
+            for path in literal:
+                if _is_dir(infos[path]):
+                    out.update(to_uri(p) for p in _find_files(fs, path, suffixes))
+                else:
+                    out.add(to_uri(path))
     return sorted(out)
+
+
+def _glob_files(
+    fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str] | None, pattern: str
+) -> list[str]:
+    """Files a glob matches (matched directories listed); ``_*`` / ``.*`` names skipped
+    unless the pattern's own name asks for them."""
+    name_hidden = posixpath.basename(path).startswith((".", "_"))
+    matches = fs.glob(path, detail=True)
+    if not matches:
+        raise FileNotFoundError(f"no input matches {pattern}")
+    files: list[str] = []
+    for match, info in sorted(matches.items()):
+        if _is_dir(info):
+            files.extend(_find_files(fs, match, suffixes))
+        elif (name_hidden or not _hidden(posixpath.basename(match))) and _suffix_ok(
+            match, suffixes
+        ):
+            files.append(match)
+    return files
 
 
 def _ls_some(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> list[dict[str, Any]]:
