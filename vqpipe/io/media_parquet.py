@@ -27,7 +27,6 @@ records read before it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from os.path import splitext
 from typing import Any
 
 import pyarrow as pa
@@ -273,7 +272,3 @@ def iter_parquet_media(
     for table in iter_parquet_media_batches(file_uri, storage_options, **kwargs):
         yield from table.to_pylist()
 
-
-def is_parquet_name(name: str) -> bool:
-    """True for ``*.parquet`` / ``*.pq`` names."""
-    return splitext(name)[1].lower() in (".parquet", ".pq")
