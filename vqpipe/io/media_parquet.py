@@ -271,4 +271,3 @@ def iter_parquet_media(
     """``iter_parquet_media_batches`` one record (dict) at a time."""
     for table in iter_parquet_media_batches(file_uri, storage_options, **kwargs):
         yield from table.to_pylist()
-
