@@ -1,0 +1,174 @@
+"""``--input-format auto``: tell a WebDataset, a Parquet-with-bytes, a manifest and a prefix of
+files apart from names, Parquet footers and the first bytes of CSV / JSONL files only.
+
+Rules (first match wins), on the first file, the glob's first matches or a bounded peek into a
+directory (``peek_files``: a few hundred names, never the whole prefix):
+
+1. image or video files present → ``files`` (img2dataset's "files" layout has ``.json`` /
+   ``.txt`` beside each image: still files);
+2. ``.tar`` shards → ``webdataset`` (img2dataset writes ``.parquet`` / ``_stats.json`` beside
+   its tars: the tars win);
+3. tables (Parquet first, then CSV / JSONL): ``media_column`` named and present → ``parquet``;
+   a ``uri_column`` column → ``manifest``; a media-bytes column (``find_media_column``) →
+   ``parquet``; neither → ``ValueError`` (say ``--input-format``);
+4. anything else → ``files``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+
+from vqpipe.io.media_parquet import find_media_column
+from vqpipe.io.patterns import braceexpand, expand_inputs, has_magic, peek_files, resolve
+from vqpipe.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vqpipe.io.webdataset import TAR_SUFFIXES
+
+InputFormat = Literal["files", "manifest", "webdataset", "parquet"]
+INPUT_FORMATS: tuple[str, ...] = ("auto", "files", "manifest", "webdataset", "parquet")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TABLE_SUFFIXES = (*PARQUET_SUFFIXES, ".csv", ".jsonl", ".ndjson", ".json")
+FORMAT_SUFFIXES: dict[str, tuple[str, ...] | None] = {
+    "webdataset": TAR_SUFFIXES,
+    "parquet": PARQUET_SUFFIXES,
+    "manifest": (
+        *TABLE_SUFFIXES,
+        *(t + c for t in TABLE_SUFFIXES[2:] for c in COMPRESSION_SUFFIXES),
+    ),
+    "files": None,
+}
+"""Which names a directory or glob contributes as shards of each format."""
+HEAD_BYTES = 64 * 1024
+
+
+def _kind(name: str) -> str | None:
+    lower = posixpath.basename(name).lower()
+    if lower.endswith(TAR_SUFFIXES):
+        return "tar"
+    for suffix in COMPRESSION_SUFFIXES:
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+            break
+    ext = posixpath.splitext(lower)[1]
+    if ext in PARQUET_SUFFIXES:
+        return "parquet"
+    if ext == ".csv":
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "json"
+    if ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS:
+        return "media"
+    return None
+
+
+def _head_text(fs, path: str) -> str:
+    with fs.open(path, "rb", compression="infer") as fh:
+        return fh.read(HEAD_BYTES).decode("utf-8", errors="replace")
+
+
+def table_columns(fs, path: str) -> tuple[list[str], Any]:
+    """Column names of a Parquet / CSV / JSON(L) file and, for Parquet, its Arrow schema; reads
+    the Parquet footer or the first 64 KiB only."""
+    kind = _kind(path)
+    if kind == "parquet":
+        with fs.open(path, "rb") as fh:
+            schema = pq.ParquetFile(fh).schema_arrow
+        return list(schema.names), schema
+    text = _head_text(fs, path)
+    if kind == "csv":
+        header = next(csv.reader(io.StringIO(text)), [])
+        return [h.strip() for h in header], None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array: its first object
+        stripped = stripped[1:].lstrip()
+    try:
+        first, _ = json.JSONDecoder().raw_decode(stripped)
+    except ValueError:
+        return [], None
+    return (list(first) if isinstance(first, dict) else []), None
+
+
+def _sample_files(spec: str, storage_options: dict[str, Any] | None, peek: int):
+    first = braceexpand(spec)[0]
+    fs, path = resolve(first, storage_options)
+    if has_magic(path) and not fs.exists(path):
+        if _kind(path) in ("media", "tar"):  # "*.jpg", "shard-*.tar": no need to list a prefix
+            return fs, [path]
+        matches = sorted(fs.glob(path, detail=True).items())
+        files = [p for p, info in matches if info.get("type") != "directory"][:peek]
+        dirs = [p for p, info in matches if info.get("type") == "directory"]
+        if not files and dirs:
+            files = peek_files(fs, dirs[0], limit=peek)
+        if not matches:
+            raise FileNotFoundError(f"no input matches {first}")
+        return fs, files
+    if fs.isdir(path):
+        return fs, peek_files(fs, path, limit=peek)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input not found: {first}")
+    return fs, [path]
+
+
+def detect_format(
+    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    uri_column: str = "uri",
+    media_column: str | None = None,
+    peek: int = 256,
+) -> InputFormat:
+    """``"files"``, ``"manifest"``, ``"webdataset"`` or ``"parquet"`` for an input spec (a file,
+    directory, glob, brace pattern, or a list of them: the first decides). Rules in the module
+    docstring; ``ValueError`` for tables that are neither a manifest nor media Parquet."""
+    first = spec if isinstance(spec, (str, os.PathLike)) else spec[0]
+    fs, files = _sample_files(os.fspath(first), storage_options, peek)
+    kinds = [_kind(p) for p in files]
+    if "media" in kinds:
+        return "files"
+    if "tar" in kinds:
+        return "webdataset"
+    tables = [p for p, k in zip(files, kinds, strict=True) if k == "parquet"]
+    tables += [p for p, k in zip(files, kinds, strict=True) if k in ("csv", "json")]
+    if not tables:
+        return "files"
+    names, schema = table_columns(fs, tables[0])
+    if schema is not None and media_column is not None and media_column in names:
+        return "parquet"
+    if uri_column in names:
+        return "manifest"
+    if schema is None:
+        raise ValueError(
+            f"{tables[0]}: no {uri_column!r} column for a manifest (columns: {', '.join(names)});"
+            " name it with --uri-column, or set --input-format"
+        )
+    try:
+        find_media_column(schema, media_column)
+    except ValueError as exc:
+        raise ValueError(
+            f"{tables[0]}: neither a manifest (no {uri_column!r} column) nor Parquet with media "
+            f"bytes ({exc}); set --uri-column, --media-column or --input-format"
+        ) from None
+    return "parquet"
+
+
+def input_shards(
+    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    input_format: str,
+    storage_options: dict[str, Any] | None = None,
+    **detect_kwargs: Any,
+) -> list[str]:
+    """Sorted shard URIs of ``spec`` for a format (``"auto"``: ``detect_format`` with
+    ``detect_kwargs``); directories and globs contribute only that format's names."""
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input format {input_format!r}: one of {', '.join(INPUT_FORMATS)}")
+    if input_format == "auto":
+        input_format = detect_format(spec, storage_options, **detect_kwargs)
+    return expand_inputs(spec, storage_options, suffixes=FORMAT_SUFFIXES[input_format])
