@@ -8,8 +8,8 @@ import pytest
 
 from tests.test_gamma import tiny_model
 from vqpipe.cli import main
-from vqpipe.errors import UserError
 from vqpipe.data import make_image_dataset, make_video_dataset
+from vqpipe.errors import UserError
 from vqpipe.models.gamma_checkpoint import save_gamma
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.job import format_progress, read_quality_table, run_job

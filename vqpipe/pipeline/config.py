@@ -38,6 +38,26 @@ def parse_actors(text: str) -> tuple[int, int]:
     return pool
 
 
+def split_options(text: str) -> list[str]:
+    """``key=value`` parts split on the commas outside JSON brackets and quotes, so that
+    ``storage_options={"key": "a", "secret": "b"},batch_size=8`` is two parts."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote and text[i - 1] != "\\" else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
 def _number(key: str, value: Any, kind: type, low: float, strict: bool = False) -> Any:
     try:
         number = kind(value)
@@ -84,7 +104,7 @@ class ScorerOptions:
             raise UserError(f"--scorer {text!r}: no scorer name before ':'")
         pool: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
         options: dict[str, Any] = {}
-        for part in filter(None, (p.strip() for p in rest.split(","))):
+        for part in filter(None, (p.strip() for p in split_options(rest))):
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or not key:
@@ -131,6 +151,10 @@ class ScorerOptions:
             if merged:
                 kwargs["storage_options"] = merged
         return kwargs
+
+    def __repr__(self) -> str:  # never print a scorer's storage secrets
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_metadata().items())
+        return f"ScorerOptions({fields})"
 
     def to_metadata(self) -> dict[str, Any]:
         """The pool as recorded: scorer-level storage options reduced to their key names."""
