@@ -8,11 +8,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.errors import UserError
 from vqpipe.media.decode import MediaLimits
-
-DEFAULT_BATCH_SIZE = 64
-"""Model inputs per forward pass when neither ``batch_size=`` nor ``--batch-size`` is given."""
 
 POOL_KEYS = {
     "batch_size": "model inputs (images, or frames for image models) per forward pass",

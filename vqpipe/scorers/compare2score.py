@@ -174,7 +174,7 @@ class AnchorComparison:
         items = list(items)
         if not items:
             return {"score": np.zeros(0, np.float32)}
-        return self.predict_items([self.preprocess(it)["pixels"] for it in items], batch_size=16)
+        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
 
     def anchor_metadata(self) -> dict[str, Any]:
         return {

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
 from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.llama import KVCache
@@ -132,7 +133,7 @@ class QAlignScorer(Owl2Scorer):
         }
 
     def predict_items(
-        self, inputs: Sequence[np.ndarray], batch_size: int = 16
+        self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> dict[str, np.ndarray]:
         """Video task: each item's frames are one sequence; image tasks: frames are scored as
         images and averaged per item."""

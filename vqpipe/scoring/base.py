@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from vqpipe.defaults import DEFAULT_BATCH_SIZE
+
 Item = Any  # a PIL.Image.Image, or a sequence of PIL images (video frames)
 
 
@@ -114,7 +116,7 @@ class Scorer(abc.ABC):
         return {key: np.stack([it[key] for it in items]) for key in items[0]}
 
     def predict_items(
-        self, inputs: Sequence[np.ndarray], batch_size: int = 64
+        self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> dict[str, np.ndarray]:
         """Score preprocessed items, each a [T, ...] array of frames (T = 1 for an image).
 
