@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks (also VQPIPE_DEBUG=1)"
     )
+    parser.add_argument("--version", action="version", version=f"vqpipe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -362,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the vqpipe version")
     version.set_defaults(func=_cmd_version)
     return parser
+
+
+def _version() -> str:
+    from vqpipe import __version__
+
+    return __version__
 
 
 class _Parser(argparse.ArgumentParser):
