@@ -183,3 +183,24 @@ def test_clean_input_emits_no_warning(noisy_pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         srcc(pred, mos), krcc(pred, mos), plcc(pred, mos), plcc(pred, mos, "logistic4")
+
+
+def test_analytic_jacobians_match_finite_differences():
+    z = np.linspace(-2, 2, 9)
+    cases = [
+        (metrics_module._l5, metrics_module._l5_jac, [1.3, 2.0, 0.3, 0.2, -0.1]),
+        (metrics_module._l4, metrics_module._l4_jac, [0.5, -2.0, 0.1, 0.7]),
+    ]
+    for model, jac, b in cases:
+        b = np.array(b)
+        for i in range(len(z)):
+            numeric = optimize.approx_fprime(b, lambda p, i=i, f=model: f(p, z)[i], 1e-7)
+            np.testing.assert_allclose(jac(b, z)[i], numeric, atol=1e-5)
+
+
+def test_fits_with_too_few_points_fall_back_to_a_simpler_form():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0, 6.0]), np.array([1.0, 1.5, 3.5, 4.0, 4.2])
+    with pytest.warns(MetricWarning, match="logistic5 needs more than 5 points; used logistic4"):
+        assert fit_logistic(x, y).kind == "logistic4"
+    with pytest.warns(MetricWarning, match="used linear"):
+        assert fit_logistic(x[:4], y[:4]).kind == "linear"

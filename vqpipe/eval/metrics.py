@@ -49,6 +49,7 @@ _FORMS: dict[str, Callable[..., np.ndarray]] = {
     "logistic4": logistic4,
     "linear": _linear,
 }
+_N_PARAMS = {"logistic5": 5, "logistic4": 4, "linear": 2}
 _FALLBACK = {
     "logistic5": ["logistic5", "logistic4", "linear"],
     "logistic4": ["logistic4", "linear"],
@@ -92,8 +93,9 @@ def fit_logistic(pred: Any, mos: Any, kind: FitKind = "logistic5") -> LogisticFi
     sigmoid and the linear term can never pull against each other (no fall-then-rise); for
     logistic4 ``b1 − b2`` has the direction's sign. Fitted on z-scored data from several
     starts, lowest squared error kept. If the fit fails (no finite result or a constant curve)
-    it falls back logistic5 → logistic4 → linear, with a :class:`MetricWarning` and ``note``;
-    the identity (``converged=False``) when even the line fails.
+    or there are no more points than parameters, it falls back logistic5 → logistic4 → linear,
+    with a :class:`MetricWarning` and ``note``; the identity (``converged=False``) when even
+    the line fails.
     """
     if kind not in _FALLBACK:
         raise ValueError(
@@ -104,14 +106,17 @@ def fit_logistic(pred: Any, mos: Any, kind: FitKind = "logistic5") -> LogisticFi
     direction = fit_direction(x, y)
     failed: list[str] = []
     for form in _FALLBACK[kind]:
+        if x.size <= _N_PARAMS[form] and form != "linear":  # as many parameters as points
+            failed.append(f"{form} needs more than {_N_PARAMS[form]} points")
+            continue
         params = _fit_form(form, x, y, direction)
         if params is not None:
-            note = f"{' and '.join(failed)} fit failed; used {form}" if failed else ""
+            note = f"{', '.join(failed)}; used {form}" if failed else ""
             if note:
                 warnings.warn(f"fit_logistic: {note}", MetricWarning, 2)
             return LogisticFit(form, params, True, direction, note)
-        failed.append(form)
-    note = f"{' and '.join(failed)} fit failed; used the raw predictions"
+        failed.append(f"{form} fit failed")
+    note = f"{', '.join(failed)}; used the raw predictions"
     warnings.warn(f"fit_logistic: {note}", MetricWarning, 2)
     return LogisticFit("identity", (), False, direction, note)
 
@@ -120,8 +125,21 @@ def _l5(b: np.ndarray, z: np.ndarray) -> np.ndarray:
     return b[0] * (special.expit(b[1] * (z - b[2])) - 0.5) + b[3] * z + b[4]
 
 
+def _l5_jac(b: np.ndarray, z: np.ndarray) -> np.ndarray:
+    e = special.expit(b[1] * (z - b[2]))
+    d = b[0] * e * (1 - e)
+    return np.column_stack([e - 0.5, d * (z - b[2]), -d * b[1], z, np.ones_like(z)])
+
+
 def _l4(b: np.ndarray, z: np.ndarray) -> np.ndarray:  # lo + d · expit((z − b3) / w)
     return b[1] * special.expit((z - b[2]) / b[3]) + b[0]
+
+
+def _l4_jac(b: np.ndarray, z: np.ndarray) -> np.ndarray:
+    t = (z - b[2]) / b[3]
+    e = special.expit(t)
+    d = b[1] * e * (1 - e)
+    return np.column_stack([np.ones_like(z), e, -d / b[3], -d * t / b[3]])
 
 
 def _signed(s: int, limit: float) -> tuple[float, float]:
@@ -129,8 +147,9 @@ def _signed(s: int, limit: float) -> tuple[float, float]:
     return (0.0, limit) if s > 0 else (-limit, 0.0)
 
 
-def _setup(form: str, s: int, r: float) -> tuple[Callable[..., np.ndarray], list, list]:
-    """Model, (lower, upper) bounds and starts of a form in z-scored units, direction ``s``."""
+def _setup(form: str, s: int, r: float) -> tuple[Callable[..., np.ndarray], Callable, list, list]:
+    """Model, its Jacobian, (lower, upper) bounds and starts of a form in z-scored units,
+    direction ``s``."""
     if form == "logistic5":
         bounds = [_signed(s, _MAX_AMP), (0.0, _MAX_SLOPE), (-10.0, 10.0), _signed(s, _MAX_AMP)]
         bounds.append((-_MAX_AMP, _MAX_AMP))
@@ -138,10 +157,10 @@ def _setup(form: str, s: int, r: float) -> tuple[Callable[..., np.ndarray], list
         starts = [(4, 1.5, 0, 0, 0), (0, 1, 0, r, 0), (8, 0.5, 0, 0, 0), (3, 5, 0, 0, 0)]
         starts.append((2, 1.5, 0, r / 2, 0))
         starts = [(s * a, b2, b3, s * b4, b5) for a, b2, b3, b4, b5 in starts]
-        return _l5, bounds, starts
+        return _l5, _l5_jac, bounds, starts
     bounds = [(-_MAX_AMP, _MAX_AMP), _signed(s, _MAX_AMP), (-10.0, 10.0), (1 / _MAX_SLOPE, 1e3)]
     starts = [(-2 * s, 4 * s, 0, 0.7), (-4 * s, 8 * s, 0, 2), (-1.5 * s, 3 * s, 0, 0.2)]
-    return _l4, bounds, starts
+    return _l4, _l4_jac, bounds, starts
 
 
 def _fit_form(form: str, x: np.ndarray, y: np.ndarray, s: int) -> tuple[float, ...] | None:
@@ -156,7 +175,7 @@ def _fit_form(form: str, x: np.ndarray, y: np.ndarray, s: int) -> tuple[float, .
     if form == "linear":
         slope = max(s * r, 0.0) * s
         return (slope * sy / sx, my - slope * sy * mx / sx) if slope != 0 else None
-    model, bounds, starts = _setup(form, s, float(np.clip(abs(r), _TINY, 1.0)))
+    model, jac, bounds, starts = _setup(form, s, float(np.clip(abs(r), _TINY, 1.0)))
     lower, upper = np.array(bounds).T
     best: tuple[float, np.ndarray] | None = None
     for p0 in starts:
@@ -167,10 +186,11 @@ def _fit_form(form: str, x: np.ndarray, y: np.ndarray, s: int) -> tuple[float, .
                 result = optimize.least_squares(
                     lambda b: model(b, z) - v,
                     p0,
+                    jac=lambda b: jac(b, z),
                     bounds=(lower, upper),
                     method="trf",
                     x_scale="jac",
-                    max_nfev=2000,
+                    max_nfev=200,  # noise has no optimum worth more: the fit hops between steps
                 )
         except Exception:  # any optimiser failure means: try the next start / simpler form
             continue
