@@ -160,7 +160,8 @@ def bars_figure(metrics: pd.DataFrame) -> Figure:
     groups = list(dict.fromkeys(metrics["group"]))
     scorers = list(dict.fromkeys(metrics["scorer"]))
     width = 0.8 / len(scorers)
-    fig = _figure(min(24.0, max(6.0, 0.45 * len(groups) * len(scorers) + 2.5)), 6.0)
+    fig_width = min(24.0, max(6.0, 0.45 * len(groups) * len(scorers) + 2.5))
+    fig = _figure(fig_width, 6.0)
     axes = fig.subplots(2, 1, sharex=True)
     n_of = metrics.groupby("group", sort=False)["n"].min().reindex(groups)
     small = n_of < SMALL_N
@@ -219,12 +220,12 @@ def bars_figure(metrics: pd.DataFrame) -> Figure:
     for tick, s in zip(axes[1].get_xticklabels(), small, strict=True):
         tick.set_color("C3" if s else "black")
     axes[0].legend(loc="lower left", fontsize="small", ncols=min(len(scorers), 4))
-    notes = ["hatched n/a: undefined (see report.md)"]
+    notes = ["hatched n/a: undefined (see report.md)"] if metrics["srcc"].isna().any() else []
     if small.any():
         notes.insert(0, f"* faded: n < {SMALL_N}, unreliable")
     if "srcc_lo" in metrics:
         notes.append("whiskers: 95 % bootstrap interval")
-    axes[1].set_xlabel("   ·   ".join(notes), fontsize=8)
+    axes[1].set_xlabel(("   ·   " if fig_width >= 9 else "\n").join(notes), fontsize=8)
     fig.suptitle("SRCC and PLCC per group", fontsize=10)
     return fig
 
