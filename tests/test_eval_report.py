@@ -221,3 +221,16 @@ def test_eval_unknown_by_column_is_a_one_line_error(awkward, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'nope'" in err and "split" in err
     assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_eval_refuses_a_score_as_group_column_and_skips_nan_mos(awkward, capsys):
+    tmp_path, pred, mos = awkward
+    assert _eval(tmp_path, "r", "--by", "good_score") == 2
+    assert "distinct values" in capsys.readouterr().err
+    mos.loc[0, "mos"] = np.nan  # a MOS row without a rating: not a pair, not a crash
+    mos.to_csv(tmp_path / "mos.csv", index=False)
+    assert _eval(tmp_path, "r", "--by", "dataset") == 0
+    rows = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
+    big = next(r for r in rows if r["scorer"] == "good" and r["group"] == "big")
+    assert big["n"] == 39 and big["failed"] == 0
+    assert big["srcc"] == pytest.approx(srcc(pred["good_score"][1:40], mos["mos"][1:40]))

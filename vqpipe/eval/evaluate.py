@@ -4,7 +4,7 @@ with bootstrap confidence intervals; the cross-dataset protocol's median over sp
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ class Joined:
 
 SMALL_N = 10
 """Groups with fewer scored items than this are flagged: their correlations are unreliable."""
+MAX_GROUPS = 50
+"""A group column with more distinct values than this is refused (a score or an id, not a
+grouping: one scatter per value)."""
 
 
 def score_columns(pred: pd.DataFrame) -> list[str]:
@@ -140,14 +143,26 @@ def group_masks(
     for col in columns:
         if col not in table.columns:
             raise ValueError(f"no group column {col!r} in the joined table")
-        values = table[col]
-        if values.nunique(dropna=False) < 2:
+        keys = table[col].map(_group_key)
+        count = keys.nunique()
+        if count < 2:
             continue
-        keys = values.astype(object).where(values.notna(), "(missing)")
+        if count > MAX_GROUPS:
+            raise ValueError(
+                f"group column {col!r} has {count} distinct values (at most {MAX_GROUPS}): "
+                "group by a categorical column, not a score or an id"
+            )
         for key in sorted(keys.unique(), key=_sort_key):
             label = str(key) if len(columns) == 1 else f"{col}={key}"
             groups.append((label, col, keys == key))
     return groups
+
+
+def _group_key(value: Any) -> Any:
+    """Missing values are one group, ``(missing)``; unhashable values group by their text."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return "(missing)"
+    return value if isinstance(value, Hashable) else str(value)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -189,10 +204,11 @@ def evaluate(
     for scorer in joined.scorers:
         for name, col, mask in group_masks(table, columns):
             group = table[mask]
-            ok = group[f"{scorer}_score"].notna()
+            scored = group[f"{scorer}_score"].notna()
+            ok = scored & np.isfinite(group["target"].astype(np.float64))  # MOS may be NaN
             x = group.loc[ok, f"{scorer}_score"].to_numpy(np.float64)
             y = group.loc[ok, "target"].to_numpy(np.float64)
-            row = {"scorer": scorer, "by": col, "group": name, "failed": int((~ok).sum())}
+            row = {"scorer": scorer, "by": col, "group": name, "failed": int((~scored).sum())}
             rows.append({**row, **_group_metrics(x, y, bootstrap, seed)})
     return pd.DataFrame(rows)
 
