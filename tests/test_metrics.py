@@ -4,9 +4,10 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from vqpipe.eval import MetricWarning, fit_logistic, krcc, logistic4, logistic5, plcc, srcc
+from vqpipe.eval import metrics as metrics_module
 
 
 @pytest.fixture
@@ -59,10 +60,85 @@ def test_logistic5_fit_recovers_a_generated_curve():
     np.testing.assert_allclose(fit(x), y, atol=1e-6)
 
 
-def test_logistic4_fit_handles_decreasing_relation():
+@pytest.mark.parametrize("fit", ["logistic5", "logistic4"])
+def test_decreasing_relation_is_fitted_decreasing_and_plcc_is_signed(fit):
     x = np.linspace(0, 10, 150)
     y = logistic4(x, 1.0, 5.0, 5.0, 1.2)  # decreasing: b1 < b2
-    assert plcc(x, y, fit="logistic4") > 0.999
+    mapping = fit_logistic(x, y, fit)
+    assert mapping.direction == -1 and mapping.kind == fit
+    assert np.all(np.diff(mapping(np.linspace(-5, 15, 2000))) <= 1e-12)
+    # signed like SRCC: a scorer that ranks backwards is not reported as a good one
+    assert plcc(x, y, fit=fit) < -0.999
+    assert plcc(x, y, fit=fit) == pytest.approx(-stats.pearsonr(mapping(x), y).statistic)
+
+
+def _bowl(seed: int, sign: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Hard data: MOS falls, then rises more (SRCC > 0) — an unconstrained logistic5 follows
+    the dip and so inflates PLCC."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, 80)
+    return sign * x, 4 * (x - 0.3) ** 2 + rng.normal(0, 0.05, 80)
+
+
+def test_unconstrained_logistic5_bends_on_the_hard_data():
+    # the data below is hard: scipy's unconstrained fit (pyiqa's start) falls then rises
+    x, y = _bowl(0)
+    p0 = [y.max(), y.min(), x.mean(), 0.1, 0.1]
+    with np.errstate(all="ignore"):
+        params, _ = optimize.curve_fit(logistic5, x, y, p0=p0, maxfev=20000)
+    slope = np.diff(logistic5(np.linspace(0, 1, 500), *params))
+    assert slope.min() < -1e-3 < 1e-3 < slope.max()
+    assert stats.pearsonr(logistic5(x, *params), y).statistic > plcc(x, y)
+
+
+@pytest.mark.parametrize("fit", ["logistic5", "logistic4"])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fit_never_bends_the_wrong_way_on_hard_data(fit, seed, sign):
+    x, y = _bowl(seed, sign)
+    mapping = fit_logistic(x, y, fit)
+    assert mapping.converged and mapping.direction == np.sign(srcc(x, y)) == sign
+    grid = np.linspace(x.min() - 1, x.max() + 1, 4000)
+    assert np.all(sign * np.diff(mapping(grid)) >= -1e-12)
+
+
+def test_logistic5_fit_equals_scipy_where_the_constraint_is_inactive():
+    # the least-squares optimum is monotone here, so the constrained fit is scipy's
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 2, 300)
+    y = logistic5(x, 4.0, 1.2, 0.0, 0.1, 3.0) + rng.normal(0, 0.2, 300)
+    reference, _ = optimize.curve_fit(logistic5, x, y, p0=[4, 1.2, 0, 0.1, 3], maxfev=20000)
+    mapping = fit_logistic(x, y)
+    np.testing.assert_allclose(mapping.params, reference, rtol=1e-4, atol=1e-6)
+    sse = np.sum((mapping(x) - y) ** 2)
+    assert sse == pytest.approx(np.sum((logistic5(x, *reference) - y) ** 2), rel=1e-9)
+
+
+def test_a_failed_fit_falls_back_with_a_note(monkeypatch):
+    real = optimize.least_squares
+
+    def five_fails(fun, x0, **kw):
+        if len(x0) == 5:
+            raise ValueError("boom")
+        return real(fun, x0, **kw)
+
+    monkeypatch.setattr(metrics_module.optimize, "least_squares", five_fails)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, 50)
+    y = 2 * x + rng.normal(0, 0.1, 50)
+    with pytest.warns(MetricWarning, match="logistic5 fit failed; used logistic4"):
+        mapping = fit_logistic(x, y)
+    assert mapping.kind == "logistic4" and "logistic5" in mapping.note
+
+    def all_fail(fun, x0, **kw):
+        raise RuntimeError("no convergence")
+
+    monkeypatch.setattr(metrics_module.optimize, "least_squares", all_fail)
+    with pytest.warns(MetricWarning, match="used linear"):
+        mapping = fit_logistic(x, y)
+    assert mapping.kind == "linear" and mapping.converged
+    with pytest.warns(MetricWarning):
+        assert plcc(x, y) == pytest.approx(stats.pearsonr(x, y).statistic)
 
 
 def test_plcc_fit_beats_raw_on_noisy_nonlinear_data():
@@ -107,3 +183,24 @@ def test_clean_input_emits_no_warning(noisy_pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         srcc(pred, mos), krcc(pred, mos), plcc(pred, mos), plcc(pred, mos, "logistic4")
+
+
+def test_analytic_jacobians_match_finite_differences():
+    z = np.linspace(-2, 2, 9)
+    cases = [
+        (metrics_module._l5, metrics_module._l5_jac, [1.3, 2.0, 0.3, 0.2, -0.1]),
+        (metrics_module._l4, metrics_module._l4_jac, [0.5, -2.0, 0.1, 0.7]),
+    ]
+    for model, jac, b in cases:
+        b = np.array(b)
+        for i in range(len(z)):
+            numeric = optimize.approx_fprime(b, lambda p, i=i, f=model: f(p, z)[i], 1e-7)
+            np.testing.assert_allclose(jac(b, z)[i], numeric, atol=1e-5)
+
+
+def test_fits_with_too_few_points_fall_back_to_a_simpler_form():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0, 6.0]), np.array([1.0, 1.5, 3.5, 4.0, 4.2])
+    with pytest.warns(MetricWarning, match="logistic5 needs more than 5 points; used logistic4"):
+        assert fit_logistic(x, y).kind == "logistic4"
+    with pytest.warns(MetricWarning, match="used linear"):
+        assert fit_logistic(x[:4], y[:4]).kind == "linear"

@@ -131,15 +131,23 @@ def read_table(path: str, storage: dict[str, Any] | None = None) -> Any:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from vqpipe.eval.report import write_report
+    from vqpipe.eval.report import format_value, write_report
 
     storage = _storage_options(args.storage_options)
     pred, mos = read_table(args.predictions, storage), read_table(args.mos, storage)
-    record = write_report(pred, mos, args.out, by=args.by, bootstrap=args.bootstrap)
+    try:
+        record = write_report(
+            pred, mos, args.out, by=args.by or "dataset", bootstrap=args.bootstrap
+        )
+    except ValueError as exc:  # a missing column: one line, not a traceback
+        print(f"vqpipe eval: {exc}", file=sys.stderr)
+        return 2
     for row in record["metrics"]:
+        flag = f"  ⚠ {row['note']}" if row["note"] else ""  # n < 10, undefined, fit fallback
         print(
-            f"{row['scorer']:<16}{row['group']:<20}n={row['n']:<6}SRCC {row['srcc']:.4f}  "
-            f"KRCC {row['krcc']:.4f}  PLCC {row['plcc']:.4f}"
+            f"{row['scorer']:<16}{row['group']:<20}n={row['n']:<6}"
+            f"SRCC {format_value(row['srcc'])}  KRCC {format_value(row['krcc'])}  "
+            f"PLCC {format_value(row['plcc'])}{flag}"
         )
     join = record["join"]
     print(
@@ -341,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("predictions", help="quality table: a job's output dir or a Parquet/CSV file")
     ev.add_argument("--mos", required=True, help="MOS table (uri or path, mos[, dataset])")
     ev.add_argument("--out", required=True, help="report directory")
-    ev.add_argument("--by", default="dataset", help="group column (default: %(default)s)")
+    ev.add_argument(
+        "--by",
+        action="append",
+        metavar="COLUMN",
+        help="group by a column of the MOS or quality table; repeat or comma-separate for "
+        "several (default: dataset)",
+    )
     ev.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
     ev.add_argument("--storage-options", help="JSON storage options")
     ev.set_defaults(func=_cmd_eval)

@@ -1,6 +1,6 @@
 """Evaluation: correlation metrics against MOS (reports and plots build on these)."""
 
-from vqpipe.eval.evaluate import evaluate, join_predictions, median_over_splits
+from vqpipe.eval.evaluate import SMALL_N, evaluate, join_predictions, median_over_splits
 from vqpipe.eval.metrics import (
     LogisticFit,
     MetricWarning,
@@ -9,10 +9,12 @@ from vqpipe.eval.metrics import (
     logistic4,
     logistic5,
     plcc,
+    plcc_with_fit,
     srcc,
 )
 
 __all__ = [
+    "SMALL_N",
     "LogisticFit",
     "MetricWarning",
     "evaluate",
@@ -23,5 +25,6 @@ __all__ = [
     "logistic5",
     "median_over_splits",
     "plcc",
+    "plcc_with_fit",
     "srcc",
 ]

@@ -4,14 +4,14 @@ with bootstrap confidence intervals; the cross-dataset protocol's median over sp
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from vqpipe.eval.metrics import MetricWarning, fit_logistic, krcc, plcc, srcc
+from vqpipe.eval.metrics import MetricWarning, krcc, plcc, plcc_with_fit, srcc
 
 
 @dataclass
@@ -33,16 +33,37 @@ class Joined:
         }
 
 
+SMALL_N = 10
+"""Groups with fewer scored items than this are flagged: their correlations are unreliable."""
+MAX_GROUPS = 50
+"""A group column with more distinct values than this is refused (a score or an id, not a
+grouping: one scatter per value)."""
+
+
 def score_columns(pred: pd.DataFrame) -> list[str]:
     """Scorer names of a quality table (``<name>_score`` columns)."""
     return [c[: -len("_score")] for c in pred.columns if c.endswith("_score")]
 
 
+def by_columns(by: str | Sequence[str] | None) -> list[str]:
+    """``"dataset"``, ``"dataset,split"`` or ``["dataset", "split"]`` → a list of column names."""
+    if by is None:
+        return []
+    items = [by] if isinstance(by, str) else list(by)
+    names = [part.strip() for item in items for part in str(item).split(",")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def join_predictions(
-    pred: pd.DataFrame, mos: pd.DataFrame, scorers: Sequence[str] | None = None
+    pred: pd.DataFrame,
+    mos: pd.DataFrame,
+    scorers: Sequence[str] | None = None,
+    columns: Sequence[str] = (),
 ) -> Joined:
     """Match a quality table (``uri``, ``<scorer>_score``) with a MOS table (``uri`` or
-    ``path``, ``mos``; optional ``dataset``, ``lower_better``) on the URI."""
+    ``path``, ``mos``; optional ``dataset``, ``lower_better``) on the URI; ``columns`` (e.g.
+    group columns) are carried over from the MOS table, else from the quality table."""
+    mos_columns = ", ".join(map(str, mos.columns))
     mos = mos.copy()
     if "uri" not in mos.columns:
         if "path" not in mos.columns:
@@ -50,8 +71,6 @@ def join_predictions(
         mos["uri"] = mos["path"].astype(str)
     if "mos" not in mos.columns:
         raise ValueError("the MOS table needs a 'mos' column")
-    if "dataset" not in mos.columns:
-        mos["dataset"] = "all"
     if "lower_better" not in mos.columns:
         mos["lower_better"] = False
     if mos["uri"].duplicated().any():
@@ -59,9 +78,34 @@ def join_predictions(
     scorers = list(scorers) if scorers is not None else score_columns(pred)
     if not scorers:
         raise ValueError("the predictions have no <scorer>_score column")
+    scores = [f"{s}_score" for s in scorers]
+    wanted = list(dict.fromkeys(["dataset", *columns]))
+    unknown = [c for c in wanted[1:] if c not in mos.columns and c not in pred.columns]
+    if unknown:
+        raise ValueError(
+            f"no column {', '.join(map(repr, unknown))} in the MOS table "
+            f"({mos_columns}) or the quality table "
+            f"({', '.join(map(str, pred.columns))})"
+        )
+    base = ["uri", "mos", "lower_better"]
+    from_mos = [c for c in wanted if c in mos.columns and c not in base]
+    from_pred = [c for c in wanted if c not in mos.columns and c in pred.columns]
+    from_pred = [c for c in from_pred if c not in ("uri", *scores)]
     pred = pred.drop_duplicates("uri", keep="last")
-    cols = ["uri"] + [f"{s}_score" for s in scorers]
-    table = mos[["uri", "dataset", "mos", "lower_better"]].merge(pred[cols], on="uri")
+    table = mos[[*base, *from_mos]].merge(pred[["uri", *scores, *from_pred]], on="uri")
+    if "dataset" not in table.columns:
+        table["dataset"] = "all"
+    table["dataset"] = table["dataset"].fillna("all")
+    table = table[
+        [
+            "uri",
+            "dataset",
+            "mos",
+            "lower_better",
+            *scores,
+            *table.columns.drop(["uri", "dataset", "mos", "lower_better", *scores]),
+        ]
+    ]
     missing = sorted(set(mos["uri"]) - set(pred["uri"]))
     extra = sorted(set(pred["uri"]) - set(mos["uri"]))
     failed = {s: table.loc[table[f"{s}_score"].isna(), "uri"].tolist() for s in scorers}
@@ -73,68 +117,130 @@ def _bootstrap(
 ) -> dict[str, tuple[float, float]]:
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in metrics}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", MetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN draws: the interval is NaN
         for _ in range(n):
             idx = rng.integers(0, len(x), len(x))
             for name, fn in metrics.items():
                 draws[name].append(fn(x[idx], y[idx]))
-    return {
-        k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
-        for k, v in draws.items()
-    }
+        return {
+            k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
+            for k, v in draws.items()
+        }
 
 
-def _fitted(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricWarning)
-        if np.ptp(x) == 0:
-            return x
-        return fit_logistic(x, y)(x)
+def group_masks(
+    table: pd.DataFrame, by: str | Sequence[str] | None
+) -> list[tuple[str, str | None, pd.Series]]:
+    """``(label, column, mask)`` per group: ``all`` first, then each value of each ``by``
+    column that has more than one value (labels are ``value``, or ``column=value`` when
+    there are several columns; missing values are ``(missing)``)."""
+    columns = by_columns(by)
+    groups: list[tuple[str, str | None, pd.Series]] = [
+        ("all", None, pd.Series(True, index=table.index))
+    ]
+    for col in columns:
+        if col not in table.columns:
+            raise ValueError(f"no group column {col!r} in the joined table")
+        keys = table[col].map(_group_key)
+        count = keys.nunique()
+        if count < 2:
+            continue
+        if count > MAX_GROUPS:
+            raise ValueError(
+                f"group column {col!r} has {count} distinct values (at most {MAX_GROUPS}): "
+                "group by a categorical column, not a score or an id"
+            )
+        for key in sorted(keys.unique(), key=_sort_key):
+            label = str(key) if len(columns) == 1 else f"{col}={key}"
+            groups.append((label, col, keys == key))
+    return groups
+
+
+def _group_key(value: Any) -> Any:
+    """Missing values are one group, ``(missing)``; unhashable values group by their text."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return "(missing)"
+    return value if isinstance(value, Hashable) else str(value)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _undefined_reason(x: np.ndarray, y: np.ndarray) -> str:
+    if len(x) < 3:
+        return f"{len(x)} scored item(s), at least 3 needed: correlations undefined"
+    if np.ptp(y) == 0:
+        return "MOS all equal: correlations undefined"
+    if np.ptp(x) == 0:
+        return "predictions all equal: correlations undefined"
+    return ""
 
 
 def evaluate(
-    pred: pd.DataFrame,
-    mos: pd.DataFrame,
-    by: str | None = "dataset",
+    pred: pd.DataFrame | Joined,
+    mos: pd.DataFrame | None,
+    by: str | Sequence[str] | None = "dataset",
     scorers: Sequence[str] | None = None,
     bootstrap: int = 200,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """SRCC, KRCC, PLCC (logistic5) per scorer (and per ``by`` group, plus ``all``), with 95 %
-    bootstrap intervals (``bootstrap`` resamples; 0 turns them off; PLCC's resample Pearson
-    after the logistic mapping fitted on the whole group). MOS of datasets marked
-    ``lower_better`` is negated first, so higher correlations are better everywhere."""
-    joined = pred if isinstance(pred, Joined) else join_predictions(pred, mos, scorers)
+    """SRCC, KRCC, PLCC (monotone logistic5) per scorer, for ``all`` and per group of each
+    ``by`` column (MOS table or quality table; several allowed), with 95 % bootstrap intervals
+    (``bootstrap`` resamples; 0 turns them off; PLCC's resample Pearson after the mapping
+    fitted once on the group). MOS of datasets marked ``lower_better`` is negated first, so
+    higher correlations are better everywhere. Undefined metrics are NaN (never an error),
+    with the reason in ``note``; ``small`` flags groups with n < :data:`SMALL_N`; ``fit``
+    is the mapping PLCC used (a fallback is explained in ``note``)."""
+    columns = by_columns(by)
+    joined = pred if isinstance(pred, Joined) else join_predictions(pred, mos, scorers, columns)
     table = joined.table.copy()
     table["target"] = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
-    groups: list[tuple[str, pd.DataFrame]] = [("all", table)]
-    if by is not None and by in table.columns and table[by].nunique() > 1:
-        groups += [(str(k), g) for k, g in table.groupby(by, sort=True)]
     rows = []
     for scorer in joined.scorers:
-        for name, group in groups:
-            ok = group[f"{scorer}_score"].notna()
+        for name, col, mask in group_masks(table, columns):
+            group = table[mask]
+            scored = group[f"{scorer}_score"].notna()
+            ok = scored & np.isfinite(group["target"].astype(np.float64))  # MOS may be NaN
             x = group.loc[ok, f"{scorer}_score"].to_numpy(np.float64)
             y = group.loc[ok, "target"].to_numpy(np.float64)
-            row = {"scorer": scorer, "group": name, "n": int(ok.sum()), "failed": int((~ok).sum())}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", MetricWarning)
-                row.update(srcc=srcc(x, y), krcc=krcc(x, y), plcc=plcc(x, y))
-            if bootstrap and len(x) >= 3:
-                # PLCC intervals resample Pearson of the mapping fitted once on the group
-                mapped = _fitted(x, y)
-                pearson = {"srcc": srcc, "plcc": lambda a, b: plcc(a, b, fit=None)}
-                ci = _bootstrap(x, y, bootstrap, seed, {"srcc": pearson["srcc"]})
-                ci.update(_bootstrap(mapped, y, bootstrap, seed, {"plcc": pearson["plcc"]}))
-                row.update(
-                    srcc_lo=ci["srcc"][0],
-                    srcc_hi=ci["srcc"][1],
-                    plcc_lo=ci["plcc"][0],
-                    plcc_hi=ci["plcc"][1],
-                )
-            rows.append(row)
+            row = {"scorer": scorer, "by": col, "group": name, "failed": int((~scored).sum())}
+            rows.append({**row, **_group_metrics(x, y, bootstrap, seed)})
     return pd.DataFrame(rows)
+
+
+def _group_metrics(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> dict[str, Any]:
+    reason = _undefined_reason(x, y)
+    nan = float("nan")
+    row: dict[str, Any] = {"n": len(x), "small": len(x) < SMALL_N}
+    row.update(srcc=nan, krcc=nan, plcc=nan, fit=None)
+    if bootstrap:
+        row.update(srcc_lo=nan, srcc_hi=nan, plcc_lo=nan, plcc_hi=nan)
+    if reason:
+        return {**row, "note": reason}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        value, mapping = plcc_with_fit(x, y)
+        row.update(srcc=srcc(x, y), krcc=krcc(x, y), plcc=value)
+    notes = []
+    if mapping is not None:
+        row["fit"] = mapping.kind
+        notes += [mapping.note] if mapping.note else []
+    if row["small"]:
+        notes.append(f"n < {SMALL_N}: unreliable")
+    if bootstrap and mapping is not None:
+        # PLCC intervals resample Pearson of the mapping fitted once on the group
+        sign = mapping.direction if mapping.converged else 1
+        ci = _bootstrap(x, y, bootstrap, seed, {"srcc": srcc})
+        pearson = {"plcc": lambda a, b: sign * plcc(a, b, fit=None)}
+        ci.update(_bootstrap(mapping(x), y, bootstrap, seed, pearson))
+        row.update(srcc_lo=ci["srcc"][0], srcc_hi=ci["srcc"][1])
+        row.update(plcc_lo=ci["plcc"][0], plcc_hi=ci["plcc"][1])
+    return {**row, "note": "; ".join(notes)}
 
 
 def median_over_splits(

@@ -1,145 +1,335 @@
-"""Evaluation report directory: ``metrics.json``, ``report.md`` and PNG plots."""
+"""Evaluation report directory: ``metrics.json``, ``report.md`` and PNG plots.
+
+Figures are built with :class:`matplotlib.figure.Figure` (no pyplot, no backend switch), so the
+same functions serve the report and a notebook (``display(fig)``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from vqpipe.eval.evaluate import Joined, evaluate, join_predictions
-from vqpipe.eval.metrics import fit_logistic
+from vqpipe.eval.evaluate import (
+    SMALL_N,
+    Joined,
+    by_columns,
+    evaluate,
+    group_masks,
+    join_predictions,
+)
+from vqpipe.eval.metrics import LogisticFit, fit_logistic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MAX_PANELS = 24  # histogram small multiples; more groups are listed as left out
+_SMALL_FACE = "#fdecea"  # background of panels whose group has n < SMALL_N
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def format_value(value: Any, digits: int = 4) -> str:
+    """A metric for people: ``0.9123``, or ``n/a`` when it is undefined (None / NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def plot_scatter(joined: Joined, scorer: str, group: str, path: Path) -> None:
-    """Prediction vs MOS with the fitted logistic5 curve."""
-    plt = _plt()
-    t = joined.table if group == "all" else joined.table[joined.table["dataset"] == group]
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _with_target(table: pd.DataFrame) -> pd.DataFrame:
+    if "target" in table.columns:
+        return table
+    target = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
+    return table.assign(target=target)
+
+
+def _colour_column(table: pd.DataFrame, by: Sequence[str]) -> str | None:
+    """The first ``by`` column with more than one value (colours the ``all`` panel)."""
+    for col in by_columns(by):
+        if col in table.columns and table[col].nunique(dropna=False) > 1:
+            return col
+    return None
+
+
+def scatter_figure(
+    table: pd.DataFrame,
+    scorer: str,
+    row: dict[str, Any],
+    mask: pd.Series | None = None,
+    colour_by: str | None = None,
+) -> Figure:
+    """Prediction vs MOS of one group with the fitted monotone curve; SRCC, PLCC and n in the
+    title (``n/a`` when undefined), the panel tinted and flagged when n < SMALL_N; points
+    coloured by ``colour_by`` with a legend (the ``all`` panel)."""
+    table = _with_target(table)
+    t = table if mask is None else table[mask]
     t = t[t[f"{scorer}_score"].notna()]
-    x, y = t[f"{scorer}_score"].to_numpy(float), t["mos"].to_numpy(float)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(x, y, s=8, alpha=0.6)
-    if len(x) >= 5 and np.ptp(x) > 0:
-        fit = fit_logistic(x, y)
+    x, y = t[f"{scorer}_score"].to_numpy(float), t["target"].to_numpy(float)
+    fig = _figure(4.8, 4.2)
+    ax = fig.subplots()
+    if colour_by is not None and t[colour_by].nunique(dropna=False) > 1:
+        keys = t[colour_by].astype(object).where(t[colour_by].notna(), "(missing)")
+        for k, key in enumerate(sorted(keys.unique(), key=str)):
+            sel = (keys == key).to_numpy()
+            ax.scatter(x[sel], y[sel], s=10, alpha=0.7, color=f"C{k % 10}", label=f"{key}")
+        ax.legend(title=colour_by, loc="best", fontsize="x-small", title_fontsize="x-small")
+    else:
+        ax.scatter(x, y, s=10, alpha=0.7, color="C0")
+    mapping = _quiet_fit(x, y) if isinstance(row.get("fit"), str) else None
+    if mapping is not None and mapping.converged:  # the curve PLCC used, in MOS units
         grid = np.linspace(x.min(), x.max(), 200)
-        ax.plot(grid, fit(grid), color="C3", label="logistic5 fit")
-        ax.legend(loc="best")
-    ax.set(xlabel=f"{scorer} score", ylabel="MOS", title=f"{scorer} — {group} (n={len(x)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.plot(grid, mapping(grid), color="black", lw=1.5)
+    if mapping is not None and mapping.note:
+        ax.text(0.01, 0.01, f"fit: {mapping.note}", transform=ax.transAxes, fontsize=7)
+    n = int(row["n"])
+    stats = f"SRCC {format_value(row['srcc'], 3)} · PLCC {format_value(row['plcc'], 3)} · n = {n}"
+    title = f"{scorer} — {row['group']}\n{stats}"
+    if row.get("small"):
+        title += f"  (n < {SMALL_N}!)"
+        ax.set_facecolor(_SMALL_FACE)
+    ax.set_title(title, fontsize=9, color="C3" if row.get("small") else "black")
+    if not np.isfinite(row["srcc"]) and row.get("note"):
+        box = {"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9}
+        ax.text(0.5, 0.9, row["note"], transform=ax.transAxes, ha="center", fontsize=8, bbox=box)
+    lower = bool(t["lower_better"].astype(bool).any())
+    ax.set(xlabel=f"{scorer} score", ylabel="MOS (lower-better negated)" if lower else "MOS")
+    return fig
 
 
-def plot_histograms(joined: Joined, scorer: str, path: Path) -> None:
-    """Score histogram per dataset."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, g in joined.table.groupby("dataset"):
-        ax.hist(g[f"{scorer}_score"].dropna(), bins=30, alpha=0.5, label=str(name))
-    ax.set(xlabel=f"{scorer} score", ylabel="count", title=f"{scorer} score distribution")
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _quiet_fit(x: np.ndarray, y: np.ndarray) -> LogisticFit:
+    import warnings
+
+    from vqpipe.eval.metrics import MetricWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        return fit_logistic(x, y)
 
 
-def plot_bars(metrics: pd.DataFrame, path: Path) -> None:
-    """SRCC and PLCC per scorer and group, with bootstrap intervals when present."""
-    plt = _plt()
+def histogram_figure(
+    table: pd.DataFrame, scorer: str, groups: Sequence[tuple[str, pd.Series]]
+) -> Figure:
+    """Score histograms as small multiples, one panel per group, shared bins and x axis;
+    panels of groups with n < SMALL_N are tinted and flagged."""
+    scores = table[f"{scorer}_score"]
+    valid = scores.dropna().to_numpy(float)
+    shown = list(groups)[:MAX_PANELS]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig = _figure(2.6 * cols + 0.6, 2.0 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, squeeze=False)).ravel()
+    n_bins = int(np.clip(np.sqrt(max(len(valid), 1)), 8, 30))
+    bins = np.histogram_bin_edges(valid, n_bins) if len(valid) else n_bins
+    for k, (ax, (label, mask)) in enumerate(zip(axes, shown, strict=False)):
+        values = scores[mask].dropna().to_numpy(float)
+        ax.hist(values, bins=bins, color=f"C{k % 10}", alpha=0.85)
+        small = len(values) < SMALL_N
+        title = f"{label} (n={len(values)}{f' < {SMALL_N}!' if small else ''})"
+        ax.set_title(title, fontsize=8, color="C3" if small else "black")
+        if small:
+            ax.set_facecolor(_SMALL_FACE)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    left_out = len(groups) - len(shown)
+    suffix = f" ({left_out} more groups not shown)" if left_out > 0 else ""
+    fig.suptitle(f"{scorer} score distribution{suffix}", fontsize=10)
+    fig.supxlabel(f"{scorer} score", fontsize=9)
+    fig.supylabel("count", fontsize=9)
+    return fig
+
+
+def bars_figure(metrics: pd.DataFrame) -> Figure:
+    """SRCC and PLCC per group and scorer with bootstrap intervals; negative values drawn
+    below a zero line, undefined groups as hatched ``n/a`` bars, groups with n < SMALL_N
+    faded and starred."""
     groups = list(dict.fromkeys(metrics["group"]))
     scorers = list(dict.fromkeys(metrics["scorer"]))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.5 * len(groups) * len(scorers)), 3.5))
     width = 0.8 / len(scorers)
+    fig_width = min(24.0, max(6.0, 0.45 * len(groups) * len(scorers) + 2.5))
+    fig = _figure(fig_width, 6.0)
+    axes = fig.subplots(2, 1, sharex=True)
+    n_of = metrics.groupby("group", sort=False)["n"].min().reindex(groups)
+    small = n_of < SMALL_N
     for ax, metric in zip(axes, ("srcc", "plcc"), strict=True):
+        values = (
+            metrics[[metric, f"{metric}_lo"]] if f"{metric}_lo" in metrics else metrics[[metric]]
+        )
+        low = float(np.nanmin(np.append(values.to_numpy(float).ravel(), 0.0)))
+        ymin = min(0.0, math.floor(low * 10) / 10 - 0.05)
+        ymax = 1.05
         for k, scorer in enumerate(scorers):
             m = metrics[metrics["scorer"] == scorer].set_index("group").reindex(groups)
-            pos = np.arange(len(groups)) + k * width
+            pos = np.arange(len(groups)) + (k - (len(scorers) - 1) / 2) * width
+            v = m[metric].to_numpy(float)
+            defined = np.isfinite(v)
             err = None
             if f"{metric}_lo" in m:
-                err = np.abs(
-                    np.vstack([m[metric] - m[f"{metric}_lo"], m[f"{metric}_hi"] - m[metric]])
+                lo, hi = m[f"{metric}_lo"].to_numpy(float), m[f"{metric}_hi"].to_numpy(float)
+                err = np.nan_to_num(np.clip(np.vstack([v - lo, hi - v]), 0, None))
+                err = err[:, defined]
+            colour = f"C{k % 10}"
+            alphas = np.where(small.to_numpy(), 0.4, 0.9)[defined]
+            bars = ax.bar(
+                pos[defined],
+                v[defined],
+                width,
+                yerr=err,
+                capsize=2,
+                color=colour,
+                label=scorer,
+                error_kw={"lw": 0.8},
+            )
+            for bar, alpha in zip(bars, alphas, strict=True):
+                bar.set_alpha(float(alpha))
+            height = 0.12 * (ymax - ymin)
+            for p in pos[~defined]:
+                ax.bar(p, height, width, color="none", edgecolor=colour, hatch="///", lw=0.8)
+                ax.text(
+                    p,
+                    height + 0.01,
+                    "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="0.3",
+                    rotation=90,
                 )
-            ax.bar(pos, m[metric], width, yerr=err, label=scorer, capsize=2)
-        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=30)
-        ax.set(title=metric.upper(), ylim=(min(0, float(metrics[metric].min())), 1))
-    axes[0].legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_ylim(ymin, ymax)
+        ax.set_ylabel(metric.upper())
+        ax.grid(axis="y", alpha=0.3)
+    labels = [f"{g}\nn={n}{' *' if s else ''}" for g, n, s in zip(groups, n_of, small, strict=True)]
+    axes[1].set_xticks(
+        np.arange(len(groups)), labels, rotation=30 if len(groups) > 6 else 0, fontsize=8
+    )
+    for tick, s in zip(axes[1].get_xticklabels(), small, strict=True):
+        tick.set_color("C3" if s else "black")
+    axes[0].legend(loc="lower left", fontsize="small", ncols=min(len(scorers), 4))
+    notes = ["hatched n/a: undefined (see report.md)"] if metrics["srcc"].isna().any() else []
+    if small.any():
+        notes.insert(0, f"* faded: n < {SMALL_N}, unreliable")
+    if "srcc_lo" in metrics:
+        notes.append("whiskers: 95 % bootstrap interval")
+    axes[1].set_xlabel(("   ·   " if fig_width >= 9 else "\n").join(notes), fontsize=8)
+    fig.suptitle("SRCC and PLCC per group", fontsize=10)
+    return fig
+
+
+def figures(
+    joined: Joined, metrics: pd.DataFrame, by: str | Sequence[str] | None
+) -> dict[str, Figure]:
+    """File name → figure: one scatter per scorer and group, one histogram grid per scorer
+    and the comparison bars."""
+    columns = by_columns(by)
+    table = _with_target(joined.table)
+    groups = group_masks(table, columns)
+    colour_by = _colour_column(table, columns)
+    hist_groups = [(g, m) for g, c, m in groups if c == colour_by] or [(groups[0][0], groups[0][2])]
+    out: dict[str, Figure] = {}
+    for scorer in joined.scorers:
+        rows = metrics[metrics["scorer"] == scorer].set_index("group")
+        for label, _col, mask in groups:
+            row = {"group": label, **rows.loc[label].to_dict()}
+            name = f"scatter_{_slug(scorer)}_{_slug(label)}.png"
+            out[name] = scatter_figure(
+                table, scorer, row, mask, colour_by if label == "all" else None
+            )
+        out[f"hist_{_slug(scorer)}.png"] = histogram_figure(table, scorer, hist_groups)
+    out["comparison.png"] = bars_figure(metrics)
+    return out
 
 
 def _interval(row: dict[str, Any], metric: str) -> str:
-    lo = row.get(f"{metric}_lo")
-    return f" [{lo:.3f}, {row[f'{metric}_hi']:.3f}]" if lo is not None and pd.notna(lo) else ""
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return f" [{lo:.3f}, {hi:.3f}]"
 
 
 def write_report(
     pred: pd.DataFrame,
     mos: pd.DataFrame,
     out_dir: str | os.PathLike,
-    by: str | None = "dataset",
+    by: str | Sequence[str] | None = "dataset",
     bootstrap: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json``, ``report.md`` and the plots; returns the metrics
-    record (also what ``metrics.json`` holds)."""
+    record (also what ``metrics.json`` holds). Undefined metrics are ``null`` in the JSON and
+    ``n/a`` in the report; groups with n < SMALL_N are listed under ``small_groups``."""
+    columns = by_columns(by)
+    joined = join_predictions(pred, mos, columns=columns)
+    metrics = evaluate(joined, None, by=columns, bootstrap=bootstrap, seed=seed)
+    figs = figures(joined, metrics, columns)  # everything computed before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    joined = join_predictions(pred, mos)
-    metrics = evaluate(joined, None, by=by, bootstrap=bootstrap, seed=seed)
-    plots = []
-    for scorer in joined.scorers:
-        for group in metrics.loc[metrics["scorer"] == scorer, "group"]:
-            name = f"scatter_{_slug(scorer)}_{_slug(group)}.png"
-            plot_scatter(joined, scorer, group, out / name)
-            plots.append(name)
-        name = f"hist_{_slug(scorer)}.png"
-        plot_histograms(joined, scorer, out / name)
-        plots.append(name)
-    plot_bars(metrics, out / "comparison.png")
-    plots.append("comparison.png")
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=100)
+    records = json.loads(metrics.to_json(orient="records"))
+    flagged = [{k: r[k] for k in ("scorer", "group", "n")} for r in records if r["small"]]
     record = {
         "join": joined.summary(),
         "missing_predictions": joined.missing,
         "without_mos": joined.extra,
         "failed": joined.failed,
-        "metrics": json.loads(metrics.to_json(orient="records")),
+        "by": columns,
+        "small_n": SMALL_N,
+        "small_groups": flagged,
+        "metrics": records,
         "bootstrap": bootstrap,
-        "plots": plots,
+        "plots": list(figs),
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    (out / "report.md").write_text(_markdown(joined, metrics, record))
+    return record
+
+
+def _markdown(joined: Joined, metrics: pd.DataFrame, record: dict[str, Any]) -> str:
+    by = ", ".join(record["by"]) or "none"
     lines = [
         "# Evaluation report",
         "",
         f"Matched {len(joined.table)} predictions with MOS; "
         f"{len(joined.missing)} MOS rows had no prediction, {len(joined.extra)} "
-        f"predictions had no MOS, failed scores: {joined.summary()['failed'] or 'none'}.",
+        f"predictions had no MOS, failed scores: {joined.summary()['failed'] or 'none'}. "
+        f"Groups by: {by}.",
         "",
-        "| scorer | group | n | SRCC | KRCC | PLCC |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scorer | group | n | SRCC | KRCC | PLCC | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in metrics.to_dict("records"):
+        n = f"{r['n']} ⚠" if r["small"] else str(r["n"])
         lines.append(
-            f"| {r['scorer']} | {r['group']} | {r['n']} | {r['srcc']:.4f}{_interval(r, 'srcc')} "
-            f"| {r['krcc']:.4f} | {r['plcc']:.4f}{_interval(r, 'plcc')} |"
+            f"| {r['scorer']} | {r['group']} | {n} "
+            f"| {format_value(r['srcc'])}{_interval(r, 'srcc')} | {format_value(r['krcc'])} "
+            f"| {format_value(r['plcc'])}{_interval(r, 'plcc')} | {r['note']} |"
         )
-    lines += ["", "Intervals: 95 % bootstrap." if bootstrap else "", ""]
-    lines += [f"![{p}]({p})" for p in plots]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return record
+    lines.append("")
+    if record["small_groups"]:
+        names = ", ".join(
+            f"{g['scorer']}/{g['group']} (n={g['n']})" for g in record["small_groups"]
+        )
+        lines += [f"⚠ Fewer than {SMALL_N} scored items, correlations unreliable: {names}.", ""]
+    lines += [
+        "n/a: undefined (fewer than 3 items, or all MOS / all predictions equal). PLCC after a "
+        "monotone logistic5 mapping, signed like SRCC."
+        + (" Intervals: 95 % bootstrap." if record["bootstrap"] else ""),
+        "",
+    ]
+    lines += [f"![{p}]({p})" for p in record["plots"]]
+    return "\n".join(lines) + "\n"
