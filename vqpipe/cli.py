@@ -76,6 +76,10 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         resume=not args.no_resume,
         root=args.root,
         address=args.address,
+        input_format=args.input_format,
+        uri_column=args.uri_column,
+        media_column=args.media_column,
+        key_column=args.key_column,
     )
 
 
@@ -216,9 +220,34 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     from vqpipe.pipeline.config import DEFAULT_BATCH_SIZE, POOL_KEYS
 
     parser.add_argument(
-        "input", help="local dir, fsspec URI prefix, or manifest (.parquet/.csv/.jsonl)"
+        "input",
+        help="a local or fsspec path: a directory, a file, a glob or a brace pattern "
+        "(shard-{00000..00099}.tar) of media files, WebDataset shards, Parquet files with "
+        "media bytes or manifests",
     )
     parser.add_argument("--out", required=True, help="output dir or URI for the quality table")
+    parser.add_argument(
+        "--input-format",
+        choices=("auto", "files", "manifest", "webdataset", "parquet"),
+        default="auto",
+        help="what the input holds (default: auto — .tar shards: webdataset; Parquet with a "
+        "media-bytes column and no uri column: parquet; tables with a uri column: manifest; "
+        "else files)",
+    )
+    parser.add_argument(
+        "--uri-column", default="uri", help="manifests: the URI column (default: uri)"
+    )
+    parser.add_argument(
+        "--media-column",
+        default=None,
+        help="Parquet with media bytes: the column (default: found by type and name)",
+    )
+    parser.add_argument(
+        "--key-column",
+        default=None,
+        help="Parquet with media bytes: each row's key (default: a 'key' column, else the row "
+        "index)",
+    )
     pool_keys = ", ".join(POOL_KEYS)
     parser.add_argument(
         "--scorer",

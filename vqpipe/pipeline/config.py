@@ -192,6 +192,10 @@ class JobConfig:
     resume: bool = True
     root: str | None = None  # manifests: entries must stay inside this prefix
     address: str | None = None  # Ray cluster to connect to (None: RAY_ADDRESS, else local)
+    input_format: str = "auto"  # auto | files | manifest | webdataset | parquet
+    uri_column: str = "uri"  # manifests: the column with the inputs' URIs
+    media_column: str | None = None  # Parquet with media bytes: None finds it
+    key_column: str | None = None  # Parquet with media bytes: the rows' key (else row index)
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (every storage options dict reduced to its key names)."""

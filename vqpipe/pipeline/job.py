@@ -1,13 +1,16 @@
-"""The scoring job: list → read/decode (CPU tasks) → score (one actor pool per scorer) → write.
+"""The scoring job: plan → read/decode (CPU tasks) → score (one actor pool per scorer) → write.
 
-Output: Parquet parts (``part-*.parquet``, each written atomically) plus ``_job.json``. Resume
-reads the ``uri`` column of the parts already there, after checking that they were written
-by the same scorers and checkpoints, and scores only the rest: a killed job loses nothing
-and duplicates nothing.
+Output: Parquet parts with deterministic names (``part-<signature>-<fragment>.parquet``, each
+written atomically; see :mod:`vqpipe.pipeline.shards`) plus ``_job.json``. Sharded inputs
+(WebDataset tars, Parquet with media bytes, manifest shards) commit shard by shard and resume by
+listing the output; a listing of files resumes by the URIs already written. Parts of other
+scorers, versions or checkpoints refuse a resume. ``_lock`` keeps a second job off the output;
+``--no-resume`` replaces old results only once the new ones are all committed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -24,7 +28,20 @@ from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.io.sources import list_inputs
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.schema import METADATA_KEY, URI
+from vqpipe.pipeline.lock import OutputLock
+from vqpipe.pipeline.schema import URI
+from vqpipe.pipeline.shards import (
+    PART,
+    ROW,
+    ROWS,
+    SHARDED_FORMATS,
+    Shard,
+    committed_shards,
+    parse_part,
+    read_shards,
+    shard_id,
+    signature_hash,
+)
 from vqpipe.pipeline.stages import DeviceUnavailableError, ScoreStage, decode_batch, write_batch
 from vqpipe.pipeline.validate import check_cluster_resources, validate_job
 
@@ -121,25 +138,32 @@ def existing_parts(output: str, storage_options: dict[str, Any] | None = None) -
     )
 
 
-def done_uris(config: JobConfig, signature: dict[str, Any]) -> set[str]:
-    """URIs already in the output, from parts written with the same scorer signature."""
+def _foreign_parts(parts: list[str], sig: str) -> list[str]:
+    return [p for p in parts if (parse_part(p) or {}).get("sig") != sig]
+
+
+def _refuse_foreign(config: JobConfig, parts: list[str], sig: str) -> None:
+    foreign = _foreign_parts(parts, sig)
+    if foreign:
+        raise UserError(
+            f"{config.output} holds results of other scorers, versions, options or "
+            f"checkpoints ({foreign[0]}); write to a new --out, or pass --no-resume to "
+            "replace them"
+        )
+
+
+def done_uris(config: JobConfig, parts: list[str]) -> set[str]:
+    """URIs in the committed parts (a listing of files resumes by URI: a new file anywhere in
+    a prefix changes which slice the others fall in)."""
     fs, _ = _output_fs(config.output, config.storage_options)
     done: set[str] = set()
-    for part in existing_parts(config.output, config.storage_options):
+    for part in parts:
         with fs.open(part, "rb") as fh:
-            parquet = pq.ParquetFile(fh)
-            stored = json.loads((parquet.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
-            if stored.get("scorers") != signature["scorers"]:
-                raise UserError(
-                    f"{config.output} holds results of other scorers, versions, options or "
-                    f"checkpoints ({part}); write to a new --out, or pass --no-resume to "
-                    "replace them"
-                )
-            done.update(parquet.read(columns=[URI]).column(URI).to_pylist())
+            done.update(pq.ParquetFile(fh).read(columns=[URI]).column(URI).to_pylist())
     return done
 
 
-def _progress(written: list[dict[str, Any]], total: int, elapsed: float) -> dict[str, Any]:
+def _progress(written: list[dict[str, Any]], total: int | None, elapsed: float) -> dict[str, Any]:
     done = sum(int(w["rows"]) for w in written)
     rate = done / elapsed if elapsed > 0 else 0.0
     return {
@@ -147,7 +171,7 @@ def _progress(written: list[dict[str, Any]], total: int, elapsed: float) -> dict
         "total": total,
         "errors": sum(int(w["errors"]) for w in written),
         "items_per_s": round(rate, 2),
-        "eta_s": round((total - done) / rate, 1) if rate > 0 else None,
+        "eta_s": round((total - done) / rate, 1) if rate > 0 and total is not None else None,
     }
 
 
@@ -155,7 +179,8 @@ def format_progress(p: dict[str, Any]) -> str:
     """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s``."""
     eta = f"{p['eta_s']:.0f} s" if p["eta_s"] is not None else "?"
     rate = p["items_per_s"]
-    return f"scored {p['done']}/{p['total']}, {p['errors']} errors, {rate} items/s, ETA {eta}"
+    done = p["done"] if p["total"] is None else f"{p['done']}/{p['total']}"
+    return f"scored {done}, {p['errors']} errors, {rate} items/s, ETA {eta}"
 
 
 DECODE_CPUS = 0.5
@@ -187,15 +212,41 @@ def _device_error(exc: BaseException) -> DeviceUnavailableError | None:
     return None
 
 
-def build_dataset(config: JobConfig, todo: pd.DataFrame, signature: dict[str, Any]) -> Any:
-    """The graph, top to bottom: rows → read/decode (CPU tasks) → one actor pool per scorer
-    → write (one row per committed part)."""
+def _file_slices(todo: pd.DataFrame, step: int) -> list[pd.DataFrame]:
+    """A listing cut into fragments of ``step`` rows, each named by a hash of its URIs (the
+    same slice gets the same part name when a killed run is resumed)."""
+    slices = []
+    for i in range(0, len(todo), step):
+        frame = todo.iloc[i : i + step].reset_index(drop=True)
+        digest = hashlib.sha256("\n".join(frame[URI]).encode()).hexdigest()[:16]
+        n = len(frame)
+        frame[PART] = f"files_{digest}-00000-last"
+        frame[ROW] = np.arange(n, dtype=np.int64)
+        frame[ROWS] = np.full(n, n, dtype=np.int64)
+        slices.append(frame)
+    return slices
+
+
+def build_dataset(
+    config: JobConfig, source: Any, signature: dict[str, Any], sig: str, output: str
+) -> Any:
+    """The graph, top to bottom: rows (a listing's fragments, or shards read fragment by
+    fragment) → decode (CPU tasks, one fragment each) → one actor pool per scorer → write
+    (one summary row per committed part)."""
     import ray
 
-    # One block per output file. (Split here: from_pandas(override_num_blocks=) relies on
-    # np.array_split of a DataFrame, which pandas 3 turns into plain ndarrays.)
-    step = config.rows_per_file
-    ds = ray.data.from_pandas([todo.iloc[i : i + step] for i in range(0, len(todo), step)])
+    ds = source
+    if isinstance(source, list):  # shards: one read task each, yielding its fragments
+        ds = ray.data.from_items(source, override_num_blocks=max(1, len(source)))
+        ds = ds.map_batches(
+            read_shards,
+            fn_kwargs={"options": _read_options(config), "storage_options": config.storage_options},
+            batch_size=1,
+            num_cpus=DECODE_CPUS,
+            memory=DECODE_MEMORY,
+        )
+        if config.limit is not None:
+            ds = ds.limit(config.limit)
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={
@@ -204,7 +255,7 @@ def build_dataset(config: JobConfig, todo: pd.DataFrame, signature: dict[str, An
             "video_fps": config.video_fps,
             "limits": config.limits,
         },
-        batch_size=config.rows_per_file,
+        batch_size=None,  # one fragment per task
         batch_format="numpy",
         # Half a CPU each, so decode tasks overlap with the actors' idle time;
         # the memory request bounds their concurrency for big images and keeps their
@@ -231,15 +282,85 @@ def build_dataset(config: JobConfig, todo: pd.DataFrame, signature: dict[str, An
     return ds.map_batches(
         write_batch,
         fn_kwargs={
-            "output": config.output,
+            "output": output,
             "storage_options": config.storage_options,
             "metadata": {**signature, "outputs": outputs},
             "scorer_columns": [s.column for s in config.scorers],
+            "sig": sig,
         },
-        batch_size=config.rows_per_file,
+        batch_size=None,
         batch_format="numpy",
         num_cpus=DECODE_CPUS,  # I/O
     )
+
+
+def _read_options(config: JobConfig) -> dict[str, Any]:
+    return {
+        "rows": config.rows_per_file,
+        "max_bytes": config.limits.max_bytes,
+        "uri_column": config.uri_column,
+        "media_column": config.media_column,
+        "key_column": config.key_column,
+        "root": config.root,
+    }
+
+
+def resolve_format(config: JobConfig) -> str:
+    """The input kind: ``--input-format``, or what :func:`detect_format` reads off the input."""
+    from vqpipe.io.input_format import detect_format
+
+    if config.input_format != "auto":
+        return config.input_format
+    try:
+        return detect_format(
+            config.input,
+            config.storage_options,
+            uri_column=config.uri_column,
+            media_column=config.media_column,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _inside(uri: str, output: str) -> bool:
+    base = output.rstrip("/")
+    return uri == base or uri.startswith(base + "/")
+
+
+def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
+    """The input's shards of ``kind`` (sorted), the job's own output excluded."""
+    from vqpipe.io.input_format import input_shards
+
+    try:
+        uris = input_shards(config.input, kind, config.storage_options)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    return [Shard(u, kind, shard_id(u)) for u in uris if not _inside(u, config.output)]
+
+
+STAGING = "_next"
+"""``--no-resume`` writes into ``<out>/_next/`` and swaps it in once everything is committed."""
+COMMITTED = "_COMMITTED"
+
+
+def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> None:
+    """Complete or discard a ``--no-resume`` run: a staging directory with its commit marker
+    replaces the old parts (idempotent, so a crash mid-swap is finished by the next run); one
+    without the marker (the run failed or was killed) is dropped and the old results stay."""
+    fs, root = _output_fs(output, storage_options)
+    staging = f"{root}/{STAGING}"
+    if not fs.exists(staging):
+        return
+    if not fs.exists(f"{staging}/{COMMITTED}"):
+        fs.rm(staging, recursive=True)
+        return
+    new = {p.rsplit("/", 1)[-1] for p in existing_parts(staging, storage_options)}
+    for part in existing_parts(output, storage_options):
+        if part.rsplit("/", 1)[-1] not in new:
+            fs.rm(part)
+    for part in existing_parts(staging, storage_options):
+        fs.mv(part, f"{root}/{part.rsplit('/', 1)[-1]}")
+    fs.rm(staging, recursive=True)
 
 
 def run_job(
@@ -250,14 +371,14 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a scoring job (on ``config.address``, RAY_ADDRESS's cluster, or local Ray); returns
     the summary. Every check that needs no Ray runs first (:func:`validate_job`); user mistakes
-    raise :class:`UserError` before Ray starts or anything is written.
+    raise :class:`UserError` before Ray starts or anything is written. One job at a time holds
+    the output (:class:`OutputLock`).
 
     ``progress`` receives ``{done, total, errors, items_per_s, eta_s}`` as parts are committed
-    (at most every ``progress_every_s`` seconds, and once at the end); ``notice`` gets
-    one-line messages for the console (default: the log).
+    (at most every ``progress_every_s`` seconds, and once at the end; ``total`` is None for
+    sharded inputs, whose size is not known in advance); ``notice`` gets one-line messages for
+    the console (default: the log).
     """
-    import ray
-
     notice = notice or log.warning
     started = time.perf_counter()
     validate_job(config)
@@ -265,35 +386,72 @@ def run_job(
         "vqpipe": vqpipe.__version__,
         "scorers": [scorer_signature(s, config.storage_options) for s in config.scorers],
     }
+    sig = signature_hash(signature)
+    kind = resolve_format(config)
     for line in demo_notice(config):
         notice(line)
-    inputs = list_inputs(
-        config.input,
-        include=config.include,
-        exclude=config.exclude,
-        storage_options=config.storage_options,
-        limit=config.limit,
-        root=config.root,
-    )
-    done = done_uris(config, signature) if config.resume else set()
-    todo = inputs[~inputs[URI].isin(done)].reset_index(drop=True)
-    todo["bytes"] = pd.to_numeric(todo["bytes"], errors="coerce").fillna(-1).astype("int64")
-    log.info("%d inputs, %d already done, %d to score", len(inputs), len(done), len(todo))
+    check_output_writable(config)  # creates the output: every check that needs no Ray passed
+    with OutputLock(config.output, config.storage_options):
+        finish_replacement(config.output, config.storage_options)
+        summary = _run_locked(config, signature, sig, kind, started, progress, progress_every_s)
+    return summary
 
+
+def _run_locked(
+    config: JobConfig,
+    signature: dict[str, Any],
+    sig: str,
+    kind: str,
+    started: float,
+    progress: Callable[[dict[str, Any]], None] | None,
+    progress_every_s: float,
+) -> dict[str, Any]:
+    import ray
+
+    fs, root = _output_fs(config.output, config.storage_options)
+    target = config.output if config.resume else f"{root}/{STAGING}"
+    parts = existing_parts(config.output, config.storage_options) if config.resume else []
+    if config.resume:
+        _refuse_foreign(config, parts, sig)
+    summary: dict[str, Any] = {"input_format": kind}
+    if kind in SHARDED_FORMATS:
+        shards = plan_shards(config, kind)
+        done, stale = committed_shards(parts, sig)
+        for path in stale:  # fragments of shards a killed run left half-done: read again
+            fs.rm(path)
+        todo_shards = [s for s in shards if s.id not in done]
+        source: Any = [{"uri": s.uri, "format": s.format, "id": s.id} for s in todo_shards]
+        total = None
+        summary.update(shards=len(shards), shards_already_done=len(shards) - len(todo_shards))
+        pending = len(todo_shards)
+    else:
+        inputs = list_inputs(
+            config.input,
+            include=config.include,
+            exclude=config.exclude,
+            storage_options=config.storage_options,
+            limit=config.limit,
+            root=config.root,
+        )
+        inputs = inputs[~inputs[URI].map(lambda u: _inside(u, config.output))]
+        done_set = done_uris(config, parts)
+        todo = inputs[~inputs[URI].isin(done_set)].reset_index(drop=True)
+        todo["bytes"] = pd.to_numeric(todo["bytes"], errors="coerce").fillna(-1).astype("int64")
+        log.info("%d inputs, %d already done, %d to score", len(inputs), len(done_set), len(todo))
+        summary.update(inputs=len(inputs), already_done=int(inputs[URI].isin(done_set).sum()))
+        total, pending, source = len(todo), len(todo), None
+    if not config.resume:
+        fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
-    if len(todo):
+    if pending:
         if not ray.is_initialized():
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
         check_cluster_resources(
             config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
         )
-    check_output_writable(config)  # creates the output: only once every check has passed
-    if not config.resume:
-        fs, _ = _output_fs(config.output, config.storage_options)
-        for part in existing_parts(config.output, config.storage_options):
-            fs.rm(part)
-    if len(todo):
-        ds = build_dataset(config, todo, signature)
+        if source is None:  # one block per fragment of the listing
+            source = ray.data.from_pandas(_file_slices(todo, config.rows_per_file))
+        ds = build_dataset(config, source, signature, sig, target)
         last, reported = 0.0, -1
         try:
             for row in ds.iter_rows():  # one row per written part, as parts are committed
@@ -301,28 +459,31 @@ def run_job(
                 now = time.perf_counter()
                 if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                     last, reported = now, len(written)
-                    progress(_progress(written, len(todo), now - started))
+                    progress(_progress(written, total, now - started))
         except Exception as exc:
             device_error = _device_error(exc)
             if device_error is not None:
                 raise device_error from None
             raise
         if progress is not None and reported != len(written):
-            progress(_progress(written, len(todo), time.perf_counter() - started))
+            progress(_progress(written, total, time.perf_counter() - started))
+    if not config.resume:
+        fs.pipe(f"{target}/{COMMITTED}", b"")
+        finish_replacement(config.output, config.storage_options)
     seconds = time.perf_counter() - started
-    final = _progress(written, len(todo), seconds)
-    summary = {
-        "inputs": len(inputs),
-        "already_done": len(done),
-        "scored_rows": final["done"],
-        "errors": final["errors"],
-        "files_written": len(written),
-        "seconds": round(seconds, 2),
-        "items_per_s": final["items_per_s"] if seconds > 0 else None,
-    }
-    fs, root = _output_fs(config.output, config.storage_options)
+    final = _progress(written, total, seconds)
+    summary.update(
+        {
+            "scored_rows": final["done"],
+            "errors": final["errors"],
+            "files_written": len(written),
+            "seconds": round(seconds, 2),
+            "items_per_s": final["items_per_s"] if seconds > 0 else None,
+        }
+    )
     job = {
         "signature": signature,
+        "signature_hash": sig,
         "scorers": {
             s.column: {**scorer_facts(s), "runtime": _runtime(written, s.column)}
             for s in config.scorers

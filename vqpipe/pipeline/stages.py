@@ -19,6 +19,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.schema import (
+    BYTES,
     DURATION,
     ERROR,
     FRAMES,
@@ -34,6 +35,7 @@ from vqpipe.pipeline.schema import (
     score_column,
     to_arrow,
 )
+from vqpipe.pipeline.shards import DATA, PART, ROW, ROWS, part_name
 
 
 @functools.lru_cache(maxsize=16)
@@ -63,7 +65,9 @@ def decode_batch(
     sampled frames for a video) as ``.npy`` bytes, empty after an error.
     """
     n = len(batch["uri"])
-    out = {k: v for k, v in batch.items()}
+    out = {k: v for k, v in batch.items() if k != DATA}
+    inline = batch.get(DATA)  # media bytes read from inside a shard (tar member, Parquet cell)
+    given = batch.get(ERROR)  # errors of the read stage (a damaged shard, a null uri)
     width = np.full(n, INT_MISSING, np.int64)
     height = np.full(n, INT_MISSING, np.int64)
     duration = np.full(n, np.nan)
@@ -77,27 +81,34 @@ def decode_batch(
         except Exception as exc:
             preprocessors[spec.column] = exc
     for i in range(n):
-        uri, kind = str(batch["uri"][i]), str(batch["media_type"][i])
+        uri, kind = str(batch["uri"][i]), batch["media_type"][i]
+        if not isinstance(kind, str):  # None / NaN: a member or cell of no known media type
+            kind = "unsupported"
         items = []
+        errors[i] = error_text(given[i]) if given is not None else None
         try:
-            if kind == "unsupported":
+            if errors[i] is not None:  # the read stage already said why: nothing to decode
+                pass
+            elif kind == "unsupported":
                 raise MediaError(f"unsupported file type {os.path.splitext(uri)[1] or '(none)'!r}")
-            if kind == OUTSIDE_ROOT:
+            elif kind == OUTSIDE_ROOT:
                 raise PermissionError("outside the configured input root; not read")
-            if kind == INVALID_NAME:
+            elif kind == INVALID_NAME:
                 raise OSError("file name is not valid UTF-8 (shown with \\x escapes); rename it")
-            data = read_bytes(uri, storage_options)
-            if kind == "image":
-                image, info = decode_image(data, limits)
-                items, width[i], height[i], frames[i] = [image], info.width, info.height, 1
             else:
-                items, vinfo = decode_video(data, video_fps, limits)
-                width[i], height[i], duration[i], frames[i] = (
-                    vinfo.width,
-                    vinfo.height,
-                    vinfo.duration_s,
-                    vinfo.sampled,
-                )
+                has_inline = inline is not None and inline[i] is not None
+                data = bytes(inline[i]) if has_inline else read_bytes(uri, storage_options)
+                if kind == "image":
+                    image, info = decode_image(data, limits)
+                    items, width[i], height[i], frames[i] = [image], info.width, info.height, 1
+                else:
+                    items, vinfo = decode_video(data, video_fps, limits)
+                    width[i], height[i], duration[i], frames[i] = (
+                        vinfo.width,
+                        vinfo.height,
+                        vinfo.duration_s,
+                        vinfo.sampled,
+                    )
         except FileNotFoundError as exc:
             errors[i] = f"read: not found: {exc}"
         except PermissionError as exc:
@@ -119,6 +130,8 @@ def decode_batch(
     for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
         out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
+    if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
+        out[BYTES] = np.array([_int_or_missing(v) for v in out[BYTES]], np.int64)
     return out
 
 
@@ -223,39 +236,57 @@ def write_batch(
     storage_options: dict[str, Any],
     metadata: dict[str, Any],
     scorer_columns: list[str],
+    sig: str,
 ) -> dict[str, np.ndarray]:
-    """Write one batch as one Parquet part, atomically; return a one-row summary.
+    """Write each fragment of the batch as its Parquet part, atomically; one summary row each.
 
-    Local: write ``.tmp-*`` then rename. Object stores: one PUT of the whole file, which is
-    atomic there. A killed job therefore never leaves a partial ``part-*.parquet``. The part's
-    metadata is the job's plus the devices and dtypes its rows were scored with.
+    A part's name comes from its fragment (``part-<sig>-<fragment>.parquet``, see
+    :mod:`vqpipe.pipeline.shards`; a fragment that arrives in pieces is written as pieces
+    named by their row ranges), so a retried write rewrites the same file. Local: write
+    ``.tmp-*`` then rename; object stores: one PUT of the whole file, atomic there. A killed
+    job therefore never leaves a partial ``part-*.parquet``. The part's metadata is the job's
+    plus the devices and dtypes its rows were scored with.
     """
-    runtime: dict[str, list[dict[str, Any]]] = {}
-    for name in [k for k in batch if k.startswith(RUNTIME_PREFIX)]:
-        seen = sorted({str(v) for v in batch.pop(name)})
-        runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
-    table = to_arrow(batch, scorer_columns)
-    record = {**metadata, "runtime": runtime}
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
+    parts = np.asarray(batch.pop(PART))
+    index, sizes = np.asarray(batch.pop(ROW), np.int64), np.asarray(batch.pop(ROWS), np.int64)
     fs, root = url_to_fs(output, storage_options)
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    final = f"{root.rstrip('/')}/{name}"
-    if is_local(fs):
-        tmp = f"{root.rstrip('/')}/.tmp-{name}"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, final)
-    else:
-        fs.pipe(final, buffer.getvalue())
-    failed = len(table) - table.column(ERROR).null_count
-    return {
-        "file": np.array([final]),
-        "rows": np.array([len(table)]),
-        "errors": np.array([failed]),
-        "runtime": np.array([json.dumps(runtime, sort_keys=True)]),
-    }
+    summary: dict[str, list[Any]] = {"file": [], "rows": [], "errors": [], "runtime": []}
+    for part in sorted(set(parts.tolist())):
+        rows = np.flatnonzero(parts == part)
+        rows = rows[np.argsort(index[rows], kind="stable")]
+        lo, hi, n = int(index[rows[0]]), int(index[rows[-1]]) + 1, int(sizes[rows[0]])
+        piece = None if (lo, hi, len(rows)) == (0, n, n) else (lo, hi, n)
+        chunk = {k: v[rows] for k, v in batch.items()}
+        runtime: dict[str, list[dict[str, Any]]] = {}
+        for name in [k for k in chunk if k.startswith(RUNTIME_PREFIX)]:
+            seen = sorted({str(v) for v in chunk.pop(name)})
+            runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
+        table = to_arrow(chunk, scorer_columns)
+        record = {**metadata, "runtime": runtime, "part": part}
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
+        final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        if is_local(fs):
+            tmp = f"{root.rstrip('/')}/.tmp-{uuid.uuid4().hex}.parquet"
+            with fs.open(tmp, "wb") as fh:
+                fh.write(buffer.getvalue())
+            os.replace(tmp, final)
+        else:
+            fs.pipe(final, buffer.getvalue())
+        summary["file"].append(final)
+        summary["rows"].append(len(table))
+        summary["errors"].append(len(table) - table.column(ERROR).null_count)
+        summary["runtime"].append(json.dumps(runtime, sort_keys=True))
+    return {k: np.array(v) for k, v in summary.items()}
+
+
+def _int_or_missing(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return INT_MISSING
+    return int(number) if np.isfinite(number) else INT_MISSING
 
 
 def _to_bytes(array: np.ndarray | None) -> bytes:

@@ -117,10 +117,16 @@ def check_checkpoint(spec: ScorerOptions, cls: type, storage_options: dict[str, 
 
 
 def check_input(config: JobConfig) -> None:
-    """The input exists and the store can be read with the job's storage options."""
+    """The input exists (for a brace pattern, its first shard; for a glob, one match) and the
+    store can be read with the job's storage options."""
+    from vqpipe.io.patterns import braceexpand, resolve
+
+    spec = config.input
+    if "{" in spec:
+        spec = braceexpand(spec)[0]
     try:
-        fs, path = url_to_fs(config.input, config.storage_options)
-        exists = fs.exists(path)
+        fs, path = resolve(spec, config.storage_options)
+        exists = bool(fs.glob(path)) if any(c in path for c in "*?[") else fs.exists(path)
     except Exception as exc:
         raise storage_error(exc, f"input {config.input}") from None
     if not exists:

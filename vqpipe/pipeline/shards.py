@@ -1,0 +1,276 @@
+"""Sharded inputs — WebDataset tars, Parquet files holding media bytes, manifest shards — and
+the commit protocol built on them.
+
+The driver plans shards only (one small record per shard, never one per item). Each shard is
+read by one Ray task, which cuts it into fragments of ``rows_per_part`` rows; every row
+carries its fragment's name (``_part``), and a fragment travels through decode, scoring and
+writing as one block, so it becomes one Parquet part with a deterministic name::
+
+    part-<signature hash>-<shard id>-<fragment>[-last].parquet
+
+A retried write rewrites the same name; a shard is committed when its ``-last`` fragment and
+every fragment before it exist. Resume lists the output (O(number of parts)) and skips the
+committed shards of the same signature; fragments of a shard left half-done are deleted and
+the shard is read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
+from vqpipe.pipeline.schema import BYTES, ERROR, MEDIA_TYPE, URI
+
+PART = "_part"
+"""Column in transit: the name of the fragment (output part) a row belongs to."""
+ROW = "_row"
+"""Column in transit: the row's index in its fragment."""
+ROWS = "_rows"
+"""Column in transit: the number of rows of the row's fragment."""
+SHARD = "shard"
+KEY = "key"
+DATA = "data"
+"""Column in transit: the media bytes of rows read from inside a shard (never written)."""
+SHARDED_FORMATS = ("webdataset", "parquet", "manifest")
+
+_PART_NAME = re.compile(
+    r"^part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
+    r"(?:\.r(?P<lo>\d+)-(?P<hi>\d+)of(?P<n>\d+))?\.parquet$"
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input shard: where it is, how to read it, and its id in part names."""
+
+    uri: str
+    format: str
+    id: str
+
+
+def signature_hash(signature: dict[str, Any]) -> str:
+    """8 hex digits of the scorer signature: parts of other scorers never look committed."""
+    blob = json.dumps(signature["scorers"], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def shard_id(uri: str) -> str:
+    """A file-name-safe id: the shard's name (``00042.tar`` → ``00042``) and a hash of its
+    whole URI (two ``00042.tar`` in different folders stay apart)."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    stem = re.sub(r"\.(tar(\.gz|\.bz2|\.xz)?|tgz|parquet|pq|csv|jsonl|ndjson|json)$", "", name)
+    stem = re.sub(r"[^A-Za-z0-9_.=+]+", "_", stem)[:80] or "shard"
+    return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+
+
+def part_name(sig: str, part: str, rows: tuple[int, int, int] | None = None) -> str:
+    """The part file of a fragment; ``rows = (lo, hi, n)`` names a piece of it (rows lo..hi-1
+    of n), for a fragment that reached the writer in more than one batch."""
+    piece = f".r{rows[0]}-{rows[1]}of{rows[2]}" if rows is not None else ""
+    return f"part-{sig}-{part}{piece}.parquet"
+
+
+def parse_part(name: str) -> dict[str, Any] | None:
+    """``{sig, shard, seq, last, rows}`` of a part's file name (``rows``: ``(lo, hi, n)`` of a
+    piece, else None); None for other files."""
+    match = _PART_NAME.match(name.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    piece = (int(match["lo"]), int(match["hi"]), int(match["n"])) if match["n"] else None
+    return {
+        "sig": match["sig"],
+        "shard": match["shard"],
+        "seq": int(match["seq"]),
+        "last": bool(match["last"]),
+        "rows": piece,
+    }
+
+
+def _covered(pieces: list[tuple[int, int, int] | None]) -> bool:
+    """A fragment is all there: a whole part, or pieces that cover rows 0..n-1."""
+    if None in pieces:
+        return True
+    n = pieces[0][2]
+    covered = np.zeros(n, bool)
+    for lo, hi, _ in pieces:
+        covered[lo:hi] = True
+    return bool(covered.all())
+
+
+def committed_shards(part_paths: list[str], sig: str) -> tuple[set[str], list[str]]:
+    """Shard ids whose fragments are all there (``-last`` and every one before it, each whole
+    or covered by its pieces), and the paths of the parts of shards that are not (left by a
+    killed run, to be deleted before the shard is read again)."""
+    pieces: dict[str, dict[int, list[Any]]] = {}
+    last: dict[str, int] = {}
+    paths: dict[str, list[str]] = {}
+    for path in part_paths:
+        info = parse_part(path)
+        if info is None or info["sig"] != sig:
+            continue
+        shard = info["shard"]
+        pieces.setdefault(shard, {}).setdefault(info["seq"], []).append(info["rows"])
+        paths.setdefault(shard, []).append(path)
+        if info["last"]:
+            last[shard] = info["seq"]
+    done = {
+        shard
+        for shard, n in last.items()
+        if all(seq in pieces[shard] and _covered(pieces[shard][seq]) for seq in range(n + 1))
+    }
+    stale = [p for s, ps in paths.items() if s not in done for p in ps]
+    return done, stale
+
+
+def _error_table(shard: Shard, at: int, message: str) -> pa.Table:
+    return pa.table(
+        {
+            URI: [f"{shard.uri}#@{at}"],
+            SHARD: [shard.uri],
+            KEY: [f"@{at}"],
+            MEDIA_TYPE: pa.array([None], pa.string()),
+            ERROR: [message],
+        }
+    )
+
+
+def _fragments(tables: Iterator[pa.Table], shard: Shard) -> Iterator[pa.Table]:
+    """Each table with its fragment name; the last one's name ends in ``-last`` (one table of
+    look-ahead). A shard without any row yields one error row, so it leaves a trace; a reader
+    that fails part-way yields one error row after the rows it read."""
+    previous: pa.Table | None = None
+    seq, rows = 0, 0
+    try:
+        for table in tables:
+            if previous is not None:
+                yield _tag(previous, f"{shard.id}-{seq:05d}")
+                seq += 1
+            previous = table
+            rows += len(table)
+    except Exception as exc:
+        if previous is not None:
+            yield _tag(previous, f"{shard.id}-{seq:05d}")
+            seq += 1
+        message = f"read: shard {shard.uri} after {rows} rows: {type(exc).__name__}: {exc}"
+        previous = _error_table(shard, rows, message)
+    if previous is None:
+        previous = _error_table(shard, 0, "read: the shard holds no samples")
+    yield _tag(previous, f"{shard.id}-{seq:05d}-last")
+
+
+def _tag(table: pa.Table, part: str) -> pa.Table:
+    n = len(table)
+    table = table.append_column(PART, pa.array([part] * n, pa.string()))
+    table = table.append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
+    return table.append_column(ROWS, pa.array(np.full(n, n, np.int64)))
+
+
+def _manifest_tables(
+    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
+) -> Iterator[pa.Table]:
+    """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
+    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried.
+
+    Read with pyarrow per shard rather than Ray Data's readers: each shard must become
+    fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
+    an error row instead of failing the read task."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    from vqpipe.io.patterns import resolve
+
+    fs, path = resolve(shard.uri, storage_options)
+    rows, column, root = options["rows"], options["uri_column"], options.get("root")
+    lower = path.lower()
+    with fs.open(path, "rb") as fh:
+        if lower.endswith((".parquet", ".pq")):
+            batches = pq.ParquetFile(fh).iter_batches(batch_size=rows)
+            tables = (pa.Table.from_batches([b]) for b in batches)
+        else:
+            reader = pcsv.read_csv if lower.endswith(".csv") else pjson.read_json
+            table = reader(fh)
+            tables = (table.slice(i, rows) for i in range(0, max(len(table), 1), rows))
+        start = 0
+        for table in tables:
+            if len(table) == 0:
+                continue
+            yield _manifest_rows(table, shard, column, root, start)
+            start += len(table)
+
+
+def _manifest_rows(
+    table: pa.Table, shard: Shard, column: str, root: str | None, start: int
+) -> pa.Table:
+    if column not in table.column_names:
+        raise ValueError(f"manifest {shard.uri} has no {column!r} column")
+    raw = table.column(column).to_pylist()
+    carried = table.drop_columns([c for c in (column, URI) if c in table.column_names])
+    uris, kinds, errors = [], [], []
+    for i, value in enumerate(raw):
+        if not isinstance(value, str) or not value.strip():
+            uris.append(f"{shard.uri}#{start + i}")
+            kinds.append(None)
+            errors.append(f"read: manifest row {start + i} has no {column} ({value!r})")
+            continue
+        uri, kind = value, media_type_from_name(value)
+        if root is not None:
+            resolved, inside = confine(value, root)
+            uri, kind = (resolved, kind) if inside else (value, OUTSIDE_ROOT)
+        uris.append(uri)
+        kinds.append(kind)
+        errors.append(None)
+    columns = {
+        URI: pa.array(uris, pa.string()),
+        MEDIA_TYPE: pa.array(kinds, pa.string()),
+        BYTES: pa.array([None] * len(uris), pa.int64()),
+        SHARD: pa.array([shard.uri] * len(uris), pa.string()),
+        KEY: pa.array([str(start + i) for i in range(len(uris))], pa.string()),
+        ERROR: pa.array(errors, pa.string()),
+    }
+    for name in carried.column_names:  # a carried name that is ours is kept as input_<name>
+        taken = name in columns or name in (DATA, PART) or name.startswith("_")
+        columns[f"input_{name}" if taken else name] = carried.column(name)
+    return pa.table(columns)
+
+
+def _shard_tables(
+    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
+) -> Iterator[pa.Table]:
+    if shard.format == "webdataset":
+        from vqpipe.io.webdataset import iter_webdataset_batches
+
+        return iter_webdataset_batches(
+            shard.uri, storage_options, batch_rows=options["rows"], max_bytes=options["max_bytes"]
+        )
+    if shard.format == "parquet":
+        from vqpipe.io.media_parquet import iter_parquet_media_batches
+
+        return iter_parquet_media_batches(
+            shard.uri,
+            storage_options,
+            media_column=options.get("media_column"),
+            key_column=options.get("key_column"),
+            batch_rows=options["rows"],
+            max_bytes=options["max_bytes"],
+        )
+    return _manifest_tables(shard, options, storage_options)
+
+
+def read_shards(
+    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
+) -> Iterator[pa.Table]:
+    """Ray Data stage (a generator; one shard per call): the shard's rows, fragment by
+    fragment, each tagged with its part name; a shard that cannot be read becomes error rows
+    naming it (see :func:`_fragments`)."""
+    for uri, fmt, sid in zip(batch["uri"], batch["format"], batch["id"], strict=True):
+        shard = Shard(str(uri), str(fmt), str(sid))
+        yield from _fragments(_shard_tables(shard, options, storage_options), shard)
