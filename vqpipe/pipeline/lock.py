@@ -2,10 +2,11 @@
 heartbeat, so that a second run refuses in one line and a killed job blocks nobody for long.
 
 The lock is ``<output>/_lock`` (JSON: owner, host, pid, since, heartbeat). A holder rewrites
-its heartbeat every ``HEARTBEAT_S``; a lock whose heartbeat is older than ``STALE_S`` belongs
-to a dead job and is taken over. Local outputs create the lock with ``O_EXCL``; object stores
-have no portable create-if-absent, so the owner is read back after a short settle time and the
-later writer backs off — two jobs racing inside that window is the one case it cannot rule out.
+its heartbeat every ``HEARTBEAT_S``; a lock whose heartbeat is older than ``STALE_S``, or whose
+process on this same host is gone, belongs to a dead job and is taken over. Local outputs
+create the lock with ``O_EXCL``; object stores have no portable create-if-absent, so the owner
+is read back after a short settle time and the later writer backs off — two jobs racing inside
+that window is the one case it cannot rule out.
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ SETTLE_S = 1.0
 
 def _now() -> float:
     return time.time()
+
+
+def _alive(held: dict[str, Any]) -> bool:
+    """Whether the lock's holder may still run: its heartbeat is fresh and, when it ran on
+    this host, its process exists (a job killed with -9 here frees the output at once)."""
+    if _now() - float(held.get("heartbeat", 0)) >= STALE_S:
+        return False
+    if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+        try:
+            os.kill(held["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's live process
+            return True
+    return True
 
 
 def _stamp(t: float) -> str:
@@ -81,7 +97,7 @@ class OutputLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 held = self._read() or {}
-                if _now() - float(held.get("heartbeat", 0)) < STALE_S:
+                if _alive(held):
                     raise self._refuse(held) from None
                 # stale: remove it and try once more (another job may win that race)
                 with contextlib.suppress(FileNotFoundError):
@@ -94,7 +110,7 @@ class OutputLock:
 
     def _take_remote(self) -> None:
         held = self._read()
-        if held and _now() - float(held.get("heartbeat", 0)) < STALE_S:
+        if held and _alive(held):
             raise self._refuse(held)
         self.fs.pipe(self.path, self._record())
         time.sleep(SETTLE_S)

@@ -67,7 +67,7 @@ def shard_id(uri: str) -> str:
     whole URI (two ``00042.tar`` in different folders stay apart)."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = re.sub(r"\.(tar(\.gz|\.bz2|\.xz)?|tgz|parquet|pq|csv|jsonl|ndjson|json)$", "", name)
-    stem = re.sub(r"[^A-Za-z0-9_.=+]+", "_", stem)[:80] or "shard"
+    stem = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", stem)[:80] or "shard"
     return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
 
 

@@ -274,11 +274,28 @@ def write_batch(
             os.replace(tmp, final)
         else:
             fs.pipe(final, buffer.getvalue())
+        _fault_after_commit(final)
         summary["file"].append(final)
         summary["rows"].append(len(table))
         summary["errors"].append(len(table) - table.column(ERROR).null_count)
         summary["runtime"].append(json.dumps(runtime, sort_keys=True))
     return {k: np.array(v) for k, v in summary.items()}
+
+
+FAULT_AFTER_COMMIT = "VQPIPE_FAULT_AFTER_COMMIT"
+"""Fault injection for tests: a directory; the worker that first writes each part dies right
+after committing it, as on a lost node (Ray retries the task, which must rewrite the part, not
+add rows)."""
+
+
+def _fault_after_commit(final: str) -> None:
+    marks = os.environ.get(FAULT_AFTER_COMMIT)
+    if not marks:
+        return
+    mark = os.path.join(marks, final.rsplit("/", 1)[-1])
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        os._exit(1)
 
 
 def _int_or_missing(value: Any) -> int:

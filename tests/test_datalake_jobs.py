@@ -1,0 +1,294 @@
+"""Data-lake inputs through `vqpipe score` as a user types it: WebDataset shards (local and on
+the loopback S3), Parquet holding image bytes, directories of manifest shards; the commit
+protocol (co-sharded deterministic parts, resume after kill -9, a write retried after its
+commit, a second job on the same output, --no-resume that fails, output inside the input)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.lake_data import caption_sample, image_bytes, mixed_samples, write_shard
+from vqpipe.cli import main
+from vqpipe.pipeline.job import read_quality_table
+from vqpipe.pipeline.lock import LOCK_NAME, OutputLock
+from vqpipe.pipeline.shards import parse_part
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shards(root: Path) -> Path:
+    """Three tar shards: captioned JPEGs; mixed members (mp4, garbage, no media); truncated."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_shard(
+        root / "shard-00000.tar", [caption_sample(i, {"jpg": image_bytes(i)}) for i in range(5)]
+    )
+    write_shard(root / "shard-00001.tar", mixed_samples())
+    cut = root / "shard-00002.tar"
+    write_shard(cut, [caption_sample(i, {"png": image_bytes(i, "PNG")}) for i in range(6)])
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _check_webdataset_table(table, shard_prefix: str) -> None:
+    assert table["uri"].is_unique
+    assert len(table) == 5 + len(mixed_samples()) + 4  # 3 samples before the cut + 1 trace
+    assert set(table["shard"].str.rsplit("/", n=1).str[-1]) == {
+        "shard-00000.tar",
+        "shard-00001.tar",
+        "shard-00002.tar",
+    }
+    assert all(u.startswith(shard_prefix) and "#" in u for u in table["uri"])
+    first = table[table["shard"].str.endswith("shard-00000.tar")]
+    assert first["error"].isna().all() and first["txt"].notna().all()
+    assert (first["uri"] == first["shard"] + "#" + first["key"]).all()
+    errors = table.dropna(subset=["error"])
+    assert errors["error"].str.contains("decode: cannot decode image").any()  # garbage member
+    assert errors["error"].str.contains("no media member").any()
+    damage = errors[errors["shard"].str.endswith("shard-00002.tar")]
+    assert len(damage) == 1 and "byte offset" in damage["error"].iloc[0]
+    video = table[table["media_type"] == "video"]
+    assert len(video) == 1 and video["error"].isna().all() and video["frames"].iloc[0] >= 1
+    assert "data" not in table.columns  # media bytes never reach the table
+
+
+def test_webdataset_shards_by_brace_pattern(ray_local, tmp_path):
+    root = _shards(tmp_path / "lake")
+    out = tmp_path / "out"
+    pattern = str(root / "shard-{00000..00002}.tar")
+    args = ["score", pattern, "--out", str(out), "--scorer", "brightness", "--rows-per-file", "2"]
+    assert main(args) == 0
+    table = read_quality_table(str(out))
+    _check_webdataset_table(table, str(root))
+    parts = [parse_part(p.name) for p in out.glob("part-*.parquet")]
+    assert {p["shard"].rsplit("-", 1)[0] for p in parts} == {
+        "shard-00000",
+        "shard-00001",
+        "shard-00002",
+    }  # co-sharded: every part names its tar
+    job = json.loads((out / "_job.json").read_text())
+    assert job["summary"]["input_format"] == "webdataset" and job["summary"]["shards"] == 3
+    assert main(args) == 0  # resume: every shard is committed, nothing is read again
+    again = json.loads((out / "_job.json").read_text())["summary"]
+    assert again["shards_already_done"] == 3 and again["scored_rows"] == 0
+    assert len(read_quality_table(str(out))) == len(table)
+
+
+def test_webdataset_on_s3_detected_from_the_prefix(ray_local, s3_server, s3_bucket, tmp_path):
+    bucket, fs = s3_bucket
+    root = _shards(tmp_path / "lake")
+    for tar in root.iterdir():
+        fs.put(str(tar), f"{bucket}/lake/{tar.name}")
+    options = json.dumps(s3_server)
+    out = f"s3://{bucket}/quality"
+    args = ["score", f"s3://{bucket}/lake/", "--out", out, "--scorer", "brightness"]
+    assert main([*args, "--storage-options", options]) == 0
+    table = read_quality_table(out, s3_server)
+    _check_webdataset_table(table, f"s3://{bucket}/lake/")
+
+
+def _hf_parquet(path: Path) -> None:
+    """An HF `datasets`-style file: image struct<bytes, path>, one null, one garbage."""
+    images = [{"bytes": image_bytes(i, "PNG"), "path": f"img{i}.png"} for i in range(4)]
+    images += [None, {"bytes": b"not an image", "path": "bad.jpg"}]
+    table = pa.table(
+        {
+            "image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "caption": [f"caption {i}" for i in range(6)],
+            "id": [f"row-{i}" for i in range(6)],
+        }
+    )
+    pq.write_table(table, path, row_group_size=2)
+
+
+def test_parquet_with_image_bytes(ray_local, tmp_path):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    _hf_parquet(lake / "train-00000.parquet")
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["score", str(lake), "--out", str(out), "--scorer", "brightness", "--key-column", "id"]
+        )
+        == 0
+    )
+    table = read_quality_table(str(out)).set_index("key")
+    assert len(table) == 6 and table.index.tolist() == [f"row-{i}" for i in range(6)]
+    assert table["caption"].tolist() == [f"caption {i}" for i in range(6)]  # carried
+    assert table.loc[[f"row-{i}" for i in range(4)], "error"].isna().all()
+    assert "null" in table.loc["row-4", "error"] and table.loc["row-5", "error"].startswith(
+        "decode"
+    )
+    assert table["uri"].tolist() == [f"{lake}/train-00000.parquet#row-{i}" for i in range(6)]
+    assert "image" not in table.columns and "data" not in table.columns
+
+
+def test_directory_of_manifest_shards_with_a_url_column(ray_local, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    for shard in range(2):
+        rows = [
+            {"url": str(images / f"{i}.png"), "caption": f"c{i}"}
+            for i in range(shard * 3, shard * 3 + 3)
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), manifests / f"part-{shard:05d}.parquet")
+    (manifests / "part-00002.jsonl").write_text(
+        json.dumps({"url": None, "caption": "no url"}) + "\n"
+    )
+    out = tmp_path / "out"
+    args = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
+    assert main([*args, "--uri-column", "url", "--input-format", "manifest"]) == 0
+    table = read_quality_table(str(out))
+    assert len(table) == 7 and table["uri"].is_unique
+    scored = table[table["error"].isna()]
+    assert sorted(scored["uri"]) == sorted(str(images / f"{i}.png") for i in range(6))
+    assert sorted(scored["caption"]) == [f"c{i}" for i in range(6)]
+    assert table["error"].dropna().str.contains("has no url").all()
+
+
+def _run_script(tmp_path: Path, argv: list[str], env: dict[str, str] | None = None):
+    script = textwrap.dedent(
+        f"""
+        import sys, ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from vqpipe.cli import main
+        sys.exit(main({argv!r}))
+        """
+    )
+    full_env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": "", **(env or {})}
+    log = open(tmp_path / f"job-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 (a pipe could fill and block the job)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _output(job: subprocess.Popen) -> str:
+    job.stdout.seek(0)
+    return job.stdout.read()
+
+
+def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        samples = [
+            caption_sample(s * 100 + i, {"jpg": image_bytes(s * 100 + i)}) for i in range(per_shard)
+        ]
+        write_shard(root / f"{s:05d}.tar", samples)
+    return root
+
+
+def _wait_for(predicate, job: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if job.poll() is not None:
+            raise AssertionError(f"the job ended early: {_output(job)[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_job_then_rerun_scores_every_sample_once(ray_local, tmp_path):
+    root, out = _many_shards(tmp_path / "lake"), tmp_path / "out"
+    argv = ["score", str(root), "--out", str(out), "--scorer", "brightness:latency_s=0.5"]
+    argv += ["--rows-per-file", "2", "--batch-size", "2"]
+    job = _run_script(tmp_path, argv)
+    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, job)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    partial = len(list(out.glob("part-*.parquet")))
+    assert partial < 12  # killed mid-job
+    assert (out / LOCK_NAME).exists()  # left by the killed job; its process is gone
+    fast = ["score", str(root), "--out", str(out), "--scorer", "brightness:latency_s=0.5"]
+    assert main([*fast, "--rows-per-file", "2", "--batch-size", "2"]) == 0
+    table = read_quality_table(str(out))
+    assert len(table) == 24 and table["uri"].is_unique and table["error"].isna().all()
+
+
+@pytest.mark.slow
+def test_a_write_retried_after_its_commit_adds_no_rows(tmp_path):
+    root, out = _many_shards(tmp_path / "lake", shards=2), tmp_path / "out"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = _run_script(
+        tmp_path,
+        ["score", str(root), "--out", str(out), "--scorer", "brightness", "--rows-per-file", "2"],
+        env={"VQPIPE_FAULT_AFTER_COMMIT": str(marks)},
+    )
+    job.wait(timeout=300)
+    assert job.returncode == 0, _output(job)[-2000:]
+    assert len(list(marks.iterdir())) == 4  # every part's first write failed after its commit
+    table = read_quality_table(str(out))
+    assert len(table) == 8 and table["uri"].is_unique
+
+
+def test_a_second_job_on_the_same_output_refuses_in_one_line(ray_local, tmp_path, capsys):
+    root, out = _many_shards(tmp_path / "lake", shards=1), tmp_path / "out"
+    args = ["score", str(root), "--out", str(out), "--scorer", "brightness"]
+    with OutputLock(str(out)):  # another job (alive: this process) holds the output
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another job holds" in err[0] and LOCK_NAME in err[0]
+    assert main(args) == 0 and not (out / LOCK_NAME).exists()
+    assert len(read_quality_table(str(out))) == 4
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"owner": "dead", "heartbeat": time.time() - 3600}))
+    with OutputLock(str(out)) as lock:
+        assert json.loads((out / LOCK_NAME).read_text())["owner"] == lock.owner
+    assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_no_resume_that_fails_keeps_the_old_results(ray_local, tmp_path):
+    root, out = _many_shards(tmp_path / "lake"), tmp_path / "out"
+    base = ["score", str(root), "--out", str(out), "--rows-per-file", "2"]
+    assert main([*base, "--scorer", "brightness"]) == 0
+    old = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
+    job = _run_script(
+        tmp_path, [*base, "--scorer", "brightness:size=8,latency_s=0.5", "--no-resume"]
+    )
+    _wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    kept = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
+    assert kept["brightness_score"].tolist() == old["brightness_score"].tolist()
+    assert main([*base, "--scorer", "brightness:size=8", "--no-resume"]) == 0
+    new = read_quality_table(str(out))
+    assert len(new) == 24 and new["uri"].is_unique and not (out / "_next").exists()
+    job = json.loads((out / "_job.json").read_text())
+    assert job["signature"]["scorers"][0]["options"] == {"size": 8}
+
+
+def test_output_inside_the_input_is_never_an_input(ray_local, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    args = ["score", str(corpus), "--out", str(corpus / "quality"), "--scorer", "brightness"]
+    assert main(args) == 0 and main(args) == 0
+    table = read_quality_table(str(corpus / "quality"))
+    assert sorted(table["uri"]) == sorted(str(corpus / f"{i}.png") for i in range(3))
