@@ -292,3 +292,21 @@ def test_output_inside_the_input_is_never_an_input(ray_local, tmp_path):
     assert main(args) == 0 and main(args) == 0
     table = read_quality_table(str(corpus / "quality"))
     assert sorted(table["uri"]) == sorted(str(corpus / f"{i}.png") for i in range(3))
+
+
+def test_since_limits_a_prefix_listing_to_newer_objects(ray_local, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    old = time.mktime((2025, 6, 1, 0, 0, 0, 0, 0, 0))
+    for i in (0, 1):
+        os.utime(corpus / f"{i}.png", (old, old))
+    out = tmp_path / "out"
+    args = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    assert main([*args, "--since", "2026-01-01"]) == 0
+    table = read_quality_table(str(out))
+    assert sorted(table["uri"]) == [str(corpus / "2.png"), str(corpus / "3.png")]
+    capsys.readouterr()
+    assert main([*args, "--since", "yesterday"]) == 2
+    assert "--since 'yesterday'" in capsys.readouterr().err

@@ -39,6 +39,25 @@ def _storage_options(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _since(text: str | None) -> float | None:
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or POSIX seconds."""
+    if not text:
+        return None
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"--since {text!r}: use an ISO date or time (2026-12-01, 2026-12-01T02:00Z)"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
 def job_config_from_args(args: argparse.Namespace) -> Any:
     """The JobConfig that ``vqpipe score`` and ``pipelines/score_corpus.py`` both build.
 
@@ -80,6 +99,7 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         uri_column=args.uri_column,
         media_column=args.media_column,
         key_column=args.key_column,
+        since=_since(args.since),
     )
 
 
@@ -314,6 +334,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", action="append", help="glob on relative paths (repeatable)")
     parser.add_argument("--exclude", action="append", help="glob on relative paths (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="score the first N inputs only")
+    parser.add_argument(
+        "--since",
+        default=None,
+        metavar="TIME",
+        help="a prefix of files: only objects modified after TIME (ISO, UTC by default)",
+    )
     parser.add_argument(
         "--no-resume", action="store_true", help="replace existing results instead of resuming"
     )

@@ -114,6 +114,27 @@ def read_manifest(spec: str, storage_options: dict[str, Any] | None = None) -> p
     return table
 
 
+def modified_time(info: dict[str, Any]) -> float:
+    """An object's modification time (POSIX seconds) from an fsspec listing entry: ``mtime``
+    (local), ``LastModified`` (S3), ``updated`` / ``mtime`` strings (GCS and others); +inf when
+    the store does not say, so that ``--since`` never drops an input it cannot date."""
+    import datetime as dt
+
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        try:
+            return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return float("inf")
+
+
 def _join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
     if "://" not in spec:
         return path
@@ -129,6 +150,7 @@ def list_inputs(
     storage_options: dict[str, Any] | None = None,
     limit: int | None = None,
     root: str | None = None,
+    since: float | None = None,
 ) -> pd.DataFrame:
     """All inputs of a job, sorted by ``uri`` (a stable order for sharding and resume).
 
@@ -137,7 +159,8 @@ def list_inputs(
     ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
     is taken as it is. Hidden files and our own job outputs (``_job.json``, ``_*``) are skipped.
     ``root``: manifest entries are resolved against it and must stay inside it (``..``,
-    absolute paths or other buckets elsewhere become error rows, never reads).
+    absolute paths or other buckets elsewhere become error rows, never reads). ``since``: a
+    prefix listing keeps only objects modified after this POSIX time (nightly incremental runs).
     """
     spec = os.fspath(spec)
     if is_manifest(spec):
@@ -168,6 +191,8 @@ def list_inputs(
             if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
                 continue
             if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+                continue
+            if since is not None and modified_time(info) <= since:
                 continue
             uri, printable = printable_uri(_join_uri(fs, path, spec))
             rows.append(

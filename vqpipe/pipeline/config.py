@@ -196,6 +196,7 @@ class JobConfig:
     uri_column: str = "uri"  # manifests: the column with the inputs' URIs
     media_column: str | None = None  # Parquet with media bytes: None finds it
     key_column: str | None = None  # Parquet with media bytes: the rows' key (else row index)
+    since: float | None = None  # files: only objects modified after this POSIX time
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (every storage options dict reduced to its key names)."""

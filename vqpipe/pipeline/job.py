@@ -432,6 +432,7 @@ def _run_locked(
             storage_options=config.storage_options,
             limit=config.limit,
             root=config.root,
+            since=config.since,
         )
         inputs = inputs[~inputs[URI].map(lambda u: _inside(u, config.output))]
         done_set = done_uris(config, parts)
