@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
 import fsspec
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 def url_to_fs(
     uri: str | os.PathLike, storage_options: dict[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path of ``uri``; storage options apply to URIs only (``s3://...``), so a
-    job's S3 credentials never reach the local filesystem."""
+    job's S3 credentials never reach the local filesystem.
+
+    Paths are exact: a local path or an object key containing ``::``, ``#``, ``?``, ``%`` or
+    spaces is that name, never an fsspec URL chain (``fsspec.core.url_to_fs`` would read
+    ``names/a::b.png`` as ``names/a``). Only an explicit chain (``simplecache::s3://...``,
+    ``::`` before the first ``://``) goes through fsspec's chaining."""
     text = os.fspath(uri)
-    options = (storage_options or {}) if "://" in text else {}
-    return fsspec.core.url_to_fs(text, **options)
+    head = text.split("://", 1)[0]
+    if "://" in text and "::" in head:
+        return fsspec.core.url_to_fs(text, **(storage_options or {}))
+    match = _SCHEME.match(text)
+    if match is None:
+        fs = fsspec.filesystem("file")
+        return fs, fs._strip_protocol(text)
+    fs = fsspec.filesystem(match.group(1), **(storage_options or {}))
+    return fs, fs._strip_protocol(text)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
