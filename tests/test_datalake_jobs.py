@@ -310,3 +310,37 @@ def test_since_limits_a_prefix_listing_to_newer_objects(ray_local, tmp_path, cap
     capsys.readouterr()
     assert main([*args, "--since", "yesterday"]) == 2
     assert "--since 'yesterday'" in capsys.readouterr().err
+
+
+def test_a_growing_prefix_resumes_by_a_distributed_anti_join(ray_local, tmp_path, monkeypatch):
+    from vqpipe.pipeline import job
+
+    corpus = tmp_path / "corpus"
+    (corpus / "day1").mkdir(parents=True)
+    for i in range(5):
+        (corpus / "day1" / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    out = tmp_path / "out"
+    args = [
+        "score",
+        str(corpus),
+        "--out",
+        str(out),
+        "--scorer",
+        "brightness",
+        "--rows-per-file",
+        "2",
+    ]
+    assert main(args) == 0
+    first = read_quality_table(str(out))
+    (corpus / "day2").mkdir()
+    for i in range(5, 8):
+        (corpus / "day2" / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    (corpus / "day1" / "late.png").write_bytes(image_bytes(9, "PNG"))
+    monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)  # always the anti-join
+    assert main(args) == 0
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["already_done"] == 5 and summary["scored_rows"] == 4
+    table = read_quality_table(str(out))
+    assert len(table) == 9 and table["uri"].is_unique
+    kept = table.set_index("uri").loc[first["uri"], "brightness_score"]
+    assert kept.tolist() == first["brightness_score"].tolist()  # old rows untouched

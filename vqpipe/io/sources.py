@@ -135,11 +135,47 @@ def modified_time(info: dict[str, Any]) -> float:
     return float("inf")
 
 
-def _join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
+def join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
     if "://" not in spec:
         return path
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
+
+
+def listed_rows(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    spec: str,
+    found: dict[str, dict[str, Any]],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    since: float | None = None,
+) -> list[dict[str, Any]]:
+    """Input rows (``uri``, ``media_type``, ``bytes``) of listed files under ``root``, sorted:
+    hidden and ``_``-prefixed paths skipped, ``include`` / ``exclude`` globs on the path
+    relative to ``root``, ``since`` on the modification time."""
+    rows = []
+    for path, info in sorted(found.items()):
+        if info.get("type") == "directory":
+            continue
+        rel = path[len(root) :].lstrip("/")
+        if any(part.startswith((".", "_")) for part in PurePosixPath(rel).parts):
+            continue
+        if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
+            continue
+        if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+            continue
+        if since is not None and modified_time(info) <= since:
+            continue
+        uri, printable = printable_uri(join_uri(fs, path, spec))
+        rows.append(
+            {
+                "uri": uri,
+                "media_type": media_type_from_name(path) if printable else INVALID_NAME,
+                "bytes": int(info.get("size") or 0),
+            }
+        )
+    return rows
 
 
 def list_inputs(
@@ -183,25 +219,8 @@ def list_inputs(
         if not fs.isdir(root):
             raise FileNotFoundError(f"input not found or not a directory: {spec}")
         root = root.rstrip("/")
-        rows = []
-        for path, info in sorted(fs.find(root, withdirs=False, detail=True).items()):
-            rel = path[len(root) :].lstrip("/")
-            if any(part.startswith((".", "_")) for part in PurePosixPath(rel).parts):
-                continue
-            if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
-                continue
-            if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
-                continue
-            if since is not None and modified_time(info) <= since:
-                continue
-            uri, printable = printable_uri(_join_uri(fs, path, spec))
-            rows.append(
-                {
-                    "uri": uri,
-                    "media_type": media_type_from_name(path) if printable else INVALID_NAME,
-                    "bytes": int(info.get("size") or 0),
-                }
-            )
+        found = fs.find(root, withdirs=False, detail=True)
+        rows = listed_rows(fs, root, spec, found, include, exclude, since)
         table = pd.DataFrame(rows, columns=["uri", "media_type", "bytes"])
     dupes = table["uri"].duplicated()
     if dupes.any():

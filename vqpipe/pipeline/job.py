@@ -10,7 +10,6 @@ scorers, versions or checkpoints refuse a resume. ``_lock`` keeps a second job o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import fsspec
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -26,14 +24,12 @@ import vqpipe
 from vqpipe.errors import UserError
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
-from vqpipe.io.sources import list_inputs
+from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.lock import OutputLock
 from vqpipe.pipeline.schema import URI
 from vqpipe.pipeline.shards import (
-    PART,
-    ROW,
-    ROWS,
+    LISTING,
     SHARDED_FORMATS,
     Shard,
     committed_shards,
@@ -212,41 +208,37 @@ def _device_error(exc: BaseException) -> DeviceUnavailableError | None:
     return None
 
 
-def _file_slices(todo: pd.DataFrame, step: int) -> list[pd.DataFrame]:
-    """A listing cut into fragments of ``step`` rows, each named by a hash of its URIs (the
-    same slice gets the same part name when a killed run is resumed)."""
-    slices = []
-    for i in range(0, len(todo), step):
-        frame = todo.iloc[i : i + step].reset_index(drop=True)
-        digest = hashlib.sha256("\n".join(frame[URI]).encode()).hexdigest()[:16]
-        n = len(frame)
-        frame[PART] = f"files_{digest}-00000-last"
-        frame[ROW] = np.arange(n, dtype=np.int64)
-        frame[ROWS] = np.full(n, n, dtype=np.int64)
-        slices.append(frame)
-    return slices
-
-
 def build_dataset(
-    config: JobConfig, source: Any, signature: dict[str, Any], sig: str, output: str
+    config: JobConfig,
+    shards: list[dict[str, str]],
+    signature: dict[str, Any],
+    sig: str,
+    output: str,
+    done: Any = None,
+    done_set: frozenset[str] = frozenset(),
 ) -> Any:
-    """The graph, top to bottom: rows (a listing's fragments, or shards read fragment by
-    fragment) → decode (CPU tasks, one fragment each) → one actor pool per scorer → write
-    (one summary row per committed part)."""
+    """The graph, top to bottom: shards or listing tasks → read, fragment by fragment (CPU
+    tasks) → [anti-join on ``uri`` with ``done``, the rows already written] → decode (one
+    fragment per task) → one actor pool per scorer → write (one summary row per part)."""
     import ray
 
-    ds = source
-    if isinstance(source, list):  # shards: one read task each, yielding its fragments
-        ds = ray.data.from_items(source, override_num_blocks=max(1, len(source)))
-        ds = ds.map_batches(
-            read_shards,
-            fn_kwargs={"options": _read_options(config), "storage_options": config.storage_options},
-            batch_size=1,
-            num_cpus=DECODE_CPUS,
-            memory=DECODE_MEMORY,
-        )
-        if config.limit is not None:
-            ds = ds.limit(config.limit)
+    ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(
+        read_shards,
+        fn_kwargs={
+            "options": {**_read_options(config), "done": done_set},
+            "storage_options": config.storage_options,
+        },
+        batch_size=1,
+        num_cpus=DECODE_CPUS,
+        memory=DECODE_MEMORY,
+    )
+    if done is not None:  # distributed: the driver never holds the URIs already written
+        partitions = max(1, min(JOIN_PARTITIONS, done.num_blocks() // 16))
+        ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=partitions)
+        ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
+    if config.limit is not None:
+        ds = ds.limit(config.limit)
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={
@@ -294,8 +286,19 @@ def build_dataset(
     )
 
 
+JOIN_PARTITIONS = 64
+DRIVER_RESUME_MAX_PARTS = 512
+"""A listing resumed over at most this many parts reads their URIs on the driver (bounded by
+parts x rows per part) and drops them in the listing tasks; past it, a distributed anti-join."""
+
+
 def _read_options(config: JobConfig) -> dict[str, Any]:
     return {
+        "spec": config.input,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "since": config.since,
+        "output": _output_uri(config),
         "rows": config.rows_per_file,
         "max_bytes": config.limits.max_bytes,
         "uri_column": config.uri_column,
@@ -336,6 +339,36 @@ def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     return [Shard(u, kind, shard_id(u)) for u in uris if not _inside(u, config.output)]
+
+
+def plan_listing(config: JobConfig) -> list[dict[str, str]]:
+    """A ``files`` prefix as listing tasks: one for the files directly in it, one per
+    subdirectory (listed recursively by a Ray task, while scoring goes on). The driver reads
+    only the top level, never a row per item below it."""
+    try:
+        fs, root = url_to_fs(config.input, config.storage_options)
+        is_dir = fs.isdir(root)
+    except Exception as exc:
+        raise UserError(f"cannot list input {config.input}: {type(exc).__name__}: {exc}") from None
+    if not is_dir:
+        raise UserError(f"input is not a directory, a manifest or a shard: {config.input}")
+    root = root.rstrip("/")
+    output = _output_uri(config)
+    tasks = [{"uri": config.input, "format": LISTING, "id": f"top-{shard_id(root)}"}]
+    for entry in sorted(fs.ls(root, detail=True), key=lambda e: e["name"]):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or name.startswith((".", "_")):
+            continue
+        uri = join_uri(fs, entry["name"].rstrip("/"), config.input)
+        if not _inside(uri, output):
+            tasks.append({"uri": uri, "format": LISTING, "id": f"dir-{shard_id(uri)}"})
+    return tasks
+
+
+def _output_uri(config: JobConfig) -> str:
+    """The output in the style listed inputs are written in (to keep it out of the input)."""
+    fs, root = url_to_fs(config.output, config.storage_options)
+    return join_uri(fs, root.rstrip("/"), config.output)
 
 
 STAGING = "_next"
@@ -420,27 +453,16 @@ def _run_locked(
         for path in stale:  # fragments of shards a killed run left half-done: read again
             fs.rm(path)
         todo_shards = [s for s in shards if s.id not in done]
-        source: Any = [{"uri": s.uri, "format": s.format, "id": s.id} for s in todo_shards]
+        source = [{"uri": s.uri, "format": s.format, "id": s.id} for s in todo_shards]
+        done_parts = []
         total = None
         summary.update(shards=len(shards), shards_already_done=len(shards) - len(todo_shards))
         pending = len(todo_shards)
-    else:
-        inputs = list_inputs(
-            config.input,
-            include=config.include,
-            exclude=config.exclude,
-            storage_options=config.storage_options,
-            limit=config.limit,
-            root=config.root,
-            since=config.since,
-        )
-        inputs = inputs[~inputs[URI].map(lambda u: _inside(u, config.output))]
-        done_set = done_uris(config, parts)
-        todo = inputs[~inputs[URI].isin(done_set)].reset_index(drop=True)
-        todo["bytes"] = pd.to_numeric(todo["bytes"], errors="coerce").fillna(-1).astype("int64")
-        log.info("%d inputs, %d already done, %d to score", len(inputs), len(done_set), len(todo))
-        summary.update(inputs=len(inputs), already_done=int(inputs[URI].isin(done_set).sum()))
-        total, pending, source = len(todo), len(todo), None
+    else:  # a prefix of files: listed by Ray tasks, resumed by an anti-join on uri
+        source = plan_listing(config)
+        done_parts = [p for p in parts if parse_part(p) is not None]
+        total, pending = None, len(source)
+        summary.update(listing_tasks=len(source))
     if not config.resume:
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
@@ -450,9 +472,14 @@ def _run_locked(
         check_cluster_resources(
             config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
         )
-        if source is None:  # one block per fragment of the listing
-            source = ray.data.from_pandas(_file_slices(todo, config.rows_per_file))
-        ds = build_dataset(config, source, signature, sig, target)
+        done_ds, done_set = None, frozenset()
+        if kind not in SHARDED_FORMATS and len(done_parts) > DRIVER_RESUME_MAX_PARTS:
+            done_ds = ray.data.read_parquet(done_parts, columns=[URI], filesystem=fs)
+            summary["already_done"] = done_ds.count()
+        elif done_parts:  # few parts: their URIs go to the listing tasks, no shuffle needed
+            done_set = frozenset(done_uris(config, done_parts))
+            summary["already_done"] = len(done_set)
+        ds = build_dataset(config, source, signature, sig, target, done_ds, done_set)
         last, reported = 0.0, -1
         try:
             for row in ds.iter_rows():  # one row per written part, as parts are committed

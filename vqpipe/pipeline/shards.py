@@ -40,6 +40,9 @@ KEY = "key"
 DATA = "data"
 """Column in transit: the media bytes of rows read from inside a shard (never written)."""
 SHARDED_FORMATS = ("webdataset", "parquet", "manifest")
+LISTING = "listing"
+"""Shard format of a listing task: one directory of a ``files`` prefix (``top``: only the
+files directly in the prefix)."""
 
 _PART_NAME = re.compile(
     r"^part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
@@ -242,6 +245,39 @@ def _manifest_rows(
     return pa.table(columns)
 
 
+def listing_tables(
+    uri: str, options: dict[str, Any], storage_options: dict[str, Any] | None
+) -> Iterator[pa.Table]:
+    """One directory of a ``files`` prefix, listed in a Ray task: its input rows in fragments
+    of ``rows`` rows, each named by a hash of its URIs (a listing resumes by URI, so a name
+    must never be reused for other files)."""
+    from vqpipe.io.fs import url_to_fs
+    from vqpipe.io.sources import listed_rows
+
+    fs, root = url_to_fs(options["spec"], storage_options)
+    root = root.rstrip("/")
+    if options.get("top"):
+        found = {e["name"]: e for e in fs.ls(root, detail=True) if e.get("type") != "directory"}
+    else:
+        found = fs.find(url_to_fs(uri, storage_options)[1], withdirs=False, detail=True)
+    rows = listed_rows(
+        fs, root, options["spec"], found, options["include"], options["exclude"], options["since"]
+    )
+    output, done = options["output"].rstrip("/"), options.get("done") or frozenset()
+    rows = [
+        r
+        for r in rows
+        if r[URI] not in done and r[URI] != output and not r[URI].startswith(output + "/")
+    ]
+    step = options["rows"]
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        digest = hashlib.sha256("\n".join(r[URI] for r in chunk).encode()).hexdigest()[:16]
+        table = pa.Table.from_pylist(chunk)
+        table = table.append_column(SHARD, pa.array([uri] * len(chunk), pa.string()))
+        yield _tag(table, f"files_{digest}-00000-last")
+
+
 def _shard_tables(
     shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
 ) -> Iterator[pa.Table]:
@@ -273,4 +309,12 @@ def read_shards(
     naming it (see :func:`_fragments`)."""
     for uri, fmt, sid in zip(batch["uri"], batch["format"], batch["id"], strict=True):
         shard = Shard(str(uri), str(fmt), str(sid))
+        if shard.format == LISTING:  # fragments already named; a listing error is one row
+            try:
+                top = {**options, "top": shard.id.startswith("top-")}
+                yield from listing_tables(shard.uri, top, storage_options)
+            except Exception as exc:
+                message = f"read: cannot list {shard.uri}: {type(exc).__name__}: {exc}"
+                yield _tag(_error_table(shard, 0, message), f"{shard.id}-00000-last")
+            continue
         yield from _fragments(_shard_tables(shard, options, storage_options), shard)
