@@ -29,7 +29,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     verbosity = _verbosity(args)
     with StatusLine(terminal(), verbosity) as status:
-        status.update("generating the corpus and scoring it on local Ray", force=True)
+        status.update("generating the corpus and scoring it on local Ray")
         with ray_output_kept_out(verbosity, "demo"):
             summary = run_demo(
                 args.out,
@@ -101,7 +101,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     verbosity = _verbosity(args)
     config = job_config_from_args(args)
     with StatusLine(terminal(), verbosity, every_s=args.progress_every) as status:
-        status.update("checking the job, listing inputs, starting Ray", force=True)
+        status.update("starting: checks, inputs, Ray, the first part")
         with ray_output_kept_out(verbosity, "score"):
             summary = run_job(
                 config,
@@ -201,7 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = yaml.safe_load(fh) or {}
     verbosity = _verbosity(args)
     with StatusLine(terminal(), verbosity) as status:
-        status.update(f"training {args.method} with Ray Train", force=True)
+        status.update(f"training {args.method} with Ray Train")
         with ray_output_kept_out(verbosity, "train"):
             result = fit(
                 args.method,

@@ -57,16 +57,21 @@ def ray_output_kept_out(verbosity: int, command: str = "vqpipe") -> Iterator[str
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        if failed:
+        if failed and os.path.getsize(path):
             print(f"vqpipe: Ray's output of this run: {path}", file=sys.stderr, flush=True)
-        else:
+        else:  # success, or a failure before Ray said anything (a user mistake)
             with contextlib.suppress(OSError):
                 os.remove(path)
 
 
 def terminal() -> TextIO:
-    """A stream on the terminal's stderr that stays there while fd 2 is redirected."""
-    return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8")
+    """A stream on the terminal's stderr that stays there while fd 2 is redirected (when
+    ``sys.stderr`` is not a real file, e.g. captured in a test, ``sys.stderr`` itself)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8")
 
 
 def format_eta(seconds: float | None) -> str:
@@ -81,10 +86,12 @@ def format_eta(seconds: float | None) -> str:
 
 
 class StatusLine:
-    """vqpipe's one status line: redrawn in place (``\\r``) about once a second on a TTY,
-    printed as a new line every ``every_s`` seconds otherwise; notices print above it.
+    """vqpipe's one status line: redrawn in place (``\\r``) about once a second on a TTY;
+    otherwise printed as a new line every ``every_s`` seconds (a heartbeat while nothing
+    happens, and at each forced update). Notices print above it. Nothing is printed before
+    ``every_s`` has passed or an update is forced, so a quick mistake stays one line.
 
-    Thread-safe; call :meth:`close` (or use it as a context manager) to end the line.
+    Thread-safe; use it as a context manager (or call :meth:`close`).
     """
 
     def __init__(
@@ -102,25 +109,31 @@ class StatusLine:
         self.tty = (isatty() if tty is None else tty) and verbosity < VERBOSE
         self.started = time.monotonic()
         self.text = "starting"
-        self._last_print = -float("inf")
+        self._last_print = self.started
         self._drawn = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if self.tty and verbosity > QUIET:
+        if verbosity > QUIET:
             self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
 
     def __enter__(self) -> StatusLine:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self.close(failed=kind is not None)
 
     def _tick(self) -> None:
-        while not self._stop.wait(1.0):
+        # TTY: redraw each second (the elapsed time moves); else a heartbeat every every_s.
+        while not self._stop.wait(1.0 if self.tty else min(self.every_s, 1.0)):
             with self._lock:
-                self._draw()
+                if self._stop.is_set():
+                    return
+                if self.tty and time.monotonic() - self.started >= 1.0:
+                    self._draw()
+                elif not self.tty and time.monotonic() - self._last_print >= self.every_s:
+                    self._print()
 
     def _line(self) -> str:
         return f"vqpipe: {self.text} [{time.monotonic() - self.started:.0f} s]"
@@ -130,23 +143,26 @@ class StatusLine:
         self.stream.flush()
         self._drawn = True
 
+    def _print(self) -> None:
+        self._last_print = time.monotonic()
+        print(self._line(), file=self.stream, flush=True)
+
     def _clear(self) -> None:
         if self._drawn:
             self.stream.write("\r\033[K")
             self._drawn = False
 
     def update(self, text: str, force: bool = False) -> None:
-        """Show ``text`` as the status (non-TTY: printed when ``every_s`` has passed)."""
+        """Show ``text`` as the status: redrawn on a TTY; else printed now when ``force``,
+        by the next heartbeat otherwise."""
         if self.verbosity <= QUIET:
             return
         with self._lock:
             self.text = text
-            now = time.monotonic()
             if self.tty:
                 self._draw()
-            elif force or now - self._last_print >= self.every_s:
-                self._last_print = now
-                print(self._line(), file=self.stream, flush=True)
+            elif force:
+                self._print()
 
     def notice(self, line: str) -> None:
         """A one-off line (``vqpipe: …``) printed above the status line."""
@@ -159,19 +175,20 @@ class StatusLine:
                 self._draw()
 
     def progress(self, p: dict[str, Any]) -> None:
-        """A job's progress record (:func:`vqpipe.pipeline.job._progress`) as the status."""
+        """A job's progress record (:func:`vqpipe.pipeline.job._progress`) as the status;
+        ``run_job`` already calls it at most every ``progress_every_s``."""
         from vqpipe.pipeline.job import format_progress
 
-        done = p["done"] >= p["total"]
-        self.update(format_progress(p), force=done)
+        self.update(format_progress(p), force=True)
 
-    def close(self) -> None:
-        """Stop redrawing and end the line."""
+    def close(self, failed: bool = False) -> None:
+        """Stop redrawing; end the line (a failed command's status is erased, so its error
+        line stands alone)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
         with self._lock:
             if self._drawn:
-                self.stream.write("\n")
+                self.stream.write("\r\033[K" if failed else "\n")
                 self.stream.flush()
                 self._drawn = False
