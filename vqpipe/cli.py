@@ -38,6 +38,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 num_cpus=args.num_cpus,
                 checkpoint=args.checkpoint,
             )
+        status.update("demo corpus generated, scored and evaluated")
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -111,6 +112,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 notice=status.notice,
             )
             _shutdown_ray()  # inside: Ray's shutdown messages go to the log too
+        if not summary["scored_rows"]:
+            done = f"{summary['already_done']} of {summary['inputs']} inputs already scored"
+            status.update(f"nothing left to score: {done}", force=True)
     print(json.dumps(summary, indent=2))
     return 0
 
