@@ -139,9 +139,8 @@ def parse_where(text: str, columns: list[str]) -> pc.Expression:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise UserError(
-            f"--where {text!r}: invalid syntax at character {exc.offset or 0}"
-        ) from None
+        where = f" at character {exc.offset}" if exc.offset and exc.offset > 1 else ""
+        raise UserError(f"--where {text!r}: {exc.msg}{where}") from None
     try:
         expression = _Where(text, columns).build(tree.body)
     except (TypeError, pa.ArrowException) as exc:
