@@ -218,3 +218,44 @@ def test_score_console_without_ray_logs_unless_verbose(tmp_path):
 
     silent = _score(tmp_path, "a", "--quiet")  # a resume with nothing to do, quiet
     assert silent.returncode == 0 and silent.stderr == "", silent.stderr
+
+
+def test_small_job_records_in_the_bench_table():
+    from vqpipe.bench import to_markdown
+
+    record = {
+        "benchmark": "small_job",
+        "figure": "small job: 100 images, Gamma, local Ray",
+        "seconds": 50.0,
+        "target_s": 25.0,
+        "ratio": 0.5,
+    }
+    report = {
+        "date": "d",
+        "git_commit": "abc",
+        "quick": False,
+        "machine": {"processor": "x86_64", "cpus": 2},
+        "benchmarks": [{"script": "small_job.py", "records": [record]}],
+    }
+    row = "| small_job.py | small job: 100 images, Gamma, local Ray | 50.0 s (target <= 25 s) |"
+    assert row + " 0.50x |" in to_markdown(report)
+
+
+def test_fd2_output_goes_to_a_file_kept_only_on_failure(capfd):
+    from vqpipe.console import NORMAL, VERBOSE, ray_output_kept_out
+
+    with ray_output_kept_out(NORMAL, "test") as path:
+        os.write(2, b"[E core_worker.cc:1] native noise\n")
+    assert "native noise" not in capfd.readouterr().err and not os.path.exists(path)
+
+    with pytest.raises(RuntimeError), ray_output_kept_out(NORMAL, "test") as path:
+        os.write(2, b"INFO ray noise\n")
+        raise RuntimeError("job failed")
+    err = capfd.readouterr().err
+    assert "ray noise" not in err and f"Ray's output of this run: {path}" in err
+    assert "INFO ray noise" in Path(path).read_text()
+    os.remove(path)
+
+    with ray_output_kept_out(VERBOSE, "test") as path:
+        os.write(2, b"shown\n")
+    assert path is None and "shown" in capfd.readouterr().err
