@@ -134,6 +134,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                     result += f", MFU {r['mfu']:.1%}"
             elif "pipeline_images_per_s" in r:
                 result = f"{r['pipeline_images_per_s']:.1f} images/s"
+            elif "seconds" in r and "target_s" in r:
+                result = f"{r['seconds']:.1f} s (target <= {r['target_s']:g} s)"
             elif "srcc" in r:
                 result = f"SRCC {r['srcc']:.3f} in {r['minutes']} min"
             ratio = _ratio(r)

@@ -13,16 +13,32 @@ from typing import Any
 from vqpipe.errors import JobError, UserError
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    from vqpipe.console import NORMAL, QUIET, VERBOSE
+
+    if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+        raise UserError("--quiet and --verbose exclude each other")
+    if getattr(args, "quiet", False):
+        return QUIET
+    return VERBOSE if getattr(args, "verbose", False) else NORMAL
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from vqpipe.console import StatusLine, ray_output_kept_out, terminal
     from vqpipe.demo import format_summary, run_demo
 
-    summary = run_demo(
-        args.out,
-        n_contents=args.contents,
-        seed=args.seed,
-        num_cpus=args.num_cpus,
-        checkpoint=args.checkpoint,
-    )
+    verbosity = _verbosity(args)
+    with StatusLine(terminal(), verbosity) as status:
+        status.update("generating the corpus and scoring it on local Ray")
+        with ray_output_kept_out(verbosity, "demo"):
+            summary = run_demo(
+                args.out,
+                n_contents=args.contents,
+                seed=args.seed,
+                num_cpus=args.num_cpus,
+                checkpoint=args.checkpoint,
+            )
+        status.update("demo corpus generated, scored and evaluated")
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -104,37 +120,50 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from vqpipe.pipeline.job import format_progress, run_job
+    from vqpipe.console import StatusLine, ray_output_kept_out, terminal
+    from vqpipe.pipeline.job import run_job
 
-    def report(progress: dict[str, Any]) -> None:
-        print(format_progress(progress), file=sys.stderr, flush=True)
-
-    def notice(line: str) -> None:
-        print(f"vqpipe: {line}", file=sys.stderr, flush=True)
-
-    summary = run_job(job_config_from_args(args), progress=report, notice=notice)
+    verbosity = _verbosity(args)
+    config = job_config_from_args(args)
+    with StatusLine(terminal(), verbosity, every_s=args.progress_every) as status:
+        status.update("starting: checks, inputs, Ray, the first part")
+        with ray_output_kept_out(verbosity, "score"):
+            summary = run_job(
+                config,
+                progress=status.progress,
+                # in place on a terminal: often; in a log: every --progress-every seconds
+                progress_every_s=1.0 if status.tty else args.progress_every,
+                notice=status.notice,
+            )
+            _shutdown_ray()  # inside: Ray's shutdown messages go to the log too
+        if not summary["scored_rows"]:
+            done = f"{summary['already_done']} of {summary['inputs']} inputs already scored"
+            status.update(f"nothing left to score: {done}", force=True)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _shutdown_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def _cmd_filter(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from vqpipe.pipeline.filtering import filter_table
 
-    from vqpipe.pipeline.job import read_quality_table
-
-    storage = _storage_options(args.storage_options)
-    table = read_quality_table(args.table, storage)
-    keep = table[table["error"].isna()] if "error" in table else table
-    if args.where:
-        keep = keep.query(args.where)
-    if args.percentile:
-        column, _, value = args.percentile.partition(":")
-        threshold = keep[column].quantile(float(value) / 100.0)
-        keep = keep[keep[column] >= threshold]
-    keep = keep.drop(columns=[c for c in keep.columns if c.endswith("_probs")])
-    out = pd.DataFrame(keep).reset_index(drop=True)
-    out.to_parquet(args.out, storage_options=storage or None)
-    print(f"kept {len(out)} of {len(table)} rows → {args.out}")
+    result = filter_table(
+        args.table,
+        args.out,
+        where=args.where,
+        percentile=args.percentile,
+        storage_options=_storage_options(args.storage_options),
+    )
+    threshold = (
+        f", {args.percentile} threshold {result['threshold']:.4g}" if args.percentile else ""
+    )
+    failed = f", {result['failed']} failed rows left out" if result["failed"] else ""
+    print(f"kept {result['kept']} of {result['rows']} rows{failed}{threshold} → {result['out']}")
     return 0
 
 
@@ -193,20 +222,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
+    from vqpipe.console import StatusLine, ray_output_kept_out, terminal
     from vqpipe.train.trainer import fit
 
     with open(args.config, encoding="utf-8") as fh:
         config = yaml.safe_load(fh) or {}
-    result = fit(
-        args.method,
-        config,
-        num_workers=args.num_workers,
-        use_gpu=args.use_gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        storage_path=args.storage_path,
-        name=args.name,
-        resume=not args.no_resume,
-    )
+    verbosity = _verbosity(args)
+    with StatusLine(terminal(), verbosity) as status:
+        status.update(f"training {args.method} with Ray Train")
+        with ray_output_kept_out(verbosity, "train"):
+            result = fit(
+                args.method,
+                config,
+                num_workers=args.num_workers,
+                use_gpu=args.use_gpu,
+                cpus_per_worker=args.cpus_per_worker,
+                storage_path=args.storage_path,
+                name=args.name,
+                resume=not args.no_resume,
+            )
     if result.error is not None:
         print(f"training failed: {result.error}", file=sys.stderr)
         return 1
@@ -224,20 +258,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    # METHODS: a dict in a module that imports torch only inside its functions (--help stays
+    # torch-free; tests/test_cli.py checks it)
     from vqpipe.train.trainer import METHODS
 
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
-    parser.add_argument("--config", required=True, help="YAML with the loop's config keys")
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--use-gpu", action="store_true")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--storage-path", default=None, help="run storage (default ~/vqpipe-runs)")
-    parser.add_argument("--name", default="vqpipe-train", help="run name (resume key)")
-    parser.add_argument("--no-resume", action="store_true", help="start over")
+    parser.add_argument(
+        "--method", required=True, choices=sorted(METHODS), help="the method to fine-tune"
+    )
+    parser.add_argument(
+        "--config", required=True, help="YAML with the loop's config keys (see README)"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=1, help="Ray Train workers (default: %(default)s)"
+    )
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--storage-path",
+        default=None,
+        help="run storage, local or a URI (default: ~/vqpipe-runs)",
+    )
+    parser.add_argument(
+        "--name", default="vqpipe-train", help="run name, the resume key (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over (default: resume from the newest checkpoint of --name)",
+    )
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    from vqpipe.pipeline.config import DEFAULT_BATCH_SIZE, POOL_KEYS
+    from vqpipe.defaults import DEFAULT_BATCH_SIZE
+    from vqpipe.pipeline.config import POOL_KEYS
 
     parser.add_argument(
         "input",
@@ -275,9 +330,14 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME[:KEY=VALUE,...]",
         help="a scorer pool, repeatable (default: gamma with its bundled demo checkpoint), e.g. "
         "gamma:checkpoint=s3://m/g.safetensors,batch_size=256; pool keys: "
-        f"{pool_keys}; other keys go to the scorer (see `vqpipe scorers`)",
+        f"{pool_keys}; other keys go to the scorer (`vqpipe scorers NAME` lists them)",
     )
-    parser.add_argument("--scorers", help="comma-separated scorer names, default options")
+    parser.add_argument(
+        "--scorers",
+        metavar="NAME,...",
+        help="comma-separated scorer names with default options (default: none; with neither "
+        "this nor --scorer: gamma)",
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -324,35 +384,51 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         default=4 * 3600.0,
         help="video seconds at most (default: 4 h)",
     )
-    parser.add_argument("--root", default=None, help="manifest entries must stay inside this")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="manifest entries must stay inside this prefix (default: no restriction)",
+    )
     parser.add_argument(
         "--rows-per-file", type=int, default=256, help="rows per output part (default: 256)"
     )
     parser.add_argument(
-        "--storage-options", help='JSON for fsspec, e.g. \'{"profile": "curation"}\''
+        "--storage-options",
+        help='JSON for fsspec, e.g. \'{"profile": "curation"}\' (default: none)',
     )
-    parser.add_argument("--include", action="append", help="glob on relative paths (repeatable)")
-    parser.add_argument("--exclude", action="append", help="glob on relative paths (repeatable)")
-    parser.add_argument("--limit", type=int, default=None, help="score the first N inputs only")
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="glob on relative paths, repeatable (default: every media file)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="glob on relative paths, repeatable (default: none)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score the first N inputs only (default: all)"
+    )
     parser.add_argument(
         "--since",
         default=None,
         metavar="TIME",
-        help="a prefix of files: only objects modified after TIME (ISO, UTC by default)",
+        help="a prefix of files: only objects modified after TIME (ISO, UTC by default; "
+        "default: all)",
     )
     parser.add_argument(
-        "--no-resume", action="store_true", help="replace existing results instead of resuming"
+        "--no-resume",
+        action="store_true",
+        help="replace existing results (default: resume, scoring only what is missing)",
     )
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
-    from vqpipe.scoring import get_scorer_spec, list_scorers
+    from vqpipe.catalog import format_scorer, format_table
 
-    names = list_scorers()
-    if not names:
-        print("no scorers registered yet")
-    for name in names:
-        print(f"{name:<16}{get_scorer_spec(name).description}")
+    print(format_scorer(args.name) if args.name else format_table())
     return 0
 
 
@@ -363,46 +439,218 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_console_flags(parser: argparse.ArgumentParser, on_subcommand: bool) -> None:
+    # On a subcommand the flags default to SUPPRESS, so that `vqpipe --quiet score` is not
+    # undone by the subcommand's own default.
+    default = argparse.SUPPRESS if on_subcommand else False
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no status line or notices, only errors and the result (default: off)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="show Ray's own logs and progress on the terminal (default: off: they go to Ray's "
+        "log directory, /tmp/ray/session_latest/logs)",
+    )
+
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+MAIN_EPILOG = """\
+examples:
+  vqpipe demo                                    # synthetic corpus, scored and evaluated
+  vqpipe score ./images --out ./quality          # Gamma (bundled demo checkpoint), local Ray
+  vqpipe filter ./quality --where "gamma_score >= 0.6" --out keep.parquet
+  vqpipe eval ./quality --mos mos.csv --out report/
+  vqpipe scorers                                 # what can score, and with which options
+  vqpipe scorers gamma                           # one scorer's --scorer keys
+
+`vqpipe COMMAND --help` shows each command's options and examples.
+"""
+
+DEMO_EPILOG = """\
+examples:
+  vqpipe demo                                    # 8 contents x 26 images, into ./vqpipe-demo
+  vqpipe demo --contents 2 --num-cpus 2 --out /tmp/demo
+  vqpipe demo --checkpoint gamma.safetensors --json
+"""
+
+SCORE_EPILOG = """\
+examples:
+  vqpipe score ./images --out ./quality
+  vqpipe score s3://lake/images/ --out s3://lake/quality/ \\
+      --scorer gamma:checkpoint=s3://models/gamma.safetensors,batch_size=256 \\
+      --num-gpus-per-actor 1 --actors 1-8 --storage-options '{"profile": "curation"}'
+  vqpipe score ./images --out ./quality \\
+      --scorer qalign:task=quality,column=qalign_quality \\
+      --scorer qalign:task=aesthetics,column=qalign_aes
+  vqpipe score manifest.parquet --out ./quality --include "**/*.jpg"
+  vqpipe score ./images --out ./quality --address ray://head:10001   # a running cluster
+
+Rerunning the same command resumes: only inputs without a row are scored. Ray's own logs go
+to Ray's log directory (/tmp/ray/session_latest/logs); --verbose shows them here.
+"""
+
+FILTER_EPILOG = """\
+examples:
+  vqpipe filter ./quality --where "gamma_score >= 0.6" --out keep.parquet
+  vqpipe filter ./quality --percentile gamma_score:80 --out ./lists/      # → ./lists/keep.parquet
+  vqpipe filter ./quality --where "media_type == 'image' and width >= 512" --out keep.parquet
+  vqpipe filter s3://lake/quality/ --where "qalign_score > 3.5 or gamma_score.isna()" \\
+      --out s3://lake/keep.parquet --storage-options '{"profile": "curation"}'
+
+The keep list has every column of the table and its `vqpipe.job` metadata (plus
+`vqpipe.filter`: source, --where, --percentile and threshold). Rows with an error are left
+out; a condition on a NULL is not true, so NULL scores are never kept (`COL.isna()` selects
+them explicitly).
+"""
+
+EVAL_EPILOG = """\
+examples:
+  vqpipe eval ./quality --mos mos.csv --out report/
+  vqpipe eval ./quality --mos mos.parquet --out report/ --by dataset --by media_type
+  vqpipe eval preds.parquet --mos s3://lake/mos.csv --out report/ --bootstrap 1000 \\
+      --storage-options '{"anon": true}'
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  vqpipe train --method gamma --config gamma.yaml
+  vqpipe train --method qalign --config qalign.yaml --num-workers 4 --use-gpu \\
+      --storage-path s3://runs/ --name qalign-koniq
+"""
+
+BENCH_EPILOG = """\
+examples:
+  vqpipe bench --quick                           # every script of benchmarks/, small settings
+  vqpipe bench --only small_job --only pipeline --out bench/
+"""
+
+SCORERS_EPILOG = """\
+examples:
+  vqpipe scorers                                 # one row per scorer
+  vqpipe scorers gamma                           # gamma's --scorer keys and their defaults
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="vqpipe", description="Score the visual quality of image and video corpora on Ray."
+        prog="vqpipe",
+        description="Score the visual quality of image and video corpora on Ray.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_RAW,
     )
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks (also VQPIPE_DEBUG=1)"
     )
     parser.add_argument("--version", action="version", version=f"vqpipe {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_console_flags(parser, on_subcommand=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
         help="generate a synthetic corpus and score it with Gamma on local Ray",
-        description="Generate a synthetic corpus and score it with Gamma on local Ray Data.",
+        description="Generate a synthetic corpus, score it with Gamma on local Ray Data and "
+        "evaluate the scores against its MOS.",
+        epilog=DEMO_EPILOG,
+        formatter_class=_RAW,
     )
     demo.add_argument(
         "--out", default="vqpipe-demo", help="output directory (default: %(default)s)"
     )
-    demo.add_argument("--contents", type=int, default=8, help="synthetic contents (26 images each)")
-    demo.add_argument("--seed", type=int, default=2026, help="corpus seed (default: unseen)")
-    demo.add_argument("--checkpoint", default=None, help="Gamma checkpoint (default: bundled)")
-    demo.add_argument("--num-cpus", type=int, default=None, help="CPUs for local Ray")
+    demo.add_argument(
+        "--contents",
+        type=int,
+        default=8,
+        help="synthetic contents, 26 images each (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=2026,
+        help="corpus seed (default: %(default)s, unseen in training)",
+    )
+    demo.add_argument(
+        "--checkpoint", default=None, help="Gamma checkpoint (default: the bundled demo one)"
+    )
+    demo.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs for local Ray (default: all)"
+    )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_console_flags(demo, on_subcommand=True)
     demo.set_defaults(func=_cmd_demo)
 
-    score = sub.add_parser("score", help="score a corpus into a Parquet quality table")
+    score = sub.add_parser(
+        "score",
+        help="score a corpus into a Parquet quality table",
+        description="Score every image and video of a corpus into a Parquet quality table "
+        "(one row per input), on local Ray or a cluster.",
+        epilog=SCORE_EPILOG,
+        formatter_class=_RAW,
+    )
     add_score_arguments(score)
+    score.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="status line interval when stderr is not a terminal (default: %(default)g; on a "
+        "terminal the line updates in place)",
+    )
+    _add_console_flags(score, on_subcommand=True)
     score.set_defaults(func=_cmd_score)
 
-    filt = sub.add_parser("filter", help="write the keep list of a quality table")
-    filt.add_argument("table", help="output dir of a scoring job")
-    filt.add_argument("--where", help='pandas query, e.g. "gamma_score >= 0.6"')
-    filt.add_argument("--percentile", help="COLUMN:P keeps rows at or above the P-th percentile")
-    filt.add_argument("--out", required=True)
-    filt.add_argument("--storage-options", help="JSON storage options")
+    filt = sub.add_parser(
+        "filter",
+        help="write the keep list of a quality table",
+        description="Write the rows of a quality table that pass --where and --percentile to "
+        "one Parquet file, with every column and the table's metadata.",
+        epilog=FILTER_EPILOG,
+        formatter_class=_RAW,
+    )
+    filt.add_argument(
+        "table", help="a quality table: the --out of vqpipe score (dir or URI), or a Parquet file"
+    )
+    filt.add_argument(
+        "--where",
+        metavar="EXPR",
+        help='condition in pandas-query syntax, e.g. "gamma_score >= 0.6 and width > 512"; '
+        "and/or/not, comparisons, in [...], + - * /, COL.isna(), COL.notna() (default: all "
+        "rows without an error)",
+    )
+    filt.add_argument(
+        "--percentile",
+        metavar="COLUMN:P",
+        help="keep rows at or above the P-th percentile of COLUMN, among the rows --where keeps "
+        "(default: no percentile cut)",
+    )
+    filt.add_argument(
+        "--out",
+        required=True,
+        help="output Parquet file; an existing directory or a trailing '/' writes "
+        "DIR/keep.parquet (no default)",
+    )
+    filt.add_argument("--storage-options", help="JSON storage options for fsspec (default: none)")
     filt.set_defaults(func=_cmd_filter)
 
-    ev = sub.add_parser("eval", help="SRCC/KRCC/PLCC of a quality table against MOS + report")
+    ev = sub.add_parser(
+        "eval",
+        help="SRCC/KRCC/PLCC of a quality table against MOS + report",
+        description="Correlate a quality table with MOS: SRCC, KRCC, PLCC (after a monotone "
+        "logistic fit) with bootstrap intervals, per group, with plots and report.md.",
+        epilog=EVAL_EPILOG,
+        formatter_class=_RAW,
+    )
     ev.add_argument("predictions", help="quality table: a job's output dir or a Parquet/CSV file")
-    ev.add_argument("--mos", required=True, help="MOS table (uri or path, mos[, dataset])")
+    ev.add_argument(
+        "--mos", required=True, help="MOS table (uri or path) with uri, mos[, dataset] columns"
+    )
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument(
         "--by",
@@ -411,25 +659,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="group by a column of the MOS or quality table; repeat or comma-separate for "
         "several (default: dataset)",
     )
-    ev.add_argument("--bootstrap", type=int, default=200, help="resamples for 95%% intervals")
-    ev.add_argument("--storage-options", help="JSON storage options")
+    ev.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="resamples for 95%% intervals (default: %(default)s)",
+    )
+    ev.add_argument("--storage-options", help="JSON storage options for fsspec (default: none)")
     ev.set_defaults(func=_cmd_eval)
 
-    train = sub.add_parser("train", help="fine-tune a method with Ray Train (TorchTrainer)")
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a method with Ray Train (TorchTrainer)",
+        description="Fine-tune a method on MOS datasets with Ray Train; checkpoints load as "
+        "the scorer's checkpoint=.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=_RAW,
+    )
     add_train_arguments(train)
+    _add_console_flags(train, on_subcommand=True)
     train.set_defaults(func=_cmd_train)
 
-    bench = sub.add_parser("bench", help="run benchmarks/ and write bench.json + bench.md")
-    bench.add_argument("--quick", action="store_true", help="the scripts' small settings")
-    bench.add_argument("--only", action="append", help="script name without .py (repeatable)")
+    bench = sub.add_parser(
+        "bench",
+        help="run benchmarks/ and write bench.json + bench.md",
+        description="Run the scripts of benchmarks/ one after another and collect their "
+        "figures into bench.json and a markdown table.",
+        epilog=BENCH_EPILOG,
+        formatter_class=_RAW,
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="the scripts' small settings (default: full size)"
+    )
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="SCRIPT",
+        help="script name without .py, repeatable (default: every script)",
+    )
     bench.add_argument("--dir", default=None, help="benchmarks directory (default: ./benchmarks)")
     bench.add_argument("--out", default="bench", help="output directory (default: %(default)s)")
     bench.set_defaults(func=_cmd_bench)
 
-    scorers = sub.add_parser("scorers", help="list the registered scorers")
+    scorers = sub.add_parser(
+        "scorers",
+        help="list the registered scorers, or one scorer's options",
+        description="List the registered scorers (name, media, score range, default "
+        "checkpoint), or the --scorer keys of one with their defaults.",
+        epilog=SCORERS_EPILOG,
+        formatter_class=_RAW,
+    )
+    scorers.add_argument(
+        "name", nargs="?", default=None, help="a scorer: list its options (default: list all)"
+    )
     scorers.set_defaults(func=_cmd_scorers)
 
-    version = sub.add_parser("version", help="print the vqpipe version")
+    version = sub.add_parser(
+        "version",
+        help="print the vqpipe version",
+        description="Print the vqpipe version (also vqpipe --version).",
+        epilog="examples:\n  vqpipe version\n",
+        formatter_class=_RAW,
+    )
     version.set_defaults(func=_cmd_version)
     return parser
 

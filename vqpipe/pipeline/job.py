@@ -160,27 +160,54 @@ def done_uris(config: JobConfig, parts: list[str]) -> set[str]:
 
 
 def _progress(written: list[dict[str, Any]], total: int | None, elapsed: float) -> dict[str, Any]:
+    """Counts, the overall rate, and the scoring rate and ETA after warm-up: measured from the
+    first committed part (its time is noted on it at the first call, which comes as soon as
+    that part is in), so Ray's and the actors' start-up do not count. ``total`` is None when
+    the input's size is not known in advance (sharded inputs, listings)."""
     done = sum(int(w["rows"]) for w in written)
     rate = done / elapsed if elapsed > 0 else 0.0
+    steady = None
+    if written:
+        first_s = written[0].setdefault("_committed_s", elapsed)
+        if len(written) > 1 and elapsed > first_s:
+            steady = (done - int(written[0]["rows"])) / (elapsed - first_s)
     return {
         "done": done,
         "total": total,
         "errors": sum(int(w["errors"]) for w in written),
         "items_per_s": round(rate, 2),
-        "eta_s": round((total - done) / rate, 1) if rate > 0 and total is not None else None,
+        "scoring_items_per_s": round(steady, 2) if steady is not None else None,
+        "eta_s": None
+        if total is None
+        else (round((total - done) / steady, 1) if steady else (0.0 if done >= total else None)),
     }
 
 
 def format_progress(p: dict[str, Any]) -> str:
-    """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s``."""
-    eta = f"{p['eta_s']:.0f} s" if p["eta_s"] is not None else "?"
-    rate = p["items_per_s"]
-    done = p["done"] if p["total"] is None else f"{p['done']}/{p['total']}"
-    return f"scored {done}, {p['errors']} errors, {rate} items/s, ETA {eta}"
+    """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s`` (``scored
+    1200`` when the total is not known); before a second part is in, the rate is not known
+    yet (``ETA after warm-up``)."""
+    from vqpipe.console import format_eta
+
+    total = p["total"]
+    head = (
+        f"scored {p['done']}" + ("" if total is None else f"/{total}") + f", {p['errors']} errors"
+    )
+    rate = p.get("scoring_items_per_s")
+    if total is not None and p["done"] >= total:
+        return f"{head}, {p['items_per_s']} items/s overall"
+    if rate is None:
+        return f"{head}, ETA after warm-up"
+    if total is None:
+        return f"{head}, {rate} items/s"
+    return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
 
 
 DECODE_CPUS = 0.5
-DECODE_MEMORY = 512 * 1024**2
+# A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
+# scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
+# its request, so the request covers that plus a few decoded full-size images.
+DECODE_MEMORY = 1024 * 1024**2
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:

@@ -1,0 +1,194 @@
+"""What a vqpipe command shows on the terminal: its own notices and one status line, with Ray's
+output kept out of the way.
+
+By default Ray's own output (its Python loggers, Ray Data's execution and progress logs, the
+driver core worker's native ``E … core_worker.cc`` lines) is written to a log file for the
+duration of the job instead of the terminal: Ray's log directory
+(``/tmp/ray/session_latest/logs``: ``ray-data/``, ``python-core-driver-*.log``) keeps its own
+copy as always, and the file is kept (and named) when the command fails. ``--verbose`` leaves
+Ray's output on the terminal; ``--quiet`` shows neither Ray's output nor vqpipe's status line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+
+
+@contextlib.contextmanager
+def ray_output_kept_out(verbosity: int, command: str = "vqpipe") -> Iterator[str | None]:
+    """Send everything written to file descriptor 2 (Ray's loggers and its native logging) to
+    a log file while the block runs, unless ``verbosity`` is :data:`VERBOSE`; yields its path.
+
+    The file is removed when the block succeeds (Ray's log directory has the same lines) and
+    kept, with a line naming it, when it raises. Write vqpipe's own lines to a stream from
+    :func:`terminal` opened *before* entering.
+    """
+    if verbosity >= VERBOSE:
+        yield None
+        return
+    # Ray Data's progress bars / progress log lines would only fill the file.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if "ray.data" in sys.modules:  # already imported (DataContext read the variable then)
+        sys.modules["ray.data"].DataContext.get_current().enable_progress_bars = False
+    folder = os.path.join(tempfile.gettempdir(), f"vqpipe-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{command}-{os.getpid()}.log")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 2)
+    os.close(log)
+    failed = False
+    try:
+        yield path
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if failed and os.path.getsize(path):
+            print(f"vqpipe: Ray's output of this run: {path}", file=sys.stderr, flush=True)
+        else:  # success, or a failure before Ray said anything (a user mistake)
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def terminal() -> TextIO:
+    """A stream on the terminal's stderr that stays there while fd 2 is redirected (when
+    ``sys.stderr`` is not a real file, e.g. captured in a test, ``sys.stderr`` itself)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
+    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8")
+
+
+def format_eta(seconds: float | None) -> str:
+    """``45 s``, ``12 min``, ``3.2 h``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class StatusLine:
+    """vqpipe's one status line: redrawn in place (``\\r``) about once a second on a TTY;
+    otherwise printed as a new line every ``every_s`` seconds (a heartbeat while nothing
+    happens, and at each forced update). Notices print above it. Nothing is printed before
+    ``every_s`` has passed or an update is forced, so a quick mistake stays one line.
+
+    Thread-safe; use it as a context manager (or call :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        verbosity: int = NORMAL,
+        every_s: float = 10.0,
+        tty: bool | None = None,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.verbosity = verbosity
+        self.every_s = every_s
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        # In place only on a terminal, and not under --verbose (Ray's lines would cut into it).
+        self.tty = (isatty() if tty is None else tty) and verbosity < VERBOSE
+        self.started = time.monotonic()
+        self.text = "starting"
+        self._last_print = self.started
+        self._drawn = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if verbosity > QUIET:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+
+    def __enter__(self) -> StatusLine:
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self.close(failed=kind is not None)
+
+    def _tick(self) -> None:
+        # TTY: redraw each second (the elapsed time moves); else a heartbeat every every_s.
+        while not self._stop.wait(1.0 if self.tty else min(self.every_s, 1.0)):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                if self.tty and time.monotonic() - self.started >= 1.0:
+                    self._draw()
+                elif not self.tty and time.monotonic() - self._last_print >= self.every_s:
+                    self._print()
+
+    def _line(self) -> str:
+        return f"vqpipe: {self.text} [{time.monotonic() - self.started:.0f} s]"
+
+    def _draw(self) -> None:
+        self.stream.write(f"\r\033[K{self._line()}")
+        self.stream.flush()
+        self._drawn = True
+
+    def _print(self) -> None:
+        self._last_print = time.monotonic()
+        print(self._line(), file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self._drawn = False
+
+    def update(self, text: str, force: bool = False) -> None:
+        """Show ``text`` as the status: redrawn on a TTY; else printed now when ``force``,
+        by the next heartbeat otherwise."""
+        if self.verbosity <= QUIET:
+            return
+        with self._lock:
+            self.text = text
+            if self.tty:
+                self._draw()
+            elif force:
+                self._print()
+
+    def notice(self, line: str) -> None:
+        """A one-off line (``vqpipe: …``) printed above the status line."""
+        if self.verbosity <= QUIET:
+            return
+        with self._lock:
+            self._clear()
+            print(f"vqpipe: {line}", file=self.stream, flush=True)
+            if self.tty:
+                self._draw()
+
+    def progress(self, p: dict[str, Any]) -> None:
+        """A job's progress record (:func:`vqpipe.pipeline.job._progress`) as the status;
+        ``run_job`` already calls it at most every ``progress_every_s``."""
+        from vqpipe.pipeline.job import format_progress
+
+        self.update(format_progress(p), force=True)
+
+    def close(self, failed: bool = False) -> None:
+        """Stop redrawing; end the line (a failed command's status is erased, so its error
+        line stands alone)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            if self._drawn:
+                self.stream.write("\r\033[K" if failed else "\n")
+                self.stream.flush()
+                self._drawn = False
