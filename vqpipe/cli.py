@@ -137,16 +137,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
             )
             _shutdown_ray()  # inside: Ray's shutdown messages go to the log too
         if not summary["scored_rows"]:
-            done = f"{summary['already_done']} of {summary['inputs']} inputs already scored"
+            if "shards" in summary:
+                done = f"{summary['shards_already_done']} of {summary['shards']} shards committed"
+            else:
+                done = f"{summary.get('already_done', 0)} inputs already scored"
             status.update(f"nothing left to score: {done}", force=True)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _shutdown_ray() -> None:
+    """Stop the local Ray this command started (a Ray the caller started stays up)."""
+    from vqpipe.pipeline import job
+
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    if ray is not None and ray.is_initialized() and job.STARTED_RAY:
         ray.shutdown()
+        job.STARTED_RAY = False
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:

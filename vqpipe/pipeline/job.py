@@ -43,6 +43,8 @@ from vqpipe.pipeline.validate import check_cluster_resources, validate_job
 
 log = logging.getLogger(__name__)
 BUNDLED_DEMO = "bundled-demo"
+STARTED_RAY = False
+"""Whether a job of this process started Ray (the CLI then stops it; a caller's Ray stays)."""
 
 
 def _uses_bundled(spec: ScorerOptions) -> bool:
@@ -495,7 +497,9 @@ def _run_locked(
     written: list[dict[str, Any]] = []
     if pending:
         if not ray.is_initialized():
+            global STARTED_RAY
             ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+            STARTED_RAY = True
         check_cluster_resources(
             config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
         )
