@@ -200,14 +200,14 @@ def _manifest_tables(
             tables = (pa.Table.from_batches([b]) for b in batches)
         else:
             reader = pcsv.read_csv if lower.endswith(".csv") else pjson.read_json
-            table = reader(fh)
-            tables = (table.slice(i, rows) for i in range(0, max(len(table), 1), rows))
+            whole = reader(fh)
+            tables = (whole.slice(i, rows) for i in range(0, len(whole), rows))
         start = 0
-        for table in tables:
-            if len(table) == 0:
+        for chunk in tables:
+            if len(chunk) == 0:
                 continue
-            yield _manifest_rows(table, shard, column, root, start)
-            start += len(table)
+            yield _manifest_rows(chunk, shard, column, root, start)
+            start += len(chunk)
 
 
 def _manifest_rows(
@@ -216,7 +216,7 @@ def _manifest_rows(
     if column not in table.column_names:
         raise ValueError(f"manifest {shard.uri} has no {column!r} column")
     raw = table.column(column).to_pylist()
-    carried = table.drop_columns([c for c in (column, URI) if c in table.column_names])
+    carried = table.drop_columns([c for c in {column, URI} if c in table.column_names])
     uris, kinds, errors = [], [], []
     for i, value in enumerate(raw):
         if not isinstance(value, str) or not value.strip():
