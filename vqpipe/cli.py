@@ -152,11 +152,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
+    from vqpipe.errors import UserError
     from vqpipe.train.trainer import fit
 
-    with open(args.config, encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
-    result = fit(
+    try:
+        with open(args.config, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())  # YAML errors span lines: keep the message one line
+        raise UserError(f"cannot read the training config {args.config}: {reason}") from None
+    result = fit(  # raises ConfigError (a UserError) before Ray starts for a bad config
         args.method,
         config,
         num_workers=args.num_workers,
