@@ -232,13 +232,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vqpipe.console import StatusLine, ray_output_kept_out, terminal
     from vqpipe.train.trainer import fit
 
-    with open(args.config, encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
+    try:
+        with open(args.config, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())  # YAML errors span lines: keep the message one line
+        raise UserError(f"cannot read the training config {args.config}: {reason}") from None
     verbosity = _verbosity(args)
     with StatusLine(terminal(), verbosity) as status:
         status.update(f"training {args.method} with Ray Train")
         with ray_output_kept_out(verbosity, "train"):
-            result = fit(
+            result = fit(  # raises ConfigError (a UserError) before Ray starts for a bad config
                 args.method,
                 config,
                 num_workers=args.num_workers,

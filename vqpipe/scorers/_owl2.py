@@ -82,6 +82,7 @@ class Owl2Scorer(Scorer):
     ) -> None:
         source = os.fspath(checkpoint) if checkpoint is not None else self.default_hub_id
         super().__init__(source, device, dtype)
+        self.storage_options = storage_options
         self.directory = resolve_model_dir(source, storage_options)
         if model is None:
             model = MPLUGOwl2ForCausalLM.from_pretrained(

@@ -170,7 +170,8 @@ class AnchorComparison:
         """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
         return self.scores_from_probs(self.comparison_probs(batch["pixels"]))
 
-    def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+    def score_items(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Scores of test images (a frame list: its frames, scored and averaged)."""
         items = list(items)
         if not items:
             return {"score": np.zeros(0, np.float32)}

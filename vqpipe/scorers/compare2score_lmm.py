@@ -67,6 +67,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         if checkpoint is None:
             raise ValueError("compare2score-lmm needs checkpoint= (a transformers LMM)")
         super().__init__(os.fspath(checkpoint), device, dtype)
+        self.storage_options = storage_options
         directory = resolve_checkpoint(checkpoint, storage_options=storage_options)
         self.checkpoint_fingerprint = checkpoint_identity(checkpoint, storage_options)
         self.processor = AutoProcessor.from_pretrained(directory)

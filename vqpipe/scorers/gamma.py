@@ -20,6 +20,7 @@ from vqpipe.media.image import to_rgb
 from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP, scene_prompts
 from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
 from vqpipe.scoring.base import Scorer
+from vqpipe.scoring.inputs import Item
 
 
 class GammaPreprocessor:
@@ -87,6 +88,7 @@ class GammaScorer(Scorer):
         super().__init__(None if checkpoint is None else os.fspath(checkpoint), device, dtype)
         scene_prompts(scene)  # validates the scene name early
         self.scene = scene
+        self.storage_options = storage_options
         if model is None:
             source = checkpoint if checkpoint is not None else demo_checkpoint()
             model, _ = load_gamma(source, storage_options=storage_options)
@@ -158,27 +160,31 @@ class GammaScorer(Scorer):
             "probs": out["probs"].float().cpu().numpy(),
         }
 
-    def score_details(
-        self, items: Sequence[Image.Image], scene: str | Sequence[str] | None = None
+    def score_items(
+        self, items: Sequence[Item], scene: str | Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Scores and level probabilities; ``scene`` overrides the default (one or per item)."""
+        """Scores and level probabilities; ``scene`` overrides the default (one or per item).
+        A video (a frame list) gets the mean over its frames, as in the pipeline."""
         items = list(items)
         if not items:
             return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
-        batch = self.collate([self.preprocess(it) for it in items])
+        frames = [f for it in items for f in (it if isinstance(it, list) else [it])]
+        counts = [len(it) if isinstance(it, list) else 1 for it in items]
+        batch = self.collate([self.preprocess(f) for f in frames])
         if scene is not None:
             scenes = [scene] * len(items) if isinstance(scene, str) else list(scene)
             if len(scenes) != len(items):
                 raise ValueError(f"got {len(scenes)} scenes for {len(items)} items")
             for s in set(scenes):
                 scene_prompts(s)
-            batch["scene"] = np.asarray(scenes)
-        return self.predict(batch)
-
-    def score(
-        self, items: Sequence[Image.Image], scene: str | Sequence[str] | None = None
-    ) -> np.ndarray:
-        return self.score_details(items, scene=scene)["score"]
+            batch["scene"] = np.repeat(np.asarray(scenes), counts)
+        out = self.predict(batch)
+        if len(frames) == len(items):
+            return out
+        owner = np.repeat(np.arange(len(items)), counts)
+        return {
+            k: np.stack([v[owner == i].mean(0) for i in range(len(items))]) for k, v in out.items()
+        }
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "scene": self.scene, "image_size": self.image_size}

@@ -151,7 +151,7 @@ class QAlignScorer(Owl2Scorer):
             return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
         return {key: np.concatenate([o[key] for o in outs]) for key in ("score", "probs")}
 
-    def score_details(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+    def score_items(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """Scores and level probabilities; a frame list is one video item."""
         return self.predict_items([self.preprocess(it)["pixels"] for it in items])
 

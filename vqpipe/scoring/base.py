@@ -8,7 +8,10 @@ A scorer splits its work so the pipeline can run each half where it belongs:
 * :meth:`Scorer.predict` — accelerator side, one batch dict → ``{"score": (B,), "probs":
   (B, K), ...}``. Runs in a GPU actor pool.
 
-Library users call :meth:`Scorer.score` / :meth:`Scorer.score_details`, which chain the three.
+Library users call the scorer (``scorer(x)`` is ``scorer.score(x)``) or
+:meth:`Scorer.score_details`: they take one item or a batch of paths, URIs, PIL images, arrays,
+tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), and chain the three steps in
+:meth:`Scorer.score_items`, the one method a scorer overrides to score differently.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ import numpy as np
 import torch
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
-
-Item = Any  # a PIL.Image.Image, or a sequence of PIL images (video frames)
+from vqpipe.scoring.inputs import Item, as_items
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -64,6 +66,7 @@ class Scorer(abc.ABC):
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     prob_labels: ClassVar[tuple[str, ...]] = ()
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
+    storage_options: dict[str, Any] | None = None  # fsspec options for inputs given as URIs
 
     def __init__(
         self,
@@ -143,16 +146,55 @@ class Scorer(abc.ABC):
         """One ``pixels`` batch from single frames (scorers with ragged inputs override it)."""
         return np.stack([np.asarray(f) for f in frames])
 
-    def score_details(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
-        """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...)."""
+    def score_items(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+        """Scores plus per-item details of normalised items (PIL images; a list of PIL frames
+        is one video, scored as the pipeline scores it: :meth:`predict_items` over its
+        frames)."""
         items = list(items)
         if not items:
-            return {"score": np.zeros(0, dtype=np.float32)}
+            k = max(len(self.prob_labels), 1)
+            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
+        if any(isinstance(it, list) for it in items):
+            return self.predict_items([self.frames_input(it) for it in items])
         return self.predict(self.collate([self.preprocess(it) for it in items]))
 
-    def score(self, items: Sequence[Item]) -> np.ndarray:
-        """One score per item, shape (len(items),)."""
-        return np.asarray(self.score_details(items)["score"])
+    def frames_input(self, item: Item) -> np.ndarray:
+        """One item as :meth:`predict_items` takes it: its frames' ``pixels``, [T, ...]."""
+        frames = item if isinstance(item, list) else [item]
+        return np.stack([self.preprocess(f)["pixels"] for f in frames])
+
+    def score_details(
+        self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...) of one item
+        or a batch (see :mod:`vqpipe.scoring.inputs`). A batch gives arrays with one row per
+        item; one item gives that row (``score`` a float). ``storage_options`` (default: the
+        scorer's) are for URIs; ``options`` go to :meth:`score_items`."""
+        out, single = self._score(x, storage_options, options)
+        if not single:
+            return out
+        return {k: float(v[0]) if np.ndim(v) == 1 else np.asarray(v[0]) for k, v in out.items()}
+
+    def score(
+        self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> float | np.ndarray:
+        """One item → its score (a float); a batch → one score per item, shape (N,)."""
+        out, single = self._score(x, storage_options, options)
+        return float(out["score"][0]) if single else np.asarray(out["score"])
+
+    def __call__(
+        self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> float | np.ndarray:
+        """``scorer(x)`` is ``scorer.score(x)`` (pyiqa's ``metric(x)``)."""
+        return self.score(x, storage_options=storage_options, **options)
+
+    def _score(
+        self, x: Any, storage_options: dict[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        if storage_options is None:
+            storage_options = self.storage_options
+        items, single = as_items(x, storage_options)
+        return self.score_items(items, **options), single
 
     def metadata(self) -> dict[str, Any]:
         """What the quality table records about this scorer."""

@@ -4,6 +4,7 @@ Ray Data stream of the same media stage for Ray Train workers."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +15,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, Resize
 
 from vqpipe.io.fs import read_bytes
-from vqpipe.media.decode import MediaLimits, decode_image
+from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.models.gamma import scene_for_dataset, scene_prompts
+from vqpipe.train.config import dataset_setting, media_rows, skipped_note
+
+log = logging.getLogger("vqpipe.train")
 
 
 def read_table(source: str | Any, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -68,11 +72,16 @@ def mixed_table(
 ) -> pd.DataFrame:
     """One table (path, target, scene, weight) from several MOS tables with their options.
 
-    Each dataset gets ``weight`` (default 1) of the sampling mass, spread over its rows, so a
-    small set mixed with weight 1 is seen as often as a large one."""
-    parts = []
-    for spec in datasets:
+    Rows Gamma cannot train on (videos) are skipped, logged with their files and counted in
+    ``attrs["skipped_rows"]``. Each dataset gets ``weight`` (default 1) of the sampling mass,
+    spread over its rows, so a small set mixed with weight 1 is seen as often as a large one."""
+    parts, skipped_rows = [], 0
+    for i, spec in enumerate(datasets):
         table = split_rows(read_table(spec["table"], storage_options), spec.get("split", split))
+        table, skipped = media_rows(table, "gamma")
+        if len(skipped):
+            skipped_rows += len(skipped)
+            log.warning(skipped_note(skipped, "gamma", f"datasets[{i}]"))
         if table.empty:
             continue
         scene = spec.get("scene") or scene_for_dataset(dataset_name(table))
@@ -83,13 +92,15 @@ def mixed_table(
                     "path": table["path"].astype(str).to_numpy(),
                     "target": normalised_targets(table),
                     "scene": scene,
-                    "weight": float(spec.get("weight", 1.0)) / len(table),
+                    "weight": float(dataset_setting(spec, "gamma", "weight")) / len(table),
                 }
             )
         )
     if not parts:
         raise ValueError("no training rows: check the dataset tables and split names")
-    return pd.concat(parts, ignore_index=True)
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs["skipped_rows"] = skipped_rows
+    return out
 
 
 def load_image(
@@ -155,7 +166,11 @@ class MOSImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, float, str]:
         row = self.table.iloc[index]
-        pixels = self.crop(load_image(row["path"], self.storage_options))
+        try:
+            image = load_image(row["path"], self.storage_options)
+        except Exception as exc:  # name the file: a bare decode error ends a run unexplained
+            raise MediaError(f"training image {row['path']}: {type(exc).__name__}: {exc}") from exc
+        pixels = self.crop(image)
         return torch.from_numpy(pixels), float(row["target"]), str(row["scene"])
 
 

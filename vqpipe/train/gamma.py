@@ -24,6 +24,7 @@ Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene
   ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
   ``early_stop_patience`` (None), ``checkpoint_every`` (1), ``checkpoint_dir`` (outside Ray
   Train), ``resume_from`` (a checkpoint directory; inside Ray Train the reported one wins).
+  Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
 
 Images come from a local DataLoader, or — when Ray Train hands the worker a ``"train"``
 dataset (:func:`vqpipe.train.data.training_stream`, ``fit(..., stream=True)``) — are
@@ -47,6 +48,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
+from vqpipe.train.config import media_rows, setting
 from vqpipe.train.data import (
     MOSImageDataset,
     dataset_name,
@@ -184,6 +186,7 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     try:
         for spec in config["datasets"]:
             val = split_rows(read_table(spec["table"], config.get("storage_options")), "val")
+            val, _ = media_rows(val, "gamma")  # videos were skipped (and logged) for training
             if "split" not in val or val.empty:
                 continue
             name = dataset_name(val, "val")
@@ -230,13 +233,13 @@ def _stream_batches(shard: Any, batch_size: int) -> Iterator[Batch]:
 
 
 def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) -> DataLoader:
-    seed = int(config.get("seed", 0))
-    batch_size = int(config.get("batch_size", 8))
+    seed = int(setting(config, "gamma", "seed"))
+    batch_size = int(setting(config, "gamma", "batch_size"))
     dataset = MOSImageDataset(
         table,
         image_size,
-        augment=bool(config.get("augment", True)),
-        crop_step=int(config.get("crop_step", 8)),
+        augment=bool(setting(config, "gamma", "augment")),
+        crop_step=int(setting(config, "gamma", "crop_step")),
         storage_options=config.get("storage_options"),
     )
     sampler = WeightedRandomSampler(
@@ -250,7 +253,7 @@ def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) 
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=_collate,
-        num_workers=int(config.get("num_workers", 0)),
+        num_workers=int(setting(config, "gamma", "num_workers")),
         drop_last=len(table) > batch_size,
     )
 
@@ -258,20 +261,20 @@ def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) 
 def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train Gamma from ``config`` (see the module docstring); returns the loss history and
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
-    seed = int(config.get("seed", 0))
+    seed = int(setting(config, "gamma", "seed"))
     torch.manual_seed(seed)
     ctx = ray_train_context()
     rank, world = rank_and_world(ctx)
     device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = build_model(config)
-    trainable = model.set_trainable(train_backbone=bool(config.get("train_backbone", False)))
+    trainable = model.set_trainable(train_backbone=bool(setting(config, "gamma", "train_backbone")))
     if config.get("freeze_patch_embed"):
         model.clip_model.visual.conv1.requires_grad_(False)
         trainable = [n for n in trainable if not n.startswith("clip_model.visual.conv1.")]
-    batch_size = int(config.get("batch_size", 8))
+    batch_size = int(setting(config, "gamma", "batch_size"))
     table = mixed_table(
-        config["datasets"], config.get("split", "train"), config.get("storage_options")
+        config["datasets"], setting(config, "gamma", "split"), config.get("storage_options")
     )
     shard = dataset_shard(ctx)
     loader = None if shard is not None else _local_loader(config, table, model.image_size)
@@ -286,26 +289,27 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
         params,
-        lr=float(config.get("lr", 2e-5)),
-        weight_decay=float(config.get("weight_decay", 0.0)),
+        lr=float(setting(config, "gamma", "lr")),
+        weight_decay=float(setting(config, "gamma", "weight_decay")),
     )
-    epochs = int(config.get("epochs", 10))
+    epochs = int(setting(config, "gamma", "epochs"))
     per_epoch = len(loader) if loader is not None else math.ceil(len(table) / world / batch_size)
     max_steps = config.get("max_steps")
     total = min(epochs * per_epoch, int(max_steps)) if max_steps else epochs * per_epoch
-    warmup = int(float(config.get("warmup", 0.0)) * total)
+    warmup = int(float(setting(config, "gamma", "warmup")) * total)
 
     def lr_factor(step: int) -> float:  # linear warmup, then cosine decay (if enabled)
         if step < warmup:
             return (step + 1) / warmup
-        if not config.get("cosine", False):
+        if not setting(config, "gamma", "cosine"):
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    level_weight = float(config.get("level_loss_weight", 0.0))
+    level_weight = float(setting(config, "gamma", "level_loss_weight"))
     history: dict[str, Any] = {"epoch_loss": [], "step_loss": [], "trainable": len(trainable)}
     history["val"] = []
+    history["skipped_rows"] = table.attrs.get("skipped_rows", 0)
     step, start_epoch, started = 0, 0, time.perf_counter()
     with resume_directory(config, ctx) as resume:
         if resume is not None:
@@ -341,7 +345,7 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
                 break
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         metrics: dict[str, Any] = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
-        if config.get("validate", True):
+        if setting(config, "gamma", "validate"):
             metrics.update(validate(core, config, device))
             history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
         stop = bool(max_steps and step >= int(max_steps)) | stopper.update(metrics)

@@ -10,7 +10,7 @@ preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train", "w
 unified MOS tables; images local or fsspec URIs), ``task`` (Q-Align: quality | aesthetics |
 video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation anchor set; default:
 selected from the training rows), ``epochs`` (2, both recipes),
-``batch_size`` per worker (:data:`DEFAULT_BATCH`: Q-Align 32 per device, Compare2Score 8 =
+``batch_size`` per worker (Q-Align 32 per device, Compare2Score 8 =
 64 on 8 GPUs), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
 ``max_steps``, ``freeze_vision`` (False), ``freeze_patch_embed`` (False: the vision patch
 embedding only, e.g. a DCT basis), ``gradient_checkpointing`` (False), ``dtype`` (bf16
@@ -19,7 +19,7 @@ split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_di
 ``resume_from``, ``output`` (a directory in the layout ``from_pretrained`` and the scorers
 load, with ``training_args.json``), ``storage_options``, ``seed``, ``deepspeed`` (None, or a
 :func:`deepspeed_config` dict / ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
-DeepSpeed, on GPUs).
+DeepSpeed, on GPUs). Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
 
 Per-dataset ``weight`` sets each dataset's share of an epoch's examples (drawn with
 replacement when weights are given, a permutation otherwise).
@@ -46,6 +46,7 @@ from vqpipe.models.mplug_owl2 import (
     PromptTokenizer,
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
+from vqpipe.train.config import dataset_setting, dataset_split, setting
 from vqpipe.train.data import dataset_name, load_image, read_table, split_rows
 from vqpipe.train.loop import (
     STATE_FILE,
@@ -75,12 +76,8 @@ SYSTEM = (
 EOS = "</s>"
 
 
-DEFAULT_BATCH = {"qalign": 32, "compare2score": 8}
-"""Per-worker batch of the official recipes (OneAlign: 32 per device; Compare2Score: 64)."""
-
-
 def batch_size_of(config: dict[str, Any], method: str = "qalign") -> int:
-    return int(config.get("batch_size", DEFAULT_BATCH.get(method, 8)))
+    return int(setting(config, method, "batch_size"))
 
 
 def render(conversation: list[dict[str, str]], n_images: int) -> tuple[str, str]:
@@ -143,20 +140,23 @@ def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for spec in config["datasets"]:
         table = split_rows(
-            read_table(spec["table"], config.get("storage_options")), spec.get("split", "train")
+            read_table(spec["table"], config.get("storage_options")),
+            dataset_split(config, spec, method),
         )
         if table.empty:
             continue
         if method == "qalign":
             examples = [
                 {"images": [r["image"]], "conversations": r["conversations"]}
-                for r in qalign_conversations(table, config.get("task", "quality"))
+                for r in qalign_conversations(table, setting(config, "qalign", "task"))
             ]
         else:
-            seed = int(config.get("seed", 0)) + len(out)
-            pairs = compare2score_pairs(table, int(config.get("n_pairs", 1000)), seed)
+            seed = int(setting(config, "common", "seed")) + len(out)
+            pairs = compare2score_pairs(
+                table, int(setting(config, "compare2score", "n_pairs")), seed
+            )
             examples = compare2score_conversations(pairs)
-        weight = float(spec.get("weight", 1.0)) / max(len(examples), 1)
+        weight = float(dataset_setting(spec, method, "weight")) / max(len(examples), 1)
         out.extend({**ex, "weight": weight} for ex in examples)
     if not out:
         raise ValueError("no training rows: check the dataset tables and split names")
@@ -167,7 +167,7 @@ def epoch_order(
     examples: list[dict[str, Any]], config: dict[str, Any], epoch: int, rank: int, world: int
 ) -> np.ndarray:
     """This worker's example indices for ``epoch`` (seeded by epoch, so resuming repeats it)."""
-    rng = np.random.default_rng([int(config.get("seed", 0)), epoch])
+    rng = np.random.default_rng([int(setting(config, "common", "seed")), epoch])
     n = len(examples)
     if any("weight" in spec for spec in config["datasets"]):
         p = np.array([ex["weight"] for ex in examples], np.float64)
@@ -190,8 +190,8 @@ def _load_visual(
     options = config.get("storage_options")
     if media_type_from_name(path) != "video":
         return processor.to_uint8(load_image(path, options))[None]
-    frames, _ = decode_video(read_bytes(path, options), float(config.get("video_fps", 1.0)))
-    keep = even_subset(len(frames), int(config.get("max_frames", 8)))
+    frames, _ = decode_video(read_bytes(path, options), float(setting(config, "lmm", "video_fps")))
+    keep = even_subset(len(frames), int(setting(config, "lmm", "max_frames")))
     return np.stack([processor.to_uint8(frames[i]) for i in keep])
 
 
@@ -343,7 +343,8 @@ def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
         return load_anchor_set(config["anchors"])
     spec = config["datasets"][0]
     rows = split_rows(
-        read_table(spec["table"], config.get("storage_options")), spec.get("split", "train")
+        read_table(spec["table"], config.get("storage_options")),
+        dataset_split(config, spec, "compare2score"),
     )
     return write_anchor_set(rows.reset_index(drop=True), directory / "anchors")
 
@@ -366,7 +367,7 @@ def validate_lmm(
     device = next(model.parameters()).device
     if method == "qalign":
         scorer: Any = QAlignScorer(
-            source, device=device, dtype=dtype, task=config.get("task", "quality"), model=model
+            source, device=device, dtype=dtype, task=setting(config, "qalign", "task"), model=model
         )
     else:
         scorer = Compare2ScoreScorer(
@@ -456,7 +457,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
 
     from vqpipe.scoring.base import resolve_dtype
 
-    seed = int(config.get("seed", 0))
+    seed = int(setting(config, "common", "seed"))
     torch.manual_seed(seed)
     ctx = ray_train_context()
     rank, world = rank_and_world(ctx)
@@ -488,17 +489,17 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params,
-        lr=float(config.get("lr", 2e-5)),
-        weight_decay=float(config.get("weight_decay", 0.0)),
+        lr=float(setting(config, "common", "lr")),
+        weight_decay=float(setting(config, "common", "weight_decay")),
     )
     batch_size = batch_size_of(config, method)
-    epochs = int(config.get("epochs", 2))
+    epochs = int(setting(config, "lmm", "epochs"))
     shard = dataset_shard(ctx)
     per_epoch = math.ceil(len(epoch_order(examples, config, 0, rank, world)) / batch_size)
     total = epochs * per_epoch
     if config.get("max_steps"):
         total = min(total, int(config["max_steps"]))
-    warmup = max(1, int(float(config.get("warmup", 0.03)) * total))
+    warmup = max(1, int(float(setting(config, "lmm", "warmup")) * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (
@@ -524,7 +525,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
         train_model = ray.train.torch.prepare_model(model, move_to_device=False)
     anchors = None
     scratch = tempfile.TemporaryDirectory()
-    if method == "compare2score" and config.get("validate", True):
+    if method == "compare2score" and setting(config, "common", "validate"):
         anchors = validation_anchors(config, Path(scratch.name))
     eos_id = int(model.config.eos_token_id)
     pad_id = int(model.config.pad_token_id or 0)
@@ -587,7 +588,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
                 break
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         metrics: dict[str, Any] = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
-        if config.get("validate", True):
+        if setting(config, "common", "validate"):
             metrics.update(validate_lmm(model, method, config, source, anchors))
             history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
         stop = step >= total or stopper.update(metrics)

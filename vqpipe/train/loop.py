@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from vqpipe.train.config import setting
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -109,7 +111,7 @@ def end_epoch(
     rank with ``all_ranks`` (sharded state such as DeepSpeed's; Ray Train merges the ranks'
     files into one checkpoint directory)."""
     rank, _ = rank_and_world(ctx)
-    due = last or (metrics["epoch"] + 1) % int(config.get("checkpoint_every", 1)) == 0
+    due = last or (metrics["epoch"] + 1) % int(setting(config, "common", "checkpoint_every")) == 0
     saves = due and (rank == 0 or all_ranks)
     if ctx is not None:
         import ray.train

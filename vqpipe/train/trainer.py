@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vqpipe.train.config import check_config, setting
+
 METHODS: dict[str, str] = {
     "gamma": "vqpipe.train.gamma:train_gamma",
     "qalign": "vqpipe.train.lmm:train_qalign",
@@ -44,7 +46,11 @@ def fit(
     max_failures: int = 0,
 ) -> Any:
     """Run the method's loop on ``num_workers`` Ray Train workers; returns the ``Result``
-    (``result.checkpoint`` holds ``model.safetensors`` in the layout the scorer loads)."""
+    (``result.checkpoint`` holds ``model.safetensors`` in the layout the scorer loads).
+
+    The config is checked first (:func:`~vqpipe.train.config.check_config`): a bad one raises
+    :class:`~vqpipe.train.config.ConfigError` before Ray starts."""
+    check_config(method, config)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -93,11 +99,11 @@ def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
 
     return training_stream(
         mixed_table(
-            config["datasets"], config.get("split", "train"), config.get("storage_options")
+            config["datasets"], setting(config, "gamma", "split"), config.get("storage_options")
         ),
         input_size(config),
-        crop_step=int(config.get("crop_step", 8)),
-        augment=bool(config.get("augment", True)),
+        crop_step=int(setting(config, "gamma", "crop_step")),
+        augment=bool(setting(config, "gamma", "augment")),
         storage_options=config.get("storage_options"),
     )
 

@@ -1,0 +1,327 @@
+"""The config keys of each training method, in one place, and the check that runs before Ray.
+
+:data:`KEYS` holds, per method, every key its loop reads with its kind and default (the loops
+read their defaults from here through :func:`setting`); :data:`DATASET_KEYS` the keys of one
+``datasets`` entry; :data:`REQUIRED_COLUMNS` the MOS-table columns each method needs and
+:data:`MEDIA` the media it reads.
+:func:`check_config` validates a config against them — required and unknown keys ("did you
+mean"), kinds and choices, every table readable with its columns and training rows — and raises
+one :class:`ConfigError` that lists every problem, before any Ray start-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vqpipe.errors import UserError
+from vqpipe.train.tasks import QALIGN_TASKS
+
+log = logging.getLogger("vqpipe.train")
+
+
+class ConfigError(UserError, ValueError):
+    """A training config that cannot run; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its ``kind`` (see :data:`KINDS`), default, allowed values (``choices``,
+    or ``check``: value → a problem or None); ``null`` is allowed where the default is None or
+    ``nullable``."""
+
+    kind: str
+    default: Any = None
+    required: bool = False
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+    nullable: bool = False
+
+
+def _dtype_problem(value: str) -> str | None:
+    import torch
+
+    from vqpipe.scoring.base import resolve_dtype
+
+    try:
+        resolve_dtype(value, torch.device("cpu"))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _is_table(v: Any) -> bool:
+    import pandas as pd
+
+    return isinstance(v, (str, os.PathLike, pd.DataFrame))
+
+
+KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "path": ("a path or URI", lambda v: isinstance(v, (str, os.PathLike))),
+    "mapping": ("a mapping", lambda v: isinstance(v, Mapping)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "deepspeed": ("true or a mapping", lambda v: isinstance(v, (bool, Mapping))),
+    "table": ("a table path / URI (or a DataFrame)", _is_table),
+}
+"""kind → (how an error message names it, the test a value must pass)."""
+
+COMMON_KEYS = {
+    "datasets": Key("list", required=True),
+    "storage_options": Key("mapping"),
+    "seed": Key("int", 0),
+    "lr": Key("number", 2e-5),
+    "weight_decay": Key("number", 0.0),
+    "max_steps": Key("int"),
+    "device": Key("str"),
+    "output": Key("path"),
+    "validate": Key("bool", True),
+    "early_stop_patience": Key("int"),
+    "checkpoint_every": Key("int", 1),
+    "checkpoint_dir": Key("path"),
+    "resume_from": Key("path"),
+    "verbose": Key("bool", False),
+    "stream": Key("bool", False),
+    "freeze_patch_embed": Key("bool", False),
+}
+LMM_KEYS = {
+    **COMMON_KEYS,
+    "checkpoint": Key("path", required=True),
+    "epochs": Key("int", 2),
+    "warmup": Key("number", 0.03),
+    "freeze_vision": Key("bool", False),
+    "gradient_checkpointing": Key("bool", False),
+    "dtype": Key("str", check=_dtype_problem),
+    "deepspeed": Key("deepspeed"),
+    "video_fps": Key("number", 1.0),
+    "max_frames": Key("int", 8),
+}
+KEYS: dict[str, dict[str, Key]] = {
+    "gamma": {
+        **COMMON_KEYS,
+        "checkpoint": Key("path"),
+        "model_config": Key("mapping"),
+        "epochs": Key("int", 10),
+        "batch_size": Key("int", 8),
+        "warmup": Key("number", 0.0),
+        "train_backbone": Key("bool", False),
+        "save_dtype": Key("str", "float32", choices=("float32", "float16")),
+        "cosine": Key("bool", False),
+        "level_loss_weight": Key("number", 0.0),
+        "patch_init": Key("str", choices=("dct",)),
+        "crop_step": Key("int", 8),
+        "augment": Key("bool", True),
+        "split": Key("str", "train", nullable=True),  # null: all rows
+        "num_workers": Key("int", 0),
+    },
+    "qalign": {
+        **LMM_KEYS,
+        "task": Key("str", "quality", choices=tuple(QALIGN_TASKS)),
+        "batch_size": Key("int", 32),  # OneAlign: 32 per device
+    },
+    "compare2score": {
+        **LMM_KEYS,
+        "n_pairs": Key("int", 1000),
+        "anchors": Key("path"),
+        "batch_size": Key("int", 8),  # 64 on 8 GPUs
+    },
+}
+"""Method → every config key its loop reads."""
+
+DATASET_KEYS: dict[str, dict[str, Key]] = {
+    method: {
+        "table": Key("table", required=True),
+        "weight": Key("number", 1.0),
+        # Gamma: the config's ``split`` when not given; null: all rows
+        "split": Key("str", "train", nullable=True),
+        **({"scene": Key("str")} if method == "gamma" else {}),
+    }
+    for method in KEYS
+}
+"""Method → the keys of one ``datasets`` entry."""
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "gamma": ("path", "mos"),
+    "qalign": ("path", "mos", "scale_low", "scale_high"),
+    "compare2score": ("path", "mos", "std", "dataset"),
+}
+"""Method → the MOS-table columns its examples are built from."""
+
+MEDIA: dict[str, frozenset[str]] = {
+    "gamma": frozenset({"image"}),
+    "qalign": frozenset({"image", "video"}),
+    "compare2score": frozenset({"image", "video"}),
+}
+"""Method → the media its loop reads (rows of other media are skipped, counted and logged)."""
+
+
+SCOPES: dict[str, dict[str, Key]] = {"common": COMMON_KEYS, "lmm": LMM_KEYS, **KEYS}
+"""Where :func:`setting` looks a default up: a method, or the keys every (LMM) method shares."""
+
+
+def setting(config: Mapping[str, Any], scope: str, name: str) -> Any:
+    """``config[name]``, else its default in ``scope`` (a method, ``"lmm"`` or ``"common"``)."""
+    return config.get(name, SCOPES[scope][name].default)
+
+
+def dataset_setting(spec: Mapping[str, Any], method: str, name: str) -> Any:
+    """A ``datasets`` entry's ``name``, else its default."""
+    return spec.get(name, DATASET_KEYS[method][name].default)
+
+
+def dataset_split(config: Mapping[str, Any], spec: Mapping[str, Any], method: str) -> Any:
+    """The split a ``datasets`` entry trains on: its own, else (Gamma) the config's, else
+    the default; None means every row."""
+    if "split" in spec:
+        return spec["split"]
+    if method == "gamma":
+        return setting(config, method, "split")
+    return dataset_setting(spec, method, "split")
+
+
+def unknown_key(name: str, known: Any, where: str = "") -> str:
+    """``unknown key 'x'`` with a "did you mean" for a close known key."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}unknown key {name!r}{hint}"
+
+
+def _check_keys(values: Any, keys: dict[str, Key], where: str) -> list[str]:
+    problems = []
+    for name in values:
+        if name not in keys:
+            problems.append(unknown_key(name, keys, where))
+    for name, key in keys.items():
+        if name not in values or values[name] is None:
+            if key.required:
+                problems.append(f"{where}missing required key {name!r} ({KINDS[key.kind][0]})")
+            elif name in values and key.default is not None and not key.nullable:
+                problems.append(f"{where}{name!r} must be {KINDS[key.kind][0]}, not null")
+            continue
+        value = values[name]
+        label, test = KINDS[key.kind]
+        if not test(value):
+            problems.append(
+                f"{where}{name!r} must be {label}, got {type(value).__name__} {value!r}"
+            )
+        elif key.choices is not None and value not in key.choices:
+            options = ", ".join(map(repr, key.choices))
+            problems.append(f"{where}{name!r} must be one of {options}, got {value!r}")
+        elif key.check is not None and (problem := key.check(value)):
+            problems.append(f"{where}{name!r}: {problem}")
+    return problems
+
+
+def check_config(method: str, config: Any) -> list[str]:
+    """Validate ``config`` for ``method`` before anything starts; returns the notes about
+    skipped rows (also logged) and raises :class:`ConfigError` naming every problem."""
+    if method not in KEYS:
+        raise ConfigError(f"unknown training method {method!r}; choose one of {sorted(KEYS)}")
+    if config is None:  # an empty YAML file
+        config = {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(
+            f"the config must be a mapping of keys (datasets, epochs, ...), got "
+            f"{type(config).__name__}"
+        )
+    problems = _check_keys(config, KEYS[method], "")
+    datasets = config.get("datasets")
+    if isinstance(datasets, list) and not datasets:
+        problems.append("'datasets' is empty: give at least one {table: ...}")
+    specs = []
+    for i, spec in enumerate(datasets if isinstance(datasets, list) else []):
+        where = f"datasets[{i}]: "
+        if not isinstance(spec, Mapping):
+            problems.append(f"{where}must be a mapping like {{table: mos.csv}}, got {spec!r}")
+            continue
+        found = _check_keys(spec, DATASET_KEYS[method], where)
+        problems += found
+        if not found:
+            specs.append((where, spec))
+    if method == "gamma":
+        problems += _check_scenes(specs)
+    if problems:
+        raise ConfigError(_joined(problems))
+    notes, rows = [], 0
+    for where, spec in specs:
+        count, note, problem = _check_table(method, config, spec, where)
+        rows += count
+        if note:
+            notes.append(note)
+        if problem:
+            problems.append(problem)
+    if not problems and rows == 0:
+        problems.append("no training rows in any dataset: check the tables and split names")
+    if problems:
+        raise ConfigError(_joined(problems))
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+def _joined(problems: list[str]) -> str:
+    head = "invalid training config"
+    if len(problems) == 1:
+        return f"{head}: {problems[0]}"
+    return f"{head} ({len(problems)} problems): " + "; ".join(problems)
+
+
+def _check_scenes(specs: list[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    from vqpipe.models.gamma import scene_prompts
+
+    problems = []
+    for where, spec in specs:
+        if spec.get("scene") is not None:
+            try:
+                scene_prompts(spec["scene"])
+            except ValueError as exc:
+                problems.append(f"{where}{exc}")
+    return problems
+
+
+def _check_table(
+    method: str, config: Mapping[str, Any], spec: Mapping[str, Any], where: str
+) -> tuple[int, str | None, str | None]:
+    """(training rows, a note about skipped rows, a problem) for one dataset entry."""
+    from vqpipe.train.data import read_table, split_rows
+
+    source = spec["table"]
+    name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
+    try:
+        table = read_table(source, config.get("storage_options"))
+    except Exception as exc:
+        return 0, None, f"{where}cannot read table {name}: {type(exc).__name__}: {exc}"
+    missing = [c for c in REQUIRED_COLUMNS[method] if c not in table.columns]
+    if missing:
+        return 0, None, f"{where}table {name} lacks column(s) {missing} ({method} needs them)"
+    rows = split_rows(table, dataset_split(config, spec, method))
+    _, skipped = media_rows(rows, method)
+    note = skipped_note(skipped, method, where + name) if len(skipped) else None
+    return len(rows) - len(skipped), note, None
+
+
+def media_rows(table: Any, method: str) -> tuple[Any, Any]:
+    """(rows ``method`` can take, rows it cannot) of a MOS table, by each path's media type."""
+    from vqpipe.io.sources import media_type_from_name
+
+    kinds = table["path"].astype(str).map(media_type_from_name)
+    unreadable = kinds.isin(["image", "video"]) & ~kinds.isin(sorted(MEDIA[method]))
+    return table[~unreadable], table[unreadable]
+
+
+def skipped_note(skipped: Any, method: str, where: str) -> str:
+    """The log line for rows skipped by :func:`media_rows`: how many, and the first files."""
+    files = [str(p) for p in skipped["path"][:5]]
+    more = f" and {len(skipped) - len(files)} more" if len(skipped) > len(files) else ""
+    media = "/".join(sorted(MEDIA[method]))
+    return (
+        f"{where}: skipping {len(skipped)} row(s) that {method} cannot train on "
+        f"(it takes {media}): {', '.join(files)}{more}"
+    )
