@@ -209,7 +209,7 @@ def test_score_console_without_ray_logs_unless_verbose(tmp_path):
     lines = quiet.stderr.splitlines()
     assert lines and all(line.startswith("vqpipe: ") for line in lines), quiet.stderr
     assert not [p for p in RAY_PATTERNS if p in quiet.stderr], quiet.stderr
-    assert any("scored 6/6" in line for line in lines)
+    assert any("scored 6, 0 errors" in line for line in lines)
 
     verbose = _score(tmp_path, "b", "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-2000:]

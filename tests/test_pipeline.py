@@ -59,8 +59,9 @@ def _config(corpus, out, checkpoint, **kw):
 def test_every_input_gets_exactly_one_row(ray_local, corpus, checkpoint, tmp_path):
     updates = []
     summary = run_job(_config(corpus, tmp_path / "out", checkpoint), progress=updates.append)
-    assert updates[-1]["done"] == updates[-1]["total"] == len(_inputs(corpus))
-    assert updates[-1]["errors"] == 4 and updates[-1]["eta_s"] == 0
+    assert updates[-1]["done"] == len(_inputs(corpus))
+    assert updates[-1]["total"] is None  # a listing is not counted before it is scored
+    assert updates[-1]["errors"] == 4
     assert "errors" in format_progress(updates[0])
     table = read_quality_table(str(tmp_path / "out"))
     assert sorted(table["uri"]) == _inputs(corpus)

@@ -196,12 +196,12 @@ def format_progress(p: dict[str, Any]) -> str:
         f"scored {p['done']}" + ("" if total is None else f"/{total}") + f", {p['errors']} errors"
     )
     rate = p.get("scoring_items_per_s")
-    if total is not None and p["done"] >= total:
+    if total is None:  # no ETA without a total: the rates only
+        return f"{head}, {rate or p['items_per_s']} items/s"
+    if p["done"] >= total:
         return f"{head}, {p['items_per_s']} items/s overall"
     if rate is None:
         return f"{head}, ETA after warm-up"
-    if total is None:
-        return f"{head}, {rate} items/s"
     return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
 
 
@@ -245,6 +245,7 @@ def build_dataset(
     output: str,
     done: Any = None,
     done_set: frozenset[str] = frozenset(),
+    join_partitions: int = 1,
 ) -> Any:
     """The graph, top to bottom: shards or listing tasks → read, fragment by fragment (CPU
     tasks) → [anti-join on ``uri`` with ``done``, the rows already written] → decode (one
@@ -263,9 +264,10 @@ def build_dataset(
         memory=DECODE_MEMORY,
     )
     if done is not None:  # distributed: the driver never holds the URIs already written
-        partitions = max(1, min(JOIN_PARTITIONS, done.num_blocks() // 16))
-        ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=partitions)
-        ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
+        ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
+    # A read task's fragments leave it merged into few big blocks (Ray Data coalesces small
+    # outputs): cut them back to fragment size so decoding and writing spread over tasks.
+    ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
     if config.limit is not None:
         ds = ds.limit(config.limit)
     ds = ds.map_batches(
@@ -452,11 +454,17 @@ def run_job(
     kind = resolve_format(config)
     for line in demo_notice(config):
         notice(line)
+    fs, root = _output_fs(config.output, config.storage_options)
+    created = not fs.exists(root)
     check_output_writable(config)  # creates the output: every check that needs no Ray passed
-    with OutputLock(config.output, config.storage_options):
-        finish_replacement(config.output, config.storage_options)
-        summary = _run_locked(config, signature, sig, kind, started, progress, progress_every_s)
-    return summary
+    try:
+        with OutputLock(config.output, config.storage_options):
+            finish_replacement(config.output, config.storage_options)
+            return _run_locked(config, signature, sig, kind, started, progress, progress_every_s)
+    except UserError:  # refused once Ray was up (e.g. GPUs it does not have): leave nothing
+        if created and not fs.ls(root):
+            fs.rm(root, recursive=True)
+        raise
 
 
 def _run_locked(
@@ -510,7 +518,8 @@ def _run_locked(
         elif done_parts:  # few parts: their URIs go to the listing tasks, no shuffle needed
             done_set = frozenset(done_uris(config, done_parts))
             summary["already_done"] = len(done_set)
-        ds = build_dataset(config, source, signature, sig, target, done_ds, done_set)
+        partitions = max(1, min(JOIN_PARTITIONS, len(done_parts) // 64))
+        ds = build_dataset(config, source, signature, sig, target, done_ds, done_set, partitions)
         last, reported = 0.0, -1
         try:
             for row in ds.iter_rows():  # one row per written part, as parts are committed
