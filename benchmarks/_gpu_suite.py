@@ -98,15 +98,22 @@ class UtilisationSampler:
         }
 
 
-def _run_json(cmd: list[str], timeout_s: float) -> dict[str, Any]:
-    """Run one benchmark script with ``--json``; its records, or what went wrong."""
-    started = time.perf_counter()
+def _run(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess | dict[str, Any]:
+    """The finished command, or the record of its time-out."""
     try:
-        done = subprocess.run(
+        return subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout_s, cwd=HERE.parent
         )
     except subprocess.TimeoutExpired:
         return {"command": cmd, "error": f"timed out after {timeout_s:.0f} s"}
+
+
+def _run_json(cmd: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run one benchmark script with ``--json``; its records, or what went wrong."""
+    started = time.perf_counter()
+    done = _run(cmd, timeout_s)
+    if isinstance(done, dict):
+        return done
     seconds = round(time.perf_counter() - started, 1)
     if done.returncode != 0:
         return {"command": cmd, "seconds": seconds, "error": done.stderr.strip()[-2000:]}
@@ -152,20 +159,17 @@ def _job(dry_run: bool, timeout_s: float, workdir: Path) -> dict[str, Any]:
     ]  # fmt: skip
     with UtilisationSampler() as sampler:
         started = time.perf_counter()
-        try:
-            done = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, cwd=HERE.parent
-            )
-        except subprocess.TimeoutExpired:
-            return {"command": cmd, "error": f"timed out after {timeout_s:.0f} s"}
+        done = _run(cmd, timeout_s)
         wall = time.perf_counter() - started
+    if isinstance(done, dict):
+        return done
     if done.returncode != 0:
         return {"command": cmd, "error": done.stderr.strip()[-2000:]}
     summary = json.loads(done.stdout[done.stdout.find("{") :])
     job = json.loads((workdir / "quality" / "_job.json").read_text())
     return {
         "command": cmd,
-        "images": summary["inputs"],
+        "images": summary["scored_rows"],
         "errors": summary["errors"],
         "job_seconds": summary["seconds"],
         "wall_seconds": round(wall, 1),
