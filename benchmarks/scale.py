@@ -114,9 +114,10 @@ def resume_over(rows: int, tmp: Path) -> dict:
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": ""}
     started = time.perf_counter()
     job = _driver(["score", str(manifests), "--out", str(out), "--scorer", "brightness"], env)
-    peak = float("nan")
-    while job.poll() is None:
-        peak = _peak_rss_mb(job.pid)
+    peak = 0.0
+    while job.poll() is None:  # an exited, unreaped process has no VmHWM: keep the maximum
+        sample = _peak_rss_mb(job.pid)
+        peak = max(peak, sample) if sample == sample else peak
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     summary = json.loads((out / "_job.json").read_text())["summary"]

@@ -206,6 +206,7 @@ def format_progress(p: dict[str, Any]) -> str:
 
 
 DECODE_CPUS = 0.5
+READ_CPUS = 0.0
 # A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
 # its request, so the request covers that plus a few decoded full-size images.
@@ -213,12 +214,16 @@ DECODE_MEMORY = 1024 * 1024**2
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
-    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; half a CPU for
-    CPU-only actors, so decode and write tasks always fit beside them (a 1-CPU machine with a
-    1-CPU actor would deadlock: nothing left to decode)."""
+    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; CPU-only
+    actors share half a CPU between all CPU-only pools, so read, decode and write tasks always
+    fit beside them (a 1-CPU machine with a 1-CPU actor would deadlock: nothing left to
+    decode; three half-CPU pools on 2 CPUs starved the decode stage the same way)."""
     if spec.num_cpus is not None:
         return spec.num_cpus
-    return 1.0 if spec.num_gpus else 0.5
+    if spec.num_gpus:
+        return 1.0
+    cpu_pools = sum(1 for s in scorers if not s.num_gpus and s.num_cpus is None)
+    return 0.5 / max(1, cpu_pools)
 
 
 def _device_error(exc: BaseException) -> DeviceUnavailableError | None:
@@ -260,14 +265,19 @@ def build_dataset(
             "storage_options": config.storage_options,
         },
         batch_size=1,
-        num_cpus=DECODE_CPUS,
+        # Reading a shard or listing a directory waits on I/O: no CPU reserved (its memory
+        # request bounds how many run at once). A read task blocked by back-pressure while
+        # holding CPU could starve the decode tasks it waits for on a small machine.
+        num_cpus=READ_CPUS,
         memory=DECODE_MEMORY,
     )
     if done is not None:  # distributed: the driver never holds the URIs already written
         ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
-    # A read task's fragments leave it merged into few big blocks (Ray Data coalesces small
-    # outputs): cut them back to fragment size so decoding and writing spread over tasks.
-    ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
+    if shards and shards[0]["format"] == LISTING:
+        # A listing task's fragments (tiny rows) leave it merged into one big block (Ray Data
+        # coalesces a task's small outputs): cut them back to fragment size so decoding and
+        # writing stream and spread over tasks. Shards of media bytes fill blocks on their own.
+        ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
     if config.limit is not None:
         ds = ds.limit(config.limit)
     ds = ds.map_batches(
@@ -278,7 +288,7 @@ def build_dataset(
             "video_fps": config.video_fps,
             "limits": config.limits,
         },
-        batch_size=None,  # one fragment per task
+        batch_size=config.rows_per_file,  # one fragment per call
         batch_format="numpy",
         # Half a CPU each, so decode tasks overlap with the actors' idle time;
         # the memory request bounds their concurrency for big images and keeps their
