@@ -25,16 +25,12 @@ from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
 from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.llama import KVCache
+from vqpipe.prompts import QALIGN_TASKS
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
 
 DEFAULT_CHECKPOINT = "q-future/one-align"
-TASKS: dict[str, tuple[str, str]] = {
-    "quality": ("quality", "image"),
-    "aesthetics": ("aesthetics", "image"),
-    "video": ("quality", "video"),
-}
-"""task → (what is rated, what the input is called) in the official prompt."""
+TASKS = QALIGN_TASKS  # task → (what is rated, what the input is called) in the official prompt
 
 
 def qalign_prompt(task: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vqpipe.errors import UserError
-from vqpipe.train.tasks import QALIGN_TASKS
+from vqpipe.prompts import QALIGN_TASKS
 
 log = logging.getLogger("vqpipe.train")
 

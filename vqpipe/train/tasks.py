@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vqpipe.prompts import QALIGN_TASKS
 from vqpipe.scoring.comparison import comparison_level_index
 from vqpipe.scoring.levels import LEVELS, mos_to_level
 
@@ -25,12 +26,6 @@ COMPARISON_ANSWERS = (
     "superior to",
 )
 """How each comparison level reads in the answer, inferior .. superior."""
-
-QALIGN_TASKS = {
-    "quality": ("quality", "image"),
-    "aesthetics": ("aesthetics", "image"),
-    "video": ("quality", "video"),
-}
 
 
 def oriented_mos(table: pd.DataFrame) -> np.ndarray:
