@@ -344,3 +344,13 @@ def test_a_growing_prefix_resumes_by_a_distributed_anti_join(ray_local, tmp_path
     assert len(table) == 9 and table["uri"].is_unique
     kept = table.set_index("uri").loc[first["uri"], "brightness_score"]
     assert kept.tolist() == first["brightness_score"].tolist()  # old rows untouched
+
+
+def test_a_limited_run_commits_no_shard(ray_local, tmp_path):
+    root, out = _many_shards(tmp_path / "lake", shards=2), tmp_path / "out"
+    args = ["score", str(root), "--out", str(out), "--scorer", "brightness", "--rows-per-file", "2"]
+    assert main([*args, "--limit", "3"]) == 0
+    assert not any(parse_part(p.name)["last"] for p in out.glob("part-*.parquet"))
+    assert main(args) == 0  # the full run reads both shards again: every sample once
+    table = read_quality_table(str(out))
+    assert len(table) == 8 and table["uri"].is_unique

@@ -340,6 +340,7 @@ def _read_options(config: JobConfig) -> dict[str, Any]:
         "exclude": list(config.exclude),
         "since": config.since,
         "output": _output_uri(config),
+        "limit": config.limit,
         "rows": config.rows_per_file,
         "max_bytes": config.limits.max_bytes,
         "uri_column": config.uri_column,

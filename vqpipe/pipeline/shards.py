@@ -145,10 +145,12 @@ def _error_table(shard: Shard, at: int, message: str) -> pa.Table:
     )
 
 
-def _fragments(tables: Iterator[pa.Table], shard: Shard) -> Iterator[pa.Table]:
+def _fragments(tables: Iterator[pa.Table], shard: Shard, final: bool = True) -> Iterator[pa.Table]:
     """Each table with its fragment name; the last one's name ends in ``-last`` (one table of
-    look-ahead). A shard without any row yields one error row, so it leaves a trace; a reader
-    that fails part-way yields one error row after the rows it read."""
+    look-ahead) unless ``final`` is False (a ``--limit`` run may stop inside a shard, which
+    must then not look committed). A shard without any row yields one error row, so it
+    leaves a trace; a reader that fails part-way yields one error row after the rows it
+    read."""
     previous: pa.Table | None = None
     seq, rows = 0, 0
     try:
@@ -166,7 +168,7 @@ def _fragments(tables: Iterator[pa.Table], shard: Shard) -> Iterator[pa.Table]:
         previous = _error_table(shard, rows, message)
     if previous is None:
         previous = _error_table(shard, 0, "read: the shard holds no samples")
-    yield _tag(previous, f"{shard.id}-{seq:05d}-last")
+    yield _tag(previous, f"{shard.id}-{seq:05d}" + ("-last" if final else ""))
 
 
 def _tag(table: pa.Table, part: str) -> pa.Table:
@@ -317,4 +319,5 @@ def read_shards(
                 message = f"read: cannot list {shard.uri}: {type(exc).__name__}: {exc}"
                 yield _tag(_error_table(shard, 0, message), f"{shard.id}-00000-last")
             continue
-        yield from _fragments(_shard_tables(shard, options, storage_options), shard)
+        tables = _shard_tables(shard, options, storage_options)
+        yield from _fragments(tables, shard, final=options.get("limit") is None)
