@@ -524,7 +524,7 @@ def _run_locked(
         )
         done_ds, done_set = None, frozenset()
         if kind not in SHARDED_FORMATS and len(done_parts) > DRIVER_RESUME_MAX_PARTS:
-            done_ds = ray.data.read_parquet(done_parts, columns=[URI], filesystem=fs)
+            done_ds = ray.data.read_parquet(done_parts, filesystem=fs).select_columns([URI])
             summary["already_done"] = done_ds.count()
         elif done_parts:  # few parts: their URIs go to the listing tasks, no shuffle needed
             done_set = frozenset(done_uris(config, done_parts))
