@@ -170,7 +170,7 @@ def _run_script(tmp_path: Path, argv: list[str], env: dict[str, str] | None = No
     )
     full_env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": "", **(env or {})}
     log = open(tmp_path / f"job-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 (a pipe could fill and block the job)
-    return subprocess.Popen(
+    job = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=REPO,
         env=full_env,
@@ -179,11 +179,13 @@ def _run_script(tmp_path: Path, argv: list[str], env: dict[str, str] | None = No
         text=True,
         start_new_session=True,
     )
+    job.log = log
+    return job
 
 
 def _output(job: subprocess.Popen) -> str:
-    job.stdout.seek(0)
-    return job.stdout.read()
+    job.log.seek(0)
+    return job.log.read()
 
 
 def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
@@ -269,7 +271,7 @@ def test_no_resume_that_fails_keeps_the_old_results(ray_local, tmp_path):
     assert main([*base, "--scorer", "brightness"]) == 0
     old = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
     job = _run_script(
-        tmp_path, [*base, "--scorer", "brightness:size=8,latency_s=0.5", "--no-resume"]
+        tmp_path, [*base, "--scorer", "brightness:size=8,latency_s=1.0", "--no-resume"]
     )
     _wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
     os.killpg(job.pid, signal.SIGKILL)

@@ -429,11 +429,19 @@ def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> N
     if not fs.exists(f"{staging}/{COMMITTED}"):
         fs.rm(staging, recursive=True)
         return
-    new = {p.rsplit("/", 1)[-1] for p in existing_parts(staging, storage_options)}
+    # The marker names the committed run's signature: parts of any other run that reached
+    # the staging directory (a killed run's late writes) are dropped, never swapped in.
+    sig = fs.cat_file(f"{staging}/{COMMITTED}").decode().strip()
+    staged = [
+        p
+        for p in existing_parts(staging, storage_options)
+        if (parse_part(p) or {}).get("sig") == sig
+    ]
+    new = {p.rsplit("/", 1)[-1] for p in staged}
     for part in existing_parts(output, storage_options):
         if part.rsplit("/", 1)[-1] not in new:
             fs.rm(part)
-    for part in existing_parts(staging, storage_options):
+    for part in staged:
         fs.mv(part, f"{root}/{part.rsplit('/', 1)[-1]}")
     fs.rm(staging, recursive=True)
 
@@ -547,7 +555,7 @@ def _run_locked(
         if progress is not None and reported != len(written):
             progress(_progress(written, total, time.perf_counter() - started))
     if not config.resume:
-        fs.pipe(f"{target}/{COMMITTED}", b"")
+        fs.pipe(f"{target}/{COMMITTED}", sig.encode())
         finish_replacement(config.output, config.storage_options)
     seconds = time.perf_counter() - started
     final = _progress(written, total, seconds)
