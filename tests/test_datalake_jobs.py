@@ -270,9 +270,10 @@ def test_no_resume_that_fails_keeps_the_old_results(ray_local, tmp_path):
     base = ["score", str(root), "--out", str(out), "--rows-per-file", "2"]
     assert main([*base, "--scorer", "brightness"]) == 0
     old = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
-    job = _run_script(
-        tmp_path, [*base, "--scorer", "brightness:size=8,latency_s=1.0", "--no-resume"]
-    )
+    # One row per scorer batch and a second per batch: the 12 parts are written over ~24 s, so
+    # the kill lands while _next holds some of them (the job cannot finish between two polls).
+    slow = [*base, "--scorer", "brightness:size=8,latency_s=1.0,batch_size=1", "--no-resume"]
+    job = _run_script(tmp_path, slow)
     _wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
