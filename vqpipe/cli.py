@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from vqpipe.commands import COMMANDS
 from vqpipe.errors import JobError, UserError
 
 
@@ -724,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name", nargs="?", default=None, help="a scorer: list its options (default: list all)"
     )
     scorers.set_defaults(func=_cmd_scorers)
+
+    for name in COMMANDS:
+        importlib.import_module(f"vqpipe.commands.{name}").add_parser(sub)
 
     version = sub.add_parser(
         "version",
