@@ -107,6 +107,8 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
             max_bytes=args.max_bytes,
             max_pixels=args.max_pixels,
             max_duration_s=args.max_duration,
+            read_timeout_s=args.read_timeout,
+            decode_timeout_s=args.decode_timeout,
         ),
         rows_per_file=args.rows_per_file,
         limit=args.limit,
@@ -396,6 +398,22 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=4 * 3600.0,
         help="video seconds at most (default: 4 h)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="wall clock to read one input's bytes; past it the input is an error row "
+        "(default: 300)",
+    )
+    parser.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="wall clock per video decoder (decord, then PyAV) in its subprocess; past it the "
+        "decoder is killed and the next one tried (default: 120)",
     )
     parser.add_argument(
         "--root",

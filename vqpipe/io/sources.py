@@ -75,20 +75,25 @@ OUTSIDE_ROOT = "outside-root"
 """``media_type`` of a manifest entry that points outside the configured root (error row)."""
 
 
+LOCAL_SCHEMES = frozenset({"", "file", "local"})
+
+
 def confine(uri: str, root: str) -> tuple[str, bool]:
     """Resolve ``uri`` against ``root`` (relative entries are joined to it) and say whether it
-    stays inside: no ``..`` escapes, no absolute paths or other buckets elsewhere."""
+    stays inside: no ``..`` escapes, no absolute paths or other buckets elsewhere. Local paths
+    (plain, ``file://``, ``local://``) are compared after resolving symlinks, so a link inside
+    the root that points outside is outside."""
     root_scheme, _, root_path = root.rpartition("://") if "://" in root else ("", "", root)
     scheme, _, path = uri.rpartition("://") if "://" in uri else ("", "", uri)
     if not scheme and not path.startswith("/"):
         scheme, path = root_scheme, posixpath.join(root_path, path)
-    if scheme != root_scheme:
-        return uri, False
-    if not scheme:  # local: resolve symlinks and ..
+    if scheme in LOCAL_SCHEMES and root_scheme in LOCAL_SCHEMES:
         base = os.path.realpath(root_path)
         full = os.path.realpath(path)
         inside = full == base or full.startswith(base.rstrip(os.sep) + os.sep)
-        return full, inside
+        return (f"{scheme}://{full}" if scheme else full), inside
+    if scheme != root_scheme:
+        return uri, False
     base = posixpath.normpath(root_path).rstrip("/")
     full = posixpath.normpath(path)
     inside = full == base or full.startswith(base + "/")

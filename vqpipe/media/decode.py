@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageSequence
@@ -29,6 +30,8 @@ class MediaLimits:
     max_pixels: int | None = 178_956_970  # Pillow's own decompression-bomb threshold (2x warn)
     max_frames: int = 32  # frames sampled per video (evenly spread when the video is longer)
     max_duration_s: float | None = 4 * 3600.0
+    read_timeout_s: float | None = 300.0  # wall clock to fetch one input's bytes
+    decode_timeout_s: float | None = 120.0  # wall clock per video decoder try (subprocess)
 
 
 @dataclass(frozen=True)
@@ -100,13 +103,28 @@ def even_subset(count: int, limit: int) -> list[int]:
     return [int(k) for k in np.linspace(0, count - 1, max(1, limit)).round().astype(int)]
 
 
+VIDEO_BACKENDS = ("decord", "pyav")
+
+
 def decode_video(
-    data: bytes, sample_fps: float = 1.0, limits: MediaLimits = MediaLimits()
+    data: bytes,
+    sample_fps: float = 1.0,
+    limits: MediaLimits = MediaLimits(),
+    backends: tuple[str, ...] = VIDEO_BACKENDS,
+    on_backend: Any = None,
 ) -> tuple[list[Image.Image], VideoInfo]:
-    """Bytes → sampled RGB frames and the video's metadata (decord, PyAV when it fails)."""
+    """Bytes → sampled RGB frames and the video's metadata (decord, PyAV when it fails).
+
+    In-process: a native decoder that crashes takes the process with it. The pipeline runs
+    this in a sacrificial subprocess (:mod:`vqpipe.media.isolated`); ``on_backend(name)`` is
+    called before each backend starts, so that the parent knows which one crashed.
+    """
     _check_bytes(data, limits)
     errors = []
-    for backend in (_decode_with_decord, _decode_with_pyav):
+    known = {"decord": _decode_with_decord, "pyav": _decode_with_pyav}
+    for backend in (known[name] for name in backends):
+        if on_backend is not None:
+            on_backend(backend.__name__.split("_")[-1])
         try:
             frames, info = backend(data, sample_fps, limits)
         except MediaError:
@@ -131,6 +149,14 @@ def _check_duration(duration: float, limits: MediaLimits) -> None:
         )
 
 
+def _check_frame_size(width: int, height: int, limits: MediaLimits) -> None:
+    if limits.max_pixels is not None and width * height > limits.max_pixels:
+        raise MediaError(
+            f"video frames are {width}x{height} = {width * height} pixels, over the limit of "
+            f"{limits.max_pixels}"
+        )
+
+
 def _decode_with_decord(
     data: bytes, sample_fps: float, limits: MediaLimits
 ) -> tuple[list[Image.Image], VideoInfo]:
@@ -143,7 +169,10 @@ def _decode_with_decord(
     indices = frame_indices(n, fps, sample_fps, limits.max_frames)
     if not indices:
         return [], VideoInfo(0, 0, duration, fps, n, 0)
-    array = reader.get_batch(indices).asnumpy()  # [T, H, W, 3] uint8
+    first = reader.get_batch(indices[:1]).asnumpy()  # [1, H, W, 3]: size checked before the rest
+    _check_frame_size(first.shape[2], first.shape[1], limits)
+    rest = reader.get_batch(indices[1:]).asnumpy() if len(indices) > 1 else first[:0]
+    array = np.concatenate([first, rest])  # [T, H, W, 3] uint8
     frames = [Image.fromarray(frame) for frame in array]
     h, w = array.shape[1:3]
     return frames, VideoInfo(int(w), int(h), duration, fps, n, len(frames))
@@ -164,12 +193,14 @@ def _decode_with_pyav(
         if not duration and container.duration:
             duration = container.duration / 1_000_000
         _check_duration(duration, limits)
+        _check_frame_size(stream.codec_context.width or 0, stream.codec_context.height or 0, limits)
         if not n and fps and duration:
             n = round(duration * fps)
         wanted = set(frame_indices(n, fps, sample_fps, limits.max_frames)) if n else None
         frames = []
         for i, frame in enumerate(container.decode(stream)):
             if wanted is None or i in wanted:
+                _check_frame_size(frame.width, frame.height, limits)
                 frames.append(frame.to_image())
                 if wanted is None and len(frames) >= limits.max_frames:
                     break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -22,3 +24,57 @@ def to_rgb(image: Image.Image) -> Image.Image:
         grey = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return image.convert("RGB")
+
+
+EXTREME_ASPECT = 8
+"""Above this aspect ratio, preprocessing takes the bounded path (:func:`resize_crop_bounded`,
+:func:`shrink_before_padding`); ordinary images keep the reference pipelines bit for bit."""
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after resizing the shorter side to ``size``, as torchvision's ``Resize(size)``
+    computes it (the longer side truncated)."""
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def resize_crop_bounded(image: Image.Image, size: int, resample: int) -> Image.Image:
+    """``CenterCrop(size)(Resize(size)(image))`` without the resized intermediate: a 1×40000
+    image would be resized to 224×8960000 (6 GB) only to keep its centre.
+
+    Pillow resizes in two passes, horizontal then vertical, rounding to 8 bits in between; we
+    run the same two passes, each with ``box=`` so that only the crop's output pixels are
+    computed (same scale, same source pixels under each filter tap), on just the source rows
+    the crop's taps reach. Equal to the full path up to float rounding of the tap positions
+    (at most 2 levels of 255 on the tested strips; ``tests/test_hostile_decode.py``).
+    """
+    width, height = image.size
+    new_w, new_h = resized_size(width, height, size)
+    left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)  # as CenterCrop
+    sx, sy = width / new_w, height / new_h
+    x0, x1, y0, y1 = left * sx, (left + size) * sx, top * sy, (top + size) * sy
+    margin = 3 * max(sy, 1.0) + 2  # > any Pillow filter's support (≤ 3) times the scale
+    r0, r1 = max(0, int(y0 - margin)), min(height, math.ceil(y1 + margin))
+    rows = image.crop((0, r0, width, r1))
+    horizontal = rows.resize((size, r1 - r0), resample=resample, box=(x0, 0, x1, r1 - r0))
+    return horizontal.resize((size, size), resample=resample, box=(0, y0 - r0, size, y1 - r0))
+
+
+def is_extreme(width: int, height: int) -> bool:
+    return max(width, height) > EXTREME_ASPECT * max(1, min(width, height))
+
+
+def shrink_before_padding(image: Image.Image, max_side: int, resample: int) -> Image.Image:
+    """An image whose padded square (``expand2square``) would have a side over ``max_side``
+    and is mostly padding, shrunk first so that the square is ``max_side`` wide: a 1×40000
+    strip would otherwise be padded to 40000² pixels (4.8 GB) before its resize to 448.
+    Approximate (two resamplings instead of one); only extreme aspect ratios take this path."""
+    width, height = image.size
+    side = max(width, height)
+    if side <= max_side or not is_extreme(width, height):
+        return image
+    scale = max_side / side
+    return image.resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), resample=resample
+    )

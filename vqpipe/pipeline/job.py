@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -211,6 +212,10 @@ READ_CPUS = 0.0
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
 # its request, so the request covers that plus a few decoded full-size images.
 DECODE_MEMORY = 1024 * 1024**2
+DECODE_RETRIES = 3
+"""Attempts after the first for a decode task whose worker died (Ray Data's default retries
+forever). Native decoders run in a subprocess (:mod:`vqpipe.media.isolated`), so a worker that
+still dies this often is a node problem, and the job fails instead of looping."""
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
@@ -280,23 +285,28 @@ def build_dataset(
         ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
     if config.limit is not None:
         ds = ds.limit(config.limit)
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={
-            "scorers": config.scorers,
-            "storage_options": config.storage_options,
-            "video_fps": config.video_fps,
-            "limits": config.limits,
-        },
-        batch_size=config.rows_per_file,  # one fragment per call
-        batch_format="numpy",
-        # Half a CPU each, so decode tasks overlap with the actors' idle time;
-        # the memory request bounds their concurrency for big images and keeps their
-        # remote args unlike any actor's, so Ray never fuses decoding into a scorer actor
-        # (which would serialise it there).
-        num_cpus=DECODE_CPUS,
-        memory=DECODE_MEMORY,
-    )
+    with warnings.catch_warnings():
+        # max_retries has no named parameter in Ray Data 2.60; the generic remote args it
+        # goes through are deprecated (for Ray 2.64), and the warning is not the user's.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={
+                "scorers": config.scorers,
+                "storage_options": config.storage_options,
+                "video_fps": config.video_fps,
+                "limits": config.limits,
+            },
+            batch_size=config.rows_per_file,  # one fragment per call
+            batch_format="numpy",
+            # Half a CPU each, so decode tasks overlap with the actors' idle time;
+            # the memory request bounds their concurrency for big images and keeps their
+            # remote args unlike any actor's, so Ray never fuses decoding into a scorer actor
+            # (which would serialise it there).
+            num_cpus=DECODE_CPUS,
+            memory=DECODE_MEMORY,
+            max_retries=DECODE_RETRIES,
+        )
     for spec, scorer in zip(config.scorers, signature["scorers"], strict=True):
         ds = ds.map_batches(
             ScoreStage,

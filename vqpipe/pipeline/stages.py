@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vqpipe.errors import JobError
-from vqpipe.io.fs import is_local, read_bytes, url_to_fs
+from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.reading import ReadError, read_input
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
-from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
+from vqpipe.media.decode import MediaError, MediaLimits, decode_image
+from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.schema import (
     BYTES,
@@ -60,6 +62,9 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """CPU stage: fetch bytes, decode (sample frames), run each scorer's preprocessing.
 
+    Reads are bounded (:func:`~vqpipe.io.reading.read_input`: regular files only, at most
+    ``max_bytes``, within ``read_timeout_s``); videos are decoded in a sacrificial subprocess
+    (:mod:`vqpipe.media.isolated`), so a decoder that crashes or hangs costs its own row only.
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
     ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
     sampled frames for a video) as ``.npy`` bytes, empty after an error.
@@ -68,6 +73,7 @@ def decode_batch(
     out = {k: v for k, v in batch.items() if k != DATA}
     inline = batch.get(DATA)  # media bytes read from inside a shard (tar member, Parquet cell)
     given = batch.get(ERROR)  # errors of the read stage (a damaged shard, a null uri)
+    sizes = batch.get(BYTES)  # listed sizes, when known: over max_bytes is refused unread
     width = np.full(n, INT_MISSING, np.int64)
     height = np.full(n, INT_MISSING, np.int64)
     duration = np.full(n, np.nan)
@@ -97,18 +103,31 @@ def decode_batch(
                 raise OSError("file name is not valid UTF-8 (shown with \\x escapes); rename it")
             else:
                 has_inline = inline is not None and inline[i] is not None
-                data = bytes(inline[i]) if has_inline else read_bytes(uri, storage_options)
+                if has_inline:
+                    data = bytes(inline[i])
+                else:
+                    size = _int_or_missing(sizes[i]) if sizes is not None else INT_MISSING
+                    data = read_input(
+                        uri,
+                        storage_options,
+                        max_bytes=limits.max_bytes,
+                        size=size if size > 0 else None,
+                        timeout_s=limits.read_timeout_s,
+                    )
                 if kind == "image":
                     image, info = decode_image(data, limits)
                     items, width[i], height[i], frames[i] = [image], info.width, info.height, 1
                 else:
-                    items, vinfo = decode_video(data, video_fps, limits)
+                    items, vinfo = video_decoder().decode(data, video_fps, limits)
                     width[i], height[i], duration[i], frames[i] = (
                         vinfo.width,
                         vinfo.height,
                         vinfo.duration_s,
                         vinfo.sampled,
                     )
+                del data
+        except ReadError as exc:
+            errors[i] = f"read: {exc}"
         except FileNotFoundError as exc:
             errors[i] = f"read: not found: {exc}"
         except PermissionError as exc:

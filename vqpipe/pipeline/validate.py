@@ -178,6 +178,8 @@ def validate_job(config: JobConfig) -> None:
         ("--max-bytes", limits.max_bytes),
         ("--max-pixels", limits.max_pixels),
         ("--max-duration", limits.max_duration_s),
+        ("--read-timeout", limits.read_timeout_s),
+        ("--decode-timeout", limits.decode_timeout_s),
         ("--video-fps", config.video_fps),
         ("--rows-per-file", config.rows_per_file),
     ):

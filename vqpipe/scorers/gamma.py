@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from vqpipe.io.checkpoints import checkpoint_identity, read_safetensors_metadata
-from vqpipe.media.image import to_rgb
+from vqpipe.media.image import is_extreme, resize_crop_bounded, to_rgb
 from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP, scene_prompts
 from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
 from vqpipe.scoring.base import Scorer
@@ -33,7 +33,11 @@ class GammaPreprocessor:
         self._crop = CenterCrop(self.image_size)
 
     def __call__(self, item: Image.Image) -> dict[str, np.ndarray]:
-        image = self._crop(self._resize(to_rgb(item)))
+        image = to_rgb(item)
+        if is_extreme(*image.size):  # a thin strip: crop before resizing (bounded memory)
+            image = resize_crop_bounded(image, self.image_size, Image.Resampling.BICUBIC)
+        else:
+            image = self._crop(self._resize(image))
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
         return {"pixels": np.ascontiguousarray(pixels)}
 

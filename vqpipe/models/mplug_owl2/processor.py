@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqpipe.media.image import to_rgb
+from vqpipe.media.image import shrink_before_padding, to_rgb
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAD_MAX_SIDE = 4096  # extreme strips are shrunk to this side before padding (50 MB, not GB)
 
 
 def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
@@ -92,7 +93,8 @@ class MPLUGOwl2ImageProcessor:
 
     def to_uint8(self, image: Image.Image) -> np.ndarray:
         """RGB, expand to square, resize, centre crop → uint8 [3, S, S]."""
-        image = expand2square(to_rgb(image), self.background)
+        image = shrink_before_padding(to_rgb(image), PAD_MAX_SIDE, self.resample)
+        image = expand2square(image, self.background)
         width, height = image.size
         short, long = min(width, height), max(width, height)
         new_short, new_long = self.size, int(self.size * long / short)
