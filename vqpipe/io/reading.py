@@ -61,7 +61,10 @@ def _read_stream(
 def _read_local(
     path: str, max_bytes: int | None, deadline: float | None, timeout: float | None
 ) -> bytes:
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    kind = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a device
+    if not stat.S_ISREG(kind):  # sockets cannot even be opened (ENXIO): say what they are
+        raise ReadError(f"not a regular file ({_kind(kind)})")
+    # O_NONBLOCK: a FIFO swapped in after the stat must not block open; fstat refuses it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)

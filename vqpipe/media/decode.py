@@ -122,21 +122,21 @@ def decode_video(
     _check_bytes(data, limits)
     errors = []
     known = {"decord": _decode_with_decord, "pyav": _decode_with_pyav}
-    for backend in (known[name] for name in backends):
+    for name in backends:
         if on_backend is not None:
-            on_backend(backend.__name__.split("_")[-1])
+            on_backend(name)
         try:
-            frames, info = backend(data, sample_fps, limits)
+            frames, info = known[name](data, sample_fps, limits)
         except MediaError:
             raise
         except ImportError as exc:
-            errors.append(f"{backend.__name__.split('_')[-1]} not installed ({exc})")
+            errors.append(f"{name} not installed ({exc})")
             continue
         except Exception as exc:
-            errors.append(f"{backend.__name__.split('_')[-1]}: {type(exc).__name__}: {exc}")
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         if not frames:
-            errors.append(f"{backend.__name__.split('_')[-1]}: no decodable frames")
+            errors.append(f"{name}: no decodable frames")
             continue
         return frames, info
     raise MediaError("cannot decode video: " + "; ".join(errors))
