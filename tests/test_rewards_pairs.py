@@ -160,7 +160,11 @@ def _reference(frame, strategy, margin, max_pairs, seed):
 
 @pytest.mark.parametrize(
     ("strategy", "margin", "max_pairs"),
-    [("all", 0.1, 3), ("adjacent", 0.0, 2), ("best-worst", 0.0, None)],
+    [
+        ("all", 0.1, 3),
+        pytest.param("adjacent", 0.0, 2, marks=pytest.mark.slow),
+        pytest.param("best-worst", 0.0, None, marks=pytest.mark.slow),
+    ],
 )
 def test_same_pairs_as_a_pandas_reference(ray_local, tmp_path, capsys, strategy, margin, max_pairs):
     rng = np.random.default_rng(7)
