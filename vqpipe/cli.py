@@ -120,7 +120,20 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         media_column=args.media_column,
         key_column=args.key_column,
         since=_since(args.since),
+        calibration=_calibration(args, specs),
     )
+
+
+def _calibration(args: argparse.Namespace, specs: list[Any]) -> dict[str, Any] | None:
+    """``--calibration``: the JSON, checked against the job's score columns (before Ray)."""
+    if not getattr(args, "calibration", None):
+        return None
+    from vqpipe.pipeline.schema import score_column
+    from vqpipe.rewards.calibrate import check_columns, load_calibration
+
+    record = load_calibration(args.calibration, _storage_options(args.storage_options))
+    check_columns(record, [score_column(s.column) for s in specs], "this job's scorers write")
+    return record
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -169,6 +182,8 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         where=args.where,
         percentile=args.percentile,
         storage_options=_storage_options(args.storage_options),
+        normalize=args.normalize,
+        group=args.group,
     )
     threshold = (
         f", {args.percentile} threshold {result['threshold']:.4g}" if args.percentile else ""
@@ -454,6 +469,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace existing results (default: resume, scoring only what is missing)",
     )
+    parser.add_argument(
+        "--calibration",
+        metavar="CALIB.json",
+        help="add <column>_calibrated for the columns this file of vqpipe calibrate maps "
+        "(default: none)",
+    )
 
 
 def _cmd_scorers(args: argparse.Namespace) -> int:
@@ -533,6 +554,8 @@ examples:
   vqpipe filter ./quality --where "gamma_score >= 0.6" --out keep.parquet
   vqpipe filter ./quality --percentile gamma_score:80 --out ./lists/      # → ./lists/keep.parquet
   vqpipe filter ./quality --where "media_type == 'image' and width >= 512" --out keep.parquet
+  vqpipe filter ./quality --normalize group-zscore --group prompt_id \
+      --where "gamma_normalized > 1" --out keep.parquet     # per-prompt reward normalisation
   vqpipe filter s3://lake/quality/ --where "qalign_score > 3.5 or gamma_score.isna()" \\
       --out s3://lake/keep.parquet --storage-options '{"profile": "curation"}'
 
@@ -666,6 +689,16 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output Parquet file; an existing directory or a trailing '/' writes "
         "DIR/keep.parquet (no default)",
+    )
+    filt.add_argument(
+        "--normalize",
+        choices=("group-zscore", "group-rank"),
+        default=None,
+        help="add <scorer>_normalized for every <scorer>_score, per --group: z-score or rank "
+        "in [0, 1] (before --where / --percentile, which may use it; default: none)",
+    )
+    filt.add_argument(
+        "--group", metavar="COLUMN", help="the group column of --normalize (default: none)"
     )
     filt.add_argument("--storage-options", help="JSON storage options for fsspec (default: none)")
     filt.set_defaults(func=_cmd_filter)

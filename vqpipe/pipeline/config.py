@@ -197,6 +197,7 @@ class JobConfig:
     media_column: str | None = None  # Parquet with media bytes: None finds it
     key_column: str | None = None  # Parquet with media bytes: the rows' key (else row index)
     since: float | None = None  # files: only objects modified after this POSIX time
+    calibration: dict[str, Any] | None = None  # vqpipe calibrate's JSON: <column>_calibrated
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (every storage options dict reduced to its key names)."""

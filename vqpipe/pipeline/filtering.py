@@ -15,6 +15,7 @@ import difflib
 import json
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,8 +151,10 @@ def parse_where(text: str, columns: list[str]) -> pc.Expression:
     return expression
 
 
-def _parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
-    """The filesystem and the committed parts of a job's output (or one Parquet file)."""
+def table_parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
+    """The filesystem and the committed parts of a job's output (or one Parquet file); a
+    directory without ``part-*.parquet`` files gives its other ``*.parquet`` files (a Parquet
+    dataset written by another tool; hidden and ``_`` files excluded)."""
     fs, root = url_to_fs(table, storage_options)
     root = root.rstrip("/")
     try:
@@ -159,11 +162,9 @@ def _parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any, lis
             return fs, [root]
         if not fs.isdir(root):
             raise UserError(f"no quality table at {table} (no such file or directory)")
-        parts = sorted(
-            p
-            for p in fs.ls(root, detail=False)
-            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-        )
+        files = [p for p in fs.ls(root, detail=False) if p.endswith(".parquet")]
+        parts = sorted(p for p in files if p.rsplit("/", 1)[-1].startswith("part-"))
+        parts = parts or sorted(p for p in files if not p.rsplit("/", 1)[-1].startswith((".", "_")))
     except UserError:
         raise
     except Exception as exc:
@@ -173,6 +174,22 @@ def _parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any, lis
             f"no quality table at {table}: no part-*.parquet files (the --out of vqpipe score)"
         )
     return fs, parts
+
+
+def table_schema(fs: Any, parts: list[str], table: str) -> tuple[pa.Schema, list[pa.Schema]]:
+    """The parts' unified schema (without metadata; nulls widen to the other parts' types)
+    and each part's own schema (with its metadata)."""
+    try:
+        schemas = []
+        for part in parts:
+            with fs.open(part, "rb") as fh:
+                schemas.append(pq.read_schema(fh))
+        schema = pa.unify_schemas(
+            [s.remove_metadata() for s in schemas], promote_options="permissive"
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read {table}: {type(exc).__name__}: {exc}") from None
+    return schema, schemas
 
 
 def _merged_metadata(schemas: list[pa.Schema]) -> dict[bytes, bytes]:
@@ -227,63 +244,113 @@ def filter_table(
     where: str | None = None,
     percentile: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    normalize: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Write the rows of ``table`` (a job's output directory or one Parquet file) that have no
     error and pass ``where`` and ``percentile`` (``COLUMN:P``: at or above the P-th percentile
     of that column among those rows; nulls are never kept) to ``out`` with every column and the
-    parts' ``vqpipe.job`` metadata; returns ``{kept, rows, failed, threshold, out}``."""
-    fs, parts = _parts(table, storage_options)
-    try:
-        schemas = []
-        for part in parts:
-            with fs.open(part, "rb") as fh:
-                schemas.append(pq.read_schema(fh))
-        schema = pa.unify_schemas(
-            [s.remove_metadata() for s in schemas], promote_options="permissive"
-        )
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"cannot read {table}: {type(exc).__name__}: {exc}") from None
+    parts' ``vqpipe.job`` metadata; returns ``{kept, rows, failed, threshold, out}``.
+
+    ``normalize`` (``group-zscore`` | ``group-rank``, per ``group``) first adds
+    ``<column>_normalized`` for every ``<column>_score`` over the rows without an error (see
+    :mod:`vqpipe.rewards.normalize`); ``where`` and ``percentile`` may use those columns."""
+    fs, parts = table_parts(table, storage_options)
+    schema, schemas = table_schema(fs, parts, table)
     data = pads.dataset(parts, schema=schema, format="parquet", filesystem=fs)
+    clean = pc.field(ERROR).is_null() if ERROR in schema.names else pc.scalar(True)
+    normalizer = _normalizer(data, schema, clean, normalize, group)
+    if normalizer is not None:
+        for name in normalizer.outputs:
+            schema = schema.append(pa.field(name, pa.float64()))
     columns = schema.names
-    keep = pc.field(ERROR).is_null() if ERROR in columns else pc.scalar(True)
-    if where:
-        keep = keep & parse_where(where, columns)
+    keep = parse_where(where, columns) if where else None
     threshold = None
     try:
         rows = data.count_rows()
         failed = data.count_rows(filter=~pc.field(ERROR).is_null()) if ERROR in columns else 0
         if percentile:
             column, p = _percentile(percentile, columns)
-            values = data.to_table(columns=[column], filter=keep).column(column)
+            if normalizer is None:  # one column read, filtered by the scan
+                full = clean if keep is None else clean & keep
+                values = data.to_table(columns=[column], filter=full).column(column)
+            else:
+                picked = [t.select([column]) for t in _rows(data, clean, keep, normalizer)]
+                empty = pa.chunked_array([], type=schema.field(column).type)
+                values = pa.concat_tables(picked).column(column) if picked else empty
             if values.null_count == len(values):
                 raise UserError(f"--percentile {percentile!r}: {column} has no values to rank")
             threshold = pc.quantile(values, q=p / 100.0, skip_nulls=True)[0].as_py()
-            keep = keep & (pc.field(column) >= threshold)
+            cut = pc.field(column) >= threshold
+            keep = cut if keep is None else keep & cut
         target = output_path(out, storage_options)
         provenance = {
             "source": table,
             "where": where,
             "percentile": percentile,
             "threshold": threshold,
+            **({"normalize": normalize, "group": group} if normalize else {}),
         }
-        scanner = data.scanner(filter=keep)
-        kept = _write(scanner, schema, schemas, target, storage_options, provenance)
+        batches = _rows(data, clean, keep, normalizer)
+        kept = _write(batches, schema, schemas, target, storage_options, provenance)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         what = f"--where {where!r}" if where else "filter"
         raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
     return {"kept": kept, "rows": rows, "failed": failed, "threshold": threshold, "out": target}
 
 
+def _normalizer(
+    data: pads.Dataset,
+    schema: pa.Schema,
+    clean: pc.Expression,
+    method: str | None,
+    group: str | None,
+) -> Any:
+    """``--normalize`` with ``--group``: the per-group statistics, read from the group and
+    score columns of the rows without an error."""
+    if method is None:
+        if group is not None:
+            raise UserError("--group is the grouping of --normalize: give --normalize too")
+        return None
+    from vqpipe.rewards.normalize import GroupNormalizer
+
+    if group is None:
+        raise UserError(f"--normalize {method}: name the group column with --group")
+    if group not in schema.names:
+        close = difflib.get_close_matches(group, schema.names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"--group {group!r}: no such column{hint}")
+    scores = [c for c in schema.names if c.endswith("_score")]
+    if not scores:
+        raise UserError("--normalize: the table has no <scorer>_score column")
+    stats = data.to_table(columns=[group, *scores], filter=clean)
+    return GroupNormalizer(stats, group, scores, method)
+
+
+def _rows(
+    data: pads.Dataset, clean: pc.Expression, keep: pc.Expression | None, normalizer: Any
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    """The rows without an error that pass ``keep``, batch by batch; with ``normalizer``
+    its columns are added before ``keep`` is applied (so it can use them)."""
+    if normalizer is None:
+        full = clean if keep is None else clean & keep
+        yield from data.scanner(filter=full).to_batches()
+        return
+    for batch in data.scanner(filter=clean).to_batches():
+        table = normalizer(batch)
+        yield table if keep is None else table.filter(keep)
+
+
 def _write(
-    scanner: pads.Scanner,
+    batches: Iterable[pa.RecordBatch | pa.Table],
     schema: pa.Schema,
     schemas: list[pa.Schema],
     target: str,
     storage_options: dict[str, Any] | None,
     provenance: dict[str, Any],
 ) -> int:
-    """Stream the scanner's batches into ``target`` (local: a temporary file renamed into
-    place); returns the rows written."""
+    """Stream ``batches`` into ``target`` (local: a temporary file renamed into place);
+    returns the rows written."""
     fs, path = url_to_fs(target, storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     kept = 0
@@ -300,9 +367,9 @@ def _write(
         with fs.open(tmp if local else path, "wb") as fh:
             final = schema.with_metadata({**metadata, FILTER_METADATA_KEY: provenance_bytes})
             with pq.ParquetWriter(fh, final) as writer:
-                for batch in scanner.to_batches():
+                for batch in batches:
                     if batch.num_rows:
-                        writer.write_batch(batch)
+                        writer.write(batch)
                         kept += batch.num_rows
         if local and tmp != path:
             os.replace(tmp, path)

@@ -321,6 +321,16 @@ def build_dataset(
             batch_size=spec.batch_size,
             batch_format="numpy",
         )
+    if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
+        from vqpipe.rewards.calibrate import calibrate_batch
+
+        ds = ds.map_batches(
+            calibrate_batch,
+            fn_args=(config.calibration,),
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+        )
     outputs = {s.column: scorer_facts(s) for s in config.scorers}
     return ds.map_batches(
         write_batch,
@@ -479,6 +489,8 @@ def run_job(
         "vqpipe": vqpipe.__version__,
         "scorers": [scorer_signature(s, config.storage_options) for s in config.scorers],
     }
+    if config.calibration:  # other maps, other values: no resume across calibrations
+        signature["calibration"] = config.calibration["columns"]
     sig = signature_hash(signature)
     kind = resolve_format(config)
     for line in demo_notice(config):

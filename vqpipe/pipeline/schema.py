@@ -56,6 +56,27 @@ def output_columns(column: str, extra_outputs: Iterable[str] = ()) -> list[str]:
     ]
 
 
+CALIBRATED = "calibrated"
+"""``<column>_calibrated``: a score mapped onto the MOS scale (``vqpipe calibrate``)."""
+NORMALIZED = "normalized"
+"""``<column>_normalized``: a score normalised within its group (``vqpipe filter``)."""
+ENSEMBLE = "ensemble"
+"""The column prefix of ``vqpipe fuse``: ``ensemble_score`` and ``ensemble_spread``."""
+ENSEMBLE_SCORE = score_column(ENSEMBLE)
+ENSEMBLE_SPREAD = extra_column(ENSEMBLE, "spread")
+
+
+def score_prefix(name: str) -> str:
+    """``gamma_score`` → ``gamma`` (the scorer's column); any other column name unchanged."""
+    return name[: -len("_score")] if name.endswith("_score") and name != "_score" else name
+
+
+def derived_column(score: str, kind: str) -> str:
+    """``("gamma_score", CALIBRATED)`` → ``gamma_calibrated``: what a post-hoc step derives
+    from a score column, named like the scorer's own outputs."""
+    return extra_column(score_prefix(score), kind)
+
+
 def error_text(value: Any) -> str | None:
     """``None`` for no error (Ray may hand it back as None or NaN), else the message."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):

@@ -1,0 +1,3 @@
+"""Reward data over quality tables: preference pairs, per-group normalisation, calibration to
+a MOS scale and a calibrated ensemble (``vqpipe pairs | calibrate | fuse``, ``vqpipe filter
+--normalize``)."""
