@@ -193,24 +193,9 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_table(path: str, storage: dict[str, Any] | None = None) -> Any:
-    """A quality-table directory (a job's output) or one Parquet / CSV / JSONL file."""
-    import pandas as pd
-
-    from vqpipe.pipeline.job import read_quality_table
-
-    lower = path.lower().rstrip("/")
-    if lower.endswith(".csv"):
-        return pd.read_csv(path, storage_options=storage or None)
-    if lower.endswith((".jsonl", ".json")):
-        return pd.read_json(path, lines=lower.endswith(".jsonl"), storage_options=storage or None)
-    if lower.endswith(".parquet"):
-        return pd.read_parquet(path, storage_options=storage or None)
-    return read_quality_table(path, storage)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vqpipe.eval.report import format_value, write_report
+    from vqpipe.io.tables import read_table
 
     storage = _storage_options(args.storage_options)
     pred, mos = read_table(args.predictions, storage), read_table(args.mos, storage)

@@ -148,8 +148,8 @@ def matched_rows(
     join), and the score columns; only those rows are read (a pushed-down ``uri`` filter)."""
     import pyarrow.dataset as pads
 
-    from vqpipe.cli import read_table
     from vqpipe.eval.evaluate import join_predictions
+    from vqpipe.io.tables import read_table
     from vqpipe.rewards.table import TableSource
 
     source = TableSource(table, storage_options)

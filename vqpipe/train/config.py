@@ -290,7 +290,8 @@ def _check_table(
     method: str, config: Mapping[str, Any], spec: Mapping[str, Any], where: str
 ) -> tuple[int, str | None, str | None]:
     """(training rows, a note about skipped rows, a problem) for one dataset entry."""
-    from vqpipe.train.data import read_table, split_rows
+    from vqpipe.io.tables import read_table
+    from vqpipe.train.data import split_rows
 
     source = spec["table"]
     name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)

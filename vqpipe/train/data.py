@@ -15,21 +15,12 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, Resize
 
 from vqpipe.io.fs import read_bytes
+from vqpipe.io.tables import read_table
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.models.gamma import scene_for_dataset, scene_prompts
 from vqpipe.train.config import dataset_setting, media_rows, skipped_note
 
 log = logging.getLogger("vqpipe.train")
-
-
-def read_table(source: str | Any, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """A MOS table given as a DataFrame or a ``.parquet`` / ``.csv`` path or fsspec URI."""
-    if isinstance(source, pd.DataFrame):
-        return source.copy()
-    options = storage_options if "://" in str(source) else None
-    if str(source).endswith(".parquet"):
-        return pd.read_parquet(source, storage_options=options)
-    return pd.read_csv(source, storage_options=options)
 
 
 def split_rows(table: pd.DataFrame, split: str | None) -> pd.DataFrame:

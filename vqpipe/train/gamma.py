@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from vqpipe.io.tables import read_table
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
 from vqpipe.train.config import media_rows, setting
@@ -55,7 +56,6 @@ from vqpipe.train.data import (
     load_image,
     mixed_table,
     normalised_targets,
-    read_table,
     split_rows,
 )
 from vqpipe.train.loop import (

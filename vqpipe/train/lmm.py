@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqpipe.io.tables import read_table
 from vqpipe.models.mplug_owl2 import (
     IMAGE_TOKEN,
     MPLUGOwl2ForCausalLM,
@@ -47,7 +48,7 @@ from vqpipe.models.mplug_owl2 import (
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
 from vqpipe.train.config import dataset_setting, dataset_split, setting
-from vqpipe.train.data import dataset_name, load_image, read_table, split_rows
+from vqpipe.train.data import dataset_name, load_image, split_rows
 from vqpipe.train.loop import (
     STATE_FILE,
     EarlyStopping,
