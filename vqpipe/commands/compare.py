@@ -48,7 +48,10 @@ def add_parser(sub: Any) -> None:
         "batch_size = pairs per actor call (both orders run in one forward)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="pairs per call without batch_size= (64)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs per actor call for a --scorer without batch_size= (default: 64)",
     )
     parser.add_argument(
         "--num-gpus-per-actor",
