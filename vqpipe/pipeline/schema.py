@@ -7,7 +7,7 @@ of a failed row, the size of an image that could not be decoded, the duration of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,14 @@ METADATA_KEY = b"vqpipe.job"
 
 INT_MISSING = -1  # in transit (numpy has no integer null); written as null
 FLOAT_COLUMNS_MISSING_AS_NAN = (DURATION,)
+
+
+URI_A = "uri_a"
+URI_B = "uri_b"
+"""Pair tables (``vqpipe compare``): the first and the second image of each pair."""
+PAIR_FLOAT_COLUMNS = ("p_b_better_ab", "p_b_better_ba", "p_b_better", "order_gap")
+PAIR_PROBS_COLUMNS = ("level_probs_ab", "level_probs_ba")
+"""``vqpipe compare``'s output columns (see :mod:`vqpipe.scorers.pairwise`)."""
 
 
 def score_column(column: str) -> str:
@@ -111,13 +119,18 @@ def _carried(values: np.ndarray) -> pa.Array:
     return pa.array(values)
 
 
-def to_arrow(batch: dict[str, np.ndarray], scorer_columns: Iterable[str]) -> pa.Table:
+def to_arrow(
+    batch: dict[str, np.ndarray],
+    scorer_columns: Iterable[str],
+    typed: Mapping[str, str] | None = None,
+) -> pa.Table:
     """One batch of finished rows → an Arrow table with nulls for every missing value.
 
     ``scorer_columns``: the prefixes of the job's scorers (their outputs are typed float32 /
-    list<float32> with nulls); carried input columns keep their own types.
+    list<float32> with nulls); ``typed``: further output columns by name, ``"float"`` or
+    ``"probs"``, typed the same way; carried input columns keep their own types.
     """
-    scored = {}
+    scored = dict(typed or {})
     for column in scorer_columns:
         for name in batch:
             if name == probs_column(column):

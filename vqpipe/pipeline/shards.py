@@ -178,23 +178,22 @@ def _tag(table: pa.Table, part: str) -> pa.Table:
     return table.append_column(ROWS, pa.array(np.full(n, n, np.int64)))
 
 
-def _manifest_tables(
-    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
-) -> Iterator[pa.Table]:
-    """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
-    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried.
+def manifest_chunks(
+    uri: str, rows: int, storage_options: dict[str, Any] | None
+) -> Iterator[tuple[int, pa.Table]]:
+    """A Parquet / CSV / JSONL manifest file in tables of ``rows`` rows, each with the index
+    of its first row (empty tables skipped).
 
     Read with pyarrow per shard rather than Ray Data's readers: each shard must become
-    fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
-    an error row instead of failing the read task."""
+    fragments with stable sequence numbers (the commit unit), and a bad row must become an
+    error row instead of failing the read task."""
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     from vqpipe.io.patterns import resolve
 
-    fs, path = resolve(shard.uri, storage_options)
-    rows, column, root = options["rows"], options["uri_column"], options.get("root")
+    fs, path = resolve(uri, storage_options)
     lower = path.lower()
     with fs.open(path, "rb") as fh:
         if lower.endswith((".parquet", ".pq")):
@@ -208,8 +207,18 @@ def _manifest_tables(
         for chunk in tables:
             if len(chunk) == 0:
                 continue
-            yield _manifest_rows(chunk, shard, column, root, start)
+            yield start, chunk
             start += len(chunk)
+
+
+def _manifest_tables(
+    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
+) -> Iterator[pa.Table]:
+    """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
+    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried."""
+    column, root = options["uri_column"], options.get("root")
+    for start, chunk in manifest_chunks(shard.uri, options["rows"], storage_options):
+        yield _manifest_rows(chunk, shard, column, root, start)
 
 
 def _manifest_rows(
@@ -241,10 +250,16 @@ def _manifest_rows(
         KEY: pa.array([str(start + i) for i in range(len(uris))], pa.string()),
         ERROR: pa.array(errors, pa.string()),
     }
-    for name in carried.column_names:  # a carried name that is ours is kept as input_<name>
+    return pa.table(carry_columns(columns, carried))
+
+
+def carry_columns(columns: dict[str, Any], carried: pa.Table) -> dict[str, Any]:
+    """``columns`` plus the carried input columns; a carried name that is ours (or in
+    transit) is kept as ``input_<name>``."""
+    for name in carried.column_names:
         taken = name in columns or name in (DATA, PART) or name.startswith("_")
         columns[f"input_{name}" if taken else name] = carried.column(name)
-    return pa.table(columns)
+    return columns
 
 
 def listing_tables(

@@ -256,8 +256,10 @@ def write_batch(
     metadata: dict[str, Any],
     scorer_columns: list[str],
     sig: str,
+    typed_columns: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write each fragment of the batch as its Parquet part, atomically; one summary row each.
+    ``typed_columns``: further output columns for :func:`~vqpipe.pipeline.schema.to_arrow`.
 
     A part's name comes from its fragment (``part-<sig>-<fragment>.parquet``, see
     :mod:`vqpipe.pipeline.shards`; a fragment that arrives in pieces is written as pieces
@@ -280,7 +282,7 @@ def write_batch(
         for name in [k for k in chunk if k.startswith(RUNTIME_PREFIX)]:
             seen = sorted({str(v) for v in chunk.pop(name)})
             runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
-        table = to_arrow(chunk, scorer_columns)
+        table = to_arrow(chunk, scorer_columns, typed_columns)
         record = {**metadata, "runtime": runtime, "part": part}
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
         final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"

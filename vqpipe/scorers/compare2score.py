@@ -235,61 +235,97 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     def comparison_logits(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits of the five comparison words for every (test image, anchor) pair, [B, m, 5]
         (test image second, anchor first, as the official prompt)."""
-        model, device = self.model, self.device
         m = len(self.anchor_pixels)
-        test = model.encode_images(self.to_input(pixels))  # [B, T, D] — once per test image
-        b, t, _ = test.shape
-        embed = model.model.embed_tokens
-        tail = embed(self.tail_ids)
-        rows = b * m
+        test = self.model.encode_images(self.to_input(pixels))  # [B, T, D] — once per test image
+        b = test.shape[0]
+        second = test.repeat_interleave(m, 0)  # [B·m, T, D]: pair (b, j) at row b·m + j
         if self.prefix_cache:
-            cache = self._anchor_cache()
-            past = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in cache]
-            new = torch.cat([test.repeat_interleave(m, 0), tail[None].expand(rows, -1, -1)], 1)
-            start = past[0][0].shape[2]
-            positions = torch.arange(start, start + new.shape[1], device=device)
-            hidden, _ = model.model.decode(
-                new,
-                t,
-                position_ids=positions[None].expand(rows, -1),
-                past_key_values=past,
-                last_only=True,
-            )
+            past = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in self._anchor_cache()]
+            logits = self._logits_after_prefix(past, second)
         else:  # full two-image sequences, nothing shared (the official path, batched)
-            anchors = model.encode_images(self.to_input(self.anchor_pixels))
-            seq = torch.cat(
-                [
-                    embed(self.head_ids)[None].expand(rows, -1, -1),
-                    anchors.repeat(b, 1, 1),
-                    embed(self.mid_ids)[None].expand(rows, -1, -1),
-                    test.repeat_interleave(m, 0),
-                    tail[None].expand(rows, -1, -1),
-                ],
-                dim=1,
-            )
-            modality = torch.zeros(rows, seq.shape[1], dtype=torch.long, device=device)
-            h, a = len(self.head_ids), anchors.shape[1]
-            modality[:, h : h + a] = 1
-            s = h + a + len(self.mid_ids)
-            modality[:, s : s + t] = 1
-            hidden, _ = model.model.decode(seq, modality, last_only=True)
-        logits = hidden[:, -1] @ model.lm_head.weight[self.word_ids_].T
-        return logits.float().view(b, m, -1)
+            anchors = self.model.encode_images(self.to_input(self.anchor_pixels))
+            logits = self._logits_of_pairs(anchors.repeat(b, 1, 1), second)
+        return logits.view(b, m, -1)
+
+    @torch.inference_mode()
+    def pair_logits(
+        self, images: Sequence[np.ndarray] | np.ndarray, first: Sequence[int], second: Sequence[int]
+    ) -> torch.Tensor:
+        """Logits of the five comparison words for given pairs, [N, 5]: pair n puts
+        ``images[first[n]]`` first and ``images[second[n]]`` second (the word says how the
+        second compares with the first). Each image goes through the vision tower once; the
+        prefix KV cache (``[BOS] USER: <first> ␣``) is computed once per distinct first image."""
+        feats = self.model.encode_images(self.to_input(np.stack(images)))  # [U, T, D]
+        idx_first = torch.as_tensor(np.asarray(first, np.int64), device=self.device)
+        idx_second = torch.as_tensor(np.asarray(second, np.int64), device=self.device)
+        if not self.prefix_cache:
+            return self._logits_of_pairs(feats[idx_first], feats[idx_second])
+        firsts, inverse = torch.unique(idx_first, return_inverse=True)
+        cache = self._prefix_cache(feats[firsts])  # one prefix per distinct first image
+        past = [(k[inverse], v[inverse]) for k, v in cache]
+        return self._logits_after_prefix(past, feats[idx_second])
+
+    def _prefix_cache(self, first: torch.Tensor) -> KVCache:
+        """KV cache of ``[BOS] USER: <first image> ␣`` for each row of ``first`` [F, T, D]."""
+        model, device = self.model, self.device
+        embed = model.model.embed_tokens
+        f, t, _ = first.shape
+        head, mid = embed(self.head_ids), embed(self.mid_ids)
+        seq = torch.cat([head[None].expand(f, -1, -1), first, mid[None].expand(f, -1, -1)], dim=1)
+        modality = torch.zeros(f, seq.shape[1], dtype=torch.long, device=device)
+        modality[:, len(head) : len(head) + t] = 1
+        _, cache = model.model.decode(seq, modality, use_cache=True, last_only=True)
+        return cache
+
+    def _logits_after_prefix(self, past: KVCache, second: torch.Tensor) -> torch.Tensor:
+        """Word logits [R, 5] of ``<second image> tail`` after the prefix caches ``past`` (one
+        per row of ``second`` [R, T, D])."""
+        rows, t, _ = second.shape
+        tail = self.model.model.embed_tokens(self.tail_ids)
+        new = torch.cat([second, tail[None].expand(rows, -1, -1)], 1)
+        start = past[0][0].shape[2]
+        positions = torch.arange(start, start + new.shape[1], device=self.device)
+        hidden, _ = self.model.model.decode(
+            new,
+            t,
+            position_ids=positions[None].expand(rows, -1),
+            past_key_values=past,
+            last_only=True,
+        )
+        return self._word_logits(hidden)
+
+    def _logits_of_pairs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Word logits [R, 5] of full two-image sequences (``first``, ``second``: [R, T, D])."""
+        model, device = self.model, self.device
+        embed = model.model.embed_tokens
+        rows, t, _ = second.shape
+        seq = torch.cat(
+            [
+                embed(self.head_ids)[None].expand(rows, -1, -1),
+                first,
+                embed(self.mid_ids)[None].expand(rows, -1, -1),
+                second,
+                embed(self.tail_ids)[None].expand(rows, -1, -1),
+            ],
+            dim=1,
+        )
+        modality = torch.zeros(rows, seq.shape[1], dtype=torch.long, device=device)
+        h, a = len(self.head_ids), first.shape[1]
+        modality[:, h : h + a] = 1
+        s = h + a + len(self.mid_ids)
+        modality[:, s : s + t] = 1
+        hidden, _ = model.model.decode(seq, modality, last_only=True)
+        return self._word_logits(hidden)
+
+    def _word_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last position's logits of the five comparison words only, float32 [R, 5]."""
+        return (hidden[:, -1] @ self.model.lm_head.weight[self.word_ids_].T).float()
 
     def _anchor_cache(self) -> KVCache:
         """KV cache of ``[BOS] USER: <anchor_j> ␣`` for every anchor (batch m), made once."""
         if self._cache is None:
-            model, device = self.model, self.device
-            embed = model.model.embed_tokens
-            anchors = model.encode_images(self.to_input(self.anchor_pixels))  # [m, T, D]
-            m, t, _ = anchors.shape
-            head, mid = embed(self.head_ids), embed(self.mid_ids)
-            seq = torch.cat(
-                [head[None].expand(m, -1, -1), anchors, mid[None].expand(m, -1, -1)], dim=1
-            )
-            modality = torch.zeros(m, seq.shape[1], dtype=torch.long, device=device)
-            modality[:, len(head) : len(head) + t] = 1
-            _, self._cache = model.model.decode(seq, modality, use_cache=True, last_only=True)
+            anchors = self.model.encode_images(self.to_input(self.anchor_pixels))  # [m, T, D]
+            self._cache = self._prefix_cache(anchors)
         return self._cache
 
     # ------------------------------------------------------------------ Scorer protocol

@@ -44,6 +44,11 @@ class RGBArray:
         return {"pixels": np.asarray(image, dtype=np.uint8)}
 
 
+def _pil(image: Any) -> Image.Image:
+    """A PIL image, or a uint8 [H, W, 3] array (the CPU half's output) as one."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+
+
 class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model."""
 
@@ -123,10 +128,23 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     @torch.inference_mode()
     def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
         """[B, m, 5] logits of the comparison words; anchor first, test image second."""
-        tests = [
-            im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in inputs
-        ]
+        tests = [_pil(im) for im in inputs]
         pairs = [(a, t) for t in tests for a in self._anchor_images]
+        return self._logits_of_pairs(pairs).view(len(tests), len(self._anchor_images), -1)
+
+    @torch.inference_mode()
+    def pair_logits(
+        self, images: Sequence[Any], first: Sequence[int], second: Sequence[int]
+    ) -> torch.Tensor:
+        """[N, 5] logits of the comparison words for given pairs: ``images[first[n]]`` first,
+        ``images[second[n]]`` second. Every pair is one full forward: the transformers model
+        takes pixel values per sequence, so images and prefixes are not shared here."""
+        pil = [_pil(im) for im in images]
+        return self._logits_of_pairs([(pil[f], pil[s]) for f, s in zip(first, second, strict=True)])
+
+    def _logits_of_pairs(self, pairs: Sequence[tuple[Image.Image, Image.Image]]) -> torch.Tensor:
+        """[N, 5]: the answer position's word logits of (first, second) image pairs, in
+        forwards of ``pairs_per_forward``."""
         rows = []
         for start in range(0, len(pairs), self.pairs_per_forward):
             chunk = pairs[start : start + self.pairs_per_forward]
@@ -140,7 +158,9 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
                 batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
             logits = self.model(**batch, logits_to_keep=1).logits[:, -1]
             rows.append(logits[:, self.word_ids_].float())
-        return torch.cat(rows).view(len(tests), len(self._anchor_images), -1)
+        if not rows:
+            return torch.zeros(0, len(COMPARISON_LEVELS), device=self.device)
+        return torch.cat(rows)
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), **self.anchor_metadata(), "prompt": self.text}

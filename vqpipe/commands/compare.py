@@ -1,0 +1,156 @@
+"""``vqpipe compare``: P(b ≻ a) for given image pairs with a Compare2Score LMM, as a Ray job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+EPILOG = """\
+examples:
+  vqpipe compare pairs.parquet --out ./prefs
+  vqpipe compare s3://lake/pairs/ --out s3://lake/prefs/ \\
+      --scorer compare2score:checkpoint=s3://models/compare2score,batch_size=32,num_gpus=1
+  vqpipe compare pairs.csv --out ./prefs \\
+      --scorer compare2score-lmm:checkpoint=/models/llava-1.5-7b-hf
+
+The input: Parquet / CSV / JSONL manifests (a file, a directory, a glob) with uri_a and uri_b
+columns; other columns are carried. Each pair is asked in both orders: p_b_better_ab (a
+first, the official P(b > a)), p_b_better_ba (b first: 1 - P(a > b)), p_b_better (their mean),
+order_gap (their difference) and each order's five level probabilities. Rerunning the same
+command resumes: committed manifest shards are skipped.
+"""
+
+
+def add_parser(sub: Any) -> None:
+    from vqpipe.cli import _add_console_flags
+    from vqpipe.pipeline.config import POOL_KEYS
+
+    parser = sub.add_parser(
+        "compare",
+        help="P(b better than a) for image pairs with a Compare2Score LMM",
+        description="Compare the two images of each row of a pairs manifest (uri_a, uri_b) "
+        "with a Compare2Score LMM, in both orders, into a Parquet table (one row per pair), "
+        "on local Ray or a cluster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "input", help="pairs manifest(s): a Parquet / CSV / JSONL file, directory, glob or URI"
+    )
+    parser.add_argument("--out", required=True, help="output dir or URI for the pair table")
+    parser.add_argument(
+        "--scorer",
+        default="compare2score",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="the comparison model: compare2score or compare2score-lmm with their keys "
+        f"(default: %(default)s); pool keys: {', '.join(k for k in POOL_KEYS if k != 'column')}; "
+        "batch_size = pairs per actor call (both orders run in one forward)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs per actor call for a --scorer without batch_size= (default: 64)",
+    )
+    parser.add_argument(
+        "--num-gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per actor without num_gpus= (default: 0, CPU)",
+    )
+    parser.add_argument("--actors", metavar="N|MIN-MAX", help="actors without actors= (default: 1)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else local)"
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="uri_a / uri_b must stay inside this prefix (default: no restriction)",
+    )
+    parser.add_argument(
+        "--rows-per-file", type=int, default=256, help="pairs per output part (default: 256)"
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=512 * 1024**2,
+        help="bytes per image file at most (default: 512 MiB)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=178_956_970,
+        help="pixels per image at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--storage-options",
+        help='JSON for fsspec, e.g. \'{"profile": "curation"}\' (default: none)',
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="compare the first N pairs only (default: all)"
+    )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="replace existing results (default: resume, comparing only uncommitted shards)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="status line interval when stderr is not a terminal (default: %(default)g)",
+    )
+    _add_console_flags(parser, on_subcommand=True)
+    parser.set_defaults(func=_cmd_compare)
+
+
+def compare_config_from_args(args: argparse.Namespace) -> Any:
+    """The JobConfig of a compare job (one scorer pool; inputs read as manifests)."""
+    from vqpipe.cli import _storage_options
+    from vqpipe.media.decode import MediaLimits
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions, parse_actors
+
+    spec = ScorerOptions.parse(
+        args.scorer,
+        batch_size=args.batch_size,
+        num_gpus=args.num_gpus_per_actor,
+        actors=parse_actors(args.actors) if args.actors else None,
+    )
+    return JobConfig(
+        input=args.input,
+        output=args.out,
+        scorers=[spec],
+        storage_options=_storage_options(args.storage_options),
+        limits=MediaLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
+        rows_per_file=args.rows_per_file,
+        limit=args.limit,
+        resume=not args.no_resume,
+        root=args.root,
+        address=args.address,
+        input_format="manifest",
+    )
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vqpipe.cli import _shutdown_ray, _verbosity
+    from vqpipe.console import StatusLine, ray_output_kept_out, terminal
+    from vqpipe.pipeline.compare_job import run_compare
+
+    verbosity = _verbosity(args)
+    config = compare_config_from_args(args)
+    with StatusLine(terminal(), verbosity, every_s=args.progress_every) as status:
+        status.update("starting: checks, inputs, Ray, the first part")
+        with ray_output_kept_out(verbosity, "compare"):
+            summary = run_compare(
+                config,
+                progress=status.progress,
+                progress_every_s=1.0 if status.tty else args.progress_every,
+            )
+            _shutdown_ray()
+        if not summary["compared_pairs"]:
+            done = f"{summary['shards_already_done']} of {summary['shards']} shards committed"
+            status.update(f"nothing left to compare: {done}", force=True)
+    print(json.dumps(summary, indent=2))
+    return 0

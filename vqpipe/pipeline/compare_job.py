@@ -1,0 +1,451 @@
+"""The pair-comparison job (``vqpipe compare``): manifest shards of (``uri_a``, ``uri_b``) rows →
+read (CPU tasks) → decode both images → one comparison actor pool → Parquet parts.
+
+It is a scoring job of another shape, run by the same machinery (:mod:`vqpipe.pipeline.job`):
+validation before Ray starts, shard planning, fragments with deterministic part names
+(``part-<signature>-<shard>-<fragment>[-last].parquet``) committed shard by shard, resume by
+listing the output, ``_lock``, the ``--no-resume`` swap and ``_job.json``. One row per pair:
+
+- ``uri`` = ``<manifest file>#<row index>`` (the row's identity; the manifest's own ``uri``
+  column, if any, is carried as ``input_uri``), ``shard`` = the manifest file, ``key`` = the row
+  index, ``uri_a``, ``uri_b`` and the manifest's other columns;
+- the outputs of :mod:`vqpipe.scorers.pairwise` (``p_b_better``, … ; null after an error);
+- ``error``: naming the stage and the side (``read: uri_b: not found: …``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import vqpipe
+from vqpipe.errors import UserError
+from vqpipe.io.sources import confine, media_type_from_name
+from vqpipe.media.decode import MediaLimits
+from vqpipe.pipeline import job
+from vqpipe.pipeline.config import JobConfig, ScorerOptions
+from vqpipe.pipeline.lock import OutputLock
+from vqpipe.pipeline.schema import (
+    ERROR,
+    INPUT_PREFIX,
+    MEDIA_TYPE,
+    PAIR_FLOAT_COLUMNS,
+    PAIR_PROBS_COLUMNS,
+    RUNTIME_PREFIX,
+    URI,
+    URI_A,
+    URI_B,
+    error_text,
+)
+from vqpipe.pipeline.shards import (
+    KEY,
+    SHARD,
+    Shard,
+    _fragments,
+    carry_columns,
+    committed_shards,
+    manifest_chunks,
+    signature_hash,
+)
+from vqpipe.pipeline.stages import ScoreStage, _from_bytes, decode_batch, write_batch
+
+log = logging.getLogger(__name__)
+TASK = "compare-pairs"
+"""In the job signature: parts of a score job with the same scorer never look committed here."""
+SIDES = (URI_A, URI_B)
+INPUT_A, INPUT_B = f"{INPUT_PREFIX}a", f"{INPUT_PREFIX}b"
+"""Columns in transit: each side's preprocessed image as ``.npy`` bytes (empty after an error)."""
+TYPED = {**dict.fromkeys(PAIR_FLOAT_COLUMNS, "float"), **dict.fromkeys(PAIR_PROBS_COLUMNS, "probs")}
+LEVELS = 5
+
+
+# ---------------------------------------------------------------------------- checks
+def validate_compare(config: JobConfig) -> None:
+    """Every check that needs no Ray: one scorer that can compare pairs (then the score job's
+    checks: options, input, output, checkpoint), and the first manifest's ``uri_a`` / ``uri_b``
+    columns (from its footer or first bytes)."""
+    from vqpipe.io.input_format import table_columns
+    from vqpipe.io.patterns import resolve
+    from vqpipe.pipeline.validate import check_scorer, validate_job
+    from vqpipe.scorers.pairwise import can_compare
+
+    if len(config.scorers) != 1:
+        raise UserError(f"vqpipe compare takes one --scorer (got {len(config.scorers)})")
+    spec = config.scorers[0]
+    cls = check_scorer(spec, config.storage_options)
+    if not can_compare(cls):
+        raise UserError(
+            f"scorer {spec.name} cannot compare two given images; use compare2score or "
+            "compare2score-lmm"
+        )
+    if spec.column != ScorerOptions(spec.name).column:
+        raise UserError(
+            f"column={spec.column} does not apply to vqpipe compare (its columns are "
+            f"{', '.join(PAIR_FLOAT_COLUMNS)}, …)"
+        )
+    validate_job(config)
+    shards = plan_pair_shards(config)
+    try:
+        fs, path = resolve(shards[0].uri, config.storage_options)
+        names, _ = table_columns(fs, path)
+    except Exception as exc:
+        raise UserError(f"cannot read {shards[0].uri}: {type(exc).__name__}: {exc}") from None
+    missing = [c for c in SIDES if c not in names]
+    if missing:
+        raise UserError(
+            f"{shards[0].uri} has no {' and no '.join(repr(c) for c in missing)} column (a pairs "
+            f"manifest has {URI_A} and {URI_B}; columns: {', '.join(names) or 'none'})"
+        )
+
+
+def plan_pair_shards(config: JobConfig) -> list[Shard]:
+    """The manifest files of the input (sorted; the job's own output excluded)."""
+    shards = job.plan_shards(config, "manifest")
+    if not shards:
+        raise UserError(f"no Parquet / CSV / JSONL manifest in {config.input}")
+    return shards
+
+
+def compare_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The job signature: the scorer's (name, version, options, checkpoint identity) and the
+    task, so that a score job's parts never count as this job's."""
+    scorer = {**job.scorer_signature(spec, storage_options), "task": TASK}
+    return {"vqpipe": vqpipe.__version__, "scorers": [scorer]}
+
+
+# ---------------------------------------------------------------------------- stages
+def pair_rows(table: pa.Table, shard: Shard, start: int, root: str | None) -> pa.Table:
+    """Manifest rows → pair rows: ``uri`` = ``<shard>#<row>``, ``shard``, ``key``, ``uri_a``,
+    ``uri_b`` (confined to ``root`` when given), ``error`` for a row without either side;
+    other columns carried."""
+    missing = [c for c in SIDES if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"manifest {shard.uri} has no {' and no '.join(map(repr, missing))} column"
+        )
+    n = len(table)
+    values = {side: table.column(side).to_pylist() for side in SIDES}
+    sides: dict[str, list[str | None]] = {side: [] for side in SIDES}
+    errors: list[str | None] = []
+    for i in range(n):
+        problems = []
+        for side in SIDES:
+            value = values[side][i]
+            if not isinstance(value, str) or not value.strip():
+                sides[side].append(None if value is None else str(value))
+                problems.append(f"read: manifest row {start + i} has no {side} ({value!r})")
+                continue
+            if root is not None:
+                resolved, inside = confine(value, root)
+                if not inside:
+                    problems.append(f"read: {side}: outside the configured input root; not read")
+                value = resolved if inside else value
+            sides[side].append(value)
+        errors.append("; ".join(problems) or None)
+    columns: dict[str, Any] = {
+        URI: pa.array([f"{shard.uri}#{start + i}" for i in range(n)], pa.string()),
+        SHARD: pa.array([shard.uri] * n, pa.string()),
+        KEY: pa.array([str(start + i) for i in range(n)], pa.string()),
+        URI_A: pa.array(sides[URI_A], pa.string()),
+        URI_B: pa.array(sides[URI_B], pa.string()),
+        ERROR: pa.array(errors, pa.string()),
+    }
+    return pa.table(carry_columns(columns, table.drop_columns(list(SIDES))))
+
+
+def read_pair_shards(
+    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
+) -> Iterator[pa.Table]:
+    """Ray Data stage (one manifest per call): its pair rows, fragment by fragment, tagged with
+    their part names; a manifest that cannot be read becomes an error row naming it."""
+    for uri, sid in zip(batch["uri"], batch["id"], strict=True):
+        shard = Shard(str(uri), "manifest", str(sid))
+        chunks = manifest_chunks(shard.uri, options["rows"], storage_options)
+        tables = (pair_rows(t, shard, start, options.get("root")) for start, t in chunks)
+        yield from _fragments(tables, shard, final=options.get("limit") is None)
+
+
+def _side_error(message: str, side: str) -> str:
+    """``read: not found: x`` of one image → ``read: uri_a: not found: x`` (stage, then side)."""
+    stage, _, rest = message.partition(": ")
+    return f"{stage}: {side}: {rest}"
+
+
+def decode_pairs(
+    batch: dict[str, np.ndarray],
+    spec: ScorerOptions,
+    storage_options: dict[str, Any],
+    limits: MediaLimits,
+) -> dict[str, np.ndarray]:
+    """CPU stage: every distinct image of the batch read, decoded and preprocessed once (the
+    score job's :func:`decode_batch`); each row gets both sides' arrays, or the errors of its
+    sides."""
+    n = len(batch[URI])
+    given = batch.get(ERROR)
+    errors = [error_text(given[i]) if given is not None else None for i in range(n)]
+    slots: dict[str, int] = {}
+    for i in range(n):
+        if errors[i] is None:
+            for side in SIDES:
+                slots.setdefault(str(batch[side][i]), len(slots))
+    uris = list(slots)
+    kinds = [media_type_from_name(u) for u in uris]
+    videos = [
+        "decode: a video; vqpipe compare compares images" if k == "video" else None for k in kinds
+    ]
+    arrays: np.ndarray = np.array([], dtype=object)
+    found: list[str | None] = []
+    if uris:
+        decoded = decode_batch(
+            {
+                URI: np.array(uris, dtype=object),
+                MEDIA_TYPE: np.array(kinds, dtype=object),
+                ERROR: np.array(videos, dtype=object),
+            },
+            [spec],
+            storage_options,
+            video_fps=1.0,
+            limits=limits,
+        )
+        arrays = decoded[INPUT_PREFIX + spec.column]
+        found = [error_text(e) for e in decoded[ERROR]]
+    inputs = {INPUT_A: np.full(n, b"", dtype=object), INPUT_B: np.full(n, b"", dtype=object)}
+    for i in range(n):
+        if errors[i] is not None:
+            continue
+        problems = []
+        for side, column in zip(SIDES, (INPUT_A, INPUT_B), strict=True):
+            slot = slots[str(batch[side][i])]
+            if found[slot] is not None:
+                problems.append(_side_error(found[slot], side))
+            else:
+                inputs[column][i] = arrays[slot]
+        if problems:
+            errors[i] = "; ".join(problems)
+            inputs[INPUT_A][i] = inputs[INPUT_B][i] = b""
+    out = dict(batch)
+    out.update(inputs)
+    out[ERROR] = np.array(errors, dtype=object)
+    return out
+
+
+class CompareStage(ScoreStage):
+    """Actor stage: the scorer loaded once (as :class:`ScoreStage`: device from what Ray
+    assigned, checkpoint identity checked); each batch of pairs compared in both orders by one
+    :func:`~vqpipe.scorers.pairwise.compare_pairs` call, each distinct image once."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vqpipe.scorers.pairwise import compare_pairs
+
+        first = [_from_bytes(v) for v in batch.pop(INPUT_A)]
+        second = [_from_bytes(v) for v in batch.pop(INPUT_B)]
+        n = len(first)
+        errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
+        outputs = {c: np.full(n, np.nan, np.float32) for c in PAIR_FLOAT_COLUMNS}
+        outputs.update({c: np.full((n, LEVELS), np.nan, np.float32) for c in PAIR_PROBS_COLUMNS})
+        todo = [
+            i
+            for i in range(n)
+            if errors[i] is None and first[i] is not None and second[i] is not None
+        ]
+        if todo:
+            images: list[np.ndarray] = []
+            slots: dict[str, int] = {}
+
+            def slot(uri: str, array: np.ndarray) -> int:
+                if uri not in slots:
+                    slots[uri] = len(images)
+                    images.append(array[0])  # [1, ...]: an image's one frame
+                return slots[uri]
+
+            a = [slot(str(batch[URI_A][i]), first[i]) for i in todo]
+            b = [slot(str(batch[URI_B][i]), second[i]) for i in todo]
+            try:
+                out = compare_pairs(self.scorer, images, a, b)
+                for column, values in outputs.items():
+                    values[todo] = out[column]
+            except Exception as exc:
+                for i in todo:
+                    errors[i] = f"score[{self.spec.column}]: {type(exc).__name__}: {exc}"
+        batch.update(outputs)
+        batch[RUNTIME_PREFIX + self.spec.column] = np.full(n, self.runtime, dtype=object)
+        batch[ERROR] = errors
+        return batch
+
+
+# ---------------------------------------------------------------------------- the job
+def build_compare_dataset(
+    config: JobConfig,
+    shards: list[dict[str, str]],
+    signature: dict[str, Any],
+    sig: str,
+    output: str,
+) -> Any:
+    """The graph, top to bottom: manifest shards → pair rows, fragment by fragment → decode
+    both sides (CPU tasks) → the comparison actor pool → write (one summary row per part)."""
+    import ray
+
+    spec = config.scorers[0]
+    ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(
+        read_pair_shards,
+        fn_kwargs={
+            "options": {"rows": config.rows_per_file, "root": config.root, "limit": config.limit},
+            "storage_options": config.storage_options,
+        },
+        batch_size=1,
+        num_cpus=job.READ_CPUS,
+        memory=job.DECODE_MEMORY,
+    )
+    if config.limit is not None:
+        ds = ds.limit(config.limit)
+    ds = ds.map_batches(
+        decode_pairs,
+        fn_kwargs={
+            "spec": spec,
+            "storage_options": config.storage_options,
+            "limits": config.limits,
+        },
+        batch_size=config.rows_per_file,
+        batch_format="numpy",
+        num_cpus=job.DECODE_CPUS,
+        memory=job.DECODE_MEMORY,
+    )
+    ds = ds.map_batches(
+        CompareStage,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "storage_options": config.storage_options,
+            "fingerprint": signature["scorers"][0]["checkpoint_fingerprint"],
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=spec.actors[0], max_size=spec.actors[1]),
+        num_gpus=spec.num_gpus or None,
+        num_cpus=job.actor_cpus(spec, config.scorers),
+        batch_size=spec.batch_size,
+        batch_format="numpy",
+    )
+    outputs = {spec.column: {**job.scorer_facts(spec), "task": TASK, "columns": list(TYPED)}}
+    return ds.map_batches(
+        write_batch,
+        fn_kwargs={
+            "output": output,
+            "storage_options": config.storage_options,
+            "metadata": {**signature, "outputs": outputs},
+            "scorer_columns": [],
+            "sig": sig,
+            "typed_columns": TYPED,
+        },
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=job.DECODE_CPUS,
+    )
+
+
+def run_compare(
+    config: JobConfig,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_every_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run a pair-comparison job; returns the summary. User mistakes raise :class:`UserError`
+    before Ray starts (:func:`validate_compare`); one job at a time holds the output."""
+    started = time.perf_counter()
+    validate_compare(config)
+    signature = compare_signature(config.scorers[0], config.storage_options)
+    sig = signature_hash(signature)
+    fs, root = job._output_fs(config.output, config.storage_options)
+    created = not fs.exists(root)
+    job.check_output_writable(config)
+    try:
+        with OutputLock(config.output, config.storage_options):
+            job.finish_replacement(config.output, config.storage_options)
+            return _run_locked(config, signature, sig, started, progress, progress_every_s)
+    except UserError:
+        if created and not fs.ls(root):
+            fs.rm(root, recursive=True)
+        raise
+
+
+def _run_locked(
+    config: JobConfig,
+    signature: dict[str, Any],
+    sig: str,
+    started: float,
+    progress: Callable[[dict[str, Any]], None] | None,
+    progress_every_s: float,
+) -> dict[str, Any]:
+    import ray
+
+    fs, root = job._output_fs(config.output, config.storage_options)
+    target = config.output if config.resume else f"{root}/{job.STAGING}"
+    parts = job.existing_parts(config.output, config.storage_options) if config.resume else []
+    if config.resume:
+        job._refuse_foreign(config, parts, sig)
+    shards = plan_pair_shards(config)
+    done, stale = committed_shards(parts, sig)
+    for path in stale:  # fragments of shards a killed run left half-done: read again
+        fs.rm(path)
+    todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
+    summary: dict[str, Any] = {
+        "shards": len(shards),
+        "shards_already_done": len(shards) - len(todo),
+    }
+    if not config.resume:
+        fs.makedirs(target, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+            job.STARTED_RAY = True
+        spec = config.scorers[0]
+        from vqpipe.pipeline.validate import check_cluster_resources
+
+        check_cluster_resources([spec], {spec.column: job.actor_cpus(spec, [spec])})
+        ds = build_compare_dataset(config, todo, signature, sig, target)
+        last, reported = 0.0, -1
+        try:
+            for row in ds.iter_rows():  # one row per written part, as parts are committed
+                written.append(row)
+                now = time.perf_counter()
+                if progress is not None and (now - last >= progress_every_s or len(written) == 1):
+                    last, reported = now, len(written)
+                    progress(job._progress(written, None, now - started))
+        except Exception as exc:
+            device_error = job._device_error(exc)
+            if device_error is not None:
+                raise device_error from None
+            raise
+        if progress is not None and reported != len(written):
+            progress(job._progress(written, None, time.perf_counter() - started))
+    if not config.resume:
+        fs.pipe(f"{target}/{job.COMMITTED}", sig.encode())
+        job.finish_replacement(config.output, config.storage_options)
+    seconds = time.perf_counter() - started
+    final = job._progress(written, None, seconds)
+    summary.update(
+        {
+            "compared_pairs": final["done"],
+            "errors": final["errors"],
+            "files_written": len(written),
+            "seconds": round(seconds, 2),
+            "pairs_per_s": final["items_per_s"] if seconds > 0 else None,
+        }
+    )
+    spec = config.scorers[0]
+    record = {
+        "task": TASK,
+        "signature": signature,
+        "signature_hash": sig,
+        "scorers": {
+            spec.column: {**job.scorer_facts(spec), "runtime": job._runtime(written, spec.column)}
+        },
+        "config": config.to_metadata(),
+        "summary": summary,
+    }
+    fs.pipe(f"{root}/_job.json", json.dumps(record, indent=2, default=str).encode())
+    return summary
