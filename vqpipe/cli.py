@@ -505,6 +505,10 @@ examples:
   vqpipe score ./images --out ./quality          # Gamma (bundled demo checkpoint), local Ray
   vqpipe filter ./quality --where "gamma_score >= 0.6" --out keep.parquet
   vqpipe eval ./quality --mos mos.csv --out report/
+  vqpipe pairs ./quality --group prompt_id --score gamma_score --out pairs/
+  vqpipe compare pairs.parquet --scorer compare2score --out compared/
+  vqpipe calibrate ./quality --mos mos.csv --out calib.json
+  vqpipe fuse ./quality --calibration calib.json --out fused/
   vqpipe scorers                                 # what can score, and with which options
   vqpipe scorers gamma                           # one scorer's --scorer keys
 
