@@ -159,11 +159,14 @@ def test_directory_of_manifest_shards_with_a_url_column(ray_local, tmp_path):
     assert table["error"].dropna().str.contains("has no url").all()
 
 
-def _run_script(tmp_path: Path, argv: list[str], env: dict[str, str] | None = None):
+def _run_script(
+    tmp_path: Path, argv: list[str], env: dict[str, str] | None = None, prelude: str = ""
+):
     script = textwrap.dedent(
         f"""
         import sys, ray
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        {prelude}
         from vqpipe.cli import main
         sys.exit(main({argv!r}))
         """
@@ -357,3 +360,123 @@ def test_a_limited_run_commits_no_shard(ray_local, tmp_path):
     assert main(args) == 0  # the full run reads both shards again: every sample once
     table = read_quality_table(str(out))
     assert len(table) == 8 and table["uri"].is_unique
+
+
+def _flat_corpus(root: Path, files: int, sub: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (root / f"{i:03d}.png").write_bytes(image_bytes(i, "PNG"))
+    if sub:
+        (root / "sub").mkdir()
+        for i in range(sub):
+            (root / "sub" / f"{i}.png").write_bytes(image_bytes(100 + i, "PNG"))
+    return root
+
+
+def test_a_listing_writes_one_part_per_slice_whatever_the_block_size(
+    ray_local, tmp_path, monkeypatch
+):
+    from vqpipe.pipeline import job
+
+    corpus, out = _flat_corpus(tmp_path / "corpus", 30, sub=5), tmp_path / "out"
+    monkeypatch.setattr(job, "BLOCK_ROWS", 4)  # decode and score 4 rows at a time
+    assert main(["score", str(corpus), "--out", str(out), "--scorer", "brightness"]) == 0
+    parts = sorted(out.glob("part-*.parquet"))
+    assert [parse_part(p.name)["rows"] for p in parts] == [None, None]  # pieces merged
+    assert sorted(pq.ParquetFile(p).metadata.num_rows for p in parts) == [5, 30]
+    record = json.loads(pq.read_schema(parts[0]).metadata[b"vqpipe.job"])
+    assert record["runtime"]["brightness"][0]["device"] == "cpu"
+    table = read_quality_table(str(out))
+    assert len(table) == 35 and table["uri"].is_unique and table["error"].isna().all()
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["files_written"] == 2 and summary["scored_rows"] == 35
+
+
+@pytest.mark.slow
+def test_kill_9_mid_listing_part_then_rerun_scores_every_file_once(ray_local, tmp_path):
+    corpus, out = _flat_corpus(tmp_path / "corpus", 16), tmp_path / "out"
+    argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness:latency_s=0.5"]
+    argv += ["--batch-size", "2"]
+    prelude = "import vqpipe.pipeline.job as j; j.BLOCK_ROWS = 2"
+    job = _run_script(tmp_path, argv, prelude=prelude)
+    _wait_for(lambda: len(list(out.glob("part-*.r*.parquet"))) >= 2, job)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    pieces = list(out.glob("part-*.parquet"))
+    assert pieces and all(parse_part(p.name)["rows"] for p in pieces)  # killed inside the part
+    assert main(argv) == 0
+    table = read_quality_table(str(out))
+    assert len(table) == 16 and table["uri"].is_unique and table["error"].isna().all()
+    assert main(argv) == 0
+    assert len(read_quality_table(str(out))) == 16
+
+
+def test_pieces_left_by_a_killed_merge_are_settled(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from vqpipe.pipeline.job import existing_parts, settle_pieces
+    from vqpipe.pipeline.shards import part_name, write_part
+
+    out, fs = tmp_path / "out", LocalFileSystem()
+    out.mkdir()
+    meta = {b"vqpipe.job": json.dumps({"runtime": {"b": [{"device": "cpu"}]}})}
+    rows = [pa.table({"uri": [f"u{i}"], "error": pa.array([None], pa.string())}) for i in range(4)]
+    for i, table in enumerate(rows):  # fragment A: all four pieces in, never merged
+        write_part(
+            fs,
+            str(out / part_name("0000000a", "A-00000-last", (i, i + 1, 4))),
+            table.replace_schema_metadata(meta),
+        )
+    whole = out / part_name("0000000a", "B-00000-last")  # fragment B: merged, one piece left
+    write_part(fs, str(whole), pa.concat_tables(rows[:2]).replace_schema_metadata(meta))
+    write_part(
+        fs,
+        str(out / part_name("0000000a", "B-00000-last", (0, 1, 2))),
+        rows[0].replace_schema_metadata(meta),
+    )
+    assert len(existing_parts(str(out))) == 5  # the merged piece is hidden from readers
+    settle_pieces(str(out), None)
+    names = sorted(p.name for p in out.glob("part-*"))
+    assert names == [part_name("0000000a", f"{x}-00000-last") for x in "AB"]
+    assert read_quality_table(str(out))["uri"].tolist() == ["u0", "u1", "u2", "u3", "u0", "u1"]
+
+
+def test_hive_partition_columns_of_manifest_shards_are_carried(ray_local, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    manifests = tmp_path / "manifests"
+    for day, ids in (("2026-11-29", (0, 1)), ("2026-11-30", (2, 3))):
+        folder = manifests / f"date={day}" / "lang=en%20us"
+        folder.mkdir(parents=True)
+        rows = [{"url": str(images / f"{i}.png")} for i in ids]
+        pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    out = tmp_path / "out"
+    args = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
+    assert main([*args, "--uri-column", "url"]) == 0
+    table = read_quality_table(str(out)).sort_values("uri")
+    assert table["date"].tolist() == ["2026-11-29"] * 2 + ["2026-11-30"] * 2
+    assert set(table["lang"]) == {"en us"} and table["error"].isna().all()
+
+
+def test_a_flat_prefix_with_nothing_left_resumes_without_ray(ray_local, tmp_path, monkeypatch):
+    from vqpipe.pipeline import job
+
+    corpus, out = _flat_corpus(tmp_path / "corpus", 5), tmp_path / "out"
+    args = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    assert main(args) == 0
+
+    def no_ray(config):
+        raise AssertionError("Ray was needed")
+
+    monkeypatch.setattr(job, "_start_ray", no_ray)
+    assert main(args) == 0
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["already_done"] == 5 and summary["scored_rows"] == 0
+    (corpus / "new.png").write_bytes(image_bytes(50, "PNG"))
+    with pytest.raises(AssertionError, match="Ray was needed"):
+        job.run_job(job.JobConfig(str(corpus), str(out), [job.ScorerOptions("brightness")]))
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert len(read_quality_table(str(out))) == 6

@@ -421,7 +421,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         help="manifest entries must stay inside this prefix (default: no restriction)",
     )
     parser.add_argument(
-        "--rows-per-file", type=int, default=256, help="rows per output part (default: 256)"
+        "--rows-per-file",
+        type=int,
+        default=None,
+        help="rows per output part (default: 50,000 for a listing of files, bounded by a "
+        "directory's files; 256 per part of a shard, co-sharded with it)",
     )
     parser.add_argument(
         "--storage-options",

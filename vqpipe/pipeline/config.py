@@ -187,7 +187,7 @@ class JobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     video_fps: float = 1.0
     limits: MediaLimits = field(default_factory=MediaLimits)
-    rows_per_file: int = 256
+    rows_per_file: int | None = None  # None: 50,000 per part of a listing, 256 per shard fragment
     limit: int | None = None
     resume: bool = True
     root: str | None = None  # manifests: entries must stay inside this prefix

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -30,16 +30,33 @@ from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.lock import OutputLock
 from vqpipe.pipeline.schema import URI
 from vqpipe.pipeline.shards import (
+    BLOCK_ROWS,
     LISTING,
+    LISTING_PART_ROWS,
+    SHARD_FRAGMENT_ROWS,
     SHARDED_FORMATS,
+    PieceTracker,
     Shard,
     committed_shards,
+    complete_pieces,
+    listing_tables,
+    merge_pieces,
     parse_part,
-    read_shards,
     shard_id,
     signature_hash,
+    visible_parts,
+    whole_part,
 )
-from vqpipe.pipeline.stages import DeviceUnavailableError, ScoreStage, decode_batch, write_batch
+from vqpipe.pipeline.stages import (
+    DECODE_CPUS,
+    DeviceUnavailableError,
+    Stage,
+    actor_cpus,
+    decode_stage,
+    read_stage,
+    score_stage,
+    write_stage,
+)
 from vqpipe.pipeline.validate import check_cluster_resources, validate_job
 
 log = logging.getLogger(__name__)
@@ -125,16 +142,42 @@ def check_output_writable(config: JobConfig) -> None:
         ) from exc
 
 
-def existing_parts(output: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The committed ``part-*.parquet`` files under ``output`` (temporary files excluded)."""
+def existing_parts(
+    output: str, storage_options: dict[str, Any] | None = None, visible: bool = True
+) -> list[str]:
+    """The committed ``part-*.parquet`` files under ``output`` (temporary files excluded;
+    pieces already merged into their whole part too, unless ``visible`` is False)."""
     fs, root = _output_fs(output, storage_options)
     if not fs.exists(root):
         return []
-    return sorted(
+    parts = sorted(
         p
         for p in fs.ls(root, detail=False)
         if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
     )
+    return visible_parts(parts) if visible else parts
+
+
+def settle_pieces(output: str, storage_options: dict[str, Any] | None) -> None:
+    """Finish what a killed job left between a fragment's last piece and its merge: pieces
+    that cover their fragment are merged, pieces whose whole part exists are deleted."""
+    fs, _ = _output_fs(output, storage_options)
+    parts = existing_parts(output, storage_options, visible=False)
+    shown = set(visible_parts(parts))
+    for path in parts:
+        if path not in shown:
+            fs.rm(path)
+    for whole, pieces in complete_pieces(sorted(shown)).items():
+        merge_pieces(output, storage_options, whole, pieces)
+
+
+def fragment_rows(config: JobConfig, kind: str) -> int:
+    """Rows per fragment (the output part of a commit unit): ``--rows-per-file``, else
+    :data:`LISTING_PART_ROWS` for a listing of files and :data:`SHARD_FRAGMENT_ROWS` for a
+    sharded input."""
+    if config.rows_per_file is not None:
+        return config.rows_per_file
+    return SHARD_FRAGMENT_ROWS if kind in SHARDED_FORMATS else LISTING_PART_ROWS
 
 
 def _foreign_parts(parts: list[str], sig: str) -> list[str]:
@@ -206,31 +249,6 @@ def format_progress(p: dict[str, Any]) -> str:
     return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
 
 
-DECODE_CPUS = 0.5
-READ_CPUS = 0.0
-# A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
-# scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
-# its request, so the request covers that plus a few decoded full-size images.
-DECODE_MEMORY = 1024 * 1024**2
-DECODE_RETRIES = 3
-"""Attempts after the first for a decode task whose worker died (Ray Data's default retries
-forever). Native decoders run in a subprocess (:mod:`vqpipe.media.isolated`), so a worker that
-still dies this often is a node problem, and the job fails instead of looping."""
-
-
-def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
-    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; CPU-only
-    actors share half a CPU between all CPU-only pools, so read, decode and write tasks always
-    fit beside them (a 1-CPU machine with a 1-CPU actor would deadlock: nothing left to
-    decode; three half-CPU pools on 2 CPUs starved the decode stage the same way)."""
-    if spec.num_cpus is not None:
-        return spec.num_cpus
-    if spec.num_gpus:
-        return 1.0
-    cpu_pools = sum(1 for s in scorers if not s.num_gpus and s.num_cpus is None)
-    return 0.5 / max(1, cpu_pools)
-
-
 def _device_error(exc: BaseException) -> DeviceUnavailableError | None:
     """The :class:`DeviceUnavailableError` inside what Ray raised for a failed actor: an actor
     whose constructor raised comes back as ``ActorDiedError`` holding only the text."""
@@ -259,101 +277,68 @@ def build_dataset(
 ) -> Any:
     """The graph, top to bottom: shards or listing tasks → read, fragment by fragment (CPU
     tasks) → [anti-join on ``uri`` with ``done``, the rows already written] → decode (one
-    fragment per task) → one actor pool per scorer → write (one summary row per part)."""
+    block per task) → one actor pool per scorer → write (one summary row per part or piece).
+    Each stage's resources and batch size are its own (:mod:`vqpipe.pipeline.stages`)."""
     import ray
 
+    listing = bool(shards) and shards[0]["format"] == LISTING
+    rows = fragment_rows(config, shards[0]["format"] if shards else LISTING)
+    block = min(BLOCK_ROWS, rows)
+    so = config.storage_options
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
-    ds = ds.map_batches(
-        read_shards,
-        fn_kwargs={
-            "options": {**_read_options(config), "done": done_set},
-            "storage_options": config.storage_options,
-        },
-        batch_size=1,
-        # Reading a shard or listing a directory waits on I/O: no CPU reserved (its memory
-        # request bounds how many run at once). A read task blocked by back-pressure while
-        # holding CPU could starve the decode tasks it waits for on a small machine.
-        num_cpus=READ_CPUS,
-        memory=DECODE_MEMORY,
-    )
+    options = {**_read_options(config, rows), "done": done_set}
+    ds = read_stage().apply(ds, fn_kwargs={"options": options, "storage_options": so})
     if done is not None:  # distributed: the driver never holds the URIs already written
         ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
-    if shards and shards[0]["format"] == LISTING:
-        # A listing task's fragments (tiny rows) leave it merged into one big block (Ray Data
-        # coalesces a task's small outputs): cut them back to fragment size so decoding and
-        # writing stream and spread over tasks. Shards of media bytes fill blocks on their own.
-        ds = ds.repartition(target_num_rows_per_block=config.rows_per_file)
+    if listing:
+        # A listing task's fragments (tiny rows, up to LISTING_PART_ROWS each) leave it as big
+        # blocks (Ray Data coalesces a task's small outputs): cut them to BLOCK_ROWS so decoding
+        # and scoring stream and spread over tasks; the writer's pieces are merged back into
+        # one part per fragment. Shards of media bytes fill blocks on their own.
+        ds = ds.repartition(target_num_rows_per_block=block)
     if config.limit is not None:
         ds = ds.limit(config.limit)
-    with warnings.catch_warnings():
-        # max_retries has no named parameter in Ray Data 2.60; the generic remote args it
-        # goes through are deprecated (for Ray 2.64), and the warning is not the user's.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(
-            decode_batch,
-            fn_kwargs={
-                "scorers": config.scorers,
-                "storage_options": config.storage_options,
-                "video_fps": config.video_fps,
-                "limits": config.limits,
-            },
-            batch_size=config.rows_per_file,  # one fragment per call
-            batch_format="numpy",
-            # Half a CPU each, so decode tasks overlap with the actors' idle time;
-            # the memory request bounds their concurrency for big images and keeps their
-            # remote args unlike any actor's, so Ray never fuses decoding into a scorer actor
-            # (which would serialise it there).
-            num_cpus=DECODE_CPUS,
-            memory=DECODE_MEMORY,
-            max_retries=DECODE_RETRIES,
-        )
+    decode = {"scorers": config.scorers, "storage_options": so, "video_fps": config.video_fps}
+    ds = decode_stage(block).apply(ds, fn_kwargs={**decode, "limits": config.limits})
     for spec, scorer in zip(config.scorers, signature["scorers"], strict=True):
-        ds = ds.map_batches(
-            ScoreStage,
-            fn_constructor_kwargs={
-                "spec": spec,
-                "storage_options": config.storage_options,
-                "fingerprint": scorer["checkpoint_fingerprint"],
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=spec.actors[0], max_size=spec.actors[1]),
-            num_gpus=spec.num_gpus or None,
-            num_cpus=actor_cpus(spec, config.scorers),
-            batch_size=spec.batch_size,
-            batch_format="numpy",
+        pool = {"spec": spec, "storage_options": so}
+        fingerprint = scorer["checkpoint_fingerprint"]
+        ds = score_stage(spec, config.scorers).apply(
+            ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint}
         )
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 
-        ds = ds.map_batches(
-            calibrate_batch,
-            fn_args=(config.calibration,),
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=DECODE_CPUS,
-        )
-    outputs = {s.column: scorer_facts(s) for s in config.scorers}
-    return ds.map_batches(
-        write_batch,
-        fn_kwargs={
-            "output": output,
-            "storage_options": config.storage_options,
-            "metadata": {**signature, "outputs": outputs},
-            "scorer_columns": [s.column for s in config.scorers],
-            "sig": sig,
-        },
-        batch_size=None,
-        batch_format="numpy",
-        num_cpus=DECODE_CPUS,  # I/O
-    )
+        ds = Stage(calibrate_batch, None, DECODE_CPUS).apply(ds, fn_args=(config.calibration,))
+    write = {
+        "output": output,
+        "storage_options": so,
+        "metadata": {**signature, "outputs": {s.column: scorer_facts(s) for s in config.scorers}},
+        "scorer_columns": [s.column for s in config.scorers],
+        "sig": sig,
+    }
+    return write_stage().apply(ds, fn_kwargs=write)
 
 
 JOIN_PARTITIONS = 64
-DRIVER_RESUME_MAX_PARTS = 512
-"""A listing resumed over at most this many parts reads their URIs on the driver (bounded by
-parts x rows per part) and drops them in the listing tasks; past it, a distributed anti-join."""
+DRIVER_RESUME_MAX_PARTS = 64
+DRIVER_RESUME_MAX_ROWS = 100_000
+"""A listing resumed over at most this many parts holding at most this many rows reads their
+URIs on the driver and drops them in the listing tasks; past it, a distributed anti-join."""
 
 
-def _read_options(config: JobConfig) -> dict[str, Any]:
+def _driver_resumable(fs: fsspec.AbstractFileSystem, parts: list[str]) -> bool:
+    """Whether the URIs of ``parts`` are few enough for the driver (their footers say)."""
+    if len(parts) > DRIVER_RESUME_MAX_PARTS:
+        return False
+    rows = 0
+    for part in parts:
+        with fs.open(part, "rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
+    return rows <= DRIVER_RESUME_MAX_ROWS
+
+
+def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
     return {
         "spec": config.input,
         "include": list(config.include),
@@ -361,7 +346,7 @@ def _read_options(config: JobConfig) -> dict[str, Any]:
         "since": config.since,
         "output": _output_uri(config),
         "limit": config.limit,
-        "rows": config.rows_per_file,
+        "rows": rows,
         "max_bytes": config.limits.max_bytes,
         "uri_column": config.uri_column,
         "media_column": config.media_column,
@@ -458,7 +443,7 @@ def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> N
         if (parse_part(p) or {}).get("sig") == sig
     ]
     new = {p.rsplit("/", 1)[-1] for p in staged}
-    for part in existing_parts(output, storage_options):
+    for part in existing_parts(output, storage_options, visible=False):
         if part.rsplit("/", 1)[-1] not in new:
             fs.rm(part)
     for part in staged:
@@ -500,12 +485,136 @@ def run_job(
     check_output_writable(config)  # creates the output: every check that needs no Ray passed
     try:
         with OutputLock(config.output, config.storage_options):
+            settle_pieces(config.output, config.storage_options)
             finish_replacement(config.output, config.storage_options)
             return _run_locked(config, signature, sig, kind, started, progress, progress_every_s)
     except UserError:  # refused once Ray was up (e.g. GPUs it does not have): leave nothing
         if created and not fs.ls(root):
             fs.rm(root, recursive=True)
         raise
+
+
+@dataclass
+class Work:
+    """What a job has left to do, planned on the driver without Ray: the read tasks (shards
+    or listing tasks), the parts a listing resumes over, and the summary so far."""
+
+    source: list[dict[str, str]]
+    done_parts: list[str]
+    total: int | None
+    summary: dict[str, Any]
+
+
+def plan_work(config: JobConfig, kind: str, sig: str, parts: list[str]) -> Work:
+    """Shards not committed yet (a killed run's fragments of the others deleted), or the
+    listing tasks of a prefix; a listing small enough for the driver is checked against the
+    written parts here, so a resume with nothing to do never starts Ray."""
+    fs, _ = _output_fs(config.output, config.storage_options)
+    if kind in SHARDED_FORMATS:
+        shards = plan_shards(config, kind)
+        done, stale = committed_shards(parts, sig)
+        for path in stale:  # fragments of shards a killed run left half-done: read again
+            fs.rm(path)
+        todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
+        summary = {"shards": len(shards), "shards_already_done": len(shards) - len(todo)}
+        return Work(todo, [], None, {"input_format": kind, **summary})
+    source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
+    done_parts = [p for p in parts if parse_part(p) is not None]
+    work = Work(source, done_parts, None, {"input_format": kind, "listing_tasks": len(source)})
+    if len(source) == 1 and done_parts and _driver_resumable(fs, done_parts):
+        done = frozenset(done_uris(config, done_parts))
+        left = _small_listing_left(config, done)
+        if left == 0:
+            work.source = []
+            work.summary["already_done"] = len(done)
+    return work
+
+
+DRIVER_LISTING_MAX = 10_000
+"""A prefix without subdirectories and at most this many entries is listed on the driver to
+see whether anything is left (one listing page on an object store)."""
+
+
+def _small_listing_left(config: JobConfig, done: frozenset[str]) -> int | None:
+    """Files of a prefix without subdirectories not written yet, counted on the driver by
+    the listing task's own code; None when the prefix is too big for the driver."""
+    fs, root = url_to_fs(config.input, config.storage_options)
+    if len(fs.ls(root.rstrip("/"), detail=False)) > DRIVER_LISTING_MAX:
+        return None
+    options = {**_read_options(config, fragment_rows(config, LISTING)), "done": done, "top": True}
+    return sum(len(t) for t in listing_tables(config.input, options, config.storage_options))
+
+
+def _start_ray(config: JobConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        global STARTED_RAY
+        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+        STARTED_RAY = True
+    check_cluster_resources(
+        config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
+    )
+
+
+def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, frozenset[str], int]:
+    """The rows a listing already wrote: few parts → their URIs, dropped in the listing tasks
+    (no shuffle); many → a Ray dataset of them for a distributed anti-join (and its
+    partitions)."""
+    import ray
+
+    fs, _ = _output_fs(config.output, config.storage_options)
+    parts = work.done_parts
+    if not parts:
+        return None, frozenset(), 1
+    if _driver_resumable(fs, parts):
+        done_set = frozenset(done_uris(config, parts))
+        work.summary["already_done"] = len(done_set)
+        return None, done_set, 1
+    done = ray.data.read_parquet(parts, filesystem=fs).select_columns([URI])
+    work.summary["already_done"] = done.count()
+    return done, frozenset(), max(1, min(JOIN_PARTITIONS, len(parts) // 64))
+
+
+def execute(
+    ds: Any,
+    config: JobConfig,
+    target: str,
+    total: int | None,
+    started: float,
+    progress: Callable[[dict[str, Any]], None] | None,
+    progress_every_s: float,
+) -> tuple[list[dict[str, Any]], int]:
+    """Run the graph: one summary row per written part or piece, as they are committed; a
+    fragment whose pieces are all in is merged into one part by a Ray task. Returns the
+    summary rows and the number of parts written."""
+    import ray
+
+    written: list[dict[str, Any]] = []
+    last, reported = 0.0, -1
+    tracker, merges, whole = PieceTracker(), [], 0
+    merge = ray.remote(num_cpus=0, max_retries=3)(merge_pieces)
+    try:
+        for row in ds.iter_rows():
+            written.append(row)
+            whole += whole_part(row["file"]) == row["file"]
+            pieces = tracker.add(row["file"])
+            if pieces:  # a fragment's pieces are all in: one part again
+                args = (target, config.storage_options, whole_part(pieces[0]), pieces)
+                merges.append(merge.remote(*args))
+            now = time.perf_counter()
+            if progress is not None and (now - last >= progress_every_s or len(written) == 1):
+                last, reported = now, len(written)
+                progress(_progress(written, total, now - started))
+    except Exception as exc:
+        device_error = _device_error(exc)
+        if device_error is not None:
+            raise device_error from None
+        raise
+    files = whole + len(ray.get(merges))
+    if progress is not None and reported != len(written):
+        progress(_progress(written, total, time.perf_counter() - started))
+    return written, files
 
 
 def _run_locked(
@@ -517,79 +626,51 @@ def _run_locked(
     progress: Callable[[dict[str, Any]], None] | None,
     progress_every_s: float,
 ) -> dict[str, Any]:
-    import ray
-
     fs, root = _output_fs(config.output, config.storage_options)
-    target = config.output if config.resume else f"{root}/{STAGING}"
+    # --no-resume writes into <out>/_next, a URI like --out (a bare path would be local)
+    target = config.output if config.resume else join_uri(fs, f"{root}/{STAGING}", config.output)
     parts = existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
         _refuse_foreign(config, parts, sig)
-    summary: dict[str, Any] = {"input_format": kind}
-    if kind in SHARDED_FORMATS:
-        shards = plan_shards(config, kind)
-        done, stale = committed_shards(parts, sig)
-        for path in stale:  # fragments of shards a killed run left half-done: read again
-            fs.rm(path)
-        todo_shards = [s for s in shards if s.id not in done]
-        source = [{"uri": s.uri, "format": s.format, "id": s.id} for s in todo_shards]
-        done_parts = []
-        total = None
-        summary.update(shards=len(shards), shards_already_done=len(shards) - len(todo_shards))
-        pending = len(todo_shards)
-    else:  # a prefix of files: listed by Ray tasks, resumed by an anti-join on uri
-        source = plan_listing(config)
-        done_parts = [p for p in parts if parse_part(p) is not None]
-        total, pending = None, len(source)
-        summary.update(listing_tasks=len(source))
+    work = plan_work(config, kind, sig, parts)
     if not config.resume:
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
-    if pending:
-        if not ray.is_initialized():
-            global STARTED_RAY
-            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
-            STARTED_RAY = True
-        check_cluster_resources(
-            config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
+    files = 0
+    if work.source:
+        _start_ray(config)
+        done, done_set, partitions = _resume_filter(config, work)
+        ds = build_dataset(config, work.source, signature, sig, target, done, done_set, partitions)
+        written, files = execute(
+            ds, config, target, work.total, started, progress, progress_every_s
         )
-        done_ds, done_set = None, frozenset()
-        if kind not in SHARDED_FORMATS and len(done_parts) > DRIVER_RESUME_MAX_PARTS:
-            done_ds = ray.data.read_parquet(done_parts, filesystem=fs).select_columns([URI])
-            summary["already_done"] = done_ds.count()
-        elif done_parts:  # few parts: their URIs go to the listing tasks, no shuffle needed
-            done_set = frozenset(done_uris(config, done_parts))
-            summary["already_done"] = len(done_set)
-        partitions = max(1, min(JOIN_PARTITIONS, len(done_parts) // 64))
-        ds = build_dataset(config, source, signature, sig, target, done_ds, done_set, partitions)
-        last, reported = 0.0, -1
-        try:
-            for row in ds.iter_rows():  # one row per written part, as parts are committed
-                written.append(row)
-                now = time.perf_counter()
-                if progress is not None and (now - last >= progress_every_s or len(written) == 1):
-                    last, reported = now, len(written)
-                    progress(_progress(written, total, now - started))
-        except Exception as exc:
-            device_error = _device_error(exc)
-            if device_error is not None:
-                raise device_error from None
-            raise
-        if progress is not None and reported != len(written):
-            progress(_progress(written, total, time.perf_counter() - started))
     if not config.resume:
         fs.pipe(f"{target}/{COMMITTED}", sig.encode())
         finish_replacement(config.output, config.storage_options)
+    return _record_job(config, signature, sig, work, written, files, started)
+
+
+def _record_job(
+    config: JobConfig,
+    signature: dict[str, Any],
+    sig: str,
+    work: Work,
+    written: list[dict[str, Any]],
+    files: int,
+    started: float,
+) -> dict[str, Any]:
+    """The summary, also written to ``_job.json`` with the signature and each pool's facts."""
+    fs, root = _output_fs(config.output, config.storage_options)
     seconds = time.perf_counter() - started
-    final = _progress(written, total, seconds)
-    summary.update(
-        {
-            "scored_rows": final["done"],
-            "errors": final["errors"],
-            "files_written": len(written),
-            "seconds": round(seconds, 2),
-            "items_per_s": final["items_per_s"] if seconds > 0 else None,
-        }
-    )
+    final = _progress(written, work.total, seconds)
+    summary = {
+        **work.summary,
+        "scored_rows": final["done"],
+        "errors": final["errors"],
+        "files_written": files,
+        "seconds": round(seconds, 2),
+        "items_per_s": final["items_per_s"] if seconds > 0 else None,
+    }
     job = {
         "signature": signature,
         "signature_hash": sig,

@@ -40,6 +40,16 @@ KEY = "key"
 DATA = "data"
 """Column in transit: the media bytes of rows read from inside a shard (never written)."""
 SHARDED_FORMATS = ("webdataset", "parquet", "manifest")
+LISTING_PART_ROWS = 50_000
+"""Rows per output part of a listing of files (its commit unit: a fixed slice of one listing
+task's files), unless ``--rows-per-file`` says otherwise: ~5-10 MB of score rows, so 1e9
+inputs are 2e4 parts, not 4e6."""
+SHARD_FRAGMENT_ROWS = 256
+"""Rows per fragment of a sharded input (its rows carry the media bytes, so a fragment is one
+block in memory), unless ``--rows-per-file`` says otherwise."""
+BLOCK_ROWS = 256
+"""Rows per block through decode and scoring (bounds the decoded pixels a task holds); a part
+of more rows reaches the writer as pieces, merged into one part once all are in."""
 LISTING = "listing"
 """Shard format of a listing task: one directory of a ``files`` prefix (``top``: only the
 files directly in the prefix)."""
@@ -133,6 +143,120 @@ def committed_shards(part_paths: list[str], sig: str) -> tuple[set[str], list[st
     return done, stale
 
 
+_PIECE = re.compile(r"\.r\d+-\d+of\d+\.parquet$")
+
+
+def whole_part(path: str) -> str:
+    """The path of the whole part a piece belongs to (a whole part's own path)."""
+    return _PIECE.sub(".parquet", path)
+
+
+def visible_parts(paths: list[str]) -> list[str]:
+    """The parts a reader reads: a piece whose fragment's whole part exists is left out (the
+    merge writes the whole part first, then deletes the pieces)."""
+    present = set(paths)
+    return [p for p in paths if whole_part(p) == p or whole_part(p) not in present]
+
+
+class PieceTracker:
+    """The pieces of fragments as the writer commits them (driver side; only fragments still
+    in flight are held). :meth:`add` returns a fragment's pieces, in row order, once they
+    cover it."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, dict[str, tuple[int, int, int]]] = {}
+
+    def add(self, path: str) -> list[str] | None:
+        info = parse_part(path)
+        if info is None or info["rows"] is None:
+            return None
+        pieces = self._pieces.setdefault(whole_part(path), {})
+        pieces[path] = info["rows"]
+        if not _covered(list(pieces.values())):
+            return None
+        del self._pieces[whole_part(path)]
+        return sorted(pieces, key=lambda p: pieces[p][0])
+
+
+def complete_pieces(paths: list[str]) -> dict[str, list[str]]:
+    """Whole part → its pieces, for fragments whose pieces cover them but were not merged
+    (the job was killed between the last piece and the merge)."""
+    present, tracker, found = set(paths), PieceTracker(), {}
+    for path in paths:
+        if whole_part(path) in present:
+            continue
+        pieces = tracker.add(path)
+        if pieces:
+            found[whole_part(path)] = pieces
+    return found
+
+
+def write_part(fs: Any, path: str, table: pa.Table) -> None:
+    """Write one part atomically: local disks get ``.tmp-*`` then a rename; object stores one
+    PUT of the whole file (atomic there). A killed job never leaves a partial part."""
+    import io
+    import os
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from vqpipe.io.fs import is_local
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    if is_local(fs):
+        tmp = f"{path.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.parquet"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(buffer.getvalue())
+        os.replace(tmp, path)
+    else:
+        fs.pipe(path, buffer.getvalue())
+
+
+def merge_pieces(
+    output: str, storage_options: dict[str, Any] | None, whole: str, pieces: list[str]
+) -> int:
+    """Write a fragment's whole part from its pieces (in row order, the ``runtime`` of each
+    merged into the part's metadata), then delete the pieces; returns its rows. Idempotent: a
+    merge cut short after the whole part was written only deletes what is left."""
+    import pyarrow.parquet as pq
+
+    from vqpipe.io.fs import url_to_fs
+    from vqpipe.pipeline.schema import METADATA_KEY
+
+    fs, _ = url_to_fs(output, storage_options)
+    left = [p for p in pieces if fs.exists(p)]
+    if len(left) < len(pieces):
+        if not fs.exists(whole):
+            raise RuntimeError(f"pieces of {whole} are missing: {sorted(set(pieces) - set(left))}")
+        for path in left:
+            fs.rm(path)
+        return pq.ParquetFile(fs.open(whole, "rb")).metadata.num_rows
+    tables = []
+    for path in pieces:
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    record = json.loads(tables[0].schema.metadata[METADATA_KEY])
+    runtime: dict[str, set[str]] = {}
+    for table in tables:
+        piece = json.loads(table.schema.metadata[METADATA_KEY])
+        for column, seen in piece.get("runtime", {}).items():
+            runtime.setdefault(column, set()).update(json.dumps(r, sort_keys=True) for r in seen)
+    record["runtime"] = {c: [json.loads(r) for r in sorted(v)] for c, v in runtime.items()}
+    table = pa.concat_tables(
+        [t.replace_schema_metadata(None) for t in tables], promote_options="permissive"
+    )
+    expected = parse_part(pieces[0])["rows"][2]
+    if len(table) != expected:
+        raise RuntimeError(f"pieces of {whole} hold {len(table)} rows, not {expected}")
+    write_part(
+        fs, whole, table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
+    )
+    for path in pieces:
+        fs.rm(path)
+    return len(table)
+
+
 def _error_table(shard: Shard, at: int, message: str) -> pa.Table:
     return pa.table(
         {
@@ -178,6 +302,15 @@ def _tag(table: pa.Table, part: str) -> pa.Table:
     return table.append_column(ROWS, pa.array(np.full(n, n, np.int64)))
 
 
+def hive_columns(path: str) -> dict[str, str]:
+    """Hive partition columns of a file from its directories (``…/date=2026-11-30/part-0.parquet``
+    → ``{"date": "2026-11-30"}``, values URL-decoded, as strings), by Ray Data's own parser with
+    its ``read_parquet`` default: every ``key=value`` directory of the path."""
+    from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
+
+    return PathPartitionParser(Partitioning("hive"))(path)
+
+
 def manifest_chunks(
     uri: str, rows: int, storage_options: dict[str, Any] | None
 ) -> Iterator[tuple[int, pa.Table]]:
@@ -215,9 +348,16 @@ def _manifest_tables(
     shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
 ) -> Iterator[pa.Table]:
     """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
-    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried."""
+    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried, and
+    the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins)."""
+    from vqpipe.io.patterns import resolve
+
     column, root = options["uri_column"], options.get("root")
+    hive = hive_columns(resolve(shard.uri, storage_options)[1])
     for start, chunk in manifest_chunks(shard.uri, options["rows"], storage_options):
+        for key, value in hive.items():
+            if key not in chunk.column_names:
+                chunk = chunk.append_column(key, pa.array([value] * len(chunk), pa.string()))
         yield _manifest_rows(chunk, shard, column, root, start)
 
 

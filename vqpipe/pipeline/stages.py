@@ -7,14 +7,14 @@ import functools
 import io
 import json
 import os
-import uuid
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from vqpipe.errors import JobError
-from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.fs import url_to_fs
 from vqpipe.io.reading import ReadError, read_input
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
@@ -37,7 +37,7 @@ from vqpipe.pipeline.schema import (
     score_column,
     to_arrow,
 )
-from vqpipe.pipeline.shards import DATA, PART, ROW, ROWS, part_name
+from vqpipe.pipeline.shards import DATA, PART, ROW, ROWS, part_name, read_shards, write_part
 
 
 @functools.lru_cache(maxsize=16)
@@ -263,10 +263,9 @@ def write_batch(
 
     A part's name comes from its fragment (``part-<sig>-<fragment>.parquet``, see
     :mod:`vqpipe.pipeline.shards`; a fragment that arrives in pieces is written as pieces
-    named by their row ranges), so a retried write rewrites the same file. Local: write
-    ``.tmp-*`` then rename; object stores: one PUT of the whole file, atomic there. A killed
-    job therefore never leaves a partial ``part-*.parquet``. The part's metadata is the job's
-    plus the devices and dtypes its rows were scored with.
+    named by their row ranges, merged by the driver once all are in), so a retried write
+    rewrites the same file; each is written atomically (:func:`write_part`). The part's
+    metadata is the job's plus the devices and dtypes its rows were scored with.
     """
     parts = np.asarray(batch.pop(PART))
     index, sizes = np.asarray(batch.pop(ROW), np.int64), np.asarray(batch.pop(ROWS), np.int64)
@@ -275,31 +274,28 @@ def write_batch(
     for part in sorted(set(parts.tolist())):
         rows = np.flatnonzero(parts == part)
         rows = rows[np.argsort(index[rows], kind="stable")]
-        lo, hi, n = int(index[rows[0]]), int(index[rows[-1]]) + 1, int(sizes[rows[0]])
-        piece = None if (lo, hi, len(rows)) == (0, n, n) else (lo, hi, n)
-        chunk = {k: v[rows] for k, v in batch.items()}
-        runtime: dict[str, list[dict[str, Any]]] = {}
-        for name in [k for k in chunk if k.startswith(RUNTIME_PREFIX)]:
-            seen = sorted({str(v) for v in chunk.pop(name)})
-            runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
-        table = to_arrow(chunk, scorer_columns, typed_columns)
-        record = {**metadata, "runtime": runtime, "part": part}
-        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
-        final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        if is_local(fs):
-            tmp = f"{root.rstrip('/')}/.tmp-{uuid.uuid4().hex}.parquet"
-            with fs.open(tmp, "wb") as fh:
-                fh.write(buffer.getvalue())
-            os.replace(tmp, final)
-        else:
-            fs.pipe(final, buffer.getvalue())
-        _fault_after_commit(final)
-        summary["file"].append(final)
-        summary["rows"].append(len(table))
-        summary["errors"].append(len(table) - table.column(ERROR).null_count)
-        summary["runtime"].append(json.dumps(runtime, sort_keys=True))
+        # A batch may hold non-adjacent rows of a fragment (Ray Data bundles blocks): each run
+        # of consecutive rows is its own piece, so a piece's name says exactly which rows it has.
+        for run in np.split(rows, np.flatnonzero(np.diff(index[rows]) != 1) + 1):
+            lo, hi, n = int(index[run[0]]), int(index[run[-1]]) + 1, int(sizes[run[0]])
+            piece = None if (lo, hi) == (0, n) else (lo, hi, n)
+            chunk = {k: v[run] for k, v in batch.items()}
+            runtime: dict[str, list[dict[str, Any]]] = {}
+            for name in [k for k in chunk if k.startswith(RUNTIME_PREFIX)]:
+                seen = sorted({str(v) for v in chunk.pop(name)})
+                runtime[name.removeprefix(RUNTIME_PREFIX)] = [json.loads(v) for v in seen]
+            table = to_arrow(chunk, scorer_columns, typed_columns)
+            record = {**metadata, "runtime": runtime, "part": part}
+            table = table.replace_schema_metadata(
+                {METADATA_KEY: json.dumps(record, sort_keys=True)}
+            )
+            final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"
+            write_part(fs, final, table)
+            _fault_after_commit(final)
+            summary["file"].append(final)
+            summary["rows"].append(len(table))
+            summary["errors"].append(len(table) - table.column(ERROR).null_count)
+            summary["runtime"].append(json.dumps(runtime, sort_keys=True))
     return {k: np.array(v) for k, v in summary.items()}
 
 
@@ -337,3 +333,95 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
 
 def _from_bytes(data: bytes) -> np.ndarray | None:
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
+
+
+DECODE_CPUS = 0.5
+READ_CPUS = 0.0
+# A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
+# scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
+# its request, so the request covers that plus a few decoded full-size images.
+DECODE_MEMORY = 1024 * 1024**2
+DECODE_RETRIES = 3
+"""Attempts after the first for a decode task whose worker died (Ray Data's default retries
+forever). Native decoders run in a subprocess (:mod:`vqpipe.media.isolated`), so a worker that
+still dies this often is a node problem, and the job fails instead of looping."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage of the graph and what it asks Ray for: CPUs, GPUs and memory per task (or per
+    actor, for a pool of ``actors`` = (min, max)), and rows per call (``batch_size``; None:
+    one block per call)."""
+
+    fn: Any
+    batch_size: int | None
+    num_cpus: float
+    num_gpus: float | None = None
+    memory: int | None = None
+    actors: tuple[int, int] | None = None
+    batch_format: str | None = "numpy"
+    max_retries: int | None = None
+
+    def apply(self, ds: Any, **kwargs: Any) -> Any:
+        """``ds.map_batches`` with this stage's requests; ``kwargs``: ``fn_kwargs`` or
+        ``fn_constructor_kwargs``."""
+        import ray
+
+        asks: dict[str, Any] = {"batch_size": self.batch_size, "num_cpus": self.num_cpus}
+        if self.num_gpus:
+            asks["num_gpus"] = self.num_gpus
+        if self.memory:
+            asks["memory"] = self.memory
+        if self.actors:
+            low, high = self.actors
+            asks["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+        if self.batch_format:
+            asks["batch_format"] = self.batch_format
+        if self.max_retries is None:
+            return ds.map_batches(self.fn, **asks, **kwargs)
+        with warnings.catch_warnings():
+            # max_retries has no named parameter in Ray Data 2.60; the generic remote args it
+            # goes through are deprecated (for Ray 2.64), and the warning is not the user's.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ds.map_batches(self.fn, **asks, **kwargs, max_retries=self.max_retries)
+
+
+def read_stage() -> Stage:
+    """One shard or listing task per call. Reading waits on I/O: no CPU reserved (its memory
+    request bounds how many run at once); a read task blocked by back-pressure while holding
+    CPU could starve the decode tasks it waits for on a small machine."""
+    return Stage(read_shards, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None)
+
+
+def decode_stage(block_rows: int) -> Stage:
+    """One block (a fragment, or a piece of one) per call, half a CPU each so decoding
+    overlaps with the actors' idle time; the memory request bounds their concurrency for big
+    images and keeps their remote args unlike any actor's, so Ray never fuses decoding into a
+    scorer actor (which would serialise it there)."""
+    return Stage(
+        decode_batch, block_rows, DECODE_CPUS, memory=DECODE_MEMORY, max_retries=DECODE_RETRIES
+    )
+
+
+def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
+    """CPUs reserved per scorer actor: the option when given; 1 for GPU actors; CPU-only
+    actors share half a CPU between all CPU-only pools, so read, decode and write tasks always
+    fit beside them (a 1-CPU machine with a 1-CPU actor would deadlock: nothing left to
+    decode; three half-CPU pools on 2 CPUs starved the decode stage the same way)."""
+    if spec.num_cpus is not None:
+        return spec.num_cpus
+    if spec.num_gpus:
+        return 1.0
+    cpu_pools = sum(1 for s in scorers if not s.num_gpus and s.num_cpus is None)
+    return 0.5 / max(1, cpu_pools)
+
+
+def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
+    """One actor pool per scorer: the pool's batch size, GPUs and CPUs per actor."""
+    cpus = actor_cpus(spec, scorers)
+    return Stage(ScoreStage, spec.batch_size, cpus, num_gpus=spec.num_gpus, actors=spec.actors)
+
+
+def write_stage() -> Stage:
+    """One block per call (its fragments become parts); I/O."""
+    return Stage(write_batch, None, DECODE_CPUS)
