@@ -180,11 +180,45 @@ def webdataset_pass(tmp: Path, samples: int = 2000, shards: int = 8) -> dict:
     n = per * shards
     return {
         "figure": "WebDataset: vqpipe score (brightness) vs plain read_webdataset + decode",
+        "result": f"{n / t_ours:.0f} vs {n / t_plain:.0f} images/s",
         "images_per_s": n / t_ours,
         "baseline_images_per_s": n / t_plain,
         "ratio": t_plain / t_ours,
         "samples": n,
+        "stage_seconds_per_shard": stage_costs(paths[0], tmp / "stages-out"),
     }
+
+
+def stage_costs(shard: str, out: Path) -> dict:
+    """Where the job's time per shard goes without Ray: each stage run in this process on one
+    shard, cold (the first call: the scorer's imports) and warm."""
+    import numpy as np
+
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions
+    from vqpipe.pipeline.job import _read_options
+    from vqpipe.pipeline.shards import read_shards
+    from vqpipe.pipeline.stages import ScoreStage, decode_batch, write_batch
+
+    config = JobConfig(input=shard, output=str(out), scorers=[ScorerOptions("brightness")])
+    out.mkdir()
+    options = {**_read_options(config, 256), "done": frozenset()}
+    task = {"uri": np.array([shard]), "format": np.array(["webdataset"]), "id": np.array(["s"])}
+    stage, times = None, {}
+    for label in ("cold", "warm"):
+        t = [time.perf_counter()]
+        table = next(iter(read_shards(task, options, {})))
+        batch = {c: np.array(table.column(c).to_pylist(), dtype=object) for c in table.column_names}
+        t.append(time.perf_counter())
+        batch = decode_batch(batch, config.scorers, {}, 1.0, config.limits)
+        t.append(time.perf_counter())
+        stage = stage or ScoreStage(config.scorers[0])
+        batch = stage(batch)
+        t.append(time.perf_counter())
+        write_batch(batch, str(out), {}, {}, ["brightness"], "0000000a")
+        t.append(time.perf_counter())
+        names = ("read", "decode", "score", "write")
+        times[label] = {k: round(b - a, 3) for k, a, b in zip(names, t, t[1:], strict=False)}
+    return times
 
 
 def main() -> None:
@@ -239,6 +273,8 @@ def main() -> None:
     else:
         for r in records:
             print(f"{r['figure']}: {r.get('result', '')} (ratio {r['ratio']:.2f})")
+            if "stage_seconds_per_shard" in r:
+                print(f"    per shard, no Ray: {r['stage_seconds_per_shard']}")
             for g in r.get("growth", []) + r.get("resume", []):
                 print(f"    {g}")
 

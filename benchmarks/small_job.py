@@ -59,8 +59,8 @@ def child(images: str, out: str, limit: int) -> None:
 
     timed(job, "validate_job", "validation")
     timed(job, "scorer_signature", "signature (checkpoint identity)")
-    timed(job, "list_inputs", "listing + resume check")
-    timed(job, "done_uris", "listing + resume check")
+    timed(job, "plan_work", "listing + resume check")
+    timed(job, "_resume_filter", "listing + resume check")
     timed(ray, "init", "ray.init")
     timed(job, "check_cluster_resources", "cluster check")
     timed(job, "check_output_writable", "output check")
@@ -129,6 +129,8 @@ def run(n_images: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         make_image_dataset(Path(tmp) / "corpus", n_contents=-(-n_images // 26), seed=11)
         images, out = str(Path(tmp) / "corpus" / "images"), str(Path(tmp) / "quality")
+        for extra in sorted(Path(images).iterdir())[n_images:]:  # exactly n_images inputs
+            extra.unlink()
         first = _run_child(images, out, n_images)
         assert first["summary"]["scored_rows"] == n_images, first["summary"]
         again = _run_child(images, out, n_images)
