@@ -50,6 +50,7 @@ def gamma_checkpoint(tmp_path_factory):
     return str(save_gamma(tiny_model(scale=0.4), path))
 
 
+@pytest.mark.slow
 def test_s3_checkpoint_with_credentials_only_in_storage_options_and_its_overwrite(
     ray_local, s3_server, s3_bucket, tmp_path, monkeypatch, vqpipe_cache
 ):
@@ -89,6 +90,7 @@ def test_s3_checkpoint_with_credentials_only_in_storage_options_and_its_overwrit
     assert score(tmp_path / "a") == 2
 
 
+@pytest.mark.slow
 def test_gpu_actor_on_a_node_without_usable_cuda_fails_naming_cuda(tmp_path, gamma_checkpoint):
     """Ray is told there is a GPU; torch finds no CUDA inside the actor: the job fails with
     a line naming CUDA, the node and the request — never a quiet CPU run."""
@@ -130,6 +132,7 @@ def test_gpu_request_on_a_cluster_without_gpus_fails_in_seconds(ray_local, tmp_p
     assert "no GPUs" in err[-1] and not out.exists()
 
 
+@pytest.mark.slow
 def test_two_qalign_pools_in_one_job(ray_local, qalign_checkpoint, tmp_path):
     corpus, out = _images(tmp_path / "in", n=3), tmp_path / "out"
     quality = f"qalign:checkpoint={qalign_checkpoint},task=quality,column=qalign_quality"
@@ -153,6 +156,7 @@ def test_two_qalign_pools_in_one_job(ray_local, qalign_checkpoint, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_failed_rows_hold_nulls_and_metadata_describes_each_scorer(
     ray_local, tmp_path, gamma_checkpoint
 ):

@@ -318,6 +318,7 @@ def test_since_limits_a_prefix_listing_to_newer_objects(ray_local, tmp_path, cap
     assert "--since 'yesterday'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_growing_prefix_resumes_by_a_distributed_anti_join(ray_local, tmp_path, monkeypatch):
     from vqpipe.pipeline import job
 

@@ -257,6 +257,7 @@ def test_wrong_shape_checkpoint_fails_clearly(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(tmp_path):
     table = make_image_dataset(
         tmp_path / "data", n_contents=1, size=(40, 32), seed=2, split_fractions=(1.0, 0.0, 0.0)

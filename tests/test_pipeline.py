@@ -80,6 +80,7 @@ def test_every_input_gets_exactly_one_row(ray_local, corpus, checkpoint, tmp_pat
     assert job["signature"]["scorers"][0]["checkpoint_fingerprint"].startswith("sha256:")
 
 
+@pytest.mark.slow
 def test_resume_scores_only_what_is_missing(ray_local, corpus, checkpoint, tmp_path):
     out = tmp_path / "out"
     first = run_job(_config(corpus, out, checkpoint, limit=7))
