@@ -13,7 +13,7 @@ def _tree(root):
     (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (root / "notes.txt").write_text("not media")
     (root / "name with spaces é.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
-    (root / ".hidden.jpg").write_bytes(b"x")
+    (root / ".hidden.jpg").write_bytes(b"x")  # an input: only a job's own files are skipped
     (root / "_job.json").write_text("{}")
 
 
@@ -21,8 +21,16 @@ def test_local_directory_listing(tmp_path):
     _tree(tmp_path)
     table = list_inputs(tmp_path)
     names = [u.removeprefix(str(tmp_path) + "/") for u in table["uri"]]
-    assert names == ["a/clip.MP4", "a/x.jpg", "b.png", "name with spaces é.webp", "notes.txt"]
+    assert names == [
+        ".hidden.jpg",
+        "a/clip.MP4",
+        "a/x.jpg",
+        "b.png",
+        "name with spaces é.webp",
+        "notes.txt",
+    ]
     assert dict(zip(names, table["media_type"], strict=True)) == {
+        ".hidden.jpg": "image",
         "a/clip.MP4": "video",
         "a/x.jpg": "image",
         "b.png": "image",
@@ -34,8 +42,9 @@ def test_local_directory_listing(tmp_path):
 
 def test_include_exclude_and_limit(tmp_path):
     _tree(tmp_path)
-    assert len(list_inputs(tmp_path, include=["*.jpg", "*.png"])) == 2
-    assert len(list_inputs(tmp_path, exclude=["a/*"])) == 3
+    assert len(list_inputs(tmp_path, include=["*.jpg", "*.png"])) == 3
+    assert len(list_inputs(tmp_path, exclude=["a/*"])) == 4
+    assert len(list_inputs(tmp_path, exclude=["a/*", ".*"])) == 3
     assert len(list_inputs(tmp_path, limit=2)) == 2
 
 

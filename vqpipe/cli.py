@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vqpipe.commands import COMMANDS
@@ -121,6 +124,7 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         key_column=args.key_column,
         since=_since(args.since),
         calibration=_calibration(args, specs),
+        retry_errors=args.retry_errors,
     )
 
 
@@ -142,25 +146,69 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     verbosity = _verbosity(args)
     config = job_config_from_args(args)
-    with StatusLine(terminal(), verbosity, every_s=args.progress_every) as status:
-        status.update("starting: checks, inputs, Ray, the first part")
-        with ray_output_kept_out(verbosity, "score"):
-            summary = run_job(
-                config,
-                progress=status.progress,
-                # in place on a terminal: often; in a log: every --progress-every seconds
-                progress_every_s=1.0 if status.tty else args.progress_every,
-                notice=status.notice,
-            )
-            _shutdown_ray()  # inside: Ray's shutdown messages go to the log too
-        if not summary["scored_rows"]:
-            if "shards" in summary:
-                done = f"{summary['shards_already_done']} of {summary['shards']} shards committed"
-            else:
-                done = f"{summary.get('already_done', 0)} inputs already scored"
-            status.update(f"nothing left to score: {done}", force=True)
+    try:
+        with (
+            _sigterm_interrupts(),
+            StatusLine(terminal(), verbosity, every_s=args.progress_every) as status,
+        ):
+            status.update("starting: checks, inputs, Ray, the first part")
+            with ray_output_kept_out(verbosity, "score"):
+                try:
+                    summary = run_job(
+                        config,
+                        progress=status.progress,
+                        # in place on a terminal: often; in a log: every --progress-every seconds
+                        progress_every_s=1.0 if status.tty else args.progress_every,
+                        notice=status.notice,
+                    )
+                finally:
+                    _shutdown_ray()  # inside: Ray's shutdown messages go to the log too
+            if not summary["scored_rows"]:
+                if "shards" in summary:
+                    done = (
+                        f"{summary['shards_already_done']} of {summary['shards']} shards committed"
+                    )
+                else:
+                    done = f"{summary.get('already_done', 0)} inputs already scored"
+                status.update(f"nothing left to score: {done}", force=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_interrupts)
+        from vqpipe.pipeline.job import committed_parts
+
+        print(
+            f"vqpipe: interrupted: {committed_parts(config)} parts committed; rerun the same "
+            "command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that ends a job as Ctrl-C does (``signum``: the exit code is 128 + it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` in the main thread while the block runs (the job
+    keeps that handler over ``ray.init``'s own, see ``vqpipe.pipeline.job``)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shutdown_ray() -> None:
@@ -441,7 +489,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--exclude",
         action="append",
         metavar="GLOB",
-        help="glob on relative paths, repeatable (default: none)",
+        help="glob on relative paths, repeatable; without '/' it matches any one name in the "
+        "path, e.g. '.*' or '_DSC*' (default: none; only the job's own files are skipped)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="score the first N inputs only (default: all)"
@@ -463,6 +512,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CALIB.json",
         help="add <column>_calibrated for the columns this file of vqpipe calibrate maps "
         "(default: none)",
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="resume: score every error row again (default: only transient ones — store "
+        "outages, throttling, timeouts)",
     )
 
 

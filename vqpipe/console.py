@@ -50,6 +50,8 @@ def ray_output_kept_out(verbosity: int, command: str = "vqpipe") -> Iterator[str
     failed = False
     try:
         yield path
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the caller says so in one line; file kept
+        raise
     except BaseException:
         failed = True
         raise

@@ -44,16 +44,53 @@ READ_ATTEMPTS = 4
 READ_BACKOFF_S = 0.2
 
 
+_TRANSIENT_TYPES = frozenset(
+    {
+        # botocore / aiobotocore / aiohttp / urllib3 names (not imported: optional packages)
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "IncompleteRead",
+        "ProtocolError",
+        "ResponseStreamingError",
+        "FSTimeoutError",
+    }
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: resets, timeouts, throttling and 5xx — not 403/404 or bad data."""
+    """Worth retrying: resets, refused or closed connections, an unreachable endpoint,
+    timeouts, throttling and 5xx — not 403/404 or bad data. The exception and its causes are
+    looked at (s3fs and Ray wrap the store's errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _transient_one(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if any(t.__name__ in _TRANSIENT_TYPES for t in type(exc).__mro__):
         return True
     text = f"{type(exc).__name__} {exc}".lower()
     return any(
         word in text
         for word in (
+            "could not connect to the endpoint",
+            "connection was closed",
+            "connection refused",
+            "broken pipe",
             "throttl",
             "slowdown",
             "slow down",

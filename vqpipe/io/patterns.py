@@ -326,7 +326,10 @@ def peek_files(
     while queue and visited < max_dirs and len(found) < limit:
         current = queue.pop(0)
         visited += 1
-        entries = sorted(_ls_some(fs, current, limit), key=lambda e: e["name"])
+        try:
+            entries = sorted(_ls_some(fs, current, limit), key=lambda e: e["name"])
+        except (PermissionError, NotADirectoryError):
+            continue  # unreadable: the job's listing gives it an error row
         for entry in entries:
             name = entry["name"].rstrip("/")
             if _hidden(name[len(base) :]) or name == current:

@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from vqpipe.io.artifacts import is_job_artifact
 from vqpipe.io.fs import url_to_fs
 
 IMAGE_EXTENSIONS = frozenset(
@@ -147,6 +148,14 @@ def join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
     return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
 
 
+def _excluded(rel: str, pattern: str) -> bool:
+    if fnmatch.fnmatch(rel, pattern):
+        return True
+    return "/" not in pattern and any(
+        fnmatch.fnmatch(part, pattern) for part in PurePosixPath(rel).parts
+    )
+
+
 def listed_rows(
     fs: fsspec.AbstractFileSystem,
     root: str,
@@ -156,19 +165,24 @@ def listed_rows(
     exclude: Sequence[str] = (),
     since: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Input rows (``uri``, ``media_type``, ``bytes``) of listed files under ``root``, sorted:
-    hidden and ``_``-prefixed paths skipped, ``include`` / ``exclude`` globs on the path
-    relative to ``root``, ``since`` on the modification time."""
+    """Input rows (``uri``, ``media_type``, ``bytes``) of listed files under ``root``, sorted.
+
+    Only a scoring job's own files are left out (:func:`is_job_artifact`: ``_job.json``,
+    ``_lock``, ``_next/``, ``_quarantine/``, parts); other ``_``- or ``.``-prefixed names are
+    inputs (``_DSC0001.JPG``). ``include`` / ``exclude``: globs on the path relative to
+    ``root``; an ``exclude`` glob without ``/`` also drops a path when it matches any one
+    name in it, as in ``.gitignore`` (``--exclude '.*'`` drops hidden files and folders).
+    ``since``: on the modification time."""
     rows = []
     for path, info in sorted(found.items()):
         if info.get("type") == "directory":
             continue
         rel = path[len(root) :].lstrip("/")
-        if any(part.startswith((".", "_")) for part in PurePosixPath(rel).parts):
+        if is_job_artifact(rel):
             continue
         if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
             continue
-        if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+        if any(_excluded(rel, pat) for pat in exclude):
             continue
         if since is not None and modified_time(info) <= since:
             continue
@@ -198,7 +212,7 @@ def list_inputs(
     ``spec``: a local directory, an fsspec URI prefix (``s3://bucket/prefix/``), or a manifest
     file (``.parquet`` / ``.csv`` / ``.jsonl``, needs a ``uri`` column). ``include`` /
     ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
-    is taken as it is. Hidden files and our own job outputs (``_job.json``, ``_*``) are skipped.
+    is taken as it is. A job's own files (``_job.json``, parts, ``_next/``) are skipped.
     ``root``: manifest entries are resolved against it and must stay inside it (``..``,
     absolute paths or other buckets elsewhere become error rows, never reads). ``since``: a
     prefix listing keeps only objects modified after this POSIX time (nightly incremental runs).

@@ -198,6 +198,7 @@ class JobConfig:
     key_column: str | None = None  # Parquet with media bytes: the rows' key (else row index)
     since: float | None = None  # files: only objects modified after this POSIX time
     calibration: dict[str, Any] | None = None  # vqpipe calibrate's JSON: <column>_calibrated
+    retry_errors: bool = False  # resume: score every error row again (else transient ones only)
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (every storage options dict reduced to its key names)."""

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
 from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.pipeline.damaged import readable_parts
 from vqpipe.pipeline.schema import ERROR, METADATA_KEY
 
 FILTER_METADATA_KEY = b"vqpipe.filter"
@@ -173,6 +174,9 @@ def table_parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any
         raise UserError(
             f"no quality table at {table}: no part-*.parquet files (the --out of vqpipe score)"
         )
+    parts = readable_parts(fs, parts)  # a damaged part: one warning line naming it
+    if not parts:
+        raise UserError(f"no readable part in {table}")
     return fs, parts
 
 

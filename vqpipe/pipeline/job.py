@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +25,24 @@ import pyarrow.parquet as pq
 
 import vqpipe
 from vqpipe.errors import UserError
+from vqpipe.io.artifacts import COMMITTED, JOB_RECORD, STAGING, is_job_artifact
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
+from vqpipe.pipeline.damaged import quarantine, readable_parts, warn_damaged
+from vqpipe.pipeline.dedupe import repeated_rows, unified_types
 from vqpipe.pipeline.lock import OutputLock
-from vqpipe.pipeline.schema import URI
+from vqpipe.pipeline.retry import DRIVER_SCAN_MAX_PARTS, drop_retryable, scan_parts
+from vqpipe.pipeline.schema import (
+    BYTES,
+    ERROR,
+    ERROR_KIND,
+    MEDIA_COLUMNS,
+    MEDIA_TYPE,
+    URI,
+    output_columns,
+)
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     LISTING,
@@ -352,7 +366,17 @@ def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
         "media_column": config.media_column,
         "key_column": config.key_column,
         "root": config.root,
+        "reserved": sorted(output_names(config)),
     }
+
+
+def output_names(config: JobConfig) -> set[str]:
+    """The quality table's own column names for this job (a carried column with one of them
+    is kept as ``input_<name>``)."""
+    names = {URI, "shard", "key", MEDIA_TYPE, BYTES, ERROR, ERROR_KIND, *MEDIA_COLUMNS}
+    for spec in config.scorers:
+        names.update(output_columns(spec.column, spec.scorer_class().extra_outputs))
+    return names
 
 
 def resolve_format(config: JobConfig) -> str:
@@ -404,7 +428,7 @@ def plan_listing(config: JobConfig) -> list[dict[str, str]]:
     tasks = [{"uri": config.input, "format": LISTING, "id": f"top-{shard_id(root)}"}]
     for entry in sorted(fs.ls(root, detail=True), key=lambda e: e["name"]):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry.get("type") != "directory" or name.startswith((".", "_")):
+        if entry.get("type") != "directory" or is_job_artifact(name):
             continue
         uri = join_uri(fs, entry["name"].rstrip("/"), config.input)
         if not _inside(uri, output):
@@ -416,11 +440,6 @@ def _output_uri(config: JobConfig) -> str:
     """The output in the style listed inputs are written in (to keep it out of the input)."""
     fs, root = url_to_fs(config.output, config.storage_options)
     return join_uri(fs, root.rstrip("/"), config.output)
-
-
-STAGING = "_next"
-"""``--no-resume`` writes into ``<out>/_next/`` and swaps it in once everything is committed."""
-COMMITTED = "_COMMITTED"
 
 
 def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> None:
@@ -505,22 +524,46 @@ class Work:
     summary: dict[str, Any]
 
 
-def plan_work(config: JobConfig, kind: str, sig: str, parts: list[str]) -> Work:
+def plan_work(
+    config: JobConfig, kind: str, sig: str, parts: list[str], retry: list[str] = ()
+) -> Work:
     """Shards not committed yet (a killed run's fragments of the others deleted), or the
     listing tasks of a prefix; a listing small enough for the driver is checked against the
-    written parts here, so a resume with nothing to do never starts Ray."""
+    written parts here, so a resume with nothing to do never starts Ray. ``retry``: parts
+    with rows to score again (:mod:`vqpipe.pipeline.retry`)."""
     fs, _ = _output_fs(config.output, config.storage_options)
     if kind in SHARDED_FORMATS:
         shards = plan_shards(config, kind)
         done, stale = committed_shards(parts, sig)
+        # a committed shard with rows to score again (transient errors) is read again whole
+        again = {_shard_of(p, sig) for p in retry} & done
+        stale += [p for p in parts if _shard_of(p, sig) in again]
+        done -= again
         for path in stale:  # fragments of shards a killed run left half-done: read again
             fs.rm(path)
         todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
+        if kind == "manifest" and todo and len(shards) > 1:
+            _start_ray(config)  # types and repeated URIs across shards: distributed passes
+            options = _read_options(config, fragment_rows(config, kind))
+            types = unified_types(shards, options, config.storage_options)
+            drops = repeated_rows(shards, done, options, config.storage_options)
+            for record in todo:  # what each reading task needs (small: the repeats only)
+                if types:
+                    record["types"] = json.dumps(types)
+                if drops:
+                    record["drop"] = drops.get(record["id"], [])
         summary = {"shards": len(shards), "shards_already_done": len(shards) - len(todo)}
+        if again:
+            summary["shards_retried"] = len(again)
         return Work(todo, [], None, {"input_format": kind, **summary})
     source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
     done_parts = [p for p in parts if parse_part(p) is not None]
+    # rows to score again are cut out of their parts first: their inputs are then not done
+    retried = {p: drop_retryable(fs, p, config.retry_errors) for p in retry if p in done_parts}
+    done_parts = [p for p in done_parts if p not in retried or fs.exists(p)]
     work = Work(source, done_parts, None, {"input_format": kind, "listing_tasks": len(source)})
+    if retried:
+        work.summary["rows_retried"] = sum(retried.values())
     if len(source) == 1 and done_parts and _driver_resumable(fs, done_parts):
         done = frozenset(done_uris(config, done_parts))
         left = _small_listing_left(config, done)
@@ -550,8 +593,12 @@ def _start_ray(config: JobConfig) -> None:
 
     if not ray.is_initialized():
         global STARTED_RAY
+        # ray.init replaces the SIGTERM handler (with sys.exit); the caller's stays
+        previous = signal.getsignal(signal.SIGTERM)
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
         STARTED_RAY = True
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     check_cluster_resources(
         config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
     )
@@ -632,7 +679,14 @@ def _run_locked(
     parts = existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
         _refuse_foreign(config, parts, sig)
-    work = plan_work(config, kind, sig, parts)
+    # one footer read per part: damaged parts are moved aside (their rows are scored again)
+    retry, damaged = _scan_parts(config, fs, parts)
+    for part, why in damaged.items():
+        warn_damaged(part, why, f"moved to {quarantine(fs, root, part)}; its rows are scored again")
+    parts = [p for p in parts if p not in damaged]
+    work = plan_work(config, kind, sig, parts, retry)
+    if damaged:
+        work.summary["parts_quarantined"] = len(damaged)
     if not config.resume:
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
@@ -668,6 +722,7 @@ def _record_job(
         "scored_rows": final["done"],
         "errors": final["errors"],
         "files_written": files,
+        "duplicates_dropped": sum(int(w.get("duplicates") or 0) for w in written),
         "seconds": round(seconds, 2),
         "items_per_s": final["items_per_s"] if seconds > 0 else None,
     }
@@ -681,8 +736,32 @@ def _record_job(
         "config": config.to_metadata(),
         "summary": summary,
     }
-    fs.pipe(f"{root}/_job.json", json.dumps(job, indent=2, default=str).encode())
+    fs.pipe(f"{root}/{JOB_RECORD}", json.dumps(job, indent=2, default=str).encode())
     return summary
+
+
+def committed_parts(config: JobConfig) -> int:
+    """Parts in the output now (``--no-resume``: in its staging directory)."""
+    try:
+        if config.resume:
+            return len(existing_parts(config.output, config.storage_options))
+        root = _output_fs(config.output, config.storage_options)[1]
+        return len(existing_parts(f"{root}/{STAGING}", config.storage_options))
+    except Exception:  # the count is a courtesy; the store may be what failed
+        return 0
+
+
+def _shard_of(part: str, sig: str) -> str | None:
+    info = parse_part(part)
+    return info["shard"] if info is not None and info["sig"] == sig else None
+
+
+def _scan_parts(config: JobConfig, fs: Any, parts: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Committed parts with rows a rerun scores again, and the damaged ones
+    (:mod:`vqpipe.pipeline.retry`)."""
+    if len(parts) > DRIVER_SCAN_MAX_PARTS:
+        _start_ray(config)  # many parts are scanned by Ray tasks
+    return scan_parts(fs, parts, config.retry_errors, config.output, config.storage_options)
 
 
 def _runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
@@ -698,7 +777,7 @@ def _runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]
 def read_quality_table(output: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """All committed parts of a job's output as one DataFrame (temporary files ignored)."""
     fs, _ = _output_fs(output, storage_options)
-    parts = existing_parts(output, storage_options)
+    parts = readable_parts(fs, existing_parts(output, storage_options))
     if not parts:
         return pd.DataFrame()
     frames = []

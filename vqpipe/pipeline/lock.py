@@ -21,9 +21,9 @@ import uuid
 from typing import Any
 
 from vqpipe.errors import UserError
+from vqpipe.io.artifacts import LOCK as LOCK_NAME
 from vqpipe.io.fs import is_local, url_to_fs
 
-LOCK_NAME = "_lock"
 HEARTBEAT_S = 15.0
 STALE_S = 90.0
 SETTLE_S = 1.0

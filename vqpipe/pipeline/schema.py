@@ -22,6 +22,11 @@ HEIGHT = "height"
 DURATION = "duration_s"
 FRAMES = "frames"
 ERROR = "error"
+ERROR_KIND = "error_kind"
+"""``transient`` (the store was unreachable, throttled or failing: a rerun scores the row
+again) or ``permanent`` (the input itself: a rerun keeps the row); null for scored rows."""
+TRANSIENT = "transient"
+PERMANENT = "permanent"
 MEDIA_COLUMNS = (WIDTH, HEIGHT, DURATION, FRAMES)
 """What the decode stage adds to every row."""
 
@@ -114,9 +119,34 @@ def _int_array(values: np.ndarray) -> pa.Array:
 
 
 def _carried(values: np.ndarray) -> pa.Array:
-    if values.dtype == object or values.ndim == 2:
-        return pa.array(list(values))
-    return pa.array(values)
+    """A carried input column. The read stage fixed its type per shard; what can still differ
+    in one batch becomes strings — values of mixed kinds (rows of two shards), or only nulls
+    (a text column null in this part: string, as in the parts where it has text)."""
+    if values.dtype != object and values.ndim != 2:
+        return pa.array(values)
+    items = [None if _missing(v) else v for v in values]
+    if all(v is None for v in items):
+        return pa.nulls(len(items), pa.string())
+    try:
+        return pa.array(items)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(
+            [None if v is None else v if isinstance(v, str) else _text(v) for v in items],
+            pa.string(),
+        )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _text(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value.tolist() if isinstance(value, np.ndarray) else value)
+    except TypeError:
+        return str(value)
 
 
 def to_arrow(
@@ -139,7 +169,7 @@ def to_arrow(
                 scored[name] = "float"
     arrays: dict[str, pa.Array] = {}
     for name, values in batch.items():
-        if name == ERROR:
+        if name in (ERROR, ERROR_KIND):
             continue
         kind = scored.get(name)
         if kind == "probs" and np.ndim(values) == 2:
@@ -153,5 +183,16 @@ def to_arrow(
         else:
             arrays[name] = _carried(values)
     # one schema for every part, whatever the batch held
-    arrays[ERROR] = pa.array([error_text(e) for e in batch[ERROR]], type=pa.string())
+    errors = [error_text(e) for e in batch[ERROR]]
+    arrays[ERROR] = pa.array(errors, type=pa.string())
+    kinds = batch.get(ERROR_KIND)
+    arrays[ERROR_KIND] = pa.array(
+        [
+            None
+            if e is None
+            else (TRANSIENT if kinds is not None and kinds[i] == TRANSIENT else PERMANENT)
+            for i, e in enumerate(errors)
+        ],
+        type=pa.string(),
+    )
     return pa.Table.from_pydict(arrays)

@@ -17,6 +17,7 @@ the shard is read again.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -25,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from vqpipe.io.fs import is_transient
 from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
-from vqpipe.pipeline.schema import BYTES, ERROR, MEDIA_TYPE, URI
+from vqpipe.pipeline.schema import BYTES, ERROR, ERROR_KIND, MEDIA_TYPE, TRANSIENT, URI
 
 PART = "_part"
 """Column in transit: the name of the fragment (output part) a row belongs to."""
@@ -39,6 +42,9 @@ SHARD = "shard"
 KEY = "key"
 DATA = "data"
 """Column in transit: the media bytes of rows read from inside a shard (never written)."""
+DUPLICATES = "_duplicates"
+"""Column in transit: URIs a manifest listed again, dropped before this row (the writer sums
+them into its summary row; the job reports them)."""
 SHARDED_FORMATS = ("webdataset", "parquet", "manifest")
 LISTING_PART_ROWS = 50_000
 """Rows per output part of a listing of files (its commit unit: a fixed slice of one listing
@@ -257,7 +263,7 @@ def merge_pieces(
     return len(table)
 
 
-def _error_table(shard: Shard, at: int, message: str) -> pa.Table:
+def _error_table(shard: Shard, at: int, message: str, transient: bool = False) -> pa.Table:
     return pa.table(
         {
             URI: [f"{shard.uri}#@{at}"],
@@ -265,6 +271,7 @@ def _error_table(shard: Shard, at: int, message: str) -> pa.Table:
             KEY: [f"@{at}"],
             MEDIA_TYPE: pa.array([None], pa.string()),
             ERROR: [message],
+            ERROR_KIND: pa.array([TRANSIENT if transient else None], pa.string()),
         }
     )
 
@@ -289,7 +296,7 @@ def _fragments(tables: Iterator[pa.Table], shard: Shard, final: bool = True) -> 
             yield _tag(previous, f"{shard.id}-{seq:05d}")
             seq += 1
         message = f"read: shard {shard.uri} after {rows} rows: {type(exc).__name__}: {exc}"
-        previous = _error_table(shard, rows, message)
+        previous = _error_table(shard, rows, message, is_transient(exc))
     if previous is None:
         previous = _error_table(shard, 0, "read: the shard holds no samples")
     yield _tag(previous, f"{shard.id}-{seq:05d}" + ("-last" if final else ""))
@@ -312,10 +319,19 @@ def hive_columns(path: str) -> dict[str, str]:
 
 
 def manifest_chunks(
-    uri: str, rows: int, storage_options: dict[str, Any] | None
+    uri: str,
+    rows: int,
+    storage_options: dict[str, Any] | None,
+    *,
+    uri_column: str | None = None,
+    uri_only: bool = False,
+    types: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """A Parquet / CSV / JSONL manifest file in tables of ``rows`` rows, each with the index
-    of its first row (empty tables skipped).
+    of its first row (empty tables skipped), with one schema for the whole file: all-null
+    columns typed as strings, JSON lines whose types drift read by :func:`_json_lines`,
+    ``types`` (the columns the driver fixed for every shard, see :func:`_force_types`)
+    applied. ``uri_only``: Parquet reads the ``uri_column`` alone.
 
     Read with pyarrow per shard rather than Ray Data's readers: each shard must become
     fragments with stable sequence numbers (the commit unit), and a bad row must become an
@@ -330,18 +346,50 @@ def manifest_chunks(
     lower = path.lower()
     with fs.open(path, "rb") as fh:
         if lower.endswith((".parquet", ".pq")):
-            batches = pq.ParquetFile(fh).iter_batches(batch_size=rows)
-            tables = (pa.Table.from_batches([b]) for b in batches)
+            parquet = pq.ParquetFile(fh)
+            schema = carried_schema(parquet.schema_arrow)
+            if uri_only and uri_column in schema.names:
+                schema = pa.schema([schema.field(uri_column)])
+            start = 0
+            for batch in parquet.iter_batches(batch_size=rows, columns=schema.names):
+                chunk = _force_types(pa.Table.from_batches([batch]).cast(schema), types, uri_column)
+                if len(chunk):
+                    yield start, chunk
+                start += len(chunk)
+            return
+        if lower.endswith(".csv"):
+            whole = pcsv.read_csv(fh)
         else:
-            reader = pcsv.read_csv if lower.endswith(".csv") else pjson.read_json
-            whole = reader(fh)
-            tables = (whole.slice(i, rows) for i in range(0, len(whole), rows))
-        start = 0
-        for chunk in tables:
-            if len(chunk) == 0:
-                continue
-            yield start, chunk
-            start += len(chunk)
+            data = fh.read()
+            try:
+                whole = pjson.read_json(io.BytesIO(data))
+            except pa.ArrowInvalid:  # types that drift between rows, or a broken line
+                whole = _json_lines(data, uri_column)
+    whole = _force_types(whole.cast(carried_schema(whole.schema)), types, uri_column)
+    for start in range(0, len(whole), rows):
+        yield start, whole.slice(start, rows)
+
+
+def _force_types(table: pa.Table, types: dict[str, str] | None, uri_column: str | None) -> pa.Table:
+    """Columns whose types differ between the job's manifest shards, in the one type the
+    driver fixed for all of them (``types``: ``string`` or ``double``; see
+    :func:`vqpipe.pipeline.dedupe.unified_types`)."""
+    for name, kind in (types or {}).items():
+        if name not in table.column_names or name == uri_column:
+            continue
+        column = table.column(name)
+        target = pa.float64() if kind == "double" else pa.string()
+        if column.type == target:
+            continue
+        try:
+            values = column.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values = pa.array(
+                [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()],
+                pa.string(),
+            )
+        table = table.set_column(table.column_names.index(name), name, values)
+    return table
 
 
 def _manifest_tables(
@@ -349,27 +397,119 @@ def _manifest_tables(
 ) -> Iterator[pa.Table]:
     """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
     from the name, ``--root`` confinement, ``key`` = the row index; other columns carried, and
-    the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins)."""
+    the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins). A
+    URI listed again is scored once: repeats in the shard, and the rows in ``options["drop"]``
+    (repeats of other shards, found by :mod:`vqpipe.pipeline.dedupe`), are dropped and counted.
+
+    Read with pyarrow per shard rather than Ray Data's readers: each shard must become
+    fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
+    an error row instead of failing the read task."""
+    column, root = options["uri_column"], options.get("root")
+    reserved = frozenset(options.get("reserved", ()))
+    drop = frozenset(options.get("drop", ()))
+    seen: set[str] = set()  # the shard's URIs: a repeated one is scored once (bounded by a shard)
     from vqpipe.io.patterns import resolve
 
-    column, root = options["uri_column"], options.get("root")
     hive = hive_columns(resolve(shard.uri, storage_options)[1])
-    for start, chunk in manifest_chunks(shard.uri, options["rows"], storage_options):
-        for key, value in hive.items():
+    held, dropped = None, 0
+    chunks = manifest_chunks(
+        shard.uri, options["rows"], storage_options, uri_column=column, types=options.get("types")
+    )
+    for start, chunk in chunks:
+        for key, value in hive.items():  # Hive partition columns (a column of the file wins)
             if key not in chunk.column_names:
                 chunk = chunk.append_column(key, pa.array([value] * len(chunk), pa.string()))
-        yield _manifest_rows(chunk, shard, column, root, start)
+        table, repeats = _manifest_rows(chunk, shard, column, root, start, seen, reserved, drop)
+        dropped += repeats
+        if len(table) == 0:  # only repeats: nothing to yield (an empty part never commits)
+            continue
+        if held is not None:
+            yield held
+        held, dropped = _count_duplicates(table, dropped), 0
+    if held is not None:  # one table of look-ahead: repeats after it are counted on it
+        yield _count_duplicates(held, dropped)
+
+
+def _count_duplicates(table: pa.Table, dropped: int) -> pa.Table:
+    """``table`` with the number of repeated URIs dropped before it (the writer sums them)."""
+    if DUPLICATES in table.column_names:
+        dropped += int(pc.sum(table.column(DUPLICATES)).as_py() or 0)
+        table = table.drop_columns([DUPLICATES])
+    if not dropped:
+        return table
+    counts = np.zeros(len(table), np.int64)
+    counts[0] = dropped
+    return table.append_column(DUPLICATES, pa.array(counts))
+
+
+def carried_schema(schema: pa.Schema) -> pa.Schema:
+    """A manifest's schema with all-null columns typed as strings (the type every later part
+    of a text column has), so that every part of the shard is written with one schema."""
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+
+
+def _json_lines(data: bytes, column: str) -> pa.Table:
+    """JSON lines whose types drift (a column mixing ints and strings) or with broken lines,
+    which pyarrow's reader refuses as a whole: a column whose values are not all of one kind
+    becomes strings (objects and lists as JSON text); a line that is not a JSON object is a
+    row without a URI (an error row). The URI column keeps only strings."""
+    records: list[dict[str, Any]] = []
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        records.append(value if isinstance(value, dict) else {})
+    names = list(dict.fromkeys(k for r in records for k in r))
+    columns = {}
+    for name in names:
+        values = [r.get(name) for r in records]
+        if name == column:
+            columns[name] = pa.array(
+                [v if isinstance(v, str) else None for v in values], pa.string()
+            )
+            continue
+        kinds = {type(v) for v in values if v is not None}
+        try:
+            if len(kinds) > 1 and kinds != {int, float}:
+                raise pa.ArrowInvalid("mixed")
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array(
+                [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+                pa.string(),
+            )
+    if column is not None and column not in columns and records:
+        columns[column] = pa.array([None] * len(records), pa.string())
+    return pa.table(columns) if columns else pa.table({"_empty": pa.nulls(len(records))})
 
 
 def _manifest_rows(
-    table: pa.Table, shard: Shard, column: str, root: str | None, start: int
-) -> pa.Table:
+    table: pa.Table,
+    shard: Shard,
+    column: str,
+    root: str | None,
+    start: int,
+    seen: set[str],
+    reserved: frozenset[str] = frozenset(),
+    drop: frozenset[int] = frozenset(),
+) -> tuple[pa.Table, int]:
     if column not in table.column_names:
         raise ValueError(f"manifest {shard.uri} has no {column!r} column")
     raw = table.column(column).to_pylist()
+    keep = [
+        not (start + i in drop or (isinstance(v, str) and v in seen)) for i, v in enumerate(raw)
+    ]
+    seen.update(v for v in raw if isinstance(v, str))
+    dropped = keep.count(False)
+    if dropped:  # a URI listed again in the shard: scored once, its repeats counted
+        table, raw = table.filter(pa.array(keep)), [v for v, k in zip(raw, keep, strict=True) if k]
+    rows = [i for i, k in enumerate(keep) if k]
     carried = table.drop_columns([c for c in {column, URI} if c in table.column_names])
     uris, kinds, errors = [], [], []
-    for i, value in enumerate(raw):
+    for i, value in zip(rows, raw, strict=True):
         if not isinstance(value, str) or not value.strip():
             uris.append(f"{shard.uri}#{start + i}")
             kinds.append(None)
@@ -387,19 +527,50 @@ def _manifest_rows(
         MEDIA_TYPE: pa.array(kinds, pa.string()),
         BYTES: pa.array([None] * len(uris), pa.int64()),
         SHARD: pa.array([shard.uri] * len(uris), pa.string()),
-        KEY: pa.array([str(start + i) for i in range(len(uris))], pa.string()),
+        KEY: pa.array([str(start + i) for i in rows], pa.string()),
         ERROR: pa.array(errors, pa.string()),
     }
-    return pa.table(carry_columns(columns, carried))
+    return pa.table(carry_columns(columns, carried, reserved)), dropped
 
 
-def carry_columns(columns: dict[str, Any], carried: pa.Table) -> dict[str, Any]:
-    """``columns`` plus the carried input columns; a carried name that is ours (or in
-    transit) is kept as ``input_<name>``."""
+def carry_columns(
+    columns: dict[str, Any], carried: pa.Table, reserved: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``columns`` plus the carried input columns; a carried name that is ours (in
+    ``columns``, in ``reserved`` — the job's output columns — or in transit) is kept as
+    ``input_<name>``."""
     for name in carried.column_names:
-        taken = name in columns or name in (DATA, PART) or name.startswith("_")
+        taken = name in columns or name in reserved or name in (DATA, PART) or name[0] == "_"
         columns[f"input_{name}" if taken else name] = carried.column(name)
     return columns
+
+
+def _local_find(path: str, unreadable: list[OSError]) -> dict[str, dict[str, Any]]:
+    """Files under a local directory, as ``fs.find(detail=True)`` lists them, and the
+    directories that could not be read (in ``unreadable``). fsspec's local ``find`` drops an
+    unreadable directory without a word (its ``walk`` does not pass ``on_error`` down)."""
+    import os
+
+    found, seen = {}, set()
+    for top, dirs, names in os.walk(path, onerror=unreadable.append, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink loop: each directory is listed once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            full = os.path.join(top, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a broken link: listed, the read stage says why it fails
+                st = os.lstat(full)
+            found[full] = {"name": full, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+    return found
+
+
+_LISTED = pa.schema(
+    [(URI, pa.string()), (MEDIA_TYPE, pa.string()), (BYTES, pa.int64()), (ERROR, pa.string())]
+)
 
 
 def listing_tables(
@@ -408,18 +579,30 @@ def listing_tables(
     """One directory of a ``files`` prefix, listed in a Ray task: its input rows in fragments
     of ``rows`` rows, each named by a hash of its URIs (a listing resumes by URI, so a name
     must never be reused for other files)."""
-    from vqpipe.io.fs import url_to_fs
-    from vqpipe.io.sources import listed_rows
+    from vqpipe.io.fs import is_local, url_to_fs
+    from vqpipe.io.sources import join_uri, listed_rows, printable_uri
 
     fs, root = url_to_fs(options["spec"], storage_options)
     root = root.rstrip("/")
+    unreadable: list[OSError] = []
     if options.get("top"):
         found = {e["name"]: e for e in fs.ls(root, detail=True) if e.get("type") != "directory"}
     else:
-        found = fs.find(url_to_fs(uri, storage_options)[1], withdirs=False, detail=True)
+        path = url_to_fs(uri, storage_options)[1]
+        # object stores' find raises on a listing error (the whole task is one error row)
+        if is_local(fs):
+            found = _local_find(path, unreadable)
+        else:
+            found = fs.find(path, withdirs=False, detail=True)
     rows = listed_rows(
         fs, root, options["spec"], found, options["include"], options["exclude"], options["since"]
     )
+    for row in rows:
+        row[ERROR] = None
+    for exc in unreadable:  # a directory the job cannot read: one error row, never a gap
+        where = printable_uri(join_uri(fs, str(getattr(exc, "filename", "") or path), uri))[0]
+        message = f"read: cannot list directory {where}: {type(exc).__name__}: {exc}"
+        rows.append({URI: where, MEDIA_TYPE: None, BYTES: None, ERROR: message})
     output, done = options["output"].rstrip("/"), options.get("done") or frozenset()
     rows = [
         r
@@ -430,7 +613,7 @@ def listing_tables(
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         digest = hashlib.sha256("\n".join(r[URI] for r in chunk).encode()).hexdigest()[:16]
-        table = pa.Table.from_pylist(chunk)
+        table = pa.Table.from_pylist(chunk, schema=_LISTED)
         table = table.append_column(SHARD, pa.array([uri] * len(chunk), pa.string()))
         yield _tag(table, f"files_{digest}-00000-last")
 
@@ -464,7 +647,9 @@ def read_shards(
     """Ray Data stage (a generator; one shard per call): the shard's rows, fragment by
     fragment, each tagged with its part name; a shard that cannot be read becomes error rows
     naming it (see :func:`_fragments`)."""
-    for uri, fmt, sid in zip(batch["uri"], batch["format"], batch["id"], strict=True):
+    for i, (uri, fmt, sid) in enumerate(
+        zip(batch["uri"], batch["format"], batch["id"], strict=True)
+    ):
         shard = Shard(str(uri), str(fmt), str(sid))
         if shard.format == LISTING:  # fragments already named; a listing error is one row
             try:
@@ -472,7 +657,13 @@ def read_shards(
                 yield from listing_tables(shard.uri, top, storage_options)
             except Exception as exc:
                 message = f"read: cannot list {shard.uri}: {type(exc).__name__}: {exc}"
-                yield _tag(_error_table(shard, 0, message), f"{shard.id}-00000-last")
+                error = _error_table(shard, 0, message, is_transient(exc))
+                yield _tag(error, f"{shard.id}-00000-last")
             continue
-        tables = _shard_tables(shard, options, storage_options)
+        where = dict(options)
+        if "drop" in batch:  # manifest rows that repeat a URI of another shard
+            where["drop"] = [int(r) for r in batch["drop"][i]]
+        if "types" in batch:  # column types fixed for every manifest shard of the job
+            where["types"] = json.loads(str(batch["types"][i]))
+        tables = _shard_tables(shard, where, storage_options)
         yield from _fragments(tables, shard, final=options.get("limit") is None)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vqpipe.errors import JobError
-from vqpipe.io.fs import url_to_fs
+from vqpipe.io.fs import is_transient, url_to_fs
 from vqpipe.io.reading import ReadError, read_input
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
@@ -24,12 +24,14 @@ from vqpipe.pipeline.schema import (
     BYTES,
     DURATION,
     ERROR,
+    ERROR_KIND,
     FRAMES,
     HEIGHT,
     INPUT_PREFIX,
     INT_MISSING,
     METADATA_KEY,
     RUNTIME_PREFIX,
+    TRANSIENT,
     WIDTH,
     error_text,
     extra_column,
@@ -37,7 +39,16 @@ from vqpipe.pipeline.schema import (
     score_column,
     to_arrow,
 )
-from vqpipe.pipeline.shards import DATA, PART, ROW, ROWS, part_name, read_shards, write_part
+from vqpipe.pipeline.shards import (
+    DATA,
+    DUPLICATES,
+    PART,
+    ROW,
+    ROWS,
+    part_name,
+    read_shards,
+    write_part,
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,6 +90,8 @@ def decode_batch(
     duration = np.full(n, np.nan)
     frames = np.zeros(n, np.int64)
     errors = np.full(n, None, dtype=object)
+    # transient (a store outage: a rerun scores the row again) or None (written: permanent)
+    kinds = np.array(batch.get(ERROR_KIND, np.full(n, None, dtype=object)), dtype=object)
     inputs: dict[str, list[np.ndarray]] = {s.column: [] for s in scorers}
     preprocessors: dict[str, Any] = {}
     for spec in scorers:  # a preprocessor that cannot be built is every row's error, not a crash
@@ -136,6 +149,7 @@ def decode_batch(
             errors[i] = f"decode: {exc}"
         except Exception as exc:  # network, permissions, anything else: keep the row
             errors[i] = f"read: {type(exc).__name__}: {exc}"
+            kinds[i] = TRANSIENT if is_transient(exc) else None
         for column, prep in preprocessors.items():
             arrays = []
             if errors[i] is None:
@@ -149,6 +163,7 @@ def decode_batch(
     for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
         out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
+    out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
         out[BYTES] = np.array([_int_or_missing(v) for v in out[BYTES]], np.int64)
     return out
@@ -269,8 +284,16 @@ def write_batch(
     """
     parts = np.asarray(batch.pop(PART))
     index, sizes = np.asarray(batch.pop(ROW), np.int64), np.asarray(batch.pop(ROWS), np.int64)
+    dupes = batch.pop(DUPLICATES, None)
+    dupes = np.zeros(len(parts)) if dupes is None else np.nan_to_num(np.asarray(dupes, float))
     fs, root = url_to_fs(output, storage_options)
-    summary: dict[str, list[Any]] = {"file": [], "rows": [], "errors": [], "runtime": []}
+    summary: dict[str, list[Any]] = {
+        "file": [],
+        "rows": [],
+        "errors": [],
+        "duplicates": [],
+        "runtime": [],
+    }
     for part in sorted(set(parts.tolist())):
         rows = np.flatnonzero(parts == part)
         rows = rows[np.argsort(index[rows], kind="stable")]
@@ -295,6 +318,7 @@ def write_batch(
             summary["file"].append(final)
             summary["rows"].append(len(table))
             summary["errors"].append(len(table) - table.column(ERROR).null_count)
+            summary["duplicates"].append(int(dupes[run].sum()))
             summary["runtime"].append(json.dumps(runtime, sort_keys=True))
     return {k: np.array(v) for k, v in summary.items()}
 

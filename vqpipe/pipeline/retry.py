@@ -1,0 +1,152 @@
+"""Rows a rerun scores again: transient errors (``error_kind = "transient"``: the store was
+unreachable, throttled or failing), or every error row with ``--retry-errors``.
+
+Committed parts are immutable to the commit protocol, so a retry replaces rows part by part,
+always leaving the output in a state the next run can finish from, with every input once:
+
+- a listing of files resumes by URI: the retryable rows are cut out of their parts (each part
+  rewritten atomically, or removed when nothing is left) *before* the output is read for the
+  URIs already done, so those inputs are simply not done and are listed and scored again;
+- sharded inputs resume by committed shard: a shard with a retryable row is scored again whole
+  (its parts are removed first, so it is not committed until the new ones are all there; the
+  shard's size bounds the cost).
+
+Damaged parts (a footer that does not read) are found by the same scan. Finding them reads
+each part's footer (a part whose ``error`` column is all null by its
+statistics is skipped unread) and the error columns of the others only; many parts are
+scanned by Ray tasks, never row by row on the driver.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vqpipe.io.fs import is_local
+from vqpipe.pipeline.damaged import open_part
+from vqpipe.pipeline.schema import ERROR, ERROR_KIND, TRANSIENT
+
+DRIVER_SCAN_MAX_PARTS = 512
+"""Up to this many parts are scanned on the driver (threads); past it, by Ray tasks."""
+
+
+def _retryable_mask(table: pa.Table, every_error: bool) -> pa.Array:
+    if every_error:
+        return pc.is_valid(table.column(ERROR))
+    if ERROR_KIND not in table.column_names:  # written before error kinds: permanent
+        return pa.array([False] * len(table))
+    return pc.fill_null(pc.equal(table.column(ERROR_KIND), TRANSIENT), False)
+
+
+def _error_free(meta: pq.FileMetaData) -> bool:
+    """True when the part's statistics say its ``error`` column is all null."""
+    names = meta.schema.names
+    if ERROR not in names:
+        return True
+    index = names.index(ERROR)
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(index).statistics
+        if stats is None or stats.null_count != meta.row_group(g).num_rows:
+            return False
+    return True
+
+
+RETRY, DAMAGED, CLEAN = "retry", "damaged", "clean"
+
+
+def scan_part(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> tuple[str, str]:
+    """``(RETRY | DAMAGED | CLEAN, why)`` of a committed part: whether it holds a row to score
+    again, or cannot be read at all (truncated, zero bytes: why says what Arrow said)."""
+    meta, why = open_part(fs, part)
+    if meta is None:
+        return DAMAGED, why
+    if _error_free(meta):
+        return CLEAN, ""
+    try:
+        with fs.open(part, "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            columns = [c for c in (ERROR, ERROR_KIND) if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        return DAMAGED, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return (RETRY if pc.any(_retryable_mask(table, every_error)).as_py() else CLEAN), ""
+
+
+def drop_retryable(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> int:
+    """Rewrite ``part`` without its retryable rows (atomically, metadata kept; removed when
+    none are left); returns how many rows were cut out."""
+    with fs.open(part, "rb") as fh:
+        table = pq.read_table(fh)
+    keep = pc.invert(_retryable_mask(table, every_error))
+    kept = table.filter(keep)
+    dropped = len(table) - len(kept)
+    if not dropped:
+        return 0
+    if not len(kept):
+        fs.rm(part)
+        return dropped
+    buffer = io.BytesIO()
+    pq.write_table(kept, buffer)
+    if is_local(fs):
+        tmp = f"{part.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.parquet"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(buffer.getvalue())
+        os.replace(tmp, part)
+    else:
+        fs.pipe(part, buffer.getvalue())
+    return dropped
+
+
+def _scan(batch: dict[str, Any], storage_options: dict[str, Any], every_error: bool):
+    from vqpipe.io.fs import url_to_fs
+
+    paths = [str(p) for p in batch["part"]]
+    fs = url_to_fs(paths[0], storage_options)[0] if paths else None
+    found = [(p, *scan_part(fs, url_to_fs(p, storage_options)[1], every_error)) for p in paths]
+    found = [f for f in found if f[1] != CLEAN]  # only the few parts to act on come back
+    return {
+        "part": [f[0] for f in found],
+        "state": [f[1] for f in found],
+        "why": [f[2] for f in found],
+    }
+
+
+def scan_parts(
+    fs: fsspec.AbstractFileSystem,
+    parts: list[str],
+    every_error: bool,
+    output: str,
+    storage_options: dict[str, Any] | None,
+) -> tuple[list[str], dict[str, str]]:
+    """The committed parts that hold rows to score again, and the damaged ones (with why)."""
+    if len(parts) <= DRIVER_SCAN_MAX_PARTS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            found = list(pool.map(lambda p: scan_part(fs, p, every_error), parts))
+        states = dict(zip(parts, found, strict=True))
+    else:
+        import ray
+
+        from vqpipe.io.sources import join_uri
+
+        uris = [join_uri(fs, p, output) for p in parts]  # the tasks open them by URI
+        ds = ray.data.from_items([{"part": u} for u in uris])
+        ds = ds.map_batches(
+            _scan,
+            fn_kwargs={"storage_options": storage_options or {}, "every_error": every_error},
+            batch_size=64,
+            num_cpus=0.25,
+        )
+        back = dict(zip(uris, parts, strict=True))
+        states = {back[str(r["part"])]: (str(r["state"]), str(r["why"])) for r in ds.iter_rows()}
+    retry = sorted(p for p, (state, _) in states.items() if state == RETRY)
+    damaged = {p: why for p, (state, why) in sorted(states.items()) if state == DAMAGED}
+    return retry, damaged
