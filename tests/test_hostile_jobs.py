@@ -426,3 +426,29 @@ def test_a_uri_in_several_manifest_shards_is_scored_once(ray_local, tmp_path):
     table = read_quality_table(str(out))
     assert sorted(table["uri"]) == sorted(uris) and table["uri"].is_unique
     assert json.loads((out / "_job.json").read_text())["summary"]["duplicates_dropped"] == 2
+
+
+def test_store_errors_are_told_transient_or_permanent():
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    from vqpipe.io.fs import is_transient
+    from vqpipe.io.reading import ReadError, ReadTimeoutError
+
+    wrapped = OSError("read failed")
+    wrapped.__cause__ = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    for exc in (
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        ConnectionClosedError(endpoint_url="http://127.0.0.1:1"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        ReadTimeoutError("read timed out after 5 s"),
+        RuntimeError("503 Service Unavailable"),
+        wrapped,
+    ):
+        assert is_transient(exc), exc
+    for exc in (
+        FileNotFoundError("gone"),
+        PermissionError("denied"),
+        ReadError("not a regular file (fifo)"),
+        ValueError("cannot identify image"),
+    ):
+        assert not is_transient(exc), exc

@@ -24,6 +24,10 @@ class ReadError(OSError):
     """An input that is not read: not a regular file, too big, too slow."""
 
 
+class ReadTimeoutError(ReadError, TimeoutError):
+    """A read past its wall-clock limit: transient (a rerun tries again)."""
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "fifo"),
@@ -55,7 +59,7 @@ def _read_stream(
         if max_bytes is not None and total > max_bytes:
             raise ReadError(f"file has more than {max_bytes} bytes, the --max-bytes limit")
         if deadline is not None and time.monotonic() > deadline:
-            raise ReadError(f"read timed out after {timeout:g} s ({total} bytes read)")
+            raise ReadTimeoutError(f"read timed out after {timeout:g} s ({total} bytes read)")
 
 
 def _read_local(

@@ -141,6 +141,7 @@ def decode_batch(
                 del data
         except ReadError as exc:
             errors[i] = f"read: {exc}"
+            kinds[i] = TRANSIENT if is_transient(exc) else None
         except FileNotFoundError as exc:
             errors[i] = f"read: not found: {exc}"
         except PermissionError as exc:
