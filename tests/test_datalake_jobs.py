@@ -105,6 +105,8 @@ def _hf_parquet(path: Path) -> None:
             "image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
             "caption": [f"caption {i}" for i in range(6)],
             "id": [f"row-{i}" for i in range(6)],
+            "width": [9999] * 6,  # HF datasets often hold these: they must not become ours
+            "brightness_score": ["not a score"] * 6,
         }
     )
     pq.write_table(table, path, row_group_size=2)
@@ -130,6 +132,9 @@ def test_parquet_with_image_bytes(ray_local, tmp_path):
     )
     assert table["uri"].tolist() == [f"{lake}/train-00000.parquet#row-{i}" for i in range(6)]
     assert "image" not in table.columns and "data" not in table.columns
+    assert table["input_width"].tolist() == [9999] * 6  # carried under the input_ prefix
+    assert table.loc["row-0", "width"] == 32 and table["input_brightness_score"].notna().all()
+    assert table.loc[[f"row-{i}" for i in range(4)], "brightness_score"].notna().all()
 
 
 def test_directory_of_manifest_shards_with_a_url_column(ray_local, tmp_path):

@@ -109,11 +109,11 @@ def test_img2dataset_rows_keyed_by_key_column(img2dataset_file):
     assert [r["key"] for r in records] == ["000000000", "000000001", "000000002"]
     assert records[1]["uri"] == f"{img2dataset_file}#000000001"
     assert records[1]["url"] == "https://example.com/1.jpg" and records[1]["caption"] == "b"
-    assert "source_error" in records[1] and records[1]["error"] is None
-    assert "source_key" not in records[1]  # the key column became `key`
+    assert "input_error" in records[1] and records[1]["error"] is None
+    assert "input_key" not in records[1]  # the key column became `key`
     by_url = list(iter_parquet_media(str(img2dataset_file), key_column="url"))
     assert by_url[0]["uri"] == f"{img2dataset_file}#https://example.com/0.jpg"
-    assert by_url[0]["source_key"] == "000000000"
+    assert by_url[0]["input_key"] == "000000000"
 
 
 def test_batches_typed_and_bounded_by_batch_rows(hf_file):

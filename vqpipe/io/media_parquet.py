@@ -18,15 +18,16 @@ Record contract (every key always present; other columns of the file carried as 
 - ``error``: None or ``"read: …"`` (null media bytes, empty bytes, over ``max_bytes``, unknown
   media type, null or repeated key, unreadable file).
 
-A carried column whose name is one of the record's own (``uri``, ``data``, …) is renamed
-``source_<name>``. When the file cannot be read (not Parquet, no media column, a damaged row
+A carried column whose name is one of the record's own (``uri``, ``data``, …) or one of the
+job's output columns (``reserved``: ``width``, ``<scorer>_score``, …) is renamed
+``input_<name>``. When the file cannot be read (not Parquet, no media column, a damaged row
 group), one record with ``key = "@<row>"`` (the first row not read) carries the error after the
 records read before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 
 from vqpipe.io.records import describe, open_input
 from vqpipe.io.sources import media_type_from_name, sniff_media_type
+from vqpipe.pipeline.schema import CARRIED_PREFIX
 
 IMAGE_COLUMN_NAMES = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "image", "img", "image_bytes"}
@@ -121,10 +123,13 @@ def _media_type(head: bytes, path: str | None, hint: str | None) -> str | None:
     return kind or hint
 
 
-def _carried(schema: pa.Schema, column: str, key_column: str | None) -> list[tuple[str, str]]:
-    """``(name in the file, name in the record)`` of the carried columns."""
+def _carried(
+    schema: pa.Schema, column: str, key_column: str | None, reserved: Collection[str]
+) -> list[tuple[str, str]]:
+    """``(name in the file, name in the record)`` of the carried columns: a name of ours (a
+    record field or in ``reserved``, the job's output columns) gets the ``input_`` prefix."""
     return [
-        (name, f"source_{name}" if name in PARQUET_TYPES else name)
+        (name, CARRIED_PREFIX + name if name in PARQUET_TYPES or name in reserved else name)
         for name in schema.names
         if name != column and not (name == key_column == "key")
     ]
@@ -147,6 +152,7 @@ def _convert(
     key_column: str | None,
     max_bytes: int | None,
     seen: set[str],
+    reserved: Collection[str],
 ) -> pa.Table:
     n = batch.num_rows
     media = batch.column(column)
@@ -208,7 +214,7 @@ def _convert(
         "media_path": pa.array(paths, pa.string()),
         "error": pa.array(errors, pa.string()),
     }
-    for name, out in _carried(batch.schema, column, key_column):
+    for name, out in _carried(batch.schema, column, key_column, reserved):
         columns[out] = batch.column(name)
     return pa.table(columns)
 
@@ -221,9 +227,11 @@ def iter_parquet_media_batches(
     key_column: str | None = None,
     batch_rows: int = 256,
     max_bytes: int | None = None,
+    reserved: Collection[str] = (),
 ) -> Iterator[pa.Table]:
     """Arrow tables of at most ``batch_rows`` records of one Parquet file with media bytes
-    (contract in the module docstring)."""
+    (contract in the module docstring); carried columns named in ``reserved`` get the
+    ``input_`` prefix."""
     shard = str(file_uri)
     row = 0
     carried: list[pa.Field] = []
@@ -243,7 +251,7 @@ def iter_parquet_media_batches(
                 key_column = "key"
             carried = [
                 pa.field(out, schema.field(name).type)
-                for name, out in _carried(schema, column, key_column)
+                for name, out in _carried(schema, column, key_column, reserved)
             ]
             seen: set[str] = set()
             for batch in parquet.iter_batches(batch_size=batch_rows):
@@ -255,6 +263,7 @@ def iter_parquet_media_batches(
                     key_column=key_column,
                     max_bytes=max_bytes,
                     seen=seen,
+                    reserved=reserved,
                 )
                 row += batch.num_rows
                 yield table

@@ -30,6 +30,8 @@ PERMANENT = "permanent"
 MEDIA_COLUMNS = (WIDTH, HEIGHT, DURATION, FRAMES)
 """What the decode stage adds to every row."""
 
+CARRIED_PREFIX = "input_"
+"""``input_<name>``: a carried input column whose name is one of the table's own columns."""
 INPUT_PREFIX = "_input_"
 """``_input_<column>``: a scorer's preprocessed arrays in transit (never written)."""
 RUNTIME_PREFIX = "_runtime_"

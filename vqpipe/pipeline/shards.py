@@ -30,7 +30,15 @@ import pyarrow.compute as pc
 
 from vqpipe.io.fs import is_transient
 from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
-from vqpipe.pipeline.schema import BYTES, ERROR, ERROR_KIND, MEDIA_TYPE, TRANSIENT, URI
+from vqpipe.pipeline.schema import (
+    BYTES,
+    CARRIED_PREFIX,
+    ERROR,
+    ERROR_KIND,
+    MEDIA_TYPE,
+    TRANSIENT,
+    URI,
+)
 
 PART = "_part"
 """Column in transit: the name of the fragment (output part) a row belongs to."""
@@ -541,7 +549,7 @@ def carry_columns(
     ``input_<name>``."""
     for name in carried.column_names:
         taken = name in columns or name in reserved or name in (DATA, PART) or name[0] == "_"
-        columns[f"input_{name}" if taken else name] = carried.column(name)
+        columns[CARRIED_PREFIX + name if taken else name] = carried.column(name)
     return columns
 
 
@@ -637,6 +645,7 @@ def _shard_tables(
             key_column=options.get("key_column"),
             batch_rows=options["rows"],
             max_bytes=options["max_bytes"],
+            reserved=frozenset(options.get("reserved", ())),
         )
     return _manifest_tables(shard, options, storage_options)
 
