@@ -15,6 +15,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vqpipe.commands import COMMANDS
+from vqpipe.defaults import (
+    DECODE_TIMEOUT_S,
+    MAX_BYTES,
+    MAX_DURATION_S,
+    MAX_FRAMES,
+    MAX_PIXELS,
+    READ_TIMEOUT_S,
+)
 from vqpipe.errors import JobError, UserError
 
 
@@ -427,41 +435,44 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--video-fps", type=float, default=1.0, help="frames sampled per second (default: 1)"
     )
     parser.add_argument(
-        "--max-frames", type=int, default=32, help="frames per video at most (default: 32)"
+        "--max-frames",
+        type=int,
+        default=MAX_FRAMES,
+        help="frames per video at most (default: %(default)s)",
     )
     parser.add_argument(
         "--max-bytes",
         type=int,
-        default=512 * 1024**2,
-        help="bytes per input file at most (default: 512 MiB)",
+        default=MAX_BYTES,
+        help=f"bytes per input file at most (default: {MAX_BYTES // 2**20} MiB)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=178_956_970,
-        help="pixels per image at most (default: %(default)s)",
+        default=MAX_PIXELS,
+        help="pixels per image or video frame at most (default: %(default)s)",
     )
     parser.add_argument(
         "--max-duration",
         type=float,
-        default=4 * 3600.0,
-        help="video seconds at most (default: 4 h)",
+        default=MAX_DURATION_S,
+        help=f"video seconds at most (default: {MAX_DURATION_S / 3600:g} h)",
     )
     parser.add_argument(
         "--read-timeout",
         type=float,
-        default=300.0,
+        default=READ_TIMEOUT_S,
         metavar="SECONDS",
         help="wall clock to read one input's bytes; past it the input is an error row "
-        "(default: 300)",
+        "(default: %(default)g)",
     )
     parser.add_argument(
         "--decode-timeout",
         type=float,
-        default=120.0,
+        default=DECODE_TIMEOUT_S,
         metavar="SECONDS",
         help="wall clock per video decoder (decord, then PyAV) in its subprocess; past it the "
-        "decoder is killed and the next one tried (default: 120)",
+        "decoder is killed and the next one tried (default: %(default)g)",
     )
     parser.add_argument(
         "--root",

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from vqpipe.defaults import MAX_BYTES, MAX_PIXELS
+
 EPILOG = """\
 examples:
   vqpipe compare pairs.parquet --out ./prefs
@@ -74,13 +76,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--max-bytes",
         type=int,
-        default=512 * 1024**2,
-        help="bytes per image file at most (default: 512 MiB)",
+        default=MAX_BYTES,
+        help=f"bytes per image file at most (default: {MAX_BYTES // 2**20} MiB)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=178_956_970,
+        default=MAX_PIXELS,
         help="pixels per image at most (default: %(default)s)",
     )
     parser.add_argument(

@@ -15,6 +15,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageSequence
 
+from vqpipe.defaults import (
+    DECODE_TIMEOUT_S,
+    MAX_BYTES,
+    MAX_DURATION_S,
+    MAX_FRAMES,
+    MAX_PIXELS,
+    READ_TIMEOUT_S,
+)
 from vqpipe.media.image import to_rgb
 
 
@@ -26,12 +34,12 @@ class MediaError(ValueError):
 class MediaLimits:
     """Input limits; ``None`` disables one."""
 
-    max_bytes: int | None = 512 * 1024 * 1024
-    max_pixels: int | None = 178_956_970  # Pillow's own decompression-bomb threshold (2x warn)
-    max_frames: int = 32  # frames sampled per video (evenly spread when the video is longer)
-    max_duration_s: float | None = 4 * 3600.0
-    read_timeout_s: float | None = 300.0  # wall clock to fetch one input's bytes
-    decode_timeout_s: float | None = 120.0  # wall clock per video decoder try (subprocess)
+    max_bytes: int | None = MAX_BYTES
+    max_pixels: int | None = MAX_PIXELS
+    max_frames: int = MAX_FRAMES  # frames sampled per video (evenly spread when longer)
+    max_duration_s: float | None = MAX_DURATION_S
+    read_timeout_s: float | None = READ_TIMEOUT_S  # wall clock to fetch one input's bytes
+    decode_timeout_s: float | None = DECODE_TIMEOUT_S  # per video decoder try (subprocess)
 
 
 @dataclass(frozen=True)
