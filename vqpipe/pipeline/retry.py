@@ -19,9 +19,6 @@ scanned by Ray tasks, never row by row on the driver.
 
 from __future__ import annotations
 
-import io
-import os
-import uuid
 from typing import Any
 
 import fsspec
@@ -29,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vqpipe.io.fs import is_local
 from vqpipe.pipeline.damaged import open_part
 from vqpipe.pipeline.schema import ERROR, ERROR_KIND, TRANSIENT
+from vqpipe.pipeline.shards import write_part
 
 DRIVER_SCAN_MAX_PARTS = 512
 """Up to this many parts are scanned on the driver (threads); past it, by Ray tasks."""
@@ -92,15 +89,7 @@ def drop_retryable(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) 
     if not len(kept):
         fs.rm(part)
         return dropped
-    buffer = io.BytesIO()
-    pq.write_table(kept, buffer)
-    if is_local(fs):
-        tmp = f"{part.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.parquet"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, part)
-    else:
-        fs.pipe(part, buffer.getvalue())
+    write_part(fs, part, kept)
     return dropped
 
 
