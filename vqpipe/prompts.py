@@ -7,3 +7,29 @@ QALIGN_TASKS: dict[str, tuple[str, str]] = {
     "video": ("quality", "video"),
 }
 """Q-Align task → (what is rated, what the input is called) in the official prompt."""
+
+# Gamma's level prompts (the model's text side lives in vqpipe.models.gamma)
+PROMPT_LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
+BASE_PROMPTS: tuple[str, ...] = tuple(f"{level} image" for level in PROMPT_LEVELS)
+"""The naive prompts of Gamma (Sec. 3.2), used with ``scene=None`` / ``"generic"``."""
+
+SCENES: dict[str, tuple[str, str]] = {
+    "natural-quality": ("natural", "quality"),
+    "ai-generated-quality": ("AI-generated", "quality"),
+    "face-quality": ("face", "quality"),
+    "underwater-quality": ("underwater", "quality"),
+    "natural-aesthetics": ("natural", "aesthetics"),
+}
+"""Scene-based differential prompts (paper Appendix A.4): ``"{scene} {level}-{kind} image"``."""
+
+
+def scene_prompts(scene: str | None) -> tuple[str, ...]:
+    """The five level prompts of ``scene`` (``None`` or ``"generic"``: the naive prompts)."""
+    if scene is None or scene == "generic":
+        return BASE_PROMPTS
+    try:
+        where, kind = SCENES[scene]
+    except KeyError:
+        known = ", ".join(["generic", *SCENES])
+        raise ValueError(f"unknown Gamma scene {scene!r}; choose one of: {known}") from None
+    return tuple(f"{where} {level}-{kind} image" for level in PROMPT_LEVELS)

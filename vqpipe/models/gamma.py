@@ -28,21 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqpipe.prompts import BASE_PROMPTS, PROMPT_LEVELS, SCENES, scene_prompts  # noqa: F401
+
 CONFIG_DIR = Path(__file__).with_name("clip_configs")
 open_clip.add_model_config(CONFIG_DIR)  # our reduced configs (the bundled demo model)
-
-PROMPT_LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
-BASE_PROMPTS: tuple[str, ...] = tuple(f"{level} image" for level in PROMPT_LEVELS)
-"""The naive prompts of Gamma (Sec. 3.2), used with ``scene=None`` / ``"generic"``."""
-
-SCENES: dict[str, tuple[str, str]] = {
-    "natural-quality": ("natural", "quality"),
-    "ai-generated-quality": ("AI-generated", "quality"),
-    "face-quality": ("face", "quality"),
-    "underwater-quality": ("underwater", "quality"),
-    "natural-aesthetics": ("natural", "aesthetics"),
-}
-"""Scene-based differential prompts (paper Appendix A.4): ``"{scene} {level}-{kind} image"``."""
 
 DATASET_SCENES: dict[str, str] = {
     **dict.fromkeys(
@@ -59,18 +48,6 @@ DATASET_SCENES: dict[str, str] = {
 INITIAL_SCORE_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def scene_prompts(scene: str | None) -> tuple[str, ...]:
-    """The five level prompts of ``scene`` (``None`` or ``"generic"``: the naive prompts)."""
-    if scene is None or scene == "generic":
-        return BASE_PROMPTS
-    try:
-        where, kind = SCENES[scene]
-    except KeyError:
-        known = ", ".join(["generic", *SCENES])
-        raise ValueError(f"unknown Gamma scene {scene!r}; choose one of: {known}") from None
-    return tuple(f"{where} {level}-{kind} image" for level in PROMPT_LEVELS)
 
 
 def scene_for_dataset(dataset: str) -> str:

@@ -71,7 +71,7 @@ from vqpipe.pipeline.stages import (
     score_stage,
     write_stage,
 )
-from vqpipe.pipeline.validate import check_cluster_resources, validate_job
+from vqpipe.pipeline.validate import check_checkpoints, check_cluster_resources, validate_job
 
 log = logging.getLogger(__name__)
 BUNDLED_DEMO = "bundled-demo"
@@ -488,7 +488,7 @@ def run_job(
     """
     notice = notice or log.warning
     started = time.perf_counter()
-    validate_job(config)
+    validate_job(config, checkpoints=False)  # those load model code: only when there is work
     signature = {
         "vqpipe": vqpipe.__version__,
         "scorers": [scorer_signature(s, config.storage_options) for s in config.scorers],
@@ -687,6 +687,8 @@ def _run_locked(
     work = plan_work(config, kind, sig, parts, retry)
     if damaged:
         work.summary["parts_quarantined"] = len(damaged)
+    if work.source:
+        check_checkpoints(config)
     if not config.resume:
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []

@@ -3,9 +3,11 @@
 :func:`validate_job` runs before Ray starts and creates nothing: scorer names (with "did you
 mean"), option keys and values, duplicate output columns, the input, the output's
 writability, each checkpoint (present and of a loadable kind, from its header), each
-preprocessor. :func:`check_cluster_resources` runs once Ray is up, before the dataset is
-built: a pool that asks for more GPUs (or CPUs) per actor than any node has, on a cluster with
-no autoscaler that could add such a node, would otherwise wait forever.
+preprocessor. The last two (:func:`check_checkpoints`) load model code; a scoring job runs
+them only once it knows it has work, so a resume with nothing left imports no torch.
+:func:`check_cluster_resources` runs once Ray is up, before the dataset is built: a pool that
+asks for more GPUs (or CPUs) per actor than any node has, on a cluster with no autoscaler that
+could add such a node, would otherwise wait forever.
 """
 
 from __future__ import annotations
@@ -160,8 +162,16 @@ def check_output(config: JobConfig) -> None:
         raise storage_error(exc, f"output {config.output} (writing)") from None
 
 
-def validate_job(config: JobConfig) -> None:
-    """Every check that needs no Ray; raises :class:`UserError` for the first problem."""
+def check_checkpoints(config: JobConfig) -> None:
+    """Each pool's checkpoint and preprocessor (:func:`check_checkpoint`): the checks that load
+    model code (torch, open_clip), so a job runs them only when it has work to do."""
+    for spec in config.scorers:
+        check_checkpoint(spec, spec.scorer_class(), config.storage_options)
+
+
+def validate_job(config: JobConfig, checkpoints: bool = True) -> None:
+    """Every check that needs no Ray; raises :class:`UserError` for the first problem.
+    ``checkpoints=False`` leaves out :func:`check_checkpoints` (the caller runs it later)."""
     columns: dict[str, str] = {}
     classes = []
     for spec in config.scorers:
@@ -187,8 +197,9 @@ def validate_job(config: JobConfig) -> None:
             raise UserError(f"{name} must be positive (got {value})")
     check_input(config)
     check_output(config)
-    for spec, cls in zip(config.scorers, classes, strict=True):
-        check_checkpoint(spec, cls, config.storage_options)
+    if checkpoints:
+        for spec, cls in zip(config.scorers, classes, strict=True):
+            check_checkpoint(spec, cls, config.storage_options)
 
 
 def autoscaler_can_add_nodes() -> bool:

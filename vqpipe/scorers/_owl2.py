@@ -6,21 +6,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
-from vqpipe.models.mplug_owl2 import (
-    MPLUGOwl2Config,
-    MPLUGOwl2ForCausalLM,
-    MPLUGOwl2ImageProcessor,
-    PromptTokenizer,
-    resolve_model_dir,
-)
 from vqpipe.scoring.base import Scorer
+
+if TYPE_CHECKING:  # torch and the model load where the model is built or run
+    import torch
+
+    from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM, MPLUGOwl2ImageProcessor
 
 
 def _read_checkpoint_json(
@@ -49,6 +46,8 @@ def checkpoint_processor(
     checkpoint: str | os.PathLike, storage_options: dict[str, Any] | None = None
 ) -> MPLUGOwl2ImageProcessor:
     """The image processor of a checkpoint, reading only its JSON files."""
+    from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ImageProcessor
+
     config = _read_checkpoint_json(checkpoint, "config.json", storage_options) or {}
     size = MPLUGOwl2Config.from_dict(config).vision.image_size
     data = _read_checkpoint_json(checkpoint, "preprocessor_config.json", storage_options)
@@ -80,6 +79,13 @@ class Owl2Scorer(Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
     ) -> None:
+        from vqpipe.models.mplug_owl2 import (
+            MPLUGOwl2ForCausalLM,
+            MPLUGOwl2ImageProcessor,
+            PromptTokenizer,
+            resolve_model_dir,
+        )
+
         source = os.fspath(checkpoint) if checkpoint is not None else self.default_hub_id
         super().__init__(source, device, dtype)
         self.storage_options = storage_options
@@ -114,6 +120,8 @@ class Owl2Scorer(Scorer):
     def word_ids(self, words: tuple[str, ...], single: bool = False) -> torch.Tensor:
         """The official ids of ``words``: each word's first piece (``single``: assert the word
         is one piece)."""
+        import torch
+
         ids = []
         for word in words:
             pieces = self.tokenizer.encode(word)
@@ -124,6 +132,8 @@ class Owl2Scorer(Scorer):
 
     def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""
+        import torch
+
         x = torch.as_tensor(pixels)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)

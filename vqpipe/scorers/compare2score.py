@@ -24,18 +24,22 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.io.checkpoints import default_cache_dir
-from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
-from vqpipe.models.mplug_owl2.llama import KVCache
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.anchors import AnchorSet, check_anchor_matrix, load_anchor_set
+from vqpipe.scoring.base import inference_mode
 from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
 from vqpipe.scoring.thurstone import thurstone_map
+
+if TYPE_CHECKING:  # torch and the model load where the model is built or run
+    import torch
+
+    from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
+    from vqpipe.models.mplug_owl2.llama import KVCache
 
 DEFAULT_CHECKPOINT = "q-future/Compare2Score"
 COMPARE_PROMPT = (
@@ -209,6 +213,10 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
     ) -> None:
+        import torch
+
+        from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
+
         super().__init__(checkpoint, device, dtype, storage_options, model)
         self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
         self.prefix_cache = prefix_cache
@@ -231,7 +239,7 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         return None if key is None else [*key, COMPARE_PROMPT]
 
     # ------------------------------------------------------------------ comparisons
-    @torch.inference_mode()
+    @inference_mode
     def comparison_logits(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits of the five comparison words for every (test image, anchor) pair, [B, m, 5]
         (test image second, anchor first, as the official prompt)."""
@@ -247,7 +255,7 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
             logits = self._logits_of_pairs(anchors.repeat(b, 1, 1), second)
         return logits.view(b, m, -1)
 
-    @torch.inference_mode()
+    @inference_mode
     def pair_logits(
         self, images: Sequence[np.ndarray] | np.ndarray, first: Sequence[int], second: Sequence[int]
     ) -> torch.Tensor:
@@ -255,6 +263,8 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         ``images[first[n]]`` first and ``images[second[n]]`` second (the word says how the
         second compares with the first). Each image goes through the vision tower once; the
         prefix KV cache (``[BOS] USER: <first> ␣``) is computed once per distinct first image."""
+        import torch
+
         feats = self.model.encode_images(self.to_input(np.stack(images)))  # [U, T, D]
         idx_first = torch.as_tensor(np.asarray(first, np.int64), device=self.device)
         idx_second = torch.as_tensor(np.asarray(second, np.int64), device=self.device)
@@ -267,6 +277,8 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
 
     def _prefix_cache(self, first: torch.Tensor) -> KVCache:
         """KV cache of ``[BOS] USER: <first image> ␣`` for each row of ``first`` [F, T, D]."""
+        import torch
+
         model, device = self.model, self.device
         embed = model.model.embed_tokens
         f, t, _ = first.shape
@@ -280,6 +292,8 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     def _logits_after_prefix(self, past: KVCache, second: torch.Tensor) -> torch.Tensor:
         """Word logits [R, 5] of ``<second image> tail`` after the prefix caches ``past`` (one
         per row of ``second`` [R, T, D])."""
+        import torch
+
         rows, t, _ = second.shape
         tail = self.model.model.embed_tokens(self.tail_ids)
         new = torch.cat([second, tail[None].expand(rows, -1, -1)], 1)
@@ -296,6 +310,8 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
 
     def _logits_of_pairs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """Word logits [R, 5] of full two-image sequences (``first``, ``second``: [R, T, D])."""
+        import torch
+
         model, device = self.model, self.device
         embed = model.model.embed_tokens
         rows, t, _ = second.shape

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
 from vqpipe.scorers.anchors import AnchorSet
 from vqpipe.scorers.compare2score import AnchorComparison
-from vqpipe.scoring.base import Scorer
+from vqpipe.scoring.base import Scorer, inference_mode
 from vqpipe.scoring.comparison import COMPARISON_LEVELS
+
+if TYPE_CHECKING:
+    import torch
 
 QUESTION = "Compared with the first image, what is your quality rating for second image?"
 ANSWER_PREFIX = "The quality of the second image is"
@@ -67,6 +69,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         cache_dir: str | os.PathLike | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
+        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if checkpoint is None:
@@ -125,14 +128,14 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     def anchor_inputs(self) -> list[Image.Image]:
         return self._anchor_images
 
-    @torch.inference_mode()
+    @inference_mode
     def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
         """[B, m, 5] logits of the comparison words; anchor first, test image second."""
         tests = [_pil(im) for im in inputs]
         pairs = [(a, t) for t in tests for a in self._anchor_images]
         return self._logits_of_pairs(pairs).view(len(tests), len(self._anchor_images), -1)
 
-    @torch.inference_mode()
+    @inference_mode
     def pair_logits(
         self, images: Sequence[Any], first: Sequence[int], second: Sequence[int]
     ) -> torch.Tensor:
@@ -145,6 +148,8 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     def _logits_of_pairs(self, pairs: Sequence[tuple[Image.Image, Image.Image]]) -> torch.Tensor:
         """[N, 5]: the answer position's word logits of (first, second) image pairs, in
         forwards of ``pairs_per_forward``."""
+        import torch
+
         rows = []
         for start in range(0, len(pairs), self.pairs_per_forward):
             chunk = pairs[start : start + self.pairs_per_forward]

@@ -7,20 +7,21 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import open_clip
-import torch
 from PIL import Image
-from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from vqpipe.io.checkpoints import checkpoint_identity, read_safetensors_metadata
 from vqpipe.media.image import is_extreme, resize_crop_bounded, to_rgb
-from vqpipe.models.gamma import PROMPT_LEVELS, GammaConfig, GammaModel, MoAEMLP, scene_prompts
-from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY, load_gamma
+from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.inputs import Item
+
+if TYPE_CHECKING:  # torch, open_clip and torchvision load where a model is built or run
+    import torch
+
+    from vqpipe.models.gamma import GammaModel
 
 
 class GammaPreprocessor:
@@ -28,6 +29,8 @@ class GammaPreprocessor:
     (shortest side → S, bicubic, centre crop). Picklable, no model needed."""
 
     def __init__(self, image_size: int) -> None:
+        from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
         self.image_size = int(image_size)
         self._resize = Resize(self.image_size, interpolation=InterpolationMode.BICUBIC)
         self._crop = CenterCrop(self.image_size)
@@ -47,6 +50,11 @@ def checkpoint_image_size(
 ) -> int:
     """Input size of a Gamma checkpoint without loading it: the config stored in our
     safetensors header (read over fsspec), else ViT-B/16's 224."""
+    import open_clip
+
+    from vqpipe.models.gamma import GammaConfig  # also registers our reduced CLIP configs
+    from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY
+
     source = os.fspath(checkpoint) if checkpoint is not None else str(demo_checkpoint())
     config = GammaConfig()
     if source.endswith(".safetensors"):
@@ -89,6 +97,11 @@ class GammaScorer(Scorer):
         storage_options: dict[str, Any] | None = None,
         model: GammaModel | None = None,
     ) -> None:
+        import torch
+
+        from vqpipe.models.gamma import MoAEMLP
+        from vqpipe.models.gamma_checkpoint import load_gamma
+
         super().__init__(None if checkpoint is None else os.fspath(checkpoint), device, dtype)
         scene_prompts(scene)  # validates the scene name early
         self.scene = scene
@@ -111,6 +124,8 @@ class GammaScorer(Scorer):
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
+        import torch
+
         return self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
 
     @classmethod
@@ -141,6 +156,8 @@ class GammaScorer(Scorer):
 
     def pixels_to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] → normalised float input on the scorer's device."""
+        import torch
+
         x = torch.as_tensor(pixels)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -150,6 +167,8 @@ class GammaScorer(Scorer):
         return x
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         x = self.pixels_to_input(batch["pixels"])
         scenes = batch.get("scene")
         scenes = self.scene if scenes is None else [str(s) for s in scenes]

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.scoring.comparison import soft_comparison
+
+if TYPE_CHECKING:
+    import torch
 
 PAIR_OUTPUTS = (
     "p_b_better_ab",
@@ -48,6 +50,8 @@ def pair_outputs(
     logits_ab: torch.Tensor, logits_ba: torch.Tensor, temperature: float
 ) -> dict[str, np.ndarray]:
     """The outputs of :data:`PAIR_OUTPUTS` from the five word logits of each order [N, 5]."""
+    import torch
+
     p_ab = np.asarray(soft_comparison(logits_ab, temperature=temperature).cpu(), np.float64)
     p_a_better = np.asarray(soft_comparison(logits_ba, temperature=temperature).cpu(), np.float64)
     p_ba = 1.0 - p_a_better

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
-from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX, MPLUGOwl2ForCausalLM
-from vqpipe.models.mplug_owl2.llama import KVCache
 from vqpipe.prompts import QALIGN_TASKS
 from vqpipe.scorers._owl2 import Owl2Scorer
+from vqpipe.scoring.base import inference_mode
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
+
+if TYPE_CHECKING:  # torch and the model load where the model is built or run
+    import torch
+
+    from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
+    from vqpipe.models.mplug_owl2.llama import KVCache
 
 DEFAULT_CHECKPOINT = "q-future/one-align"
 TASKS = QALIGN_TASKS  # task → (what is rated, what the input is called) in the official prompt
@@ -72,6 +76,10 @@ class QAlignScorer(Owl2Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
     ) -> None:
+        import torch
+
+        from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
+
         super().__init__(checkpoint, device, dtype, storage_options, model)
         self.task = task
         self.prompt = qalign_prompt(task)
@@ -154,11 +162,13 @@ class QAlignScorer(Owl2Scorer):
     def _cap(self, frames: np.ndarray) -> np.ndarray:
         return frames[even_subset(len(frames), self.max_frames)]
 
-    @torch.inference_mode()
+    @inference_mode
     def level_logits(
         self, pixels: np.ndarray | torch.Tensor, frames: Sequence[int]
     ) -> torch.Tensor:
         """Logits of the five level words (bad..excellent) at the last position, [B, 5]."""
+        import torch
+
         model, device = self.model, self.device
         feats = model.encode_images(self.to_input(pixels))  # [N, tokens, D]
         per_item = [f.flatten(0, 1) for f in feats.split(list(frames), dim=0)]

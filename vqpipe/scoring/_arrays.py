@@ -6,18 +6,27 @@ tensor out (same device), anything else gives a numpy array (or a numpy scalar f
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def is_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)
+    """Whether ``x`` is a torch tensor (never true before torch is imported: no import here)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
-def as_float_tensor(x: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Convert to a floating tensor; half-precision tensors are upcast to ``dtype``."""
+def as_float_tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Convert to a floating tensor (``dtype`` default float64); half-precision tensors are
+    upcast to ``dtype``."""
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
     if isinstance(x, torch.Tensor):
         return x.to(dtype)
     return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
@@ -25,6 +34,8 @@ def as_float_tensor(x: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def like_input(result: torch.Tensor, original: Any) -> Any:
     """Return ``result`` as the same kind of array as ``original``."""
+    import torch
+
     if isinstance(original, torch.Tensor):
         out_dtype = original.dtype if original.is_floating_point() else torch.float32
         # Reduced-precision inputs get float32 results: probabilities and scores should

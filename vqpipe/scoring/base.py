@@ -17,18 +17,39 @@ tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), and chain the t
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-import torch
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.scoring.inputs import Item, as_items
 
+if TYPE_CHECKING:
+    import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def inference_mode(fn: F) -> F:
+    """``@torch.inference_mode()`` for a method, with torch imported on the first call (so
+    importing a scorer class imports no torch)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` → the first CUDA device when there is one, else the CPU."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -36,6 +57,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` → bfloat16 on CUDA, float32 elsewhere; strings like ``"bf16"`` are accepted."""
+    import torch
+
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):

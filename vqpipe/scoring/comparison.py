@@ -6,12 +6,14 @@ Compare" (NeurIPS 2024), Sec. 3.2 (pair labels) and Sec. 3.4 (soft comparison).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.scoring._arrays import as_float_tensor, like_input
+
+if TYPE_CHECKING:
+    pass
 
 COMPARISON_LEVELS: tuple[str, ...] = ("inferior", "worse", "similar", "better", "superior")
 """How the second (test) image compares with the first (anchor), worst first."""
@@ -64,6 +66,8 @@ def soft_comparison(level_logits: Any, temperature: float = 1.0) -> Any:
     ``w = (0, 0.25, 0.5, 0.75, 1)`` for (inferior, worse, similar, better, superior), over the
     last axis. The official Compare2Score release divides the logits by 100 (``temperature=100``).
     """
+    import torch
+
     if temperature <= 0:
         raise ValueError("soft_comparison: temperature must be > 0")
     logits = as_float_tensor(level_logits)

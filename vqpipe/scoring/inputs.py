@@ -27,13 +27,13 @@ import os
 from typing import Any, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vqpipe.io.fs import read_bytes
 from vqpipe.io.sources import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import JobConfig
+from vqpipe.scoring._arrays import is_tensor
 
 Item = Union[Image.Image, list[Image.Image]]  # noqa: UP007 — an image, or a video's frames
 """One normalised item: a PIL image, or the frames of one video."""
@@ -119,11 +119,11 @@ def _is_path(x: Any) -> bool:
 
 
 def _is_array(x: Any, ndims: tuple[int, ...]) -> bool:
-    return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim in ndims
+    return (isinstance(x, np.ndarray) or is_tensor(x)) and x.ndim in ndims
 
 
 def _describe(x: Any) -> str:
-    if isinstance(x, (np.ndarray, torch.Tensor)):
+    if isinstance(x, np.ndarray) or is_tensor(x):
         return f"a {x.ndim}-d {type(x).__name__} of shape {tuple(x.shape)}"
     name = f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
     return f"a value of type {name}"
@@ -133,7 +133,7 @@ def _image(x: Any) -> Image.Image:
     """A PIL image from a PIL image, an HW / HWC numpy array or a HW / CHW tensor."""
     if isinstance(x, Image.Image):
         return x
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         t = x.detach().cpu()
         if t.ndim == 3:
             if t.shape[0] not in (1, 3, 4):

@@ -6,12 +6,14 @@ Levels" (ICML 2024), Sec. 3.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vqpipe.scoring._arrays import as_float_tensor, like_input
+
+if TYPE_CHECKING:
+    import torch
 
 LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "excellent")
 """The five text-defined rating levels, worst first; level index i has score i + 1."""
@@ -54,6 +56,8 @@ def mos_to_level(mos: Any, low: Any, high: Any) -> np.ndarray:
 
 def level_probs(level_logits: Any) -> Any:
     """Closed-set softmax over the last axis (the five level logits, bad..excellent)."""
+    import torch
+
     logits = as_float_tensor(level_logits)
     _check_last_axis(logits, len(LEVELS), "level_probs")
     return like_input(torch.softmax(logits, dim=-1), level_logits)
@@ -66,6 +70,8 @@ def level_score(level_logits: Any) -> Any:
     the leading shape with values in ``[1, 5]``. The official HF scorer orders the words
     excellent..bad and weights them (5..1): the same number.
     """
+    import torch
+
     logits = as_float_tensor(level_logits)
     _check_last_axis(logits, len(LEVELS), "level_score")
     weights = torch.tensor(LEVEL_SCORES, dtype=logits.dtype, device=logits.device)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vqpipe.scoring.base import Scorer
+
+if TYPE_CHECKING:
+    import torch
 
 ENTRY_POINT_GROUP = "vqpipe.scorers"
 

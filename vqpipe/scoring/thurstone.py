@@ -7,16 +7,25 @@ damped Newton method in float64 (the official release runs 100 Adam steps instea
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vqpipe.scoring._arrays import as_float_tensor, like_input
 
+if TYPE_CHECKING:
+    import torch
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-_STEP_SIZES = 0.5 ** torch.arange(0, 31, dtype=torch.float64)  # backtracking candidates
 _ARMIJO = 1e-4
+
+
+@functools.cache
+def _step_sizes() -> torch.Tensor:
+    """Backtracking candidates 1, 1/2, ..., 2^-30 (built on first use: no torch at import)."""
+    import torch
+
+    return 0.5 ** torch.arange(0, 31, dtype=torch.float64)
 
 
 def thurstone_objective(q: Any, P: Any) -> Any:
@@ -42,6 +51,8 @@ def thurstone_map(P: Any, *, tol: float = 1e-10, max_iter: int = 100) -> Any:
     shape (n,) or (..., n), as numpy unless a torch tensor was given. Vectorised over the batch:
     each Newton step solves all systems at once, with a per-matrix Armijo line search.
     """
+    import torch
+
     p = as_float_tensor(P)
     if p.ndim < 2 or p.shape[-1] != p.shape[-2]:
         raise ValueError(f"thurstone_map: P must have shape (..., n, n), got {tuple(p.shape)}")
@@ -62,11 +73,15 @@ def _differences(q: torch.Tensor) -> torch.Tensor:
 
 
 def _objective(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    import torch
+
     log_cdf = torch.special.log_ndtr(_differences(q))
     return -(p * log_cdf).sum(dim=(-1, -2)) + 0.5 * (q * q).sum(dim=-1)
 
 
 def _newton(p: torch.Tensor, *, tol: float, max_iter: int) -> torch.Tensor:
+    import torch
+
     batch, n, _ = p.shape
     q = torch.zeros(batch, n, dtype=p.dtype, device=p.device)
     eye = torch.eye(n, dtype=p.dtype, device=p.device)
@@ -102,12 +117,14 @@ def _line_search(
 
     A few ulps of slack in the test keep round-off from rejecting steps near the optimum.
     """
+    import torch
+
     slack = 64 * torch.finfo(q.dtype).eps * (f0.abs() + 1)
     step = torch.ones_like(f0)
     ok = _objective(q - direction, p) <= f0 - _ARMIJO * dec + slack
     bad = (~ok).nonzero().squeeze(-1)
     if bad.numel():
-        steps = _STEP_SIZES.to(q.device)[1:]
+        steps = _step_sizes().to(q.device)[1:]
         trial = q[bad, None, :] - steps[None, :, None] * direction[bad, None, :]  # [k, s, n]
         f_trial = _objective(trial, p[bad, None])  # [k, s]
         ok_trial = f_trial <= (f0[bad] + slack[bad])[:, None] - _ARMIJO * steps * dec[bad, None]

@@ -274,7 +274,7 @@ def _joined(problems: list[str]) -> str:
 
 
 def _check_scenes(specs: list[tuple[str, Mapping[str, Any]]]) -> list[str]:
-    from vqpipe.models.gamma import scene_prompts
+    from vqpipe.prompts import scene_prompts
 
     problems = []
     for where, spec in specs:
