@@ -7,12 +7,14 @@ nothing to do, which must not start Ray).
     python benchmarks/small_job.py --json     # the records `vqpipe bench` reads
 
 Each run is a fresh interpreter running `vqpipe.cli.main(["score", ...])`, as a user's
-command; the phases are timed by wrapping the job module's steps (imports, validation, the
-checkpoint identity in the signature, listing + resume check, ``ray.init``, the cluster check,
-Ray Data execution — decode, score and part writes, with the ``ray.data`` import — the
-``_job.json`` write, ``ray.shutdown``), the interpreter's start and its exit (atexit
-handlers); ``seconds`` is the subprocess's wall time. Targets (quiet 2-core machine):
-<= 25 s end to end, <= 5 s for the resume; ``ratio`` = target / measured (>= 1: within it).
+command; the phases are timed by wrapping the job module's steps (imports of the CLI and the
+job module, validation, the checkpoint identity in the signature, listing + resume check, the
+checkpoint probe and preprocessor build (only when there is work), ``ray.init`` with the
+``ray`` import, the cluster check, Ray Data execution — decode, score and part writes, with the
+``ray.data`` import — the ``_job.json`` write, ``ray.shutdown``), the interpreter's start and
+its exit (atexit handlers); ``seconds`` is the subprocess's wall time. Targets (quiet 2-core
+machine): <= 25 s end to end, <= 5 s for the resume; ``ratio`` = target / measured (>= 1:
+within it).
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ def child(images: str, out: str, limit: int) -> None:
     """One `vqpipe score` in this process, with each phase timed; prints the phases."""
     phases: dict[str, float] = {"_started_at": time.time()}
     t0 = time.perf_counter()
-    import ray
-
     import vqpipe.cli
     from vqpipe.pipeline import job
 
@@ -58,13 +58,29 @@ def child(images: str, out: str, limit: int) -> None:
         setattr(owner, name, wrapper)
 
     timed(job, "validate_job", "validation")
+    timed(job, "check_checkpoints", "checkpoint probe + preprocessor")
     timed(job, "scorer_signature", "signature (checkpoint identity)")
     timed(job, "plan_work", "listing + resume check")
     timed(job, "_resume_filter", "listing + resume check")
-    timed(ray, "init", "ray.init")
     timed(job, "check_cluster_resources", "cluster check")
     timed(job, "check_output_writable", "output check")
-    timed(ray, "shutdown", "ray.shutdown")
+
+    def time_ray() -> None:
+        import ray
+
+        timed(ray, "init", "ray.init")
+        timed(ray, "shutdown", "ray.shutdown")
+
+    start_ray = getattr(job, "_start_ray", None)
+    if start_ray is None:
+        time_ray()
+    else:  # ray is imported where the job starts it (in ray.init's phase): a resume does not
+
+        def _start_ray(*args: Any, **kwargs: Any) -> Any:
+            time_ray()
+            return start_ray(*args, **kwargs)
+
+        job._start_ray = _start_ray
 
     marks: dict[str, float] = {}
     build = getattr(job, "build_dataset", None)
@@ -166,6 +182,7 @@ ORDER = (
     "interpreter start",
     "imports",
     "validation",
+    "checkpoint probe + preprocessor",
     "signature (checkpoint identity)",
     "listing + resume check",
     "ray.init",
