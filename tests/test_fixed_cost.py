@@ -102,3 +102,27 @@ def test_wrong_gamma_options_fail_in_one_line_before_ray(tmp_path):
         assert expected in err[0], err
         assert "ray" not in result["heavy"], result  # refused before Ray started
         assert not out.exists()
+
+
+def test_scorer_classes_import_no_torch():
+    """What the driver reads of every registered scorer — its class, version, checkpoints,
+    option checks and constructor options — loads no model code."""
+    code = f"""
+import sys
+from vqpipe.pipeline.validate import scorer_options
+from vqpipe.scoring import get_scorer_spec, list_scorers
+for name in list_scorers():
+    cls = get_scorer_spec(name).load()
+    cls.check_options()
+    print(name, cls.version, cls.default_checkpoint(), cls.bundled_checkpoint(), cls.score_range,
+          cls.prob_labels, sorted(scorer_options(cls)))
+print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert {line.split()[0] for line in lines[:-1]} >= {"gamma", "qalign", "compare2score"}
+    assert lines[-1] == "HEAVY []", lines[-1]
