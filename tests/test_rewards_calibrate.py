@@ -196,3 +196,29 @@ def test_mistakes_are_one_line(synthetic, tmp_path, capsys, argv, expected):
     assert rc == 2, err
     assert err.startswith("vqpipe: error:") and expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_calibrate_apply_and_fuse_on_s3(ray_local, synthetic, s3_bucket, s3_server, capsys):
+    """The table, the MOS, the calibration file and every output on the loopback S3 server;
+    the same numbers as the local run of the same commands."""
+    root, _ = synthetic
+    bucket, fs = s3_bucket
+    for part in (root / "quality").glob("*.parquet"):
+        fs.put(str(part), f"{bucket}/quality/{part.name}")
+    fs.put(str(root / "mos.csv"), f"{bucket}/mos.csv")
+    s3, options = f"s3://{bucket}", ["--storage-options", json.dumps(s3_server)]
+    table, mos, calib = f"{s3}/quality/", f"{s3}/mos.csv", f"{s3}/calib/calib.json"
+    out = _run(capsys, "calibrate", table, "--mos", mos, "--out", calib, *options)
+    assert "a_score" in out and fs.exists(f"{bucket}/calib/calib.json")
+    record = json.loads(fs.cat(f"{bucket}/calib/calib.json"))
+    assert set(record["columns"]) == {"a_score", "b_score"}
+    _run(capsys, "calibrate", "--apply", calib, table, "--out", f"{s3}/applied/", *options)
+    _run(capsys, "fuse", table, "--calibration", calib, "--mos", mos, "--out", f"{s3}/f/", *options)
+    applied = pd.read_parquet(f"{s3}/applied/", storage_options=s3_server).sort_values("uri")
+    fused = pd.read_parquet(f"{s3}/f/", storage_options=s3_server).sort_values("uri")
+    assert len(applied) == len(fused) == N and fused["uri"].is_unique
+    expected = apply_map(record["columns"]["a_score"]["map"], applied["a_score"].to_numpy())
+    ok = applied["a_score"].notna().to_numpy()
+    assert np.allclose(applied["a_calibrated"].to_numpy()[ok], expected[ok], atol=1e-5)
+    assert fused["ensemble_score"].notna().sum() == N - 1  # the error row has no score at all
+    assert fs.exists(f"{bucket}/f/_fuse.json")
