@@ -26,6 +26,7 @@ import pyarrow as pa
 
 import vqpipe
 from vqpipe.errors import UserError
+from vqpipe.io.artifacts import COMMITTED, STAGING
 from vqpipe.io.sources import confine, media_type_from_name
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline import job
@@ -53,7 +54,18 @@ from vqpipe.pipeline.shards import (
     manifest_chunks,
     signature_hash,
 )
-from vqpipe.pipeline.stages import ScoreStage, _from_bytes, decode_batch, write_batch
+from vqpipe.pipeline.stages import (
+    DECODE_CPUS,
+    DECODE_MEMORY,
+    DECODE_RETRIES,
+    READ_CPUS,
+    ScoreStage,
+    Stage,
+    _from_bytes,
+    actor_cpus,
+    decode_batch,
+    write_stage,
+)
 
 log = logging.getLogger(__name__)
 TASK = "compare-pairs"
@@ -293,58 +305,41 @@ def build_compare_dataset(
 
     spec = config.scorers[0]
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
-    ds = ds.map_batches(
-        read_pair_shards,
-        fn_kwargs={
-            "options": {"rows": config.rows_per_file, "root": config.root, "limit": config.limit},
-            "storage_options": config.storage_options,
-        },
-        batch_size=1,
-        num_cpus=job.READ_CPUS,
-        memory=job.DECODE_MEMORY,
+    read = {"rows": config.rows_per_file, "root": config.root, "limit": config.limit}
+    ds = Stage(read_pair_shards, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None).apply(
+        ds, fn_kwargs={"options": read, "storage_options": config.storage_options}
     )
     if config.limit is not None:
         ds = ds.limit(config.limit)
-    ds = ds.map_batches(
+    decode = {"spec": spec, "storage_options": config.storage_options, "limits": config.limits}
+    ds = Stage(
         decode_pairs,
-        fn_kwargs={
-            "spec": spec,
-            "storage_options": config.storage_options,
-            "limits": config.limits,
-        },
-        batch_size=config.rows_per_file,
-        batch_format="numpy",
-        num_cpus=job.DECODE_CPUS,
-        memory=job.DECODE_MEMORY,
-    )
-    ds = ds.map_batches(
-        CompareStage,
+        config.rows_per_file,
+        DECODE_CPUS,
+        memory=DECODE_MEMORY,
+        max_retries=DECODE_RETRIES,
+    ).apply(ds, fn_kwargs=decode)
+    cpus = actor_cpus(spec, config.scorers)
+    pool = Stage(CompareStage, spec.batch_size, cpus, num_gpus=spec.num_gpus, actors=spec.actors)
+    fingerprint = signature["scorers"][0]["checkpoint_fingerprint"]
+    ds = pool.apply(
+        ds,
         fn_constructor_kwargs={
             "spec": spec,
             "storage_options": config.storage_options,
-            "fingerprint": signature["scorers"][0]["checkpoint_fingerprint"],
+            "fingerprint": fingerprint,
         },
-        compute=ray.data.ActorPoolStrategy(min_size=spec.actors[0], max_size=spec.actors[1]),
-        num_gpus=spec.num_gpus or None,
-        num_cpus=job.actor_cpus(spec, config.scorers),
-        batch_size=spec.batch_size,
-        batch_format="numpy",
     )
     outputs = {spec.column: {**job.scorer_facts(spec), "task": TASK, "columns": list(TYPED)}}
-    return ds.map_batches(
-        write_batch,
-        fn_kwargs={
-            "output": output,
-            "storage_options": config.storage_options,
-            "metadata": {**signature, "outputs": outputs},
-            "scorer_columns": [],
-            "sig": sig,
-            "typed_columns": TYPED,
-        },
-        batch_size=None,
-        batch_format="numpy",
-        num_cpus=job.DECODE_CPUS,
-    )
+    write = {
+        "output": output,
+        "storage_options": config.storage_options,
+        "metadata": {**signature, "outputs": outputs},
+        "scorer_columns": [],
+        "sig": sig,
+        "typed_columns": TYPED,
+    }
+    return write_stage().apply(ds, fn_kwargs=write)
 
 
 def run_compare(
@@ -379,10 +374,9 @@ def _run_locked(
     progress: Callable[[dict[str, Any]], None] | None,
     progress_every_s: float,
 ) -> dict[str, Any]:
-    import ray
 
     fs, root = job._output_fs(config.output, config.storage_options)
-    target = config.output if config.resume else f"{root}/{job.STAGING}"
+    target = config.output if config.resume else f"{root}/{STAGING}"
     parts = job.existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
         job._refuse_foreign(config, parts, sig)
@@ -399,13 +393,8 @@ def _run_locked(
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
-            job.STARTED_RAY = True
+        job._start_ray(config)  # and the pool's request checked against the cluster
         spec = config.scorers[0]
-        from vqpipe.pipeline.validate import check_cluster_resources
-
-        check_cluster_resources([spec], {spec.column: job.actor_cpus(spec, [spec])})
         ds = build_compare_dataset(config, todo, signature, sig, target)
         last, reported = 0.0, -1
         try:
@@ -423,7 +412,7 @@ def _run_locked(
         if progress is not None and reported != len(written):
             progress(job._progress(written, None, time.perf_counter() - started))
     if not config.resume:
-        fs.pipe(f"{target}/{job.COMMITTED}", sig.encode())
+        fs.pipe(f"{target}/{COMMITTED}", sig.encode())
         job.finish_replacement(config.output, config.storage_options)
     seconds = time.perf_counter() - started
     final = job._progress(written, None, seconds)
