@@ -6,9 +6,6 @@ commit, a second job on the same output, --no-resume that fails, output inside t
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,13 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.job_process import job_output, start_job, wait_for
 from tests.lake_data import caption_sample, image_bytes, mixed_samples, write_shard
 from vqpipe.cli import main
 from vqpipe.pipeline.job import read_quality_table
 from vqpipe.pipeline.lock import LOCK_NAME, OutputLock
 from vqpipe.pipeline.shards import parse_part
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _shards(root: Path) -> Path:
@@ -164,38 +160,6 @@ def test_directory_of_manifest_shards_with_a_url_column(ray_local, tmp_path):
     assert table["error"].dropna().str.contains("has no url").all()
 
 
-def _run_script(
-    tmp_path: Path, argv: list[str], env: dict[str, str] | None = None, prelude: str = ""
-):
-    script = textwrap.dedent(
-        f"""
-        import sys, ray
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        {prelude}
-        from vqpipe.cli import main
-        sys.exit(main({argv!r}))
-        """
-    )
-    full_env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": "", **(env or {})}
-    log = open(tmp_path / f"job-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 (a pipe could fill and block the job)
-    job = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    job.log = log
-    return job
-
-
-def _output(job: subprocess.Popen) -> str:
-    job.log.seek(0)
-    return job.log.read()
-
-
 def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
@@ -206,24 +170,13 @@ def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
     return root
 
 
-def _wait_for(predicate, job: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if job.poll() is not None:
-            raise AssertionError(f"the job ended early: {_output(job)[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.slow
 def test_kill_9_mid_job_then_rerun_scores_every_sample_once(ray_local, tmp_path):
     root, out = _many_shards(tmp_path / "lake"), tmp_path / "out"
     argv = ["score", str(root), "--out", str(out), "--scorer", "brightness:latency_s=0.5"]
     argv += ["--rows-per-file", "2", "--batch-size", "2"]
-    job = _run_script(tmp_path, argv)
-    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, job)
+    job = start_job(tmp_path, argv)
+    wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     partial = len(list(out.glob("part-*.parquet")))
@@ -240,13 +193,13 @@ def test_a_write_retried_after_its_commit_adds_no_rows(tmp_path):
     root, out = _many_shards(tmp_path / "lake", shards=2), tmp_path / "out"
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = _run_script(
+    job = start_job(
         tmp_path,
         ["score", str(root), "--out", str(out), "--scorer", "brightness", "--rows-per-file", "2"],
         env={"VQPIPE_FAULT_AFTER_COMMIT": str(marks)},
     )
     job.wait(timeout=300)
-    assert job.returncode == 0, _output(job)[-2000:]
+    assert job.returncode == 0, job_output(job)[-2000:]
     assert len(list(marks.iterdir())) == 4  # every part's first write failed after its commit
     table = read_quality_table(str(out))
     assert len(table) == 8 and table["uri"].is_unique
@@ -281,8 +234,8 @@ def test_no_resume_that_fails_keeps_the_old_results(ray_local, tmp_path):
     # One row per scorer batch and a second per batch: the 12 parts are written over ~24 s, so
     # the kill lands while _next holds some of them (the job cannot finish between two polls).
     slow = [*base, "--scorer", "brightness:size=8,latency_s=1.0,batch_size=1", "--no-resume"]
-    job = _run_script(tmp_path, slow)
-    _wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
+    job = start_job(tmp_path, slow)
+    wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     kept = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
@@ -404,8 +357,8 @@ def test_kill_9_mid_listing_part_then_rerun_scores_every_file_once(ray_local, tm
     argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness:latency_s=0.5"]
     argv += ["--batch-size", "2"]
     prelude = "import vqpipe.pipeline.job as j; j.BLOCK_ROWS = 2"
-    job = _run_script(tmp_path, argv, prelude=prelude)
-    _wait_for(lambda: len(list(out.glob("part-*.r*.parquet"))) >= 2, job)
+    job = start_job(tmp_path, argv, prelude=prelude)
+    wait_for(lambda: len(list(out.glob("part-*.r*.parquet"))) >= 2, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     pieces = list(out.glob("part-*.parquet"))

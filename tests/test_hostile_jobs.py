@@ -8,20 +8,17 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.job_process import job_output, start_job, wait_for
 from tests.lake_data import image_bytes
 from vqpipe.cli import main
 from vqpipe.pipeline.job import read_quality_table
 
-REPO = Path(__file__).resolve().parents[1]
 BRIGHTNESS = ["--scorer", "brightness"]
 
 
@@ -30,48 +27,6 @@ def _images(root: Path, names: list[str]) -> list[str]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(image_bytes(i, "PNG"))
     return [str(root / n) for n in names]
-
-
-def _job(tmp_path: Path, argv: list[str], prefix: tuple[str, ...] = (), env=None):
-    """`vqpipe score` in a subprocess of its own session (its own local Ray), output to a file."""
-    script = textwrap.dedent(
-        f"""
-        import sys, ray
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        from vqpipe.cli import main
-        sys.exit(main({argv!r}))
-        """
-    )
-    full_env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": "", **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
-    log = open(tmp_path / f"job-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 (a pipe could fill and block the job)
-    job = subprocess.Popen(
-        [*prefix, sys.executable, "-c", script],
-        cwd=REPO,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    job.log = log
-    return job
-
-
-def _output(job: subprocess.Popen) -> str:
-    job.log.seek(0)
-    return job.log.read()
-
-
-def _wait_for(predicate, job: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if job.poll() is not None:
-            raise AssertionError(f"the job ended early: {_output(job)[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
 
 
 # -------------------------------------------------------------------------------------------
@@ -118,8 +73,8 @@ def test_an_unreadable_directory_is_an_error_row_not_a_gap(tmp_path):
     (corpus / "locked").chmod(0)
     (corpus / "open" / "deep").chmod(0)
     try:
-        job = _job(tmp_path, ["score", str(corpus), "--out", str(out), *BRIGHTNESS], prefix)
-        assert job.wait(timeout=300) == 0, _output(job)[-3000:]
+        job = start_job(tmp_path, ["score", str(corpus), "--out", str(out), *BRIGHTNESS], prefix)
+        assert job.wait(timeout=300) == 0, job_output(job)[-3000:]
     finally:
         (corpus / "locked").chmod(0o755)
         (corpus / "open" / "deep").chmod(0o755)
@@ -324,14 +279,14 @@ def test_an_interrupted_job_says_so_in_one_line_and_resumes(ray_local, tmp_path,
     out = tmp_path / "out"
     argv = ["score", str(tmp_path / "corpus"), "--out", str(out), "--rows-per-file", "2"]
     slow = [*argv, "--scorer", "brightness:latency_s=1.0,batch_size=1"]
-    job = _job(tmp_path, slow)
-    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 1, job)
+    job = start_job(tmp_path, slow)
+    wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 1, job)
     if signum == signal.SIGINT:  # Ctrl-C in a terminal: the whole foreground group
         os.killpg(job.pid, signum)
     else:  # a scheduler stopping the driver
         os.kill(job.pid, signum)
-    assert job.wait(timeout=120) == code, _output(job)[-3000:]
-    text = _output(job)
+    assert job.wait(timeout=120) == code, job_output(job)[-3000:]
+    text = job_output(job)
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
     lines = [line for line in text.splitlines() if "interrupted" in line]
     parts = len(list(out.glob("part-*.parquet")))
