@@ -16,13 +16,16 @@ def start_job(
     argv: list[str],
     prefix: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    prelude: str = "",
 ) -> subprocess.Popen:
-    """``vqpipe.cli.main(argv)`` in a new session (``prefix``: a wrapper such as ``capsh``),
-    its output to a file (a pipe could fill and block the job): read it with :func:`job_output`."""
+    """``vqpipe.cli.main(argv)`` in a new session (``prefix``: a wrapper such as ``capsh``;
+    ``prelude``: one line of Python run first), its output to a file (a pipe could fill and
+    block the job): read it with :func:`job_output`."""
     script = textwrap.dedent(
         f"""
         import sys, ray
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        {prelude}
         from vqpipe.cli import main
         sys.exit(main({argv!r}))
         """
