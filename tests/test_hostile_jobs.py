@@ -383,6 +383,65 @@ def test_a_uri_in_several_manifest_shards_is_scored_once(ray_local, tmp_path):
     assert json.loads((out / "_job.json").read_text())["summary"]["duplicates_dropped"] == 2
 
 
+def _overlapping_shards(tmp_path: Path) -> tuple[list[str], Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uris = _images(tmp_path / "img", [f"{i}.png" for i in range(6)])
+    shards = tmp_path / "manifests"
+    shards.mkdir()
+    for name, picked in {"a": [0, 1, 2], "b": [2, 3, 1, 4], "c": [4, 0], "d": [5]}.items():
+        pq.write_table(pa.table({"uri": [uris[i] for i in picked]}), shards / f"{name}.parquet")
+    return uris, shards
+
+
+def test_repeats_across_shards_are_removed_by_ray_data_on_a_large_output(
+    ray_local, tmp_path, monkeypatch
+):
+    import vqpipe.pipeline.dedupe as dedupe
+
+    monkeypatch.setattr(dedupe, "DRIVER_MAX_ROWS", 0)  # what a large output takes
+    uris, shards = _overlapping_shards(tmp_path)
+    out = tmp_path / "out"
+    argv = ["score", str(shards), "--out", str(out), *BRIGHTNESS]
+    assert main(argv) == 0
+    table = read_quality_table(str(out))
+    assert sorted(table["uri"]) == sorted(uris) and table["error"].isna().all()
+    assert table.set_index("uri").loc[uris[4], "shard"].endswith("b.parquet")  # the first wins
+    record = json.loads((out / "_job.json").read_text())
+    assert record["summary"]["duplicates_dropped"] == 4
+    assert not (out / "_dedupe_pending").exists()
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 4  # c's part is left empty: c stays committed
+    assert main(argv) == 0
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["shards_already_done"] == 4 and summary["scored_rows"] == 0
+    assert sorted(read_quality_table(str(out))["uri"]) == sorted(uris)
+
+
+def test_a_repeats_pass_cut_short_is_finished_by_the_next_run(ray_local, tmp_path, monkeypatch):
+    import vqpipe.pipeline.job as job
+
+    uris, shards = _overlapping_shards(tmp_path)
+    out = tmp_path / "out"
+    argv = ["score", str(shards), "--out", str(out), *BRIGHTNESS]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "drop_repeats", killed)
+        assert main(argv) != 0
+    assert (out / "_dedupe_pending").exists()
+    assert len(read_quality_table(str(out))) == 10  # every listing written, repeats included
+    assert main(argv) == 0  # nothing left to score: the pass owed runs alone
+    table = read_quality_table(str(out))
+    assert sorted(table["uri"]) == sorted(uris)
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["scored_rows"] == 0 and summary["duplicates_dropped"] == 4
+    assert not (out / "_dedupe_pending").exists()
+
+
 def test_store_errors_are_told_transient_or_permanent():
     from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
 

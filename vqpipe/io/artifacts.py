@@ -15,7 +15,10 @@ QUARANTINE = "_quarantine"
 """Damaged parts are moved to ``<out>/_quarantine/`` (their rows are scored again)."""
 COMMITTED = "_COMMITTED"
 WRITE_PROBE = ".vqpipe-write-probe"
-NAMES = frozenset({JOB_RECORD, LOCK, STAGING, QUARANTINE, COMMITTED, WRITE_PROBE})
+DEDUPE_PENDING = "_dedupe_pending"
+"""A manifest job's repeats across shards are still to be removed (see
+:mod:`vqpipe.pipeline.dedupe`)."""
+NAMES = frozenset({JOB_RECORD, LOCK, STAGING, QUARANTINE, COMMITTED, WRITE_PROBE, DEDUPE_PENDING})
 _FILES = re.compile(r"^(part-[0-9a-f]{8}-.+\.parquet|\.tmp-.+\.parquet)$")
 """Parts (``part-<signature>-…``, see :mod:`vqpipe.pipeline.shards`) and parts being written."""
 

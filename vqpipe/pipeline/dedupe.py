@@ -1,112 +1,234 @@
-"""A URI that several manifest shards list is scored once: a distributed pass, before scoring,
-finds its repeats — without a set of every URI on the driver.
+"""A URI that several manifest shards list is written once — and nothing waits for that
+before scoring starts.
 
-Ray tasks read the URI column of every manifest shard (committed ones too); Ray Data's
-``groupby`` (a hash shuffle on ``uri``) counts each URI and finds its first occurrence — the
-first in a committed shard if there is one (its row is already written), else the first by
-shard order and row; a hash join brings that back to the occurrences of the repeated URIs, and
-only the repeats come back to the driver, as ``(shard, row)``. Each reading task then drops its
-shard's repeats and counts them.
+Within one shard its reading task drops repeats itself (a set bounded by the shard). Across
+shards, a pass *after* the shards are committed removes the repeats from the written parts, so
+the time to the first committed part does not grow with the corpus (a pass before scoring
+would read every manifest's URI column and shuffle it first). The price is that a URI listed
+in two shards is scored twice and written once.
 
-The cost is one extra read of the manifests' URI column (Parquet reads that column alone;
-CSV / JSON lines are read whole) and two shuffles of the URIs (the count, the join): about
-twice the size of the URI column over the network, small next to decoding the media they name.
-The driver holds the repeats only. A single manifest shard needs no pass: its reading task
-drops its own repeats.
+The pass reads the ``uri`` column of every part, orders the occurrences of each URI — parts
+that were there before this run first (their rows were already there for readers), then by
+the shard's place in the job's shard order, fragment and row — and rewrites each part that
+holds a later occurrence without it (atomically, metadata kept; a part left empty stays, an
+empty file, so that its shard still counts as committed). Any such order is safe to apply to
+whatever the output holds now: only URIs with two or more rows lose rows, and each keeps one,
+so a pass cut short is simply run again (``_dedupe_pending`` marks a pass still owed).
+
+Small outputs are settled on the driver with pyarrow; larger ones with Ray Data (a
+``groupby`` on ``uri`` for each URI's count and first occurrence, a hash join back, and a
+``groupby`` of the later occurrences by part, each part rewritten by its own task) — the
+driver holds the list of parts, never the URIs.
+
+Carried column types are unified before scoring (:func:`unified_types`): Parquet shards by
+their footers, read on the driver with threads (O(shards)); CSV / JSON lines by Ray tasks
+that read them whole.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from vqpipe.io.artifacts import DEDUPE_PENDING
 from vqpipe.pipeline.schema import URI
-from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks
+from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks, parse_part, write_part
 
-_RANK, _ROW, _SHARD = "_rank", "_row", "_shard"
+PENDING = DEDUPE_PENDING
+"""Written into the output before a manifest job commits its first part, removed once the
+repeats are gone: a rerun that finds it settles them even with nothing left to score."""
 
-
-def _uri_rows(
-    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
-) -> pa.Table:
-    """One shard's string URIs with their rank (committed shards first) and row."""
-    column = options["uri_column"]
-    out = []
-    for uri, index, done in zip(batch["uri"], batch["index"], batch["done"], strict=True):
-        try:
-            chunks = manifest_chunks(
-                str(uri), options["rows"], storage_options, uri_column=column, uri_only=True
-            )
-            for start, chunk in chunks:
-                values = chunk.column(column).to_pylist() if column in chunk.column_names else []
-                rows = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip()]
-                out.append(
-                    pa.table(
-                        {
-                            URI: pa.array([values[i] for i in rows], pa.string()),
-                            _SHARD: pa.array(np.full(len(rows), int(index), np.int64)),
-                            _RANK: pa.array(np.full(len(rows), 0 if done else 1, np.int64)),
-                            _ROW: pa.array(np.asarray(rows, np.int64) + start),
-                        }
-                    )
-                )
-        except Exception:  # the reading task makes the shard's error row; nothing to dedupe
-            continue
-    schema = pa.schema(
-        [(URI, pa.string()), (_SHARD, pa.int64()), (_RANK, pa.int64()), (_ROW, pa.int64())]
-    )
-    return pa.concat_tables(out) if out else schema.empty_table()
+_KEY, _PART, _ROW = "_key", "_part", "_row"
+_ROW_BITS = 32
+DRIVER_MAX_ROWS = 1_000_000
+"""Up to this many written rows the pass runs on the driver; past it, with Ray Data."""
 
 
-def _key(rank: np.ndarray, shard: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """One int64 that orders occurrences: committed shards first, then shard order, then row
-    (2^20 shards of 2^32 rows)."""
-    return (rank << 52) | (shard << 32) | row
+def part_order(parts: list[str], shard_ids: list[str], before: set[str]) -> list[str]:
+    """``parts`` in the order whose first occurrence of a URI is kept: parts there before
+    this run, then by shard (its index in ``shard_ids``; unknown shards last), fragment, piece
+    and name."""
+    rank = {sid: i for i, sid in enumerate(shard_ids)}
+
+    def key(path: str) -> tuple:
+        info = parse_part(path) or {"shard": "", "seq": 0, "rows": None}
+        name = path.rsplit("/", 1)[-1]
+        piece = info["rows"][0] if info["rows"] else 0
+        shard = rank.get(info["shard"], len(rank))
+        return (name not in before, shard, info["seq"], piece, name)
+
+    return sorted(parts, key=key)
 
 
-def _keyed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    batch["_key"] = _key(batch[_RANK], batch[_SHARD], batch[_ROW])
-    return batch
+def _part_keys(fs: Any, path: str, order: int) -> pa.Table:
+    """One part's URIs with the key that orders them (``order << 32 | row``); null URIs are
+    not compared (each is its own error row)."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as fh:
+        uris = pq.read_table(fh, columns=[URI]).column(URI)
+    rows = np.flatnonzero(pc.is_valid(uris).to_numpy(zero_copy_only=False))
+    keys = (np.int64(order) << _ROW_BITS) | rows.astype(np.int64)
+    return pa.table({URI: pc.take(uris, pa.array(rows)), _KEY: pa.array(keys, pa.int64())})
+
+
+def _later_keys(keys: pa.Table) -> pa.Table:
+    """The keys of the occurrences that are not their URI's first (pyarrow, one table)."""
+    first = keys.group_by(URI).aggregate([(_KEY, "min"), (_KEY, "count")])
+    first = first.filter(pc.greater(first[f"{_KEY}_count"], 1))
+    joined = keys.join(first.select([URI, f"{_KEY}_min"]), URI, join_type="inner")
+    return joined.filter(pc.not_equal(joined[_KEY], joined[f"{_KEY}_min"])).select([_KEY])
+
+
+def drop_rows(fs: Any, path: str, rows: np.ndarray) -> int:
+    """Rewrite ``path`` without ``rows`` (atomically, metadata kept); returns how many went."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    keep = np.ones(len(table), bool)
+    keep[rows[rows < len(table)]] = False
+    if keep.all():
+        return 0
+    write_part(fs, path, table.filter(pa.array(keep)))
+    return int((~keep).sum())
+
+
+def _split(keys: np.ndarray) -> dict[int, np.ndarray]:
+    """``{part order: rows}`` of later-occurrence keys."""
+    orders, rows = keys >> _ROW_BITS, keys & ((1 << _ROW_BITS) - 1)
+    return {int(o): rows[orders == o] for o in np.unique(orders)}
+
+
+def _driver_pass(fs: Any, ordered: list[str]) -> int:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        tables = list(pool.map(lambda i: _part_keys(fs, ordered[i], i), range(len(ordered))))
+    later = _later_keys(pa.concat_tables(tables)).column(_KEY).to_numpy()
+    return sum(drop_rows(fs, ordered[o], rows) for o, rows in _split(later).items())
+
+
+def _keys_task(batch: dict[str, np.ndarray], storage_options: dict[str, Any]) -> pa.Table:
+    from vqpipe.io.fs import url_to_fs
+
+    tables = []
+    for uri, order in zip(batch["part"], batch["order"], strict=True):
+        fs, path = url_to_fs(str(uri), storage_options)
+        tables.append(_part_keys(fs, path, int(order)))
+    return pa.concat_tables(tables)
 
 
 def _repeated(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The URIs listed more than once, with their first occurrence's key."""
     keep = batch["count()"] > 1
-    return {URI: batch[URI][keep], "min(_key)": batch["min(_key)"][keep]}
+    return {k: v[keep] for k, v in batch.items()}
 
 
 def _later(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The occurrences that are not their URI's first, in todo shards."""
-    keep = (batch["_key"] != batch["min(_key)"]) & (batch[_RANK] == 1)
-    return {_SHARD: batch[_SHARD][keep], _ROW: batch[_ROW][keep]}
+    keep = (batch["count()"] > 1) & (batch[_KEY] != batch["min(_key)"])
+    keys = batch[_KEY][keep]
+    return {_PART: keys >> _ROW_BITS, _ROW: keys & ((1 << _ROW_BITS) - 1)}
+
+
+def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str, Any]):
+    import ray
+
+    from vqpipe.io.fs import url_to_fs
+
+    uris = ray.get(parts[0])
+    uri = uris[int(group[_PART][0])]
+    fs, path = url_to_fs(uri, storage_options)
+    return {"dropped": np.array([drop_rows(fs, path, np.asarray(group[_ROW], np.int64))])}
+
+
+def _ray_pass(uris: list[str], storage_options: dict[str, Any], partitions: int) -> int:
+    import ray
+    from ray.data.aggregate import Count, Min
+
+    items = [{"part": u, "order": i} for i, u in enumerate(uris)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 2000)))
+    keys = ds.map_batches(
+        _keys_task, fn_kwargs={"storage_options": storage_options}, batch_size=8, num_cpus=0.25
+    ).materialize()
+    first = keys.groupby(URI, num_partitions=partitions).aggregate(Count(), Min(_KEY))
+    repeated = first.map_batches(_repeated, batch_format="numpy")
+    later = keys.join(repeated, join_type="inner", on=(URI,), num_partitions=partitions)
+    later = later.map_batches(_later, batch_format="numpy")
+    # the part list travels once, by reference (a list wrapped so Ray Data leaves it a ref)
+    kwargs = {"parts": [ray.put(uris)], "storage_options": storage_options}
+    done = later.groupby(_PART).map_groups(_rewrite, fn_kwargs=kwargs, batch_format="numpy")
+    return int(sum(int(r["dropped"]) for r in done.iter_rows()))
+
+
+def drop_repeats(
+    output: str,
+    parts: list[str],
+    shard_ids: list[str],
+    before: set[str],
+    storage_options: dict[str, Any] | None = None,
+    start_ray: Any = None,
+    partitions: int = 16,
+) -> int:
+    """Remove the later occurrences of every URI written more than once among ``parts``
+    (paths in ``output``'s store); returns the rows removed (see the module docstring).
+    ``start_ray``: called before the pass needs Ray (a large output)."""
+    import pyarrow.parquet as pq
+
+    from vqpipe.io.fs import url_to_fs
+    from vqpipe.io.sources import join_uri
+
+    if len(parts) < 2:
+        return 0
+    fs, _ = url_to_fs(output, storage_options)
+    ordered = part_order(parts, shard_ids, before)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        rows = sum(pool.map(lambda p: pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows, parts))
+    if rows <= DRIVER_MAX_ROWS:
+        return _driver_pass(fs, ordered)
+    if start_ray is not None:
+        start_ray()
+    uris = [join_uri(fs, p, output) for p in ordered]  # the tasks open them by URI
+    return _ray_pass(uris, storage_options or {}, partitions)
 
 
 def _shard_types(
-    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    """One shard's carried column types, as text (Parquet: from the footer)."""
+    uri: str, options: dict[str, Any], storage_options: dict[str, Any]
+) -> dict[str, str]:
+    """One shard's carried column types, as text (Parquet: from the footer; text: the types
+    of the whole file as read); empty when it does not read (its reading task makes the
+    shard's error row)."""
     import pyarrow.parquet as pq
 
     from vqpipe.io.patterns import resolve
 
-    types = {}
-    for uri in batch["uri"]:
-        try:
-            if str(uri).lower().endswith((".parquet", ".pq")):
-                fs, path = resolve(str(uri), storage_options)
-                with fs.open(path, "rb") as fh:
-                    schema = carried_schema(pq.read_schema(fh))
-            else:  # text: the types are those of the whole file as read
-                whole = manifest_chunks(
-                    str(uri), 1 << 62, storage_options, uri_column=options["uri_column"]
-                )
-                schema = next(whole, (0, pa.table({})))[1].schema
-            types.update({f.name: str(f.type) for f in schema})
-        except Exception:  # the reading task makes the shard's error row
-            continue
-    return {"name": np.array(list(types), object), "type": np.array(list(types.values()), object)}
+    try:
+        if uri.lower().endswith((".parquet", ".pq")):
+            fs, path = resolve(uri, storage_options)
+            with fs.open(path, "rb") as fh:
+                schema = carried_schema(pq.read_schema(fh))
+        else:
+            whole = manifest_chunks(uri, 1 << 62, storage_options, uri_column=options["uri_column"])
+            schema = next(whole, (0, pa.table({})))[1].schema
+    except Exception:
+        return {}
+    return {f.name: str(f.type) for f in schema}
+
+
+def _text_types(
+    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    found = [_shard_types(str(u), options, storage_options) for u in batch["uri"]]
+    pairs = [(n, t) for types in found for n, t in types.items()]
+    names, kinds = [n for n, _ in pairs], [t for _, t in pairs]
+    return {"name": np.array(names, object), "type": np.array(kinds, object)}
+
+
+_NUMERIC = frozenset(
+    {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+    | {"float", "double", "halffloat"}
+)
 
 
 def unified_types(
@@ -114,67 +236,33 @@ def unified_types(
 ) -> dict[str, str]:
     """The carried columns whose types differ between manifest shards, fixed up front for all
     of them: ``double`` when they are all numbers, else ``string`` — so that no two parts of
-    the table, and no two blocks Ray Data puts in one batch, disagree on a column's type.
-    One Ray task per shard (Parquet: the footer; CSV / JSON lines: read whole)."""
-    import ray
-
+    the table, and no two blocks Ray Data puts in one batch, disagree on a column's type."""
     if len(shards) < 2:
         return {}
-    items = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _shard_types,
-        fn_kwargs={"options": options, "storage_options": storage_options},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=0.25,
-    )
+    parquet = [s.uri for s in shards if s.uri.lower().endswith((".parquet", ".pq"))]
+    text = [s.uri for s in shards if not s.uri.lower().endswith((".parquet", ".pq"))]
+    pairs: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=16) as pool:  # footers: small, one request each
+        for types in pool.map(lambda u: _shard_types(u, options, storage_options), parquet):
+            pairs += types.items()
+    if text:  # read whole: by Ray tasks, not on the driver
+        import ray
+
+        ds = ray.data.from_items([{"uri": u} for u in text], override_num_blocks=len(text))
+        ds = ds.map_batches(
+            _text_types,
+            fn_kwargs={"options": options, "storage_options": storage_options},
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=0.25,
+        )
+        pairs += [(str(r["name"]), str(r["type"])) for r in ds.iter_rows()]
     seen: dict[str, set[str]] = {}
-    for row in ds.iter_rows():
-        if row["type"] != "null":
-            seen.setdefault(str(row["name"]), set()).add(str(row["type"]))
-    numeric = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
-    numeric |= {"float", "double", "halffloat"}
+    for name, kind in pairs:
+        if kind != "null":
+            seen.setdefault(name, set()).add(kind)
     return {
-        name: "double" if kinds <= numeric else "string"
+        name: "double" if kinds <= _NUMERIC else "string"
         for name, kinds in seen.items()
         if len(kinds) > 1
     }
-
-
-def repeated_rows(
-    shards: list[Shard],
-    committed: set[str],
-    options: dict[str, Any],
-    storage_options: dict[str, Any],
-    partitions: int = 16,
-) -> dict[str, list[int]]:
-    """``{shard id: rows}`` of the manifest rows to drop from the shards still to read: the
-    repeats of a URI listed before (see the module docstring)."""
-    import ray
-
-    if len(shards) < 2:
-        return {}
-    items = [
-        {"uri": s.uri, "format": s.format, "id": s.id, "index": i, "done": s.id in committed}
-        for i, s in enumerate(shards)
-    ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        _uri_rows,
-        fn_kwargs={"options": options, "storage_options": storage_options},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=0.25,
-    )
-    ds = ds.map_batches(_keyed, batch_format="numpy").materialize()
-    from ray.data.aggregate import Count, Min
-
-    counts = ds.groupby(URI, num_partitions=partitions).aggregate(Count(), Min("_key"))
-    repeated = counts.map_batches(_repeated, batch_format="numpy")
-    ds = ds.join(repeated, join_type="inner", on=(URI,), num_partitions=partitions)
-    drop: dict[str, list[int]] = {}
-    for batch in ds.map_batches(_later, batch_format="numpy").iter_batches(batch_format="numpy"):
-        for shard, row in zip(batch[_SHARD], batch[_ROW], strict=True):
-            drop.setdefault(shards[int(shard)].id, []).append(int(row))
-    return {k: sorted(v) for k, v in drop.items()}

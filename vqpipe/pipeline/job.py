@@ -31,7 +31,7 @@ from vqpipe.io.fs import url_to_fs
 from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.damaged import quarantine, readable_parts, warn_damaged
-from vqpipe.pipeline.dedupe import repeated_rows, unified_types
+from vqpipe.pipeline.dedupe import PENDING, drop_repeats, unified_types
 from vqpipe.pipeline.lock import OutputLock
 from vqpipe.pipeline.retry import DRIVER_SCAN_MAX_PARTS, drop_retryable, scan_parts
 from vqpipe.pipeline.schema import (
@@ -522,6 +522,10 @@ class Work:
     done_parts: list[str]
     total: int | None
     summary: dict[str, Any]
+    shard_ids: list[str] | None = None
+    """Manifest shards in job order, when there are several: repeats across them are removed
+    once the shards are committed (:func:`vqpipe.pipeline.dedupe.drop_repeats`)."""
+    repeats: int = 0
 
 
 def plan_work(
@@ -543,19 +547,19 @@ def plan_work(
             fs.rm(path)
         todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
         if kind == "manifest" and todo and len(shards) > 1:
-            _start_ray(config)  # types and repeated URIs across shards: distributed passes
+            if not all(s.uri.lower().endswith((".parquet", ".pq")) for s in shards):
+                _start_ray(config)  # text manifests are read whole for their types: Ray tasks
             options = _read_options(config, fragment_rows(config, kind))
             types = unified_types(shards, options, config.storage_options)
-            drops = repeated_rows(shards, done, options, config.storage_options)
-            for record in todo:  # what each reading task needs (small: the repeats only)
-                if types:
-                    record["types"] = json.dumps(types)
-                if drops:
-                    record["drop"] = drops.get(record["id"], [])
+            for record in todo if types else ():  # one type per column for every shard
+                record["types"] = json.dumps(types)
         summary = {"shards": len(shards), "shards_already_done": len(shards) - len(todo)}
         if again:
             summary["shards_retried"] = len(again)
-        return Work(todo, [], None, {"input_format": kind, **summary})
+        work = Work(todo, [], None, {"input_format": kind, **summary})
+        if kind == "manifest" and len(shards) > 1:  # repeats across shards: removed after
+            work.shard_ids = [s.id for s in shards]
+        return work
     source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
     done_parts = [p for p in parts if parse_part(p) is not None]
     # rows to score again are cut out of their parts first: their inputs are then not done
@@ -693,6 +697,10 @@ def _run_locked(
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
     files = 0
+    settle = f"{root if config.resume else f'{root}/{STAGING}'}/{PENDING}"
+    dedupe = work.shard_ids is not None and (bool(work.source) or fs.exists(settle))
+    if dedupe and work.source:
+        fs.pipe(settle, b"")  # before the first part: a kill leaves the repeats pass owed
     if work.source:
         _start_ray(config)
         done, done_set, partitions = _resume_filter(config, work)
@@ -700,6 +708,13 @@ def _run_locked(
         written, files = execute(
             ds, config, target, work.total, started, progress, progress_every_s
         )
+    if dedupe:
+        mine = [p for p in existing_parts(target, config.storage_options) if _shard_of(p, sig)]
+        before = {p.rsplit("/", 1)[-1] for p in parts}
+        work.repeats = drop_repeats(
+            target, mine, work.shard_ids, before, config.storage_options, lambda: _start_ray(config)
+        )
+        fs.rm(settle)
     if not config.resume:
         fs.pipe(f"{target}/{COMMITTED}", sig.encode())
         finish_replacement(config.output, config.storage_options)
@@ -724,7 +739,7 @@ def _record_job(
         "scored_rows": final["done"],
         "errors": final["errors"],
         "files_written": files,
-        "duplicates_dropped": sum(int(w.get("duplicates") or 0) for w in written),
+        "duplicates_dropped": work.repeats + sum(int(w.get("duplicates") or 0) for w in written),
         "seconds": round(seconds, 2),
         "items_per_s": final["items_per_s"] if seconds > 0 else None,
     }

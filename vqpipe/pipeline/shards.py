@@ -406,15 +406,14 @@ def _manifest_tables(
     """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
     from the name, ``--root`` confinement, ``key`` = the row index; other columns carried, and
     the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins). A
-    URI listed again is scored once: repeats in the shard, and the rows in ``options["drop"]``
-    (repeats of other shards, found by :mod:`vqpipe.pipeline.dedupe`), are dropped and counted.
+    URI listed again in the shard is scored once: its repeats are dropped and counted (repeats
+    of other shards are removed once they are written: :mod:`vqpipe.pipeline.dedupe`).
 
     Read with pyarrow per shard rather than Ray Data's readers: each shard must become
     fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
     an error row instead of failing the read task."""
     column, root = options["uri_column"], options.get("root")
     reserved = frozenset(options.get("reserved", ()))
-    drop = frozenset(options.get("drop", ()))
     seen: set[str] = set()  # the shard's URIs: a repeated one is scored once (bounded by a shard)
     from vqpipe.io.patterns import resolve
 
@@ -427,7 +426,7 @@ def _manifest_tables(
         for key, value in hive.items():  # Hive partition columns (a column of the file wins)
             if key not in chunk.column_names:
                 chunk = chunk.append_column(key, pa.array([value] * len(chunk), pa.string()))
-        table, repeats = _manifest_rows(chunk, shard, column, root, start, seen, reserved, drop)
+        table, repeats = _manifest_rows(chunk, shard, column, root, start, seen, reserved)
         dropped += repeats
         if len(table) == 0:  # only repeats: nothing to yield (an empty part never commits)
             continue
@@ -502,14 +501,11 @@ def _manifest_rows(
     start: int,
     seen: set[str],
     reserved: frozenset[str] = frozenset(),
-    drop: frozenset[int] = frozenset(),
 ) -> tuple[pa.Table, int]:
     if column not in table.column_names:
         raise ValueError(f"manifest {shard.uri} has no {column!r} column")
     raw = table.column(column).to_pylist()
-    keep = [
-        not (start + i in drop or (isinstance(v, str) and v in seen)) for i, v in enumerate(raw)
-    ]
+    keep = [not (isinstance(v, str) and v in seen) for v in raw]
     seen.update(v for v in raw if isinstance(v, str))
     dropped = keep.count(False)
     if dropped:  # a URI listed again in the shard: scored once, its repeats counted
@@ -670,8 +666,6 @@ def read_shards(
                 yield _tag(error, f"{shard.id}-00000-last")
             continue
         where = dict(options)
-        if "drop" in batch:  # manifest rows that repeat a URI of another shard
-            where["drop"] = [int(r) for r in batch["drop"][i]]
         if "types" in batch:  # column types fixed for every manifest shard of the job
             where["types"] = json.loads(str(batch["types"][i]))
         tables = _shard_tables(shard, where, storage_options)
