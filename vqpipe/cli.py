@@ -15,14 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vqpipe.commands import COMMANDS
-from vqpipe.defaults import (
-    DECODE_TIMEOUT_S,
-    MAX_BYTES,
-    MAX_DURATION_S,
-    MAX_FRAMES,
-    MAX_PIXELS,
-    READ_TIMEOUT_S,
-)
+from vqpipe.commands._common import add_media_limits, media_limits
 from vqpipe.errors import JobError, UserError
 
 
@@ -93,7 +86,6 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
     The global pool flags (``--batch-size``, ``--num-gpus-per-actor``, ``--actors``) are the
     defaults of every ``--scorer``; a scorer's own keys win.
     """
-    from vqpipe.media.decode import MediaLimits
     from vqpipe.pipeline.config import JobConfig, ScorerOptions, parse_actors
 
     defaults = {
@@ -113,14 +105,7 @@ def job_config_from_args(args: argparse.Namespace) -> Any:
         exclude=tuple(args.exclude or ()),
         storage_options=_storage_options(args.storage_options),
         video_fps=args.video_fps,
-        limits=MediaLimits(
-            max_frames=args.max_frames,
-            max_bytes=args.max_bytes,
-            max_pixels=args.max_pixels,
-            max_duration_s=args.max_duration,
-            read_timeout_s=args.read_timeout,
-            decode_timeout_s=args.decode_timeout,
-        ),
+        limits=media_limits(args),
         rows_per_file=args.rows_per_file,
         limit=args.limit,
         resume=not args.no_resume,
@@ -434,46 +419,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--video-fps", type=float, default=1.0, help="frames sampled per second (default: 1)"
     )
-    parser.add_argument(
-        "--max-frames",
-        type=int,
-        default=MAX_FRAMES,
-        help="frames per video at most (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-bytes",
-        type=int,
-        default=MAX_BYTES,
-        help=f"bytes per input file at most (default: {MAX_BYTES // 2**20} MiB)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="pixels per image or video frame at most (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-duration",
-        type=float,
-        default=MAX_DURATION_S,
-        help=f"video seconds at most (default: {MAX_DURATION_S / 3600:g} h)",
-    )
-    parser.add_argument(
-        "--read-timeout",
-        type=float,
-        default=READ_TIMEOUT_S,
-        metavar="SECONDS",
-        help="wall clock to read one input's bytes; past it the input is an error row "
-        "(default: %(default)g)",
-    )
-    parser.add_argument(
-        "--decode-timeout",
-        type=float,
-        default=DECODE_TIMEOUT_S,
-        metavar="SECONDS",
-        help="wall clock per video decoder (decord, then PyAV) in its subprocess; past it the "
-        "decoder is killed and the next one tried (default: %(default)g)",
-    )
+    add_media_limits(parser)
     parser.add_argument(
         "--root",
         default=None,

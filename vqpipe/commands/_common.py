@@ -1,10 +1,84 @@
-"""What the reward-data commands share: storage options and running on Ray quietly."""
+"""What the commands share: storage options, running on Ray quietly, the media limits."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 from typing import Any
+
+
+def add_media_limits(parser: argparse.ArgumentParser, video: bool = True) -> None:
+    """``--max-bytes``, ``--max-pixels``, ``--read-timeout`` and, for jobs that read videos,
+    ``--max-frames``, ``--max-duration``, ``--decode-timeout`` (defaults: vqpipe.defaults)."""
+    from vqpipe.defaults import (
+        DECODE_TIMEOUT_S,
+        MAX_BYTES,
+        MAX_DURATION_S,
+        MAX_FRAMES,
+        MAX_PIXELS,
+        READ_TIMEOUT_S,
+    )
+
+    media = "image or video frame" if video else "image"
+    if video:
+        parser.add_argument(
+            "--max-frames",
+            type=int,
+            default=MAX_FRAMES,
+            help="frames per video at most (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=MAX_BYTES,
+        help=f"bytes per input file at most (default: {MAX_BYTES // 2**20} MiB)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"pixels per {media} at most (default: %(default)s)",
+    )
+    if video:
+        parser.add_argument(
+            "--max-duration",
+            type=float,
+            default=MAX_DURATION_S,
+            help=f"video seconds at most (default: {MAX_DURATION_S / 3600:g} h)",
+        )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=READ_TIMEOUT_S,
+        metavar="SECONDS",
+        help="wall clock to read one input's bytes; past it the input is an error row "
+        "(default: %(default)g)",
+    )
+    if video:
+        parser.add_argument(
+            "--decode-timeout",
+            type=float,
+            default=DECODE_TIMEOUT_S,
+            metavar="SECONDS",
+            help="wall clock per video decoder (decord, then PyAV) in its subprocess; past it "
+            "the decoder is killed and the next one tried (default: %(default)g)",
+        )
+
+
+def media_limits(args: argparse.Namespace) -> Any:
+    """The :class:`~vqpipe.media.decode.MediaLimits` of :func:`add_media_limits`' options
+    (those a command does not have keep their defaults)."""
+    from vqpipe.media.decode import MediaLimits
+
+    names = {
+        "max_frames": "max_frames",
+        "max_bytes": "max_bytes",
+        "max_pixels": "max_pixels",
+        "max_duration": "max_duration_s",
+        "read_timeout": "read_timeout_s",
+        "decode_timeout": "decode_timeout_s",
+    }
+    return MediaLimits(**{f: getattr(args, a) for a, f in names.items() if hasattr(args, a)})
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:

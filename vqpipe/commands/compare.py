@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from vqpipe.defaults import MAX_BYTES, MAX_PIXELS
+from vqpipe.commands._common import add_media_limits, media_limits
 
 EPILOG = """\
 examples:
@@ -73,18 +73,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--rows-per-file", type=int, default=256, help="pairs per output part (default: 256)"
     )
-    parser.add_argument(
-        "--max-bytes",
-        type=int,
-        default=MAX_BYTES,
-        help=f"bytes per image file at most (default: {MAX_BYTES // 2**20} MiB)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="pixels per image at most (default: %(default)s)",
-    )
+    add_media_limits(parser, video=False)
     parser.add_argument(
         "--storage-options",
         help='JSON for fsspec, e.g. \'{"profile": "curation"}\' (default: none)',
@@ -111,7 +100,6 @@ def add_parser(sub: Any) -> None:
 def compare_config_from_args(args: argparse.Namespace) -> Any:
     """The JobConfig of a compare job (one scorer pool; inputs read as manifests)."""
     from vqpipe.cli import _storage_options
-    from vqpipe.media.decode import MediaLimits
     from vqpipe.pipeline.config import JobConfig, ScorerOptions, parse_actors
 
     spec = ScorerOptions.parse(
@@ -125,7 +113,7 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
         output=args.out,
         scorers=[spec],
         storage_options=_storage_options(args.storage_options),
-        limits=MediaLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
+        limits=media_limits(args),
         rows_per_file=args.rows_per_file,
         limit=args.limit,
         resume=not args.no_resume,
