@@ -53,14 +53,16 @@ def write_manifests(root: Path, rows: int) -> Path:
     return root
 
 
-def _driver(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _driver(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """The job's driver process (its output to ``log``, else dropped)."""
     code = "import sys; from vqpipe.cli import main; sys.exit(main(sys.argv[1:]))"
+    sink = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env=env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -70,7 +72,8 @@ def first_part(manifests: Path, out: Path, timeout_s: float = 600.0) -> dict:
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": ""}
     started = time.perf_counter()
     argv = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
-    job = _driver([*argv, "--rows-per-file", str(SHARD_ROWS)], env)
+    log = out.with_suffix(".log")
+    job = _driver([*argv, "--rows-per-file", str(SHARD_ROWS)], env, log)
     peak, seconds = float("nan"), None
     try:
         while time.perf_counter() - started < timeout_s and job.poll() is None:
@@ -84,7 +87,10 @@ def first_part(manifests: Path, out: Path, timeout_s: float = 600.0) -> dict:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
         job.wait()
-    return {"seconds_to_first_part": seconds, "driver_peak_rss_mb": round(peak, 1)}
+    record = {"seconds_to_first_part": seconds, "driver_peak_rss_mb": round(peak, 1)}
+    if seconds is None:  # no part: say what the driver said
+        record["driver_said"] = log.read_text()[-500:]
+    return record
 
 
 def resume_over(rows: int, tmp: Path) -> dict:
