@@ -56,6 +56,12 @@ class BrightnessScorer(Scorer):
         self.latency_s = float(latency_s)
 
     @classmethod
+    def scores_in_tasks(cls, latency_s: float = 0.0, **_: Any) -> bool:
+        """In the decode tasks, unless ``latency_s`` makes it stand in for a slow accelerator:
+        then it runs as an actor pool, like the model it stands in for."""
+        return not latency_s
+
+    @classmethod
     def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:
         return BrightnessPreprocessor(size)
 

@@ -123,6 +123,13 @@ class Scorer(abc.ABC):
         return None
 
     @classmethod
+    def scores_in_tasks(cls, **options: Any) -> bool:
+        """Whether a job may score with this scorer inside its CPU decode tasks (one copy per
+        worker process) instead of an actor pool of its own: by default, when it has nothing
+        to load (``uses_torch`` False). Cheap; ``options``: the pool's scorer options."""
+        return not cls.uses_torch
+
+    @classmethod
     def check_options(cls, **options: Any) -> None:
         """Raise ``ValueError`` for option values this scorer cannot take; cheap (no weights),
         so a job can refuse them before it starts."""
