@@ -128,9 +128,13 @@ print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules))
     assert lines[-1] == "HEAVY []", lines[-1]
 
 
+WORKER_HEAVY = ("torch", "open_clip", "torchvision", "transformers", "pandas")
+
+
 def test_numpy_scorer_actor_imports_no_torch():
-    """A brightness scorer actor (numpy only) starts without torch: its device and dtype are
-    recorded as a torch scorer's on the CPU would be ("cpu", "float32"), from strings."""
+    """A brightness scorer (numpy only) starts without torch, and the stages' module without
+    pandas: its device and dtype are recorded as a torch scorer's on the CPU would be ("cpu",
+    "float32"), from strings."""
     code = f"""
 import json, sys
 from vqpipe.pipeline.config import ScorerOptions
@@ -139,8 +143,8 @@ from vqpipe.scoring import create_scorer
 stage = ScoreStage(ScorerOptions("brightness"))
 meta = create_scorer("brightness", device="cpu").metadata()
 print(json.dumps({{"runtime": json.loads(stage.runtime), "device": meta["device"],
-                  "dtype": meta["dtype"], "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules
-                  and m != "ray")}}))
+                  "dtype": meta["dtype"], "heavy": sorted(m for m in {WORKER_HEAVY!r}
+                  if m in sys.modules)}}))
 """
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
