@@ -71,6 +71,7 @@ def decode_batch(
     storage_options: dict[str, Any],
     video_fps: float,
     limits: MediaLimits,
+    in_process: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """CPU stage: fetch bytes, decode (sample frames), run each scorer's preprocessing.
 
@@ -79,7 +80,9 @@ def decode_batch(
     (:mod:`vqpipe.media.isolated`), so a decoder that crashes or hangs costs its own row only.
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
     ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
-    sampled frames for a video) as ``.npy`` bytes, empty after an error.
+    sampled frames for a video) as ``.npy`` bytes, empty after an error; for the columns in
+    ``in_process`` (pools that score in this same task) the arrays themselves, None after an
+    error: they never leave the process.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items() if k != DATA}
@@ -163,7 +166,11 @@ def decode_batch(
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
             inputs[column].append(np.stack(arrays) if arrays else None)
     for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
-        out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
+        if column in in_process:
+            out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
+            out[INPUT_PREFIX + column][:] = arrays
+        else:
+            out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
@@ -182,7 +189,8 @@ def decode_score(
     """:func:`decode_batch`, then the pools that score in the decode tasks (``pools``: each
     pool's options and checkpoint fingerprint; see :func:`scores_in_tasks`), each as its
     actor would (:class:`ScoreStage`, one per worker process)."""
-    out = decode_batch(batch, scorers, storage_options, video_fps, limits)
+    here = frozenset(spec.column for spec, _ in pools)
+    out = decode_batch(batch, scorers, storage_options, video_fps, limits, here)
     for spec, fingerprint in pools:
         out = task_scorer(spec, storage_options, fingerprint)(out)
     return out
@@ -427,7 +435,11 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
     return buffer.getvalue()
 
 
-def _from_bytes(data: bytes) -> np.ndarray | None:
+def _from_bytes(data: bytes | np.ndarray | None) -> np.ndarray | None:
+    """An item's arrays from their ``.npy`` bytes (as they come from another process), or as
+    they are (decoded in the same task: see ``decode_batch(in_process=...)``)."""
+    if data is None or isinstance(data, np.ndarray):
+        return data
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
 
 
