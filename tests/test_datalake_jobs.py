@@ -160,6 +160,52 @@ def test_directory_of_manifest_shards_with_a_url_column(ray_local, tmp_path):
     assert table["error"].dropna().str.contains("has no url").all()
 
 
+def _optimized_plan(ds, capsys) -> list[str]:
+    capsys.readouterr()
+    ds.explain()
+    text = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    return [line.split("[", 1)[1].rstrip("]") for line in text.splitlines() if "[" in line]
+
+
+def test_pools_in_the_decode_tasks_and_in_actors_score_alike(ray_local, tmp_path, capsys):
+    """A numpy scorer scores in the decode tasks (a shard is read, decoded, scored and written
+    by one task); the same scorer as an actor pool (latency_s stands in for an accelerator)
+    gives the same scores, and every stage's errors are still rows."""
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions
+    from vqpipe.pipeline.job import build_dataset, scorer_signature
+    from vqpipe.pipeline.stages import decode_cpus, scores_in_tasks
+
+    fast, slow = ScorerOptions.parse("brightness"), ScorerOptions.parse("brightness:latency_s=0.01")
+    assert scores_in_tasks(fast) and not scores_in_tasks(slow)
+    for pool in ("actors=2", "num_cpus=1", "num_gpus=1"):
+        assert not scores_in_tasks(ScorerOptions.parse(f"brightness:{pool}"))
+    assert (decode_cpus([fast]), decode_cpus([fast, slow])) == (1.0, 0.5)
+    root = _shards(tmp_path / "lake")
+    shards = [{"uri": str(root / "shard-00000.tar"), "format": "webdataset", "id": "s"}]
+    for scorers, plan in (
+        ([fast], ["MapBatches(read_decode)->MapBatches(write_batch)", "Input"]),
+        (
+            [fast, slow],
+            ["MapBatches(write_batch)", "MapBatches(ScoreStage)", "MapBatches(read_decode)"],
+        ),
+    ):
+        config = JobConfig(input=str(root), output=str(tmp_path / "plan"), scorers=scorers)
+        signature = {"scorers": [scorer_signature(s, {}) for s in scorers]}
+        ds = build_dataset(config, shards, signature, "0000000a", str(tmp_path / "plan"))
+        assert _optimized_plan(ds, capsys)[: len(plan)] == plan
+    out = tmp_path / "out"
+    args = ["score", str(root), "--out", str(out), "--rows-per-file", "2", "--scorer", "brightness"]
+    assert main([*args, "--scorer", "brightness:latency_s=0.01,column=slow"]) == 0
+    table = read_quality_table(str(out))
+    _check_webdataset_table(table, str(root))
+    scored = table[table["error"].isna()]
+    assert len(scored) and (scored["brightness_score"] == scored["slow_score"]).all()
+    job = json.loads((out / "_job.json").read_text())
+    for column in ("brightness", "slow"):
+        runtime = job["scorers"][column]["runtime"]
+        assert [(r["device"], r["dtype"]) for r in runtime] == [("cpu", "float32")], runtime
+
+
 def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for s in range(shards):

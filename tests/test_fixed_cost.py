@@ -126,3 +126,32 @@ print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules))
     lines = proc.stdout.splitlines()
     assert {line.split()[0] for line in lines[:-1]} >= {"gamma", "qalign", "compare2score"}
     assert lines[-1] == "HEAVY []", lines[-1]
+
+
+WORKER_HEAVY = ("torch", "open_clip", "torchvision", "transformers", "pandas")
+
+
+def test_numpy_scorer_actor_imports_no_torch():
+    """A brightness scorer (numpy only) starts without torch, and the stages' module without
+    pandas: its device and dtype are recorded as a torch scorer's on the CPU would be ("cpu",
+    "float32"), from strings."""
+    code = f"""
+import json, sys
+from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.pipeline.stages import ScoreStage
+from vqpipe.scoring import create_scorer
+stage = ScoreStage(ScorerOptions("brightness"))
+meta = create_scorer("brightness", device="cpu").metadata()
+print(json.dumps({{"runtime": json.loads(stage.runtime), "device": meta["device"],
+                  "dtype": meta["dtype"], "heavy": sorted(m for m in {WORKER_HEAVY!r}
+                  if m in sys.modules)}}))
+"""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.splitlines()[-1])
+    assert facts["heavy"] == [], facts
+    assert (facts["device"], facts["dtype"]) == ("cpu", "float32")
+    assert facts["runtime"]["device"] == "cpu" and facts["runtime"]["dtype"] == "float32"

@@ -12,14 +12,16 @@ import os
 import posixpath
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
-import pandas as pd
 
 from vqpipe.io.artifacts import is_job_artifact
 from vqpipe.io.fs import url_to_fs
+
+if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
+    import pandas as pd
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
@@ -107,6 +109,8 @@ def is_manifest(spec: str) -> bool:
 
 def read_manifest(spec: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """A manifest (Parquet / CSV / JSONL) with a ``uri`` column; other columns are carried."""
+    import pandas as pd
+
     opts = {"storage_options": storage_options} if "://" in spec else {}
     lower = spec.lower()
     if lower.endswith(".parquet"):
@@ -217,6 +221,8 @@ def list_inputs(
     absolute paths or other buckets elsewhere become error rows, never reads). ``since``: a
     prefix listing keeps only objects modified after this POSIX time (nightly incremental runs).
     """
+    import pandas as pd
+
     spec = os.fspath(spec)
     if is_manifest(spec):
         table = read_manifest(spec, storage_options)

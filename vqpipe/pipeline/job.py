@@ -62,13 +62,16 @@ from vqpipe.pipeline.shards import (
     whole_part,
 )
 from vqpipe.pipeline.stages import (
-    DECODE_CPUS,
     DeviceUnavailableError,
     Stage,
     actor_cpus,
+    decode_cpus,
     decode_stage,
+    follow_stage,
+    read_decode_stage,
     read_stage,
     score_stage,
+    scores_in_tasks,
     write_stage,
 )
 from vqpipe.pipeline.validate import check_checkpoints, check_cluster_resources, validate_job
@@ -292,38 +295,69 @@ def build_dataset(
     """The graph, top to bottom: shards or listing tasks → read, fragment by fragment (CPU
     tasks) → [anti-join on ``uri`` with ``done``, the rows already written] → decode (one
     block per task) → one actor pool per scorer → write (one summary row per part or piece).
-    Each stage's resources and batch size are its own (:mod:`vqpipe.pipeline.stages`)."""
+    Each stage's resources and batch size are its own (:mod:`vqpipe.pipeline.stages`).
+
+    Fixed cost per job is operators and worker processes, so: a sharded input (no resume
+    join, no ``--limit``) is read and decoded by one task per shard (:func:`read_decode`);
+    pools whose scorer has nothing to load score in the decode tasks (:func:`scores_in_tasks`:
+    no actor, whose process starts anew on every job); and writing takes the decode tasks'
+    requests when no actor pool comes between, so Ray Data fuses it into them. A WebDataset
+    job with the brightness scorer is then one operator: read → decode → score → write."""
     import ray
 
     listing = bool(shards) and shards[0]["format"] == LISTING
     rows = fragment_rows(config, shards[0]["format"] if shards else LISTING)
     block = min(BLOCK_ROWS, rows)
     so = config.storage_options
+    pools = list(zip(config.scorers, signature["scorers"], strict=True))
+    in_tasks = [(spec, s["checkpoint_fingerprint"]) for spec, s in pools if scores_in_tasks(spec)]
+    decode = {
+        "scorers": config.scorers,
+        "video_fps": config.video_fps,
+        "limits": config.limits,
+        "pools": in_tasks,
+    }
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     options = {**_read_options(config, rows), "done": done_set}
-    ds = read_stage().apply(ds, fn_kwargs={"options": options, "storage_options": so})
-    if done is not None:  # distributed: the driver never holds the URIs already written
-        ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
-    if listing:
-        # A listing task's fragments (tiny rows, up to LISTING_PART_ROWS each) leave it as big
-        # blocks (Ray Data coalesces a task's small outputs): cut them to BLOCK_ROWS so decoding
-        # and scoring stream and spread over tasks; the writer's pieces are merged back into
-        # one part per fragment. Shards of media bytes fill blocks on their own.
-        ds = ds.repartition(target_num_rows_per_block=block)
-    if config.limit is not None:
-        ds = ds.limit(config.limit)
-    decode = {"scorers": config.scorers, "storage_options": so, "video_fps": config.video_fps}
-    ds = decode_stage(block).apply(ds, fn_kwargs={**decode, "limits": config.limits})
-    for spec, scorer in zip(config.scorers, signature["scorers"], strict=True):
+    stage: Stage | None
+    if not listing and done is None and config.limit is None:
+        # a shard is read, decoded (and scored by the pools that score in tasks) in one task
+        stage = read_decode_stage(decode_cpus(config.scorers))
+        ds = stage.apply(
+            ds,
+            fn_kwargs={
+                "options": options,
+                "storage_options": so,
+                "decode": decode,
+                "block_rows": block,
+            },
+        )
+    else:
+        ds = read_stage().apply(ds, fn_kwargs={"options": options, "storage_options": so})
+        if done is not None:  # distributed: the driver never holds the URIs already written
+            ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
+        if listing:
+            # A listing task's fragments (tiny rows, up to LISTING_PART_ROWS each) leave it as
+            # big blocks (Ray Data coalesces a task's small outputs): cut them to BLOCK_ROWS so
+            # decoding and scoring stream and spread over tasks; the writer's pieces are merged
+            # back into one part per fragment. Shards of media bytes fill blocks on their own.
+            ds = ds.repartition(target_num_rows_per_block=block)
+        if config.limit is not None:
+            ds = ds.limit(config.limit)
+        stage = decode_stage(block, decode_cpus(config.scorers))
+        ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so})
+    for spec, scorer in pools:
+        if scores_in_tasks(spec):
+            continue
         pool = {"spec": spec, "storage_options": so}
         fingerprint = scorer["checkpoint_fingerprint"]
-        ds = score_stage(spec, config.scorers).apply(
-            ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint}
-        )
+        stage = score_stage(spec, config.scorers)
+        ds = stage.apply(ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint})
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 
-        ds = Stage(calibrate_batch, None, DECODE_CPUS).apply(ds, fn_args=(config.calibration,))
+        stage = follow_stage(calibrate_batch, stage)
+        ds = stage.apply(ds, fn_args=(config.calibration,))
     write = {
         "output": output,
         "storage_options": so,
@@ -331,7 +365,8 @@ def build_dataset(
         "scorer_columns": [s.column for s in config.scorers],
         "sig": sig,
     }
-    return write_stage().apply(ds, fn_kwargs=write)
+    # after the decode tasks (every pool scores in them), writing is fused into those tasks
+    return write_stage(stage).apply(ds, fn_kwargs=write)
 
 
 JOIN_PARTITIONS = 64

@@ -7,11 +7,11 @@ of a failed row, the size of an image that could not be decoded, the duration of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 URI = "uri"
@@ -94,9 +94,15 @@ def derived_column(score: str, kind: str) -> str:
 
 def error_text(value: Any) -> str | None:
     """``None`` for no error (Ray may hand it back as None or NaN), else the message."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None  # an all-None column comes back from Arrow as float32 NaN
-    return str(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (float, np.floating)):  # an all-None column comes back as NaN
+        return None if math.isnan(value) else str(value)
+    import pandas as pd  # anything else null-like (pd.NA, NaT): rare, and pandas is loaded then
+
+    return None if pd.isna(value) else str(value)
 
 
 def _float_array(values: np.ndarray) -> pa.Array:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,7 @@ def decode_batch(
     storage_options: dict[str, Any],
     video_fps: float,
     limits: MediaLimits,
+    in_process: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """CPU stage: fetch bytes, decode (sample frames), run each scorer's preprocessing.
 
@@ -78,7 +80,9 @@ def decode_batch(
     (:mod:`vqpipe.media.isolated`), so a decoder that crashes or hangs costs its own row only.
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
     ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
-    sampled frames for a video) as ``.npy`` bytes, empty after an error.
+    sampled frames for a video) as ``.npy`` bytes, empty after an error; for the columns in
+    ``in_process`` (pools that score in this same task) the arrays themselves, None after an
+    error: they never leave the process.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items() if k != DATA}
@@ -162,12 +166,56 @@ def decode_batch(
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
             inputs[column].append(np.stack(arrays) if arrays else None)
     for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
-        out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
+        if column in in_process:
+            out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
+            out[INPUT_PREFIX + column][:] = arrays
+        else:
+            out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
         out[BYTES] = np.array([_int_or_missing(v) for v in out[BYTES]], np.int64)
     return out
+
+
+def decode_score(
+    batch: dict[str, np.ndarray],
+    scorers: list[ScorerOptions],
+    storage_options: dict[str, Any],
+    video_fps: float,
+    limits: MediaLimits,
+    pools: list[tuple[ScorerOptions, str | None]] = (),  # type: ignore[assignment]
+) -> dict[str, np.ndarray]:
+    """:func:`decode_batch`, then the pools that score in the decode tasks (``pools``: each
+    pool's options and checkpoint fingerprint; see :func:`scores_in_tasks`), each as its
+    actor would (:class:`ScoreStage`, one per worker process)."""
+    here = frozenset(spec.column for spec, _ in pools)
+    out = decode_batch(batch, scorers, storage_options, video_fps, limits, here)
+    for spec, fingerprint in pools:
+        out = task_scorer(spec, storage_options, fingerprint)(out)
+    return out
+
+
+def read_decode(
+    batch: dict[str, np.ndarray],
+    options: dict[str, Any],
+    storage_options: dict[str, Any],
+    decode: dict[str, Any],
+    block_rows: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read and decode in one task (a generator; one shard per call): each table of
+    :func:`~vqpipe.pipeline.shards.read_shards`, cut into blocks of at most ``block_rows``
+    rows, through :func:`decode_score` (``decode``: its arguments). One Ray Data operator
+    instead of two: a shard's media bytes never travel between processes, and a job starts
+    no worker processes for a separate read stage."""
+    from ray.data.block import BlockAccessor
+
+    for table in read_shards(batch, options, storage_options):
+        for start in range(0, table.num_rows, block_rows):
+            chunk = BlockAccessor.for_block(table.slice(start, block_rows))
+            yield decode_score(
+                chunk.to_batch_format("numpy"), storage_options=storage_options, **decode
+            )
 
 
 class DeviceUnavailableError(JobError, RuntimeError):
@@ -265,6 +313,37 @@ class ScoreStage:
         return batch
 
 
+_TASK_SCORERS: dict[str, ScoreStage] = {}
+
+
+def task_scorer(
+    spec: ScorerOptions, storage_options: dict[str, Any], fingerprint: str | None
+) -> ScoreStage:
+    """The :class:`ScoreStage` of a pool that scores in the decode tasks: built once per
+    worker process (and pool options), as an actor would be."""
+    kwargs = spec.scorer_kwargs(storage_options)
+    key = json.dumps(
+        [spec.name, spec.column, spec.batch_size, kwargs, fingerprint], sort_keys=True, default=str
+    )
+    stage = _TASK_SCORERS.get(key)
+    if stage is None:
+        if len(_TASK_SCORERS) >= 16:  # a long-lived worker of many jobs: keep a few
+            _TASK_SCORERS.clear()
+        stage = _TASK_SCORERS[key] = ScoreStage(spec, storage_options, fingerprint)
+    return stage
+
+
+def scores_in_tasks(spec: ScorerOptions) -> bool:
+    """Whether a pool scores inside the decode tasks rather than in an actor pool: its scorer
+    has nothing to load (:meth:`Scorer.scores_in_tasks`: numpy on the CPU, built in
+    microseconds) and the pool asks for no GPUs, CPUs or actors of its own. An actor is a new
+    worker process per job (seconds of start-up: Python, Ray Data, vqpipe, on every job), a
+    decode task runs in a worker Ray already has."""
+    if spec.num_gpus or spec.num_cpus is not None or tuple(spec.actors) != (1, 1):
+        return False
+    return bool(spec.scorer_class().scores_in_tasks(**spec.options))
+
+
 def write_batch(
     batch: dict[str, np.ndarray],
     output: str,
@@ -356,11 +435,16 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
     return buffer.getvalue()
 
 
-def _from_bytes(data: bytes) -> np.ndarray | None:
+def _from_bytes(data: bytes | np.ndarray | None) -> np.ndarray | None:
+    """An item's arrays from their ``.npy`` bytes (as they come from another process), or as
+    they are (decoded in the same task: see ``decode_batch(in_process=...)``)."""
+    if data is None or isinstance(data, np.ndarray):
+        return data
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
 
 
 DECODE_CPUS = 0.5
+TASK_CPUS = 1.0
 READ_CPUS = 0.0
 # A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
@@ -411,6 +495,21 @@ class Stage:
             return ds.map_batches(self.fn, **asks, **kwargs, max_retries=self.max_retries)
 
 
+def read_decode_stage(cpus: float = DECODE_CPUS) -> Stage:
+    """Sharded inputs: read and decode in one task per shard (:func:`read_decode`), with
+    decode's requests (the reason reading alone reserves no CPU, a read task holding a CPU
+    while the decode tasks it feeds wait for one, cannot happen within one task)."""
+    stage = decode_stage(1, cpus)
+    return Stage(
+        read_decode,
+        1,
+        stage.num_cpus,
+        memory=stage.memory,
+        batch_format=None,
+        max_retries=stage.max_retries,
+    )
+
+
 def read_stage() -> Stage:
     """One shard or listing task per call. Reading waits on I/O: no CPU reserved (its memory
     request bounds how many run at once); a read task blocked by back-pressure while holding
@@ -418,14 +517,20 @@ def read_stage() -> Stage:
     return Stage(read_shards, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None)
 
 
-def decode_stage(block_rows: int) -> Stage:
+def decode_stage(block_rows: int, cpus: float = DECODE_CPUS) -> Stage:
     """One block (a fragment, or a piece of one) per call, half a CPU each so decoding
-    overlaps with the actors' idle time; the memory request bounds their concurrency for big
-    images and keeps their remote args unlike any actor's, so Ray never fuses decoding into a
-    scorer actor (which would serialise it there)."""
-    return Stage(
-        decode_batch, block_rows, DECODE_CPUS, memory=DECODE_MEMORY, max_retries=DECODE_RETRIES
-    )
+    overlaps with the actors' idle time (``cpus``: :func:`decode_cpus`); the memory request
+    bounds their concurrency for big images and keeps their remote args unlike any actor's,
+    so Ray never fuses decoding into a scorer actor (which would serialise it there)."""
+    return Stage(decode_score, block_rows, cpus, memory=DECODE_MEMORY, max_retries=DECODE_RETRIES)
+
+
+def decode_cpus(scorers: list[ScorerOptions]) -> float:
+    """CPUs per decode task: half a CPU beside actor pools (decoding overlaps with their idle
+    time); a whole one when every pool scores in the decode tasks (:func:`scores_in_tasks`):
+    nothing to overlap with, and twice the tasks per CPU would only start twice the worker
+    processes (seconds of start-up each, on the CPUs the tasks need)."""
+    return TASK_CPUS if all(scores_in_tasks(s) for s in scorers) else DECODE_CPUS
 
 
 def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
@@ -437,7 +542,11 @@ def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
         return spec.num_cpus
     if spec.num_gpus:
         return 1.0
-    cpu_pools = sum(1 for s in scorers if not s.num_gpus and s.num_cpus is None)
+    if scores_in_tasks(spec):  # no actor: it scores in the decode tasks
+        return 0.0
+    cpu_pools = sum(
+        1 for s in scorers if not s.num_gpus and s.num_cpus is None and not scores_in_tasks(s)
+    )
     return 0.5 / max(1, cpu_pools)
 
 
@@ -447,6 +556,19 @@ def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
     return Stage(ScoreStage, spec.batch_size, cpus, num_gpus=spec.num_gpus, actors=spec.actors)
 
 
-def write_stage() -> Stage:
-    """One block per call (its fragments become parts); I/O."""
-    return Stage(write_batch, None, DECODE_CPUS)
+def write_stage(upstream: Stage | None = None) -> Stage:
+    """One block per call (its fragments become parts); I/O. ``upstream``: the task stage
+    just before it (decode, when no actor pool comes between), whose requests it then takes
+    so that Ray Data fuses writing into those tasks (no operator, task or transfer of its
+    own)."""
+    return follow_stage(write_batch, upstream)
+
+
+def follow_stage(fn: Any, upstream: Stage | None = None) -> Stage:
+    """A one-block-per-call task stage: with ``upstream``'s CPUs, memory and retries (Ray
+    Data fuses consecutive task stages only when those are the same), else half a CPU."""
+    if upstream is None or upstream.actors:
+        return Stage(fn, None, DECODE_CPUS)
+    return Stage(
+        fn, None, upstream.num_cpus, memory=upstream.memory, max_retries=upstream.max_retries
+    )

@@ -41,6 +41,7 @@ class BrightnessScorer(Scorer):
     media = frozenset({"image", "video"})
     score_range = (0.0, 1.0)
     prob_labels = ("dark", "mid", "bright")
+    uses_torch = False  # numpy only: its actors never import torch
 
     def __init__(
         self,
@@ -50,9 +51,15 @@ class BrightnessScorer(Scorer):
         size: int = 64,
         latency_s: float = 0.0,
     ) -> None:
-        super().__init__(checkpoint, "cpu", "fp32")
+        super().__init__(checkpoint, "cpu", "float32")
         self.preprocessor = BrightnessPreprocessor(size)
         self.latency_s = float(latency_s)
+
+    @classmethod
+    def scores_in_tasks(cls, latency_s: float = 0.0, **_: Any) -> bool:
+        """In the decode tasks, unless ``latency_s`` makes it stand in for a slow accelerator:
+        then it runs as an actor pool, like the model it stands in for."""
+        return not latency_s
 
     @classmethod
     def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # vqpipe.scoring is imported by every scorer worker: no pandas there
+    import pandas as pd
 
 
 def select_anchors(

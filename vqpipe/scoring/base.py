@@ -90,6 +90,10 @@ class Scorer(abc.ABC):
     prob_labels: ClassVar[tuple[str, ...]] = ()
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
     storage_options: dict[str, Any] | None = None  # fsspec options for inputs given as URIs
+    uses_torch: ClassVar[bool] = True
+    """False for a scorer that runs on the CPU with numpy only: its ``device`` and ``dtype``
+    are then the strings ``"cpu"`` and ``"float32"`` (what a torch scorer's record as text),
+    and building it imports no torch (a scorer actor's start-up is then its imports only)."""
 
     def __init__(
         self,
@@ -98,8 +102,13 @@ class Scorer(abc.ABC):
         dtype: str | torch.dtype | None = None,
     ) -> None:
         self.checkpoint = checkpoint
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device: torch.device | str
+        self.dtype: torch.dtype | str
+        if self.uses_torch:
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, self.device)
+        else:  # numpy on the CPU, whatever was asked for
+            self.device, self.dtype = "cpu", "float32"
         self.checkpoint_fingerprint: str | None = None
 
     @classmethod
@@ -112,6 +121,13 @@ class Scorer(abc.ABC):
         """The demo checkpoint shipped inside the package when the default is one, else None
         (jobs that score with it say so loudly and record ``checkpoint: bundled-demo``)."""
         return None
+
+    @classmethod
+    def scores_in_tasks(cls, **options: Any) -> bool:
+        """Whether a job may score with this scorer inside its CPU decode tasks (one copy per
+        worker process) instead of an actor pool of its own: by default, when it has nothing
+        to load (``uses_torch`` False). Cheap; ``options``: the pool's scorer options."""
+        return not cls.uses_torch
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
