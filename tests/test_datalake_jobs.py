@@ -181,13 +181,17 @@ def test_pools_in_the_decode_tasks_and_in_actors_score_alike(ray_local, tmp_path
         assert not scores_in_tasks(ScorerOptions.parse(f"brightness:{pool}"))
     assert (decode_cpus([fast]), decode_cpus([fast, slow])) == (1.0, 0.5)
     root = _shards(tmp_path / "lake")
-    shards = [{"uri": str(root / "shard-00000.tar"), "format": "webdataset", "id": "s"}]
-    for scorers, plan in (
-        ([fast], ["MapBatches(read_decode)->MapBatches(write_batch)", "Input"]),
+    shard = {"uri": str(root / "shard-00000.tar"), "format": "webdataset"}
+    many = [{**shard, "id": f"s{i}"} for i in range(8)]  # enough to fill 2 CPUs' decode slots
+    for scorers, shards, plan in (
+        ([fast], many, ["MapBatches(read_decode)->MapBatches(write_batch)", "Input"]),
         (
             [fast, slow],
+            many,
             ["MapBatches(write_batch)", "MapBatches(ScoreStage)", "MapBatches(read_decode)"],
         ),
+        # one shard would be one task on one CPU: its blocks are decoded by tasks of their own
+        ([fast], many[:1], ["MapBatches(decode_score)->MapBatches(write_batch)"]),
     ):
         config = JobConfig(input=str(root), output=str(tmp_path / "plan"), scorers=scorers)
         signature = {"scorers": [scorer_signature(s, {}) for s in scorers]}

@@ -320,9 +320,10 @@ def build_dataset(
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     options = {**_read_options(config, rows), "done": done_set}
     stage: Stage | None
-    if not listing and done is None and config.limit is None:
+    cpus = decode_cpus(config.scorers)
+    if not listing and done is None and config.limit is None and _shards_fill(shards, cpus):
         # a shard is read, decoded (and scored by the pools that score in tasks) in one task
-        stage = read_decode_stage(decode_cpus(config.scorers))
+        stage = read_decode_stage(cpus)
         ds = stage.apply(
             ds,
             fn_kwargs={
@@ -344,7 +345,7 @@ def build_dataset(
             ds = ds.repartition(target_num_rows_per_block=block)
         if config.limit is not None:
             ds = ds.limit(config.limit)
-        stage = decode_stage(block, decode_cpus(config.scorers))
+        stage = decode_stage(block, cpus)
         ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so})
     for spec, scorer in pools:
         if scores_in_tasks(spec):
@@ -367,6 +368,16 @@ def build_dataset(
     }
     # after the decode tasks (every pool scores in them), writing is fused into those tasks
     return write_stage(stage).apply(ds, fn_kwargs=write)
+
+
+def _shards_fill(shards: list[dict[str, Any]], cpus: float) -> bool:
+    """Whether there are enough shards to keep every decode slot of the cluster busy with one
+    task per shard (twice as many); else a shard's blocks are decoded by tasks of their own,
+    so that a few big shards (one manifest of a million rows) still spread over the CPUs."""
+    import ray
+
+    slots = ray.cluster_resources().get("CPU", 1.0) / max(cpus, 1e-3)
+    return len(shards) >= 2 * slots
 
 
 JOIN_PARTITIONS = 64
