@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vqpipe.io.artifacts import DEDUPE_PENDING
+from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.pipeline.schema import URI
 from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks, parse_part, write_part
 
@@ -204,7 +205,7 @@ def _shard_types(
     from vqpipe.io.patterns import resolve
 
     try:
-        if uri.lower().endswith((".parquet", ".pq")):
+        if uri.lower().endswith(PARQUET_SUFFIXES):
             fs, path = resolve(uri, storage_options)
             with fs.open(path, "rb") as fh:
                 schema = carried_schema(pq.read_schema(fh))
@@ -239,8 +240,8 @@ def unified_types(
     the table, and no two blocks Ray Data puts in one batch, disagree on a column's type."""
     if len(shards) < 2:
         return {}
-    parquet = [s.uri for s in shards if s.uri.lower().endswith((".parquet", ".pq"))]
-    text = [s.uri for s in shards if not s.uri.lower().endswith((".parquet", ".pq"))]
+    parquet = [s.uri for s in shards if s.uri.lower().endswith(PARQUET_SUFFIXES)]
+    text = [s.uri for s in shards if not s.uri.lower().endswith(PARQUET_SUFFIXES)]
     pairs: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=16) as pool:  # footers: small, one request each
         for types in pool.map(lambda u: _shard_types(u, options, storage_options), parquet):

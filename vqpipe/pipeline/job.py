@@ -28,6 +28,7 @@ from vqpipe.errors import UserError
 from vqpipe.io.artifacts import COMMITTED, JOB_RECORD, STAGING, is_job_artifact
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
+from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.damaged import quarantine, readable_parts, warn_damaged
@@ -593,7 +594,7 @@ def plan_work(
             fs.rm(path)
         todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
         if kind == "manifest" and todo and len(shards) > 1:
-            if not all(s.uri.lower().endswith((".parquet", ".pq")) for s in shards):
+            if not all(s.uri.lower().endswith(PARQUET_SUFFIXES) for s in shards):
                 _start_ray(config)  # text manifests are read whole for their types: Ray tasks
             options = _read_options(config, fragment_rows(config, kind))
             types = unified_types(shards, options, config.storage_options)

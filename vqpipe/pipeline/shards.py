@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vqpipe.io.fs import is_transient
+from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
 from vqpipe.pipeline.schema import (
     BYTES,
@@ -332,14 +333,13 @@ def manifest_chunks(
     storage_options: dict[str, Any] | None,
     *,
     uri_column: str | None = None,
-    uri_only: bool = False,
     types: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """A Parquet / CSV / JSONL manifest file in tables of ``rows`` rows, each with the index
     of its first row (empty tables skipped), with one schema for the whole file: all-null
     columns typed as strings, JSON lines whose types drift read by :func:`_json_lines`,
     ``types`` (the columns the driver fixed for every shard, see :func:`_force_types`)
-    applied. ``uri_only``: Parquet reads the ``uri_column`` alone.
+    applied.
 
     Read with pyarrow per shard rather than Ray Data's readers: each shard must become
     fragments with stable sequence numbers (the commit unit), and a bad row must become an
@@ -353,11 +353,9 @@ def manifest_chunks(
     fs, path = resolve(uri, storage_options)
     lower = path.lower()
     with fs.open(path, "rb") as fh:
-        if lower.endswith((".parquet", ".pq")):
+        if lower.endswith(PARQUET_SUFFIXES):
             parquet = pq.ParquetFile(fh)
             schema = carried_schema(parquet.schema_arrow)
-            if uri_only and uri_column in schema.names:
-                schema = pa.schema([schema.field(uri_column)])
             start = 0
             for batch in parquet.iter_batches(batch_size=rows, columns=schema.names):
                 chunk = _force_types(pa.Table.from_batches([batch]).cast(schema), types, uri_column)
