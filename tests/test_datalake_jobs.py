@@ -210,6 +210,24 @@ def test_pools_in_the_decode_tasks_and_in_actors_score_alike(ray_local, tmp_path
         assert [(r["device"], r["dtype"]) for r in runtime] == [("cpu", "float32")], runtime
 
 
+def test_many_small_shards_share_tasks_and_keep_their_own_parts(ray_local, tmp_path):
+    """18 shards on 2 CPUs: a few shards per fused task (fewer Ray Data scheduling rounds),
+    each shard still its own committed part, every sample once; too few shards to fill the
+    decode slots twice are not fused at all."""
+    from vqpipe.pipeline.job import SHARDS_PER_TASK, _fused_tasks
+
+    shards = [{"uri": f"s{i}.tar", "format": "webdataset", "id": str(i)} for i in range(18)]
+    assert SHARDS_PER_TASK == 4 and _fused_tasks(shards, 1.0) == 5  # ceil(18 / 4) > 2 x 2 slots
+    assert _fused_tasks(shards[:5], 1.0) == 4  # at least two tasks per slot
+    assert _fused_tasks(shards[:3], 1.0) is None
+    root, out = _many_shards(tmp_path / "lake", shards=18, per_shard=3), tmp_path / "out"
+    assert main(["score", str(root), "--out", str(out), "--scorer", "brightness"]) == 0
+    table = read_quality_table(str(out))
+    assert len(table) == 54 and table["uri"].is_unique and table["error"].isna().all()
+    parts = [parse_part(p.name)["shard"].rsplit("-", 1)[0] for p in out.glob("part-*.parquet")]
+    assert sorted(parts) == [f"{s:05d}" for s in range(18)]  # one part per tar, named by it
+
+
 def _many_shards(root: Path, shards: int = 6, per_shard: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for s in range(shards):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
+
+_ORIENTATION = ExifTags.Base.Orientation
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -15,7 +17,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     them); palette, CMYK, L/LA/RGBA convert with Pillow's rules (alpha is dropped, as CLIP's
     own preprocessing does); animated images use their current frame.
     """
-    image = ImageOps.exif_transpose(image) or image
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+        image = ImageOps.exif_transpose(image) or image
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

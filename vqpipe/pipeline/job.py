@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -318,12 +319,15 @@ def build_dataset(
         "limits": config.limits,
         "pools": in_tasks,
     }
-    ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     options = {**_read_options(config, rows), "done": done_set}
     stage: Stage | None
     cpus = decode_cpus(config.scorers)
-    if not listing and done is None and config.limit is None and _shards_fill(shards, cpus):
-        # a shard is read, decoded (and scored by the pools that score in tasks) in one task
+    fused = not listing and done is None and config.limit is None
+    tasks = _fused_tasks(shards, cpus) if fused else None
+    if tasks is not None:
+        # a shard is read, decoded (and scored by the pools that score in tasks) in one call,
+        # a few shards per task when they are many
+        ds = ray.data.from_items(shards, override_num_blocks=tasks)
         stage = read_decode_stage(cpus)
         ds = stage.apply(
             ds,
@@ -335,6 +339,7 @@ def build_dataset(
             },
         )
     else:
+        ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
         ds = read_stage().apply(ds, fn_kwargs={"options": options, "storage_options": so})
         if done is not None:  # distributed: the driver never holds the URIs already written
             ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
@@ -371,14 +376,27 @@ def build_dataset(
     return write_stage(stage).apply(ds, fn_kwargs=write)
 
 
-def _shards_fill(shards: list[dict[str, Any]], cpus: float) -> bool:
-    """Whether there are enough shards to keep every decode slot of the cluster busy with one
-    task per shard (twice as many); else a shard's blocks are decoded by tasks of their own,
-    so that a few big shards (one manifest of a million rows) still spread over the CPUs."""
+SHARDS_PER_TASK = 4
+"""At most this many shards per fused task (:func:`_fused_tasks`): a retried task redoes its
+shards, so the grouping stays small."""
+
+
+def _fused_tasks(shards: list[dict[str, Any]], cpus: float) -> int | None:
+    """How many fused read → decode → write tasks to spread the shards over, or None when
+    there are too few shards to keep every decode slot of the cluster busy with one task per
+    shard (twice as many): then a shard's blocks are decoded by tasks of their own, so that a
+    few big shards (one manifest of a million rows) still spread over the CPUs.
+
+    Many small shards share tasks, at least two tasks per slot and at most
+    :data:`SHARDS_PER_TASK` shards each, as Ray Data's file readers group small files: Ray
+    Data refills a slot a scheduling round (~0.1 s) after its task ends, a cost paid per task,
+    close to half the work of a 250-sample shard."""
     import ray
 
     slots = ray.cluster_resources().get("CPU", 1.0) / max(cpus, 1e-3)
-    return len(shards) >= 2 * slots
+    if len(shards) < 2 * slots:
+        return None
+    return max(math.ceil(2 * slots), math.ceil(len(shards) / SHARDS_PER_TASK))
 
 
 JOIN_PARTITIONS = 64

@@ -170,14 +170,22 @@ class Scorer(abc.ABC):
         if n == 0:
             return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
         frames = [f for x in inputs for f in x]
-        owner = np.repeat(np.arange(n), [len(x) for x in inputs])
         outs = [
             self.predict({"pixels": self.stack_frames(frames[i : i + batch_size])})
             for i in range(0, len(frames), batch_size)
         ]
         merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
+        counts = np.array([len(x) for x in inputs])
+        if (counts == 1).all():  # images: one frame each, nothing to average
+            return {key: v.astype(np.float32) for key, v in merged.items()}
+        if (counts == 0).any():
+            raise ValueError(f"{self.name}: an item has no frames to score")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # items' frames are contiguous
         return {
-            key: np.stack([v[owner == i].mean(axis=0) for i in range(n)]).astype(np.float32)
+            key: (
+                np.add.reduceat(v.astype(np.float64), starts, axis=0)
+                / counts.reshape((-1,) + (1,) * (v.ndim - 1))
+            ).astype(np.float32)
             for key, v in merged.items()
         }
 
