@@ -58,7 +58,7 @@ def settle(root: Path, ids: list[str], driver: bool) -> dict:
     dedupe.DRIVER_MAX_ROWS = 1 << 62 if driver else 0
     try:
         start = time.perf_counter()
-        removed = dedupe.drop_repeats(str(root), paths, ids, set())
+        removed = dedupe.drop_repeats(str(root), paths, ids, set()).rows
         seconds = time.perf_counter() - start
     finally:
         dedupe.DRIVER_MAX_ROWS = limit

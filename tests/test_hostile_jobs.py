@@ -380,7 +380,35 @@ def test_a_uri_in_several_manifest_shards_is_scored_once(ray_local, tmp_path):
     assert main(argv) == 0
     table = read_quality_table(str(out))
     assert sorted(table["uri"]) == sorted(uris) and table["uri"].is_unique
-    assert json.loads((out / "_job.json").read_text())["summary"]["duplicates_dropped"] == 2
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert summary["duplicates_dropped"] == 2 and summary["scored_rows"] == 1  # 5; 3 was there
+
+
+def test_the_summary_counts_the_rows_the_table_holds_after_the_repeats_pass(ray_local, tmp_path):
+    """Repeats across shards are scored, then removed: the summary's scored rows and errors
+    are the rows left, a missing file listed twice is one error row, and a rerun that only
+    adds a shard counts only what it added."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uris = _images(tmp_path / "img", [f"{i}.png" for i in range(4)])
+    gone = str(tmp_path / "img" / "missing.png")
+    shards = tmp_path / "manifests"
+    shards.mkdir()
+    for name, listed in {"a": [uris[0], gone, uris[1]], "b": [gone, uris[1], uris[2]]}.items():
+        pq.write_table(pa.table({"uri": listed}), shards / f"{name}.parquet")
+    out = tmp_path / "out"
+    argv = ["score", str(shards), "--out", str(out), *BRIGHTNESS]
+    assert main(argv) == 0
+    table = read_quality_table(str(out))
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert len(table) == 4 and table["error"].notna().sum() == 1
+    assert (summary["scored_rows"], summary["errors"], summary["duplicates_dropped"]) == (4, 1, 2)
+    pq.write_table(pa.table({"uri": [uris[3], uris[0]]}), shards / "c.parquet")
+    assert main(argv) == 0  # c: one new row, one repeat of a row already written
+    summary = json.loads((out / "_job.json").read_text())["summary"]
+    assert len(read_quality_table(str(out))) == 5
+    assert (summary["scored_rows"], summary["errors"], summary["duplicates_dropped"]) == (1, 0, 1)
 
 
 def _overlapping_shards(tmp_path: Path) -> tuple[list[str], Path]:
@@ -413,6 +441,7 @@ def test_repeats_across_shards_are_removed_by_ray_data_on_a_large_output(
     assert not (out / "_dedupe_pending").exists()
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 4  # c's part is left empty: c stays committed
+    assert (record["summary"]["scored_rows"], record["summary"]["errors"]) == (6, 0)
     assert main(argv) == 0
     summary = json.loads((out / "_job.json").read_text())["summary"]
     assert summary["shards_already_done"] == 4 and summary["scored_rows"] == 0

@@ -28,6 +28,7 @@ that read them whole.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ import pyarrow.compute as pc
 
 from vqpipe.io.artifacts import DEDUPE_PENDING
 from vqpipe.io.input_format import PARQUET_SUFFIXES
-from vqpipe.pipeline.schema import URI
+from vqpipe.pipeline.schema import ERROR, URI
 from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks, parse_part, write_part
 
 PENDING = DEDUPE_PENDING
@@ -85,8 +86,19 @@ def _later_keys(keys: pa.Table) -> pa.Table:
     return joined.filter(pc.not_equal(joined[_KEY], joined[f"{_KEY}_min"])).select([_KEY])
 
 
-def drop_rows(fs: Any, path: str, rows: np.ndarray) -> int:
-    """Rewrite ``path`` without ``rows`` (atomically, metadata kept); returns how many went."""
+@dataclass(frozen=True)
+class Removed:
+    """What a repeats pass took out: ``rows`` in all; ``new_rows`` of them from parts this
+    run wrote, ``new_errors`` of those error rows (the run's own counts lose these)."""
+
+    rows: int = 0
+    new_rows: int = 0
+    new_errors: int = 0
+
+
+def drop_rows(fs: Any, path: str, rows: np.ndarray) -> tuple[int, int]:
+    """Rewrite ``path`` without ``rows`` (atomically, metadata kept); returns how many went,
+    and how many of those were error rows."""
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as fh:
@@ -94,9 +106,23 @@ def drop_rows(fs: Any, path: str, rows: np.ndarray) -> int:
     keep = np.ones(len(table), bool)
     keep[rows[rows < len(table)]] = False
     if keep.all():
-        return 0
+        return 0, 0
+    gone = ~keep
+    errors = 0
+    if ERROR in table.column_names:
+        errors = int(pc.is_valid(table.column(ERROR)).to_numpy(zero_copy_only=False)[gone].sum())
     write_part(fs, path, table.filter(pa.array(keep)))
-    return int((~keep).sum())
+    return int(gone.sum()), errors
+
+
+def _removed(ordered: list[str], counts: dict[int, tuple[int, int]], before: set[str]) -> Removed:
+    """Sum ``{part order: (rows, errors)}`` into a :class:`Removed`."""
+    new = [c for o, c in counts.items() if ordered[o].rsplit("/", 1)[-1] not in before]
+    return Removed(
+        rows=sum(r for r, _ in counts.values()),
+        new_rows=sum(r for r, _ in new),
+        new_errors=sum(e for _, e in new),
+    )
 
 
 def _split(keys: np.ndarray) -> dict[int, np.ndarray]:
@@ -105,11 +131,11 @@ def _split(keys: np.ndarray) -> dict[int, np.ndarray]:
     return {int(o): rows[orders == o] for o in np.unique(orders)}
 
 
-def _driver_pass(fs: Any, ordered: list[str]) -> int:
+def _driver_pass(fs: Any, ordered: list[str]) -> dict[int, tuple[int, int]]:
     with ThreadPoolExecutor(max_workers=16) as pool:
         tables = list(pool.map(lambda i: _part_keys(fs, ordered[i], i), range(len(ordered))))
     later = _later_keys(pa.concat_tables(tables)).column(_KEY).to_numpy()
-    return sum(drop_rows(fs, ordered[o], rows) for o, rows in _split(later).items())
+    return {o: drop_rows(fs, ordered[o], rows) for o, rows in _split(later).items()}
 
 
 def _keys_task(batch: dict[str, np.ndarray], storage_options: dict[str, Any]) -> pa.Table:
@@ -141,10 +167,17 @@ def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str
     uris = ray.get(parts[0])
     uri = uris[int(group[_PART][0])]
     fs, path = url_to_fs(uri, storage_options)
-    return {"dropped": np.array([drop_rows(fs, path, np.asarray(group[_ROW], np.int64))])}
+    dropped, errors = drop_rows(fs, path, np.asarray(group[_ROW], np.int64))
+    return {
+        _PART: group[_PART][:1],
+        "dropped": np.array([dropped]),
+        "errors": np.array([errors]),
+    }
 
 
-def _ray_pass(uris: list[str], storage_options: dict[str, Any], partitions: int) -> int:
+def _ray_pass(
+    uris: list[str], storage_options: dict[str, Any], partitions: int
+) -> dict[int, tuple[int, int]]:
     import ray
     from ray.data.aggregate import Count, Min
 
@@ -160,7 +193,7 @@ def _ray_pass(uris: list[str], storage_options: dict[str, Any], partitions: int)
     # the part list travels once, by reference (a list wrapped so Ray Data leaves it a ref)
     kwargs = {"parts": [ray.put(uris)], "storage_options": storage_options}
     done = later.groupby(_PART).map_groups(_rewrite, fn_kwargs=kwargs, batch_format="numpy")
-    return int(sum(int(r["dropped"]) for r in done.iter_rows()))
+    return {int(r[_PART]): (int(r["dropped"]), int(r["errors"])) for r in done.iter_rows()}
 
 
 def drop_repeats(
@@ -171,27 +204,28 @@ def drop_repeats(
     storage_options: dict[str, Any] | None = None,
     start_ray: Any = None,
     partitions: int = 16,
-) -> int:
+) -> Removed:
     """Remove the later occurrences of every URI written more than once among ``parts``
-    (paths in ``output``'s store); returns the rows removed (see the module docstring).
-    ``start_ray``: called before the pass needs Ray (a large output)."""
+    (paths in ``output``'s store; ``before``: the names of those there before this run);
+    returns what went (see the module docstring). ``start_ray``: called before the pass
+    needs Ray (a large output)."""
     import pyarrow.parquet as pq
 
     from vqpipe.io.fs import url_to_fs
     from vqpipe.io.sources import join_uri
 
     if len(parts) < 2:
-        return 0
+        return Removed()
     fs, _ = url_to_fs(output, storage_options)
     ordered = part_order(parts, shard_ids, before)
     with ThreadPoolExecutor(max_workers=16) as pool:
         rows = sum(pool.map(lambda p: pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows, parts))
     if rows <= DRIVER_MAX_ROWS:
-        return _driver_pass(fs, ordered)
+        return _removed(ordered, _driver_pass(fs, ordered), before)
     if start_ray is not None:
         start_ray()
     uris = [join_uri(fs, p, output) for p in ordered]  # the tasks open them by URI
-    return _ray_pass(uris, storage_options or {}, partitions)
+    return _removed(ordered, _ray_pass(uris, storage_options or {}, partitions), before)
 
 
 def _shard_types(

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -33,7 +33,7 @@ from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.damaged import quarantine, readable_parts, warn_damaged
-from vqpipe.pipeline.dedupe import PENDING, drop_repeats, unified_types
+from vqpipe.pipeline.dedupe import PENDING, Removed, drop_repeats, unified_types
 from vqpipe.pipeline.lock import OutputLock
 from vqpipe.pipeline.retry import DRIVER_SCAN_MAX_PARTS, drop_retryable, scan_parts
 from vqpipe.pipeline.schema import (
@@ -590,7 +590,7 @@ class Work:
     shard_ids: list[str] | None = None
     """Manifest shards in job order, when there are several: repeats across them are removed
     once the shards are committed (:func:`vqpipe.pipeline.dedupe.drop_repeats`)."""
-    repeats: int = 0
+    repeats: Removed = field(default_factory=Removed)
 
 
 def plan_work(
@@ -799,12 +799,13 @@ def _record_job(
     fs, root = _output_fs(config.output, config.storage_options)
     seconds = time.perf_counter() - started
     final = _progress(written, work.total, seconds)
+    removed = work.repeats  # this run's own repeats are not in its table: not counted
     summary = {
         **work.summary,
-        "scored_rows": final["done"],
-        "errors": final["errors"],
+        "scored_rows": final["done"] - removed.new_rows,
+        "errors": final["errors"] - removed.new_errors,
         "files_written": files,
-        "duplicates_dropped": work.repeats + sum(int(w.get("duplicates") or 0) for w in written),
+        "duplicates_dropped": removed.rows + sum(int(w.get("duplicates") or 0) for w in written),
         "seconds": round(seconds, 2),
         "items_per_s": final["items_per_s"] if seconds > 0 else None,
     }
