@@ -71,16 +71,16 @@ def child(images: str, out: str, limit: int) -> None:
         timed(ray, "init", "ray.init")
         timed(ray, "shutdown", "ray.shutdown")
 
-    start_ray = getattr(job, "_start_ray", None)
-    if start_ray is None:
+    original_start = getattr(job, "start_ray", None)
+    if original_start is None:
         time_ray()
     else:  # ray is imported where the job starts it (in ray.init's phase): a resume does not
 
-        def _start_ray(*args: Any, **kwargs: Any) -> Any:
+        def start_ray(*args: Any, **kwargs: Any) -> Any:
             time_ray()
-            return start_ray(*args, **kwargs)
+            return original_start(*args, **kwargs)
 
-        job._start_ray = _start_ray
+        job.start_ray = start_ray
 
     marks: dict[str, float] = {}
     build = getattr(job, "build_dataset", None)

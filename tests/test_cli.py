@@ -13,7 +13,7 @@ import pytest
 
 from vqpipe.cli import build_parser, main
 from vqpipe.console import StatusLine
-from vqpipe.pipeline.job import _progress, format_progress
+from vqpipe.pipeline.job import format_progress, job_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["demo", "score", "filter", "eval", "train", "bench", "scorers", "version"]
@@ -143,16 +143,16 @@ def test_quiet_and_verbose_together_is_an_error(capsys):
 
 def test_eta_from_the_rate_after_the_first_part():
     written = [{"rows": 100, "errors": 0}]
-    first = _progress(written, 1000, elapsed=40.0)  # 40 s of start-up before the first part
+    first = job_progress(written, 1000, elapsed=40.0)  # 40 s of start-up before the first part
     assert first["eta_s"] is None and "ETA after warm-up" in format_progress(first)
     written.append({"rows": 100, "errors": 2})
-    second = _progress(written, 1000, elapsed=50.0)  # 100 rows in 10 s since then
+    second = job_progress(written, 1000, elapsed=50.0)  # 100 rows in 10 s since then
     assert second["scoring_items_per_s"] == pytest.approx(10.0)
     assert second["eta_s"] == pytest.approx(80.0)  # 800 left at 10/s, not at 200/50 = 4/s
     assert second["items_per_s"] == pytest.approx(4.0)
     line = format_progress(second)
     assert line == "scored 200/1000, 2 errors, 10.0 items/s, ETA 80 s"
-    done = _progress([*written, {"rows": 800, "errors": 0}], 1000, elapsed=130.0)
+    done = job_progress([*written, {"rows": 800, "errors": 0}], 1000, elapsed=130.0)
     assert format_progress(done).startswith("scored 1000/1000, 2 errors")
 
 

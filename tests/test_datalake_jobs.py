@@ -497,7 +497,7 @@ def test_a_flat_prefix_with_nothing_left_resumes_without_ray(ray_local, tmp_path
     def no_ray(config):
         raise AssertionError("Ray was needed")
 
-    monkeypatch.setattr(job, "_start_ray", no_ray)
+    monkeypatch.setattr(job, "start_ray", no_ray)
     assert main(args) == 0
     summary = json.loads((out / "_job.json").read_text())["summary"]
     assert summary["already_done"] == 5 and summary["scored_rows"] == 0

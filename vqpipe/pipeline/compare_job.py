@@ -353,7 +353,7 @@ def run_compare(
     validate_compare(config)
     signature = compare_signature(config.scorers[0], config.storage_options)
     sig = signature_hash(signature)
-    fs, root = job._output_fs(config.output, config.storage_options)
+    fs, root = job.output_fs(config.output, config.storage_options)
     created = not fs.exists(root)
     job.check_output_writable(config)
     try:
@@ -375,11 +375,11 @@ def _run_locked(
     progress_every_s: float,
 ) -> dict[str, Any]:
 
-    fs, root = job._output_fs(config.output, config.storage_options)
+    fs, root = job.output_fs(config.output, config.storage_options)
     target = config.output if config.resume else f"{root}/{STAGING}"
     parts = job.existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
-        job._refuse_foreign(config, parts, sig)
+        job.refuse_foreign(config, parts, sig)
     shards = plan_pair_shards(config)
     done, stale = committed_shards(parts, sig)
     for path in stale:  # fragments of shards a killed run left half-done: read again
@@ -393,7 +393,7 @@ def _run_locked(
         fs.makedirs(target, exist_ok=True)
     written: list[dict[str, Any]] = []
     if todo:
-        job._start_ray(config)  # and the pool's request checked against the cluster
+        job.start_ray(config)  # and the pool's request checked against the cluster
         spec = config.scorers[0]
         ds = build_compare_dataset(config, todo, signature, sig, target)
         last, reported = 0.0, -1
@@ -403,19 +403,19 @@ def _run_locked(
                 now = time.perf_counter()
                 if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                     last, reported = now, len(written)
-                    progress(job._progress(written, None, now - started))
+                    progress(job.job_progress(written, None, now - started))
         except Exception as exc:
-            device_error = job._device_error(exc)
+            device_error = job.unusable_device(exc)
             if device_error is not None:
                 raise device_error from None
             raise
         if progress is not None and reported != len(written):
-            progress(job._progress(written, None, time.perf_counter() - started))
+            progress(job.job_progress(written, None, time.perf_counter() - started))
     if not config.resume:
         fs.pipe(f"{target}/{COMMITTED}", sig.encode())
         job.finish_replacement(config.output, config.storage_options)
     seconds = time.perf_counter() - started
-    final = job._progress(written, None, seconds)
+    final = job.job_progress(written, None, seconds)
     summary.update(
         {
             "compared_pairs": final["done"],
@@ -431,7 +431,10 @@ def _run_locked(
         "signature": signature,
         "signature_hash": sig,
         "scorers": {
-            spec.column: {**job.scorer_facts(spec), "runtime": job._runtime(written, spec.column)}
+            spec.column: {
+                **job.scorer_facts(spec),
+                "runtime": job.pool_runtime(written, spec.column),
+            }
         },
         "config": config.to_metadata(),
         "summary": summary,

@@ -140,7 +140,7 @@ def demo_notice(config: JobConfig) -> list[str]:
     ]
 
 
-def _output_fs(
+def output_fs(
     output: str, storage_options: dict[str, Any] | None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, root = url_to_fs(output, storage_options)
@@ -149,7 +149,7 @@ def _output_fs(
 
 def check_output_writable(config: JobConfig) -> None:
     """Fail fast, before any scoring, when the output store cannot be written."""
-    fs, root = _output_fs(config.output, config.storage_options)
+    fs, root = output_fs(config.output, config.storage_options)
     probe = f"{root}/.vqpipe-write-probe"
     try:
         fs.makedirs(root, exist_ok=True)
@@ -166,7 +166,7 @@ def existing_parts(
 ) -> list[str]:
     """The committed ``part-*.parquet`` files under ``output`` (temporary files excluded;
     pieces already merged into their whole part too, unless ``visible`` is False)."""
-    fs, root = _output_fs(output, storage_options)
+    fs, root = output_fs(output, storage_options)
     if not fs.exists(root):
         return []
     parts = sorted(
@@ -180,7 +180,7 @@ def existing_parts(
 def settle_pieces(output: str, storage_options: dict[str, Any] | None) -> None:
     """Finish what a killed job left between a fragment's last piece and its merge: pieces
     that cover their fragment are merged, pieces whose whole part exists are deleted."""
-    fs, _ = _output_fs(output, storage_options)
+    fs, _ = output_fs(output, storage_options)
     parts = existing_parts(output, storage_options, visible=False)
     shown = set(visible_parts(parts))
     for path in parts:
@@ -203,7 +203,7 @@ def _foreign_parts(parts: list[str], sig: str) -> list[str]:
     return [p for p in parts if (parse_part(p) or {}).get("sig") != sig]
 
 
-def _refuse_foreign(config: JobConfig, parts: list[str], sig: str) -> None:
+def refuse_foreign(config: JobConfig, parts: list[str], sig: str) -> None:
     foreign = _foreign_parts(parts, sig)
     if foreign:
         raise UserError(
@@ -216,7 +216,7 @@ def _refuse_foreign(config: JobConfig, parts: list[str], sig: str) -> None:
 def done_uris(config: JobConfig, parts: list[str]) -> set[str]:
     """URIs in the committed parts (a listing of files resumes by URI: a new file anywhere in
     a prefix changes which slice the others fall in)."""
-    fs, _ = _output_fs(config.output, config.storage_options)
+    fs, _ = output_fs(config.output, config.storage_options)
     done: set[str] = set()
     for part in parts:
         with fs.open(part, "rb") as fh:
@@ -224,7 +224,9 @@ def done_uris(config: JobConfig, parts: list[str]) -> set[str]:
     return done
 
 
-def _progress(written: list[dict[str, Any]], total: int | None, elapsed: float) -> dict[str, Any]:
+def job_progress(
+    written: list[dict[str, Any]], total: int | None, elapsed: float
+) -> dict[str, Any]:
     """Counts, the overall rate, and the scoring rate and ETA after warm-up: measured from the
     first committed part (its time is noted on it at the first call, which comes as soon as
     that part is in), so Ray's and the actors' start-up do not count. ``total`` is None when
@@ -268,7 +270,7 @@ def format_progress(p: dict[str, Any]) -> str:
     return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
 
 
-def _device_error(exc: BaseException) -> DeviceUnavailableError | None:
+def unusable_device(exc: BaseException) -> DeviceUnavailableError | None:
     """The :class:`DeviceUnavailableError` inside what Ray raised for a failed actor: an actor
     whose constructor raised comes back as ``ActorDiedError`` holding only the text."""
     marker = f"{DeviceUnavailableError.__name__}: "
@@ -511,7 +513,7 @@ def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> N
     """Complete or discard a ``--no-resume`` run: a staging directory with its commit marker
     replaces the old parts (idempotent, so a crash mid-swap is finished by the next run); one
     without the marker (the run failed or was killed) is dropped and the old results stay."""
-    fs, root = _output_fs(output, storage_options)
+    fs, root = output_fs(output, storage_options)
     staging = f"{root}/{STAGING}"
     if not fs.exists(staging):
         return
@@ -564,7 +566,7 @@ def run_job(
     kind = resolve_format(config)
     for line in demo_notice(config):
         notice(line)
-    fs, root = _output_fs(config.output, config.storage_options)
+    fs, root = output_fs(config.output, config.storage_options)
     created = not fs.exists(root)
     check_output_writable(config)  # creates the output: every check that needs no Ray passed
     try:
@@ -600,7 +602,7 @@ def plan_work(
     listing tasks of a prefix; a listing small enough for the driver is checked against the
     written parts here, so a resume with nothing to do never starts Ray. ``retry``: parts
     with rows to score again (:mod:`vqpipe.pipeline.retry`)."""
-    fs, _ = _output_fs(config.output, config.storage_options)
+    fs, _ = output_fs(config.output, config.storage_options)
     if kind in SHARDED_FORMATS:
         shards = plan_shards(config, kind)
         done, stale = committed_shards(parts, sig)
@@ -613,7 +615,7 @@ def plan_work(
         todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
         if kind == "manifest" and todo and len(shards) > 1:
             if not all(s.uri.lower().endswith(PARQUET_SUFFIXES) for s in shards):
-                _start_ray(config)  # text manifests are read whole for their types: Ray tasks
+                start_ray(config)  # text manifests are read whole for their types: Ray tasks
             options = _read_options(config, fragment_rows(config, kind))
             types = unified_types(shards, options, config.storage_options)
             for record in todo if types else ():  # one type per column for every shard
@@ -657,7 +659,7 @@ def _small_listing_left(config: JobConfig, done: frozenset[str]) -> int | None:
     return sum(len(t) for t in listing_tables(config.input, options, config.storage_options))
 
 
-def _start_ray(config: JobConfig) -> None:
+def start_ray(config: JobConfig) -> None:
     import ray
 
     if not ray.is_initialized():
@@ -679,7 +681,7 @@ def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, frozenset[str], 
     partitions)."""
     import ray
 
-    fs, _ = _output_fs(config.output, config.storage_options)
+    fs, _ = output_fs(config.output, config.storage_options)
     parts = work.done_parts
     if not parts:
         return None, frozenset(), 1
@@ -721,15 +723,15 @@ def execute(
             now = time.perf_counter()
             if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                 last, reported = now, len(written)
-                progress(_progress(written, total, now - started))
+                progress(job_progress(written, total, now - started))
     except Exception as exc:
-        device_error = _device_error(exc)
+        device_error = unusable_device(exc)
         if device_error is not None:
             raise device_error from None
         raise
     files = whole + len(ray.get(merges))
     if progress is not None and reported != len(written):
-        progress(_progress(written, total, time.perf_counter() - started))
+        progress(job_progress(written, total, time.perf_counter() - started))
     return written, files
 
 
@@ -742,12 +744,12 @@ def _run_locked(
     progress: Callable[[dict[str, Any]], None] | None,
     progress_every_s: float,
 ) -> dict[str, Any]:
-    fs, root = _output_fs(config.output, config.storage_options)
+    fs, root = output_fs(config.output, config.storage_options)
     # --no-resume writes into <out>/_next, a URI like --out (a bare path would be local)
     target = config.output if config.resume else join_uri(fs, f"{root}/{STAGING}", config.output)
     parts = existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
-        _refuse_foreign(config, parts, sig)
+        refuse_foreign(config, parts, sig)
     # one footer read per part: damaged parts are moved aside (their rows are scored again)
     retry, damaged = _scan_parts(config, fs, parts)
     for part, why in damaged.items():
@@ -767,7 +769,7 @@ def _run_locked(
     if dedupe and work.source:
         fs.pipe(settle, b"")  # before the first part: a kill leaves the repeats pass owed
     if work.source:
-        _start_ray(config)
+        start_ray(config)
         done, done_set, partitions = _resume_filter(config, work)
         ds = build_dataset(config, work.source, signature, sig, target, done, done_set, partitions)
         written, files = execute(
@@ -777,7 +779,7 @@ def _run_locked(
         mine = [p for p in existing_parts(target, config.storage_options) if _shard_of(p, sig)]
         before = {p.rsplit("/", 1)[-1] for p in parts}
         work.repeats = drop_repeats(
-            target, mine, work.shard_ids, before, config.storage_options, lambda: _start_ray(config)
+            target, mine, work.shard_ids, before, config.storage_options, lambda: start_ray(config)
         )
         fs.rm(settle)
     if not config.resume:
@@ -796,9 +798,9 @@ def _record_job(
     started: float,
 ) -> dict[str, Any]:
     """The summary, also written to ``_job.json`` with the signature and each pool's facts."""
-    fs, root = _output_fs(config.output, config.storage_options)
+    fs, root = output_fs(config.output, config.storage_options)
     seconds = time.perf_counter() - started
-    final = _progress(written, work.total, seconds)
+    final = job_progress(written, work.total, seconds)
     removed = work.repeats  # this run's own repeats are not in its table: not counted
     summary = {
         **work.summary,
@@ -813,7 +815,7 @@ def _record_job(
         "signature": signature,
         "signature_hash": sig,
         "scorers": {
-            s.column: {**scorer_facts(s), "runtime": _runtime(written, s.column)}
+            s.column: {**scorer_facts(s), "runtime": pool_runtime(written, s.column)}
             for s in config.scorers
         },
         "config": config.to_metadata(),
@@ -828,7 +830,7 @@ def committed_parts(config: JobConfig) -> int:
     try:
         if config.resume:
             return len(existing_parts(config.output, config.storage_options))
-        root = _output_fs(config.output, config.storage_options)[1]
+        root = output_fs(config.output, config.storage_options)[1]
         return len(existing_parts(f"{root}/{STAGING}", config.storage_options))
     except Exception:  # the count is a courtesy; the store may be what failed
         return 0
@@ -843,11 +845,11 @@ def _scan_parts(config: JobConfig, fs: Any, parts: list[str]) -> tuple[list[str]
     """Committed parts with rows a rerun scores again, and the damaged ones
     (:mod:`vqpipe.pipeline.retry`)."""
     if len(parts) > DRIVER_SCAN_MAX_PARTS:
-        _start_ray(config)  # many parts are scanned by Ray tasks
+        start_ray(config)  # many parts are scanned by Ray tasks
     return scan_parts(fs, parts, config.retry_errors, config.output, config.storage_options)
 
 
-def _runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+def pool_runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """The distinct (device, dtype, node) a pool's actors ran with, over the written parts."""
     seen = {
         json.dumps(r, sort_keys=True)
@@ -859,7 +861,7 @@ def _runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]
 
 def read_quality_table(output: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """All committed parts of a job's output as one DataFrame (temporary files ignored)."""
-    fs, _ = _output_fs(output, storage_options)
+    fs, _ = output_fs(output, storage_options)
     parts = readable_parts(fs, existing_parts(output, storage_options))
     if not parts:
         return pd.DataFrame()
