@@ -355,7 +355,7 @@ def run_compare(
     sig = signature_hash(signature)
     fs, root = job.output_fs(config.output, config.storage_options)
     created = not fs.exists(root)
-    job.check_output_writable(config)
+    job.create_output(config)
     try:
         with OutputLock(config.output, config.storage_options):
             job.finish_replacement(config.output, config.storage_options)

@@ -76,7 +76,12 @@ from vqpipe.pipeline.stages import (
     scores_in_tasks,
     write_stage,
 )
-from vqpipe.pipeline.validate import check_checkpoints, check_cluster_resources, validate_job
+from vqpipe.pipeline.validate import (
+    check_checkpoints,
+    check_cluster_resources,
+    storage_error,
+    validate_job,
+)
 
 log = logging.getLogger(__name__)
 BUNDLED_DEMO = "bundled-demo"
@@ -147,18 +152,14 @@ def output_fs(
     return fs, root.rstrip("/")
 
 
-def check_output_writable(config: JobConfig) -> None:
-    """Fail fast, before any scoring, when the output store cannot be written."""
+def create_output(config: JobConfig) -> None:
+    """Create the output directory (a no-op on object stores); that it can be written was
+    probed before (:func:`vqpipe.pipeline.validate.check_output`), without creating it."""
     fs, root = output_fs(config.output, config.storage_options)
-    probe = f"{root}/.vqpipe-write-probe"
     try:
         fs.makedirs(root, exist_ok=True)
-        fs.pipe(probe, b"ok")
-        fs.rm(probe)
     except Exception as exc:
-        raise RuntimeError(
-            f"output {config.output} is not writable: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise storage_error(exc, f"output {config.output} (creating it)") from None
 
 
 def existing_parts(
@@ -568,7 +569,7 @@ def run_job(
         notice(line)
     fs, root = output_fs(config.output, config.storage_options)
     created = not fs.exists(root)
-    check_output_writable(config)  # creates the output: every check that needs no Ray passed
+    create_output(config)  # every check that needs no Ray passed
     try:
         with OutputLock(config.output, config.storage_options):
             settle_pieces(config.output, config.storage_options)
