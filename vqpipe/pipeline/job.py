@@ -302,8 +302,9 @@ def build_dataset(
     block per task) → one actor pool per scorer → write (one summary row per part or piece).
     Each stage's resources and batch size are its own (:mod:`vqpipe.pipeline.stages`).
 
-    Fixed cost per job is operators and worker processes, so: a sharded input (no resume
-    join, no ``--limit``) is read and decoded by one task per shard (:func:`read_decode`);
+    Fixed cost per job is operators, tasks and worker processes, so: a sharded input (no
+    resume join, no ``--limit``) is read and decoded shard by shard in one task, a few small
+    shards per task (:func:`read_decode`, :func:`_fused_tasks`);
     pools whose scorer has nothing to load score in the decode tasks (:func:`scores_in_tasks`:
     no actor, whose process starts anew on every job); and writing takes the decode tasks'
     requests when no actor pool comes between, so Ray Data fuses it into them. A WebDataset
