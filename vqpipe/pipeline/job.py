@@ -28,7 +28,7 @@ import vqpipe
 from vqpipe.errors import UserError
 from vqpipe.io.artifacts import COMMITTED, JOB_RECORD, STAGING, is_job_artifact
 from vqpipe.io.checkpoints import checkpoint_identity
-from vqpipe.io.fs import url_to_fs
+from vqpipe.io.fs import is_local, url_to_fs
 from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.sources import join_uri
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -153,13 +153,19 @@ def output_fs(
 
 
 def create_output(config: JobConfig) -> None:
-    """Create the output directory (a no-op on object stores); that it can be written was
-    probed before (:func:`vqpipe.pipeline.validate.check_output`), without creating it."""
+    """Create the output directory (a no-op on object stores) and, when it is local, write a
+    probe into it: :func:`vqpipe.pipeline.validate.check_output` already probed a store, but
+    could only check a local output's permissions (it creates nothing), which a full disk or
+    a squashed NFS root passes."""
     fs, root = output_fs(config.output, config.storage_options)
     try:
         fs.makedirs(root, exist_ok=True)
+        if is_local(fs):
+            probe = f"{root}/.vqpipe-write-probe"
+            fs.pipe(probe, b"ok")
+            fs.rm(probe)
     except Exception as exc:
-        raise storage_error(exc, f"output {config.output} (creating it)") from None
+        raise storage_error(exc, f"output {config.output} (not writable)") from None
 
 
 def existing_parts(
