@@ -26,7 +26,7 @@ import pyarrow as pa
 
 import vqpipe
 from vqpipe.errors import UserError
-from vqpipe.io.artifacts import COMMITTED, STAGING
+from vqpipe.io.artifacts import COMMITTED
 from vqpipe.io.sources import confine, media_type_from_name
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline import job
@@ -376,7 +376,9 @@ def _run_locked(
 ) -> dict[str, Any]:
 
     fs, root = job.output_fs(config.output, config.storage_options)
-    target = config.output if config.resume else f"{root}/{STAGING}"
+    target = (
+        config.output if config.resume else job.staging_uri(config.output, config.storage_options)
+    )
     parts = job.existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
         job.refuse_foreign(config, parts, sig)

@@ -517,12 +517,20 @@ def _output_uri(config: JobConfig) -> str:
     return join_uri(fs, root.rstrip("/"), config.output)
 
 
+def staging_uri(output: str, storage_options: dict[str, Any] | None) -> str:
+    """Where ``--no-resume`` writes (``<out>/_next``), as a URI in the style of ``output``: a
+    bare path would be read as a local one, whatever store the output is on."""
+    fs, root = output_fs(output, storage_options)
+    return join_uri(fs, f"{root}/{STAGING}", output)
+
+
 def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> None:
     """Complete or discard a ``--no-resume`` run: a staging directory with its commit marker
     replaces the old parts (idempotent, so a crash mid-swap is finished by the next run); one
     without the marker (the run failed or was killed) is dropped and the old results stay."""
     fs, root = output_fs(output, storage_options)
-    staging = f"{root}/{STAGING}"
+    staging_at = staging_uri(output, storage_options)
+    staging = output_fs(staging_at, storage_options)[1]
     if not fs.exists(staging):
         return
     if not fs.exists(f"{staging}/{COMMITTED}"):
@@ -533,7 +541,7 @@ def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> N
     sig = fs.cat_file(f"{staging}/{COMMITTED}").decode().strip()
     staged = [
         p
-        for p in existing_parts(staging, storage_options)
+        for p in existing_parts(staging_at, storage_options)
         if (parse_part(p) or {}).get("sig") == sig
     ]
     new = {p.rsplit("/", 1)[-1] for p in staged}
@@ -754,7 +762,7 @@ def _run_locked(
 ) -> dict[str, Any]:
     fs, root = output_fs(config.output, config.storage_options)
     # --no-resume writes into <out>/_next, a URI like --out (a bare path would be local)
-    target = config.output if config.resume else join_uri(fs, f"{root}/{STAGING}", config.output)
+    target = config.output if config.resume else staging_uri(config.output, config.storage_options)
     parts = existing_parts(config.output, config.storage_options) if config.resume else []
     if config.resume:
         refuse_foreign(config, parts, sig)
@@ -838,8 +846,8 @@ def committed_parts(config: JobConfig) -> int:
     try:
         if config.resume:
             return len(existing_parts(config.output, config.storage_options))
-        root = output_fs(config.output, config.storage_options)[1]
-        return len(existing_parts(f"{root}/{STAGING}", config.storage_options))
+        staging = staging_uri(config.output, config.storage_options)
+        return len(existing_parts(staging, config.storage_options))
     except Exception:  # the count is a courtesy; the store may be what failed
         return 0
 
