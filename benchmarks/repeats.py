@@ -6,7 +6,7 @@
 
 An output holding parts of ``rows`` rows (10,000 a part, as one manifest shard each), 1% of
 its URIs written a second time in a later part, settled by
-:func:`vqpipe.pipeline.dedupe.drop_repeats` — on the driver (pyarrow) and with Ray Data (the
+:func:`vqpipe.storage.repeats.drop_repeats` — on the driver (pyarrow) and with Ray Data (the
 path outputs past ``DRIVER_MAX_ROWS`` take), side by side on copies of the same output. Each
 record gives the seconds and the rows removed (must be the repeats), the smaller size against
 the larger: how the pass grows with the output.
@@ -31,7 +31,7 @@ def write_output(root: Path, rows: int, repeat: float = 0.01) -> tuple[list[str]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vqpipe.pipeline.shards import part_name
+    from vqpipe.storage.parts import part_name
 
     root.mkdir(parents=True)
     paths, ids, repeats = [], [], 0
@@ -51,7 +51,7 @@ def write_output(root: Path, rows: int, repeat: float = 0.01) -> tuple[list[str]
 
 
 def settle(root: Path, ids: list[str], driver: bool) -> dict:
-    import vqpipe.pipeline.dedupe as dedupe
+    import vqpipe.storage.repeats as dedupe
 
     paths = sorted(str(p) for p in root.glob("part-*.parquet"))
     limit = dedupe.DRIVER_MAX_ROWS

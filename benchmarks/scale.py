@@ -103,7 +103,8 @@ def resume_over(rows: int, tmp: Path) -> dict:
 
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
     from vqpipe.pipeline.job import scorer_signature
-    from vqpipe.pipeline.shards import part_name, shard_id, signature_hash
+    from vqpipe.pipeline.shards import shard_id, signature_hash
+    from vqpipe.storage.parts import part_name
 
     manifests = write_manifests(tmp / f"resume-{rows}", rows)
     out = tmp / f"resume-{rows}-out"

@@ -39,7 +39,7 @@ def child(images: str, out: str, limit: int) -> None:
     phases: dict[str, float] = {"_started_at": time.time()}
     t0 = time.perf_counter()
     import vqpipe.cli
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import job, runner
 
     phases["imports"] = time.perf_counter() - t0
 
@@ -62,7 +62,7 @@ def child(images: str, out: str, limit: int) -> None:
     timed(job, "scorer_signature", "signature (checkpoint identity)")
     timed(job, "plan_work", "listing + resume check")
     timed(job, "_resume_filter", "listing + resume check")
-    timed(job, "check_cluster_resources", "cluster check")
+    timed(runner, "check_cluster_resources", "cluster check")
     timed(job, "check_output_writable", "output check")
 
     def time_ray() -> None:
@@ -71,7 +71,7 @@ def child(images: str, out: str, limit: int) -> None:
         timed(ray, "init", "ray.init")
         timed(ray, "shutdown", "ray.shutdown")
 
-    original_start = getattr(job, "start_ray", None)
+    original_start = getattr(runner, "start_ray", None)
     if original_start is None:
         time_ray()
     else:  # ray is imported where the job starts it (in ray.init's phase): a resume does not
@@ -80,7 +80,7 @@ def child(images: str, out: str, limit: int) -> None:
             time_ray()
             return original_start(*args, **kwargs)
 
-        job.start_ray = start_ray
+        runner.start_ray = start_ray
 
     marks: dict[str, float] = {}
     build = getattr(job, "build_dataset", None)

@@ -13,7 +13,7 @@ import pytest
 
 from vqpipe.cli import build_parser, main
 from vqpipe.console import StatusLine
-from vqpipe.pipeline.job import format_progress, job_progress
+from vqpipe.pipeline.runner import format_progress, job_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["demo", "score", "filter", "eval", "train", "bench", "scorers", "version"]

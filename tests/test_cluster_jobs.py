@@ -20,7 +20,7 @@ from PIL import Image
 from tests.test_gamma import tiny_model
 from vqpipe.cli import build_parser, job_config_from_args, main
 from vqpipe.models.gamma_checkpoint import save_gamma
-from vqpipe.pipeline.schema import METADATA_KEY
+from vqpipe.schema import METADATA_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from tests.test_compare2score_lmm import llava_dir  # noqa: F401 — the tiny LLaVA fixture
 from vqpipe.cli import main
-from vqpipe.pipeline.job import existing_parts, read_quality_table
 from vqpipe.scorers.anchors import load_anchor_set
 from vqpipe.scorers.compare2score import Compare2ScoreScorer
 from vqpipe.scorers.pairwise import compare_images, compare_pairs, pair_outputs
 from vqpipe.scoring import create_scorer
+from vqpipe.storage import QualityTable, read_quality_table
 
 OUTPUTS = ("p_b_better_ab", "p_b_better_ba", "p_b_better", "order_gap")
 
@@ -190,12 +190,12 @@ def test_compare_job_through_the_cli_errors_resume_and_s3(
     assert job["task"] == "compare-pairs" and job["summary"]["errors"] == 4
 
     # resume after completion: nothing new is written, Ray has nothing to do
-    parts = {p: os.path.getmtime(p) for p in existing_parts(str(out))}
+    parts = {p: os.path.getmtime(p) for p in QualityTable(str(out)).parts()}
     capsys.readouterr()
     assert main([*args, "--scorer", _scorer_arg(qalign_checkpoint, 4)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["compared_pairs"] == 0 and summary["shards_already_done"] == 1
-    assert {p: os.path.getmtime(p) for p in existing_parts(str(out))} == parts
+    assert {p: os.path.getmtime(p) for p in QualityTable(str(out)).parts()} == parts
 
     # the same pairs on the loopback S3 server, one pair per call: equal to the batched run
     bucket, fs = s3_bucket

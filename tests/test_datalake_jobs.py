@@ -16,9 +16,9 @@ import pytest
 from tests.job_process import job_output, start_job, wait_for
 from tests.lake_data import caption_sample, image_bytes, mixed_samples, write_shard
 from vqpipe.cli import main
-from vqpipe.pipeline.job import read_quality_table
-from vqpipe.pipeline.lock import LOCK_NAME, OutputLock
-from vqpipe.pipeline.shards import parse_part
+from vqpipe.storage import QualityTable, read_quality_table
+from vqpipe.storage.lock import LOCK_NAME, holder
+from vqpipe.storage.parts import parse_part
 
 
 def _shards(root: Path) -> Path:
@@ -276,7 +276,7 @@ def test_a_write_retried_after_its_commit_adds_no_rows(tmp_path):
 def test_a_second_job_on_the_same_output_refuses_in_one_line(ray_local, tmp_path, capsys):
     root, out = _many_shards(tmp_path / "lake", shards=1), tmp_path / "out"
     args = ["score", str(root), "--out", str(out), "--scorer", "brightness"]
-    with OutputLock(str(out)):  # another job (alive: this process) holds the output
+    with QualityTable(str(out)).lock():  # another job (alive: this process) holds the output
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "another job holds" in err[0] and LOCK_NAME in err[0]
@@ -288,8 +288,8 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).write_text(json.dumps({"owner": "dead", "heartbeat": time.time() - 3600}))
-    with OutputLock(str(out)) as lock:
-        assert json.loads((out / LOCK_NAME).read_text())["owner"] == lock.owner
+    with QualityTable(str(out)).lock() as lock:  # a lock file of an earlier version, stale
+        assert holder(lock.fs, str(out / LOCK_NAME))[1]["owner"] == lock.owner
     assert not (out / LOCK_NAME).exists()
 
 
@@ -441,8 +441,7 @@ def test_kill_9_mid_listing_part_then_rerun_scores_every_file_once(ray_local, tm
 def test_pieces_left_by_a_killed_merge_are_settled(tmp_path):
     from fsspec.implementations.local import LocalFileSystem
 
-    from vqpipe.pipeline.job import existing_parts, settle_pieces
-    from vqpipe.pipeline.shards import part_name, write_part
+    from vqpipe.storage.parts import part_name, write_part
 
     out, fs = tmp_path / "out", LocalFileSystem()
     out.mkdir()
@@ -461,8 +460,8 @@ def test_pieces_left_by_a_killed_merge_are_settled(tmp_path):
         str(out / part_name("0000000a", "B-00000-last", (0, 1, 2))),
         rows[0].replace_schema_metadata(meta),
     )
-    assert len(existing_parts(str(out))) == 5  # the merged piece is hidden from readers
-    settle_pieces(str(out), None)
+    assert len(QualityTable(str(out)).parts()) == 5  # the merged piece is hidden from readers
+    QualityTable(str(out)).settle_pieces()
     names = sorted(p.name for p in out.glob("part-*"))
     assert names == [part_name("0000000a", f"{x}-00000-last") for x in "AB"]
     assert read_quality_table(str(out))["uri"].tolist() == ["u0", "u1", "u2", "u3", "u0", "u1"]
@@ -488,7 +487,7 @@ def test_hive_partition_columns_of_manifest_shards_are_carried(ray_local, tmp_pa
 
 
 def test_a_flat_prefix_with_nothing_left_resumes_without_ray(ray_local, tmp_path, monkeypatch):
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import job, runner
 
     corpus, out = _flat_corpus(tmp_path / "corpus", 5), tmp_path / "out"
     args = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
@@ -497,7 +496,7 @@ def test_a_flat_prefix_with_nothing_left_resumes_without_ray(ray_local, tmp_path
     def no_ray(config):
         raise AssertionError("Ray was needed")
 
-    monkeypatch.setattr(job, "start_ray", no_ray)
+    monkeypatch.setattr(runner, "start_ray", no_ray)
     assert main(args) == 0
     summary = json.loads((out / "_job.json").read_text())["summary"]
     assert summary["already_done"] == 5 and summary["scored_rows"] == 0

@@ -8,8 +8,8 @@ import pandas as pd
 from vqpipe import create_scorer
 from vqpipe.cli import main
 from vqpipe.io.checkpoints import fingerprint
-from vqpipe.pipeline.job import read_quality_table
 from vqpipe.scorers.gamma import demo_checkpoint
+from vqpipe.storage import read_quality_table
 
 
 def test_demo_job_scores_unseen_contents_with_the_bundled_checkpoint(ray_local, tmp_path, capsys):

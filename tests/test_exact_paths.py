@@ -9,7 +9,7 @@ from PIL import Image
 
 from vqpipe.cli import main
 from vqpipe.io.fs import read_bytes, url_to_fs
-from vqpipe.pipeline.job import read_quality_table
+from vqpipe.storage import read_quality_table
 
 NAMES = ["a::b.png", "only::c.png", "hash#1.png", "what?.png", "100%.png", "with space.png"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from vqpipe.cli import main
 from vqpipe.pipeline.filtering import FILTER_METADATA_KEY
-from vqpipe.pipeline.schema import METADATA_KEY
+from vqpipe.schema import METADATA_KEY
 
 SIGNATURE = {
     "vqpipe": "0.1.0",

@@ -17,7 +17,7 @@ import pytest
 from tests.job_process import job_output, start_job, wait_for
 from tests.lake_data import image_bytes
 from vqpipe.cli import main
-from vqpipe.pipeline.job import read_quality_table
+from vqpipe.storage import read_quality_table
 
 BRIGHTNESS = ["--scorer", "brightness"]
 
@@ -426,7 +426,7 @@ def _overlapping_shards(tmp_path: Path) -> tuple[list[str], Path]:
 def test_repeats_across_shards_are_removed_by_ray_data_on_a_large_output(
     ray_local, tmp_path, monkeypatch
 ):
-    import vqpipe.pipeline.dedupe as dedupe
+    import vqpipe.storage.repeats as dedupe
 
     monkeypatch.setattr(dedupe, "DRIVER_MAX_ROWS", 0)  # what a large output takes
     uris, shards = _overlapping_shards(tmp_path)

@@ -2,12 +2,13 @@
 the loopback S3 server: ``--no-resume`` replaces a table only once the new one is complete."""
 
 import json
+import time
 
 import pytest
 
 from tests.lake_data import image_bytes
 from vqpipe.cli import main
-from vqpipe.pipeline.job import existing_parts, read_quality_table
+from vqpipe.storage import QualityTable, read_quality_table
 
 
 def _s3_images(fs, bucket: str, n: int, prefix: str = "img") -> str:
@@ -28,8 +29,8 @@ def test_no_resume_on_s3_replaces_the_table_only_when_complete(
     assert len(old) == 6 and old["uri"].is_unique
 
     # what a --no-resume run killed mid-way leaves: staged parts without the commit marker
-    staged = existing_parts(out, s3_server)[0].replace("/out/", "/out/_next/")
-    fs.copy(existing_parts(out, s3_server)[0], staged)
+    staged = QualityTable(out, s3_server).parts()[0].replace("/out/", "/out/_next/")
+    fs.copy(QualityTable(out, s3_server).parts()[0], staged)
     assert main([*base, "--scorer", "brightness"]) == 0  # the next run drops them
     assert not fs.exists(f"{bucket}/out/_next")
     kept = read_quality_table(out, s3_server)
@@ -41,7 +42,7 @@ def test_no_resume_on_s3_replaces_the_table_only_when_complete(
     assert not fs.exists(f"{bucket}/out/_next")
     job = json.loads(fs.cat_file(f"{bucket}/out/_job.json"))
     assert job["signature"]["scorers"][0]["options"] == {"size": 8}
-    assert all(p.startswith(f"{bucket}/out/part-") for p in existing_parts(out, s3_server))
+    assert all(p.startswith(f"{bucket}/out/part-") for p in QualityTable(out, s3_server).parts())
     assert sorted(new["brightness_score"]) != sorted(old["brightness_score"])
     capsys.readouterr()
     # a resume of the replaced table has nothing left to do
@@ -75,3 +76,183 @@ def test_compare_no_resume_on_s3_replaces_the_table(
     assert len(new) == 2 and new["uri"].is_unique and not fs.exists(f"{bucket}/prefs/_next")
     assert sorted(new["p_b_better"]) == pytest.approx(sorted(old["p_b_better"]), abs=1e-6)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- the lock
+def _stale_record(owner: str = "dead") -> bytes:
+    """A holder on another machine whose lease ran out an hour ago."""
+    return json.dumps({"owner": owner, "host": "elsewhere", "pid": 1, "heartbeat": 0}).encode()
+
+
+def test_a_lost_lock_fences_every_commit(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    from vqpipe.storage import LostLockError
+    from vqpipe.storage import lock as lock_module
+    from vqpipe.storage.parts import write_part
+
+    out = tmp_path / "out"
+    out.mkdir()
+    table = QualityTable(str(out))
+    monkeypatch.setattr(lock_module, "STALE_S", 0.5)
+    monkeypatch.setenv("VQPIPE_LOCK_HOST", "host-a")
+    first = table.lock().__enter__()
+    write_part(
+        table.fs,
+        str(out / "part-0000000a-x-00000-last.parquet"),
+        pa.table({"uri": ["a"]}),
+        first.fence,
+    )
+    time.sleep(1.0)  # host-a is paused past its lease
+    monkeypatch.setenv("VQPIPE_LOCK_HOST", "host-b")
+    with table.lock() as second:
+        assert second.generation == first.generation + 1
+        with pytest.raises(LostLockError, match=r"lost the lock on .* to job on host host-b"):
+            first.fence.check()
+        with pytest.raises(LostLockError):
+            write_part(
+                table.fs,
+                str(out / "part-0000000a-y-00000-last.parquet"),
+                pa.table({"uri": ["b"]}),
+                first.fence,
+            )
+        assert sorted(p.name for p in out.iterdir()) == [
+            "_lock",
+            "part-0000000a-x-00000-last.parquet",
+        ]
+        with pytest.raises(LostLockError):
+            first.check()
+        first.__exit__(None, None, None)  # the loser leaves the winner's lock alone
+        assert second.held()
+    assert not (out / "_lock").exists()
+
+
+def test_a_live_process_on_this_host_keeps_its_lock_however_old_its_lease(tmp_path):
+    import subprocess
+    import sys
+
+    from vqpipe.errors import UserError
+    from vqpipe.storage.lock import _host
+
+    out = tmp_path / "out"
+    (out / "_lock").mkdir(parents=True)
+    paused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"owner": "paused", **_host(), "pid": paused.pid, "heartbeat": 0}
+        (out / "_lock" / "000000000001.json").write_text(json.dumps(record))
+        with pytest.raises(UserError, match=f"pid {paused.pid}"):
+            QualityTable(str(out)).lock().__enter__()
+    finally:
+        paused.kill()
+        paused.wait()
+    with QualityTable(str(out)).lock() as lock:  # its process is gone: taken over at once
+        assert lock.generation == 2
+
+
+def _race(uri, storage_options, rounds, barrier, results):
+    """One contender, ``rounds`` times: wait for the others, try the lock, hold it until all
+    have tried, release it."""
+    from vqpipe.errors import UserError
+    from vqpipe.storage import QualityTable
+
+    table = QualityTable(uri, storage_options)
+    for _ in range(rounds):
+        barrier.wait()
+        lock = table.lock()
+        try:
+            lock.__enter__()
+            results.put(lock.owner)
+        except UserError:
+            lock = None
+            results.put(None)
+        barrier.wait()
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        barrier.wait()
+
+
+def _race_rounds(uri, storage_options, write_stale, rounds: int, contenders: int = 8) -> None:
+    """``contenders`` processes race for a stale lock ``rounds`` times: one wins each time."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(contenders + 1), context.Queue()
+    args = (uri, storage_options, rounds, barrier, results)
+    procs = [context.Process(target=_race, args=args) for _ in range(contenders)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in range(rounds):
+            write_stale()
+            barrier.wait(timeout=120)  # go
+            barrier.wait(timeout=60)  # all have tried
+            winners = [w for w in (results.get(timeout=5) for _ in procs) if w is not None]
+            assert len(winners) == 1, winners
+            barrier.wait(timeout=60)  # released
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def test_racing_for_a_stale_lock_one_job_wins_local(tmp_path):
+    out = tmp_path / "out"
+
+    def stale():
+        (out / "_lock").mkdir(parents=True, exist_ok=True)
+        for f in (out / "_lock").iterdir():
+            f.unlink()
+        (out / "_lock" / "000000000007.json").write_bytes(_stale_record())
+
+    _race_rounds(str(out), None, stale, rounds=30)
+
+
+def test_racing_for_a_stale_lock_one_job_wins_s3(s3_server, s3_bucket):
+    bucket, fs = s3_bucket
+
+    def stale():
+        fs.rm(f"{bucket}/out/_lock", recursive=True) if fs.exists(f"{bucket}/out/_lock") else None
+        fs.pipe(f"{bucket}/out/_lock/000000000007.json", _stale_record())
+
+    _race_rounds(f"s3://{bucket}/out", s3_server, stale, rounds=10)
+
+
+@pytest.mark.slow
+def test_a_job_paused_past_its_lease_is_fenced_and_the_table_stays_exact(
+    ray_local, tmp_path, monkeypatch
+):
+    """Job A (host-a) is paused (SIGSTOP) past its lease; job B (host-b) takes the table over
+    and completes it; A, resumed, commits nothing more and ends in one line; every input is
+    in the table exactly once."""
+    import os
+    import signal
+
+    from tests.job_process import job_output, start_job, wait_for
+    from vqpipe.storage import lock as lock_module
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    for d in range(3):
+        (corpus / f"d{d}").mkdir(parents=True)
+        for i in range(10):
+            (corpus / f"d{d}" / f"{i}.png").write_bytes(image_bytes(d * 10 + i, "PNG"))
+    argv = ["score", str(corpus), "--out", str(out), "--rows-per-file", "2"]
+    slow = [*argv, "--scorer", "brightness:latency_s=0.4,batch_size=2"]
+    env = {"VQPIPE_LOCK_STALE_S": "2", "VQPIPE_LOCK_HOST": "host-a"}
+    job = start_job(tmp_path, slow, env=env)
+    wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 1, job)
+    os.killpg(job.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # past host-a's lease
+        monkeypatch.setattr(lock_module, "STALE_S", 2.0)
+        monkeypatch.setenv("VQPIPE_LOCK_HOST", "host-b")
+        assert main([*argv, "--scorer", "brightness:latency_s=0.4,batch_size=2"]) == 0
+        done = read_quality_table(str(out))
+        assert len(done) == 30 and done["uri"].is_unique
+    finally:
+        os.killpg(job.pid, signal.SIGCONT)
+    assert job.wait(timeout=240) == 1
+    last = [line for line in job_output(job).splitlines() if line.startswith("vqpipe: error")]
+    assert len(last) == 1 and "lost the lock on" in last[0], job_output(job)[-2000:]
+    table = read_quality_table(str(out))
+    assert len(table) == 30 and table["uri"].is_unique and table["error"].isna().all()

@@ -11,7 +11,8 @@ from PIL import Image
 from vqpipe.data import make_video_dataset
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.job import read_quality_table, run_job
+from vqpipe.pipeline.job import run_job
+from vqpipe.storage import read_quality_table
 
 
 def _png(image: Image.Image, **kw) -> bytes:

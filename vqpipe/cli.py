@@ -125,8 +125,8 @@ def _calibration(args: argparse.Namespace, specs: list[Any]) -> dict[str, Any] |
     """``--calibration``: the JSON, checked against the job's score columns (before Ray)."""
     if not getattr(args, "calibration", None):
         return None
-    from vqpipe.pipeline.schema import score_column
     from vqpipe.rewards.calibrate import check_columns, load_calibration
+    from vqpipe.schema import score_column
 
     record = load_calibration(args.calibration, _storage_options(args.storage_options))
     check_columns(record, [score_column(s.column) for s in specs], "this job's scorers write")
@@ -165,7 +165,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                     done = f"{summary.get('already_done', 0)} inputs already scored"
                 status.update(f"nothing left to score: {done}", force=True)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_interrupts)
-        from vqpipe.pipeline.job import committed_parts
+        from vqpipe.pipeline.runner import committed_parts
 
         print(
             f"vqpipe: interrupted: {committed_parts(config)} parts committed; rerun the same "
@@ -206,12 +206,12 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _shutdown_ray() -> None:
     """Stop the local Ray this command started (a Ray the caller started stays up)."""
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import runner
 
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and job.STARTED_RAY:
+    if ray is not None and ray.is_initialized() and runner.STARTED_RAY:
         ray.shutdown()
-        job.STARTED_RAY = False
+        runner.STARTED_RAY = False
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:

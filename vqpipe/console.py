@@ -179,7 +179,7 @@ class StatusLine:
     def progress(self, p: dict[str, Any]) -> None:
         """A job's progress record (:func:`vqpipe.pipeline.job._progress`) as the status;
         ``run_job`` already calls it at most every ``progress_every_s``."""
-        from vqpipe.pipeline.job import format_progress
+        from vqpipe.pipeline.runner import format_progress
 
         self.update(format_progress(p), force=True)
 

@@ -19,7 +19,8 @@ from typing import Any
 from vqpipe.data.synthetic import make_image_dataset
 from vqpipe.eval import krcc, plcc, srcc
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.job import read_quality_table, run_job
+from vqpipe.pipeline.job import run_job
+from vqpipe.storage import read_quality_table
 
 DEMO_SEED = 2026  # the bundled checkpoint was trained on seed-0 contents: these are unseen
 

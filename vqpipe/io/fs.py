@@ -34,6 +34,15 @@ def url_to_fs(
     return fs, fs._strip_protocol(text)
 
 
+def join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
+    """A path of ``fs`` as a URI in the style of ``spec``: bare when ``spec`` is a bare path,
+    else with ``fs``'s scheme (``s3://bucket/key``), so Ray tasks open it the same way."""
+    if "://" not in spec:
+        return path
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local filesystem (where rename is atomic and paths need no copying)."""
     protocol = fs.protocol

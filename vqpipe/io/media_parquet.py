@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from vqpipe.io.records import describe, open_input
 from vqpipe.io.sources import media_type_from_name, sniff_media_type
-from vqpipe.pipeline.schema import CARRIED_PREFIX
+from vqpipe.schema import CARRIED_PREFIX
 
 IMAGE_COLUMN_NAMES = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "image", "img", "image_bytes"}

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from vqpipe.io.artifacts import is_job_artifact
-from vqpipe.io.fs import url_to_fs
+from vqpipe.io.fs import join_uri, url_to_fs
+from vqpipe.storage.names import is_job_artifact
 
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
     import pandas as pd
@@ -143,13 +143,6 @@ def modified_time(info: dict[str, Any]) -> float:
         except ValueError:
             continue
     return float("inf")
-
-
-def join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
-    if "://" not in spec:
-        return path
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
 
 
 def _excluded(rel: str, pattern: str) -> bool:

@@ -21,6 +21,6 @@ def read_table(source: str | pd.DataFrame, storage_options: dict[str, Any] | Non
         return pd.read_json(path, lines=lower.endswith(".jsonl"), storage_options=options)
     if lower.endswith(".parquet"):
         return pd.read_parquet(path, storage_options=options)
-    from vqpipe.pipeline.job import read_quality_table
+    from vqpipe.storage.table import read_quality_table
 
     return read_quality_table(path, storage_options)

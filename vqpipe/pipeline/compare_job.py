@@ -1,10 +1,11 @@
 """The pair-comparison job (``vqpipe compare``): manifest shards of (``uri_a``, ``uri_b``) rows →
 read (CPU tasks) → decode both images → one comparison actor pool → Parquet parts.
 
-It is a scoring job of another shape, run by the same machinery (:mod:`vqpipe.pipeline.job`):
+A scoring job of another shape, run by the same runner (:mod:`vqpipe.pipeline.runner`):
 validation before Ray starts, shard planning, fragments with deterministic part names
-(``part-<signature>-<shard>-<fragment>[-last].parquet``) committed shard by shard, resume by
-listing the output, ``_lock``, the ``--no-resume`` swap and ``_job.json``. One row per pair:
+(``part-<signature>-<shard>-<fragment>[-last].parquet``) committed shard by shard and fenced,
+resume by listing the output, the lock, the ``--no-resume`` swap and ``_job.json``.
+One row per pair:
 
 - ``uri`` = ``<manifest file>#<row index>`` (the row's identity; the manifest's own ``uri``
   column, if any, is carried as ``input_uri``), ``shard`` = the manifest file, ``key`` = the row
@@ -15,9 +16,7 @@ listing the output, ``_lock``, the ``--no-resume`` swap and ``_job.json``. One r
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,33 +25,18 @@ import pyarrow as pa
 
 import vqpipe
 from vqpipe.errors import UserError
-from vqpipe.io.artifacts import COMMITTED
 from vqpipe.io.sources import confine, media_type_from_name
 from vqpipe.media.decode import MediaLimits
-from vqpipe.pipeline import job
+from vqpipe.pipeline import job, runner
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.lock import OutputLock
-from vqpipe.pipeline.schema import (
-    ERROR,
-    INPUT_PREFIX,
-    MEDIA_TYPE,
-    PAIR_FLOAT_COLUMNS,
-    PAIR_PROBS_COLUMNS,
-    RUNTIME_PREFIX,
-    URI,
-    URI_A,
-    URI_B,
-    error_text,
-)
+from vqpipe.pipeline.runner import JobKind
 from vqpipe.pipeline.shards import (
     KEY,
     SHARD,
     Shard,
     _fragments,
     carry_columns,
-    committed_shards,
     manifest_chunks,
-    signature_hash,
 )
 from vqpipe.pipeline.stages import (
     DECODE_CPUS,
@@ -66,6 +50,19 @@ from vqpipe.pipeline.stages import (
     decode_batch,
     write_stage,
 )
+from vqpipe.schema import (
+    ERROR,
+    INPUT_PREFIX,
+    MEDIA_TYPE,
+    PAIR_FLOAT_COLUMNS,
+    PAIR_PROBS_COLUMNS,
+    RUNTIME_PREFIX,
+    URI,
+    URI_A,
+    URI_B,
+    error_text,
+)
+from vqpipe.storage import QualityTable
 
 log = logging.getLogger(__name__)
 TASK = "compare-pairs"
@@ -298,6 +295,7 @@ def build_compare_dataset(
     signature: dict[str, Any],
     sig: str,
     output: str,
+    fence: Any = None,
 ) -> Any:
     """The graph, top to bottom: manifest shards → pair rows, fragment by fragment → decode
     both sides (CPU tasks) → the comparison actor pool → write (one summary row per part)."""
@@ -338,8 +336,45 @@ def build_compare_dataset(
         "scorer_columns": [],
         "sig": sig,
         "typed_columns": TYPED,
+        "fence": fence,
     }
     return write_stage().apply(ds, fn_kwargs=write)
+
+
+class CompareJob(JobKind):
+    """``vqpipe compare``: pair manifests → one row per pair, run by
+    :func:`vqpipe.pipeline.runner.run` like a scoring job."""
+
+    task = TASK
+    rows_key = "compared_pairs"
+    rate_key = "pairs_per_s"
+
+    def validate(self, config: JobConfig) -> None:
+        validate_compare(config)
+
+    def signature(self, config: JobConfig) -> dict[str, Any]:
+        return compare_signature(config.scorers[0], config.storage_options)
+
+    def plan(
+        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], retry: list[str]
+    ) -> runner.Work:
+        return runner.plan_sharded(table, plan_pair_shards(config), sig, parts, retry)
+
+    def build(
+        self,
+        config: JobConfig,
+        work: runner.Work,
+        signature: dict[str, Any],
+        sig: str,
+        target: QualityTable,
+        fence: Any,
+        **resume: Any,
+    ) -> Any:
+        return build_compare_dataset(config, work.source, signature, sig, target.uri, fence)
+
+    def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
+        spec = config.scorers[0]
+        return {spec.column: job.scorer_facts(spec)}
 
 
 def run_compare(
@@ -349,97 +384,4 @@ def run_compare(
 ) -> dict[str, Any]:
     """Run a pair-comparison job; returns the summary. User mistakes raise :class:`UserError`
     before Ray starts (:func:`validate_compare`); one job at a time holds the output."""
-    started = time.perf_counter()
-    validate_compare(config)
-    signature = compare_signature(config.scorers[0], config.storage_options)
-    sig = signature_hash(signature)
-    fs, root = job.output_fs(config.output, config.storage_options)
-    created = not fs.exists(root)
-    job.create_output(config)
-    try:
-        with OutputLock(config.output, config.storage_options):
-            job.finish_replacement(config.output, config.storage_options)
-            return _run_locked(config, signature, sig, started, progress, progress_every_s)
-    except UserError:
-        if created and not fs.ls(root):
-            fs.rm(root, recursive=True)
-        raise
-
-
-def _run_locked(
-    config: JobConfig,
-    signature: dict[str, Any],
-    sig: str,
-    started: float,
-    progress: Callable[[dict[str, Any]], None] | None,
-    progress_every_s: float,
-) -> dict[str, Any]:
-
-    fs, root = job.output_fs(config.output, config.storage_options)
-    target = (
-        config.output if config.resume else job.staging_uri(config.output, config.storage_options)
-    )
-    parts = job.existing_parts(config.output, config.storage_options) if config.resume else []
-    if config.resume:
-        job.refuse_foreign(config, parts, sig)
-    shards = plan_pair_shards(config)
-    done, stale = committed_shards(parts, sig)
-    for path in stale:  # fragments of shards a killed run left half-done: read again
-        fs.rm(path)
-    todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
-    summary: dict[str, Any] = {
-        "shards": len(shards),
-        "shards_already_done": len(shards) - len(todo),
-    }
-    if not config.resume:
-        fs.makedirs(target, exist_ok=True)
-    written: list[dict[str, Any]] = []
-    if todo:
-        job.start_ray(config)  # and the pool's request checked against the cluster
-        spec = config.scorers[0]
-        ds = build_compare_dataset(config, todo, signature, sig, target)
-        last, reported = 0.0, -1
-        try:
-            for row in ds.iter_rows():  # one row per written part, as parts are committed
-                written.append(row)
-                now = time.perf_counter()
-                if progress is not None and (now - last >= progress_every_s or len(written) == 1):
-                    last, reported = now, len(written)
-                    progress(job.job_progress(written, None, now - started))
-        except Exception as exc:
-            device_error = job.unusable_device(exc)
-            if device_error is not None:
-                raise device_error from None
-            raise
-        if progress is not None and reported != len(written):
-            progress(job.job_progress(written, None, time.perf_counter() - started))
-    if not config.resume:
-        fs.pipe(f"{target}/{COMMITTED}", sig.encode())
-        job.finish_replacement(config.output, config.storage_options)
-    seconds = time.perf_counter() - started
-    final = job.job_progress(written, None, seconds)
-    summary.update(
-        {
-            "compared_pairs": final["done"],
-            "errors": final["errors"],
-            "files_written": len(written),
-            "seconds": round(seconds, 2),
-            "pairs_per_s": final["items_per_s"] if seconds > 0 else None,
-        }
-    )
-    spec = config.scorers[0]
-    record = {
-        "task": TASK,
-        "signature": signature,
-        "signature_hash": sig,
-        "scorers": {
-            spec.column: {
-                **job.scorer_facts(spec),
-                "runtime": job.pool_runtime(written, spec.column),
-            }
-        },
-        "config": config.to_metadata(),
-        "summary": summary,
-    }
-    fs.pipe(f"{root}/_job.json", json.dumps(record, indent=2, default=str).encode())
-    return summary
+    return runner.run(CompareJob(), config, progress, progress_every_s)

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
 from vqpipe.io.fs import is_local, url_to_fs
-from vqpipe.pipeline.damaged import readable_parts
-from vqpipe.pipeline.schema import ERROR, METADATA_KEY
+from vqpipe.schema import ERROR, METADATA_KEY
+from vqpipe.storage import QualityTable
+from vqpipe.storage.damaged import readable_parts
 
 FILTER_METADATA_KEY = b"vqpipe.filter"
 """Key-value metadata of a keep list: source table, ``--where``, percentile and counts."""
@@ -156,16 +157,18 @@ def table_parts(table: str, storage_options: dict[str, Any] | None) -> tuple[Any
     """The filesystem and the committed parts of a job's output (or one Parquet file); a
     directory without ``part-*.parquet`` files gives its other ``*.parquet`` files (a Parquet
     dataset written by another tool; hidden and ``_`` files excluded)."""
-    fs, root = url_to_fs(table, storage_options)
-    root = root.rstrip("/")
+    quality = QualityTable(table, storage_options)
+    fs, root = quality.fs, quality.root
     try:
         if fs.isfile(root):
             return fs, [root]
         if not fs.isdir(root):
             raise UserError(f"no quality table at {table} (no such file or directory)")
-        files = [p for p in fs.ls(root, detail=False) if p.endswith(".parquet")]
-        parts = sorted(p for p in files if p.rsplit("/", 1)[-1].startswith("part-"))
-        parts = parts or sorted(p for p in files if not p.rsplit("/", 1)[-1].startswith((".", "_")))
+        parts = quality.parts() or sorted(
+            p
+            for p in fs.ls(root, detail=False)
+            if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_"))
+        )
     except UserError:
         raise
     except Exception as exc:

@@ -1,7 +1,9 @@
-"""The scoring job: plan → read/decode (CPU tasks) → score (one actor pool per scorer) → write.
+"""The scoring job: plan → read/decode (CPU tasks) → score (one actor pool per scorer) → write,
+run by :func:`vqpipe.pipeline.runner.run` as a :class:`ScoreJob`.
 
-Output: Parquet parts with deterministic names (``part-<signature>-<fragment>.parquet``, each
-written atomically; see :mod:`vqpipe.pipeline.shards`) plus ``_job.json``. Sharded inputs
+Output: a quality table (:class:`vqpipe.storage.QualityTable`): Parquet parts with
+deterministic names (``part-<signature>-<fragment>.parquet``, each committed atomically and
+fenced by the table's lock; see :mod:`vqpipe.storage.parts`) plus ``_job.json``. Sharded inputs
 (WebDataset tars, Parquet with media bytes, manifest shards) commit shard by shard and resume by
 listing the output; a listing of files resumes by the URIs already written. Parts of other
 scorers, versions or checkpoints refuse a resume. ``_lock`` keeps a second job off the output;
@@ -13,60 +15,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-import fsspec
-import pandas as pd
-import pyarrow.parquet as pq
 
 import vqpipe
 from vqpipe.errors import UserError
-from vqpipe.io.artifacts import COMMITTED, JOB_RECORD, STAGING, is_job_artifact
 from vqpipe.io.checkpoints import checkpoint_identity
-from vqpipe.io.fs import is_local, url_to_fs
-from vqpipe.io.input_format import PARQUET_SUFFIXES
-from vqpipe.io.sources import join_uri
+from vqpipe.io.fs import join_uri, url_to_fs
+from vqpipe.pipeline import runner
+from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.damaged import quarantine, readable_parts, warn_damaged
-from vqpipe.pipeline.dedupe import PENDING, Removed, drop_repeats, unified_types
-from vqpipe.pipeline.lock import OutputLock
-from vqpipe.pipeline.retry import DRIVER_SCAN_MAX_PARTS, drop_retryable, scan_parts
-from vqpipe.pipeline.schema import (
-    BYTES,
-    ERROR,
-    ERROR_KIND,
-    MEDIA_COLUMNS,
-    MEDIA_TYPE,
-    URI,
-    output_columns,
-)
+from vqpipe.pipeline.runner import JobKind, Work
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     LISTING,
     LISTING_PART_ROWS,
     SHARD_FRAGMENT_ROWS,
     SHARDED_FORMATS,
-    PieceTracker,
     Shard,
-    committed_shards,
-    complete_pieces,
     listing_tables,
-    merge_pieces,
-    parse_part,
     shard_id,
-    signature_hash,
-    visible_parts,
-    whole_part,
 )
 from vqpipe.pipeline.stages import (
-    DeviceUnavailableError,
     Stage,
-    actor_cpus,
     decode_cpus,
     decode_stage,
     follow_stage,
@@ -76,17 +47,23 @@ from vqpipe.pipeline.stages import (
     scores_in_tasks,
     write_stage,
 )
-from vqpipe.pipeline.validate import (
-    check_checkpoints,
-    check_cluster_resources,
-    storage_error,
-    validate_job,
+from vqpipe.pipeline.validate import check_checkpoints, validate_job
+from vqpipe.schema import (
+    BYTES,
+    ERROR,
+    ERROR_KIND,
+    MEDIA_COLUMNS,
+    MEDIA_TYPE,
+    URI,
+    output_columns,
 )
+from vqpipe.storage import QualityTable
+from vqpipe.storage.names import is_job_artifact
+from vqpipe.storage.parts import parse_part
+from vqpipe.storage.retry import drop_retryable
 
 log = logging.getLogger(__name__)
 BUNDLED_DEMO = "bundled-demo"
-STARTED_RAY = False
-"""Whether a job of this process started Ray (the CLI then stops it; a caller's Ray stays)."""
 
 
 def _uses_bundled(spec: ScorerOptions) -> bool:
@@ -145,58 +122,6 @@ def demo_notice(config: JobConfig) -> list[str]:
     ]
 
 
-def output_fs(
-    output: str, storage_options: dict[str, Any] | None
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = url_to_fs(output, storage_options)
-    return fs, root.rstrip("/")
-
-
-def create_output(config: JobConfig) -> None:
-    """Create the output directory (a no-op on object stores) and, when it is local, write a
-    probe into it: :func:`vqpipe.pipeline.validate.check_output` already probed a store, but
-    could only check a local output's permissions (it creates nothing), which a full disk or
-    a squashed NFS root passes."""
-    fs, root = output_fs(config.output, config.storage_options)
-    try:
-        fs.makedirs(root, exist_ok=True)
-        if is_local(fs):
-            probe = f"{root}/.vqpipe-write-probe"
-            fs.pipe(probe, b"ok")
-            fs.rm(probe)
-    except Exception as exc:
-        raise storage_error(exc, f"output {config.output} (not writable)") from None
-
-
-def existing_parts(
-    output: str, storage_options: dict[str, Any] | None = None, visible: bool = True
-) -> list[str]:
-    """The committed ``part-*.parquet`` files under ``output`` (temporary files excluded;
-    pieces already merged into their whole part too, unless ``visible`` is False)."""
-    fs, root = output_fs(output, storage_options)
-    if not fs.exists(root):
-        return []
-    parts = sorted(
-        p
-        for p in fs.ls(root, detail=False)
-        if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-    )
-    return visible_parts(parts) if visible else parts
-
-
-def settle_pieces(output: str, storage_options: dict[str, Any] | None) -> None:
-    """Finish what a killed job left between a fragment's last piece and its merge: pieces
-    that cover their fragment are merged, pieces whose whole part exists are deleted."""
-    fs, _ = output_fs(output, storage_options)
-    parts = existing_parts(output, storage_options, visible=False)
-    shown = set(visible_parts(parts))
-    for path in parts:
-        if path not in shown:
-            fs.rm(path)
-    for whole, pieces in complete_pieces(sorted(shown)).items():
-        merge_pieces(output, storage_options, whole, pieces)
-
-
 def fragment_rows(config: JobConfig, kind: str) -> int:
     """Rows per fragment (the output part of a commit unit): ``--rows-per-file``, else
     :data:`LISTING_PART_ROWS` for a listing of files and :data:`SHARD_FRAGMENT_ROWS` for a
@@ -204,93 +129,6 @@ def fragment_rows(config: JobConfig, kind: str) -> int:
     if config.rows_per_file is not None:
         return config.rows_per_file
     return SHARD_FRAGMENT_ROWS if kind in SHARDED_FORMATS else LISTING_PART_ROWS
-
-
-def _foreign_parts(parts: list[str], sig: str) -> list[str]:
-    return [p for p in parts if (parse_part(p) or {}).get("sig") != sig]
-
-
-def refuse_foreign(config: JobConfig, parts: list[str], sig: str) -> None:
-    foreign = _foreign_parts(parts, sig)
-    if foreign:
-        raise UserError(
-            f"{config.output} holds results of other scorers, versions, options or "
-            f"checkpoints ({foreign[0]}); write to a new --out, or pass --no-resume to "
-            "replace them"
-        )
-
-
-def done_uris(config: JobConfig, parts: list[str]) -> set[str]:
-    """URIs in the committed parts (a listing of files resumes by URI: a new file anywhere in
-    a prefix changes which slice the others fall in)."""
-    fs, _ = output_fs(config.output, config.storage_options)
-    done: set[str] = set()
-    for part in parts:
-        with fs.open(part, "rb") as fh:
-            done.update(pq.ParquetFile(fh).read(columns=[URI]).column(URI).to_pylist())
-    return done
-
-
-def job_progress(
-    written: list[dict[str, Any]], total: int | None, elapsed: float
-) -> dict[str, Any]:
-    """Counts, the overall rate, and the scoring rate and ETA after warm-up: measured from the
-    first committed part (its time is noted on it at the first call, which comes as soon as
-    that part is in), so Ray's and the actors' start-up do not count. ``total`` is None when
-    the input's size is not known in advance (sharded inputs, listings)."""
-    done = sum(int(w["rows"]) for w in written)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    steady = None
-    if written:
-        first_s = written[0].setdefault("_committed_s", elapsed)
-        if len(written) > 1 and elapsed > first_s:
-            steady = (done - int(written[0]["rows"])) / (elapsed - first_s)
-    return {
-        "done": done,
-        "total": total,
-        "errors": sum(int(w["errors"]) for w in written),
-        "items_per_s": round(rate, 2),
-        "scoring_items_per_s": round(steady, 2) if steady is not None else None,
-        "eta_s": None
-        if total is None
-        else (round((total - done) / steady, 1) if steady else (0.0 if done >= total else None)),
-    }
-
-
-def format_progress(p: dict[str, Any]) -> str:
-    """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s`` (``scored
-    1200`` when the total is not known); before a second part is in, the rate is not known
-    yet (``ETA after warm-up``)."""
-    from vqpipe.console import format_eta
-
-    total = p["total"]
-    head = (
-        f"scored {p['done']}" + ("" if total is None else f"/{total}") + f", {p['errors']} errors"
-    )
-    rate = p.get("scoring_items_per_s")
-    if total is None:  # no ETA without a total: the rates only
-        return f"{head}, {rate or p['items_per_s']} items/s"
-    if p["done"] >= total:
-        return f"{head}, {p['items_per_s']} items/s overall"
-    if rate is None:
-        return f"{head}, ETA after warm-up"
-    return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
-
-
-def unusable_device(exc: BaseException) -> DeviceUnavailableError | None:
-    """The :class:`DeviceUnavailableError` inside what Ray raised for a failed actor: an actor
-    whose constructor raised comes back as ``ActorDiedError`` holding only the text."""
-    marker = f"{DeviceUnavailableError.__name__}: "
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DeviceUnavailableError):
-            return exc
-        text = str(exc)
-        if marker in text:
-            return DeviceUnavailableError(text.rsplit(marker, 1)[1].splitlines()[0])
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def build_dataset(
@@ -302,6 +140,7 @@ def build_dataset(
     done: Any = None,
     done_set: frozenset[str] = frozenset(),
     join_partitions: int = 1,
+    fence: Any = None,
 ) -> Any:
     """The graph, top to bottom: shards or listing tasks → read, fragment by fragment (CPU
     tasks) → [anti-join on ``uri`` with ``done``, the rows already written] → decode (one
@@ -381,6 +220,7 @@ def build_dataset(
         "metadata": {**signature, "outputs": {s.column: scorer_facts(s) for s in config.scorers}},
         "scorer_columns": [s.column for s in config.scorers],
         "sig": sig,
+        "fence": fence,
     }
     # after the decode tasks (every pool scores in them), writing is fused into those tasks
     return write_stage(stage).apply(ds, fn_kwargs=write)
@@ -416,15 +256,9 @@ DRIVER_RESUME_MAX_ROWS = 100_000
 URIs on the driver and drops them in the listing tasks; past it, a distributed anti-join."""
 
 
-def _driver_resumable(fs: fsspec.AbstractFileSystem, parts: list[str]) -> bool:
+def _driver_resumable(table: QualityTable, parts: list[str]) -> bool:
     """Whether the URIs of ``parts`` are few enough for the driver (their footers say)."""
-    if len(parts) > DRIVER_RESUME_MAX_PARTS:
-        return False
-    rows = 0
-    for part in parts:
-        with fs.open(part, "rb") as fh:
-            rows += pq.ParquetFile(fh).metadata.num_rows
-    return rows <= DRIVER_RESUME_MAX_ROWS
+    return len(parts) <= DRIVER_RESUME_MAX_PARTS and table.rows(parts) <= DRIVER_RESUME_MAX_ROWS
 
 
 def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
@@ -517,40 +351,51 @@ def _output_uri(config: JobConfig) -> str:
     return join_uri(fs, root.rstrip("/"), config.output)
 
 
-def staging_uri(output: str, storage_options: dict[str, Any] | None) -> str:
-    """Where ``--no-resume`` writes (``<out>/_next``), as a URI in the style of ``output``: a
-    bare path would be read as a local one, whatever store the output is on."""
-    fs, root = output_fs(output, storage_options)
-    return join_uri(fs, f"{root}/{STAGING}", output)
+class ScoreJob(JobKind):
+    """``vqpipe score``: inputs → one row per input with each scorer's columns."""
 
+    def validate(self, config: JobConfig) -> None:
+        validate_job(config, checkpoints=False)  # those load model code: only when there is work
+        self.format = resolve_format(config)
 
-def finish_replacement(output: str, storage_options: dict[str, Any] | None) -> None:
-    """Complete or discard a ``--no-resume`` run: a staging directory with its commit marker
-    replaces the old parts (idempotent, so a crash mid-swap is finished by the next run); one
-    without the marker (the run failed or was killed) is dropped and the old results stay."""
-    fs, root = output_fs(output, storage_options)
-    staging_at = staging_uri(output, storage_options)
-    staging = output_fs(staging_at, storage_options)[1]
-    if not fs.exists(staging):
-        return
-    if not fs.exists(f"{staging}/{COMMITTED}"):
-        fs.rm(staging, recursive=True)
-        return
-    # The marker names the committed run's signature: parts of any other run that reached
-    # the staging directory (a killed run's late writes) are dropped, never swapped in.
-    sig = fs.cat_file(f"{staging}/{COMMITTED}").decode().strip()
-    staged = [
-        p
-        for p in existing_parts(staging_at, storage_options)
-        if (parse_part(p) or {}).get("sig") == sig
-    ]
-    new = {p.rsplit("/", 1)[-1] for p in staged}
-    for part in existing_parts(output, storage_options, visible=False):
-        if part.rsplit("/", 1)[-1] not in new:
-            fs.rm(part)
-    for part in staged:
-        fs.mv(part, f"{root}/{part.rsplit('/', 1)[-1]}")
-    fs.rm(staging, recursive=True)
+    def signature(self, config: JobConfig) -> dict[str, Any]:
+        signature = {
+            "vqpipe": vqpipe.__version__,
+            "scorers": [scorer_signature(s, config.storage_options) for s in config.scorers],
+        }
+        if config.calibration:  # other maps, other values: no resume across calibrations
+            signature["calibration"] = config.calibration["columns"]
+        return signature
+
+    def notices(self, config: JobConfig) -> list[str]:
+        return demo_notice(config)
+
+    def plan(
+        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], retry: list[str]
+    ) -> Work:
+        return plan_work(config, self.format, sig, parts, retry)
+
+    def prepare(self, config: JobConfig) -> None:
+        check_checkpoints(config)
+
+    def resume_filter(self, config: JobConfig, table: QualityTable, work: Work) -> dict[str, Any]:
+        done, done_set, partitions = _resume_filter(config, work)
+        return {"done": done, "done_set": done_set, "join_partitions": partitions}
+
+    def build(
+        self,
+        config: JobConfig,
+        work: Work,
+        signature: dict[str, Any],
+        sig: str,
+        target: QualityTable,
+        fence: Any,
+        **resume: Any,
+    ) -> Any:
+        return build_dataset(config, work.source, signature, sig, target.uri, fence=fence, **resume)
+
+    def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
+        return {s.column: scorer_facts(s) for s in config.scorers}
 
 
 def run_job(
@@ -562,53 +407,14 @@ def run_job(
     """Run a scoring job (on ``config.address``, RAY_ADDRESS's cluster, or local Ray); returns
     the summary. Every check that needs no Ray runs first (:func:`validate_job`); user mistakes
     raise :class:`UserError` before Ray starts or anything is written. One job at a time holds
-    the output (:class:`OutputLock`).
+    the output (:mod:`vqpipe.storage.lock`); the steps are :func:`vqpipe.pipeline.runner.run`'s.
 
     ``progress`` receives ``{done, total, errors, items_per_s, eta_s}`` as parts are committed
     (at most every ``progress_every_s`` seconds, and once at the end; ``total`` is None for
     sharded inputs, whose size is not known in advance); ``notice`` gets one-line messages for
     the console (default: the log).
     """
-    notice = notice or log.warning
-    started = time.perf_counter()
-    validate_job(config, checkpoints=False)  # those load model code: only when there is work
-    signature = {
-        "vqpipe": vqpipe.__version__,
-        "scorers": [scorer_signature(s, config.storage_options) for s in config.scorers],
-    }
-    if config.calibration:  # other maps, other values: no resume across calibrations
-        signature["calibration"] = config.calibration["columns"]
-    sig = signature_hash(signature)
-    kind = resolve_format(config)
-    for line in demo_notice(config):
-        notice(line)
-    fs, root = output_fs(config.output, config.storage_options)
-    created = not fs.exists(root)
-    create_output(config)  # every check that needs no Ray passed
-    try:
-        with OutputLock(config.output, config.storage_options):
-            settle_pieces(config.output, config.storage_options)
-            finish_replacement(config.output, config.storage_options)
-            return _run_locked(config, signature, sig, kind, started, progress, progress_every_s)
-    except UserError:  # refused once Ray was up (e.g. GPUs it does not have): leave nothing
-        if created and not fs.ls(root):
-            fs.rm(root, recursive=True)
-        raise
-
-
-@dataclass
-class Work:
-    """What a job has left to do, planned on the driver without Ray: the read tasks (shards
-    or listing tasks), the parts a listing resumes over, and the summary so far."""
-
-    source: list[dict[str, str]]
-    done_parts: list[str]
-    total: int | None
-    summary: dict[str, Any]
-    shard_ids: list[str] | None = None
-    """Manifest shards in job order, when there are several: repeats across them are removed
-    once the shards are committed (:func:`vqpipe.pipeline.dedupe.drop_repeats`)."""
-    repeats: Removed = field(default_factory=Removed)
+    return runner.run(ScoreJob(), config, progress, progress_every_s, notice)
 
 
 def plan_work(
@@ -617,32 +423,24 @@ def plan_work(
     """Shards not committed yet (a killed run's fragments of the others deleted), or the
     listing tasks of a prefix; a listing small enough for the driver is checked against the
     written parts here, so a resume with nothing to do never starts Ray. ``retry``: parts
-    with rows to score again (:mod:`vqpipe.pipeline.retry`)."""
-    fs, _ = output_fs(config.output, config.storage_options)
+    with rows to score again (:mod:`vqpipe.storage.retry`)."""
+    table = QualityTable(config.output, config.storage_options)
     if kind in SHARDED_FORMATS:
         shards = plan_shards(config, kind)
-        done, stale = committed_shards(parts, sig)
-        # a committed shard with rows to score again (transient errors) is read again whole
-        again = {_shard_of(p, sig) for p in retry} & done
-        stale += [p for p in parts if _shard_of(p, sig) in again]
-        done -= again
-        for path in stale:  # fragments of shards a killed run left half-done: read again
-            fs.rm(path)
-        todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
+        work = runner.plan_sharded(table, shards, sig, parts, retry)
+        todo = work.source
         if kind == "manifest" and todo and len(shards) > 1:
-            if not all(s.uri.lower().endswith(PARQUET_SUFFIXES) for s in shards):
-                start_ray(config)  # text manifests are read whole for their types: Ray tasks
+            if not runner.all_parquet(shards):
+                runner.start_ray(config)  # text manifests are read whole for their types
             options = _read_options(config, fragment_rows(config, kind))
             types = unified_types(shards, options, config.storage_options)
             for record in todo if types else ():  # one type per column for every shard
                 record["types"] = json.dumps(types)
-        summary = {"shards": len(shards), "shards_already_done": len(shards) - len(todo)}
-        if again:
-            summary["shards_retried"] = len(again)
-        work = Work(todo, [], None, {"input_format": kind, **summary})
+        work.summary = {"input_format": kind, **work.summary}
         if kind == "manifest" and len(shards) > 1:  # repeats across shards: removed after
             work.shard_ids = [s.id for s in shards]
         return work
+    fs = table.fs
     source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
     done_parts = [p for p in parts if parse_part(p) is not None]
     # rows to score again are cut out of their parts first: their inputs are then not done
@@ -651,8 +449,8 @@ def plan_work(
     work = Work(source, done_parts, None, {"input_format": kind, "listing_tasks": len(source)})
     if retried:
         work.summary["rows_retried"] = sum(retried.values())
-    if len(source) == 1 and done_parts and _driver_resumable(fs, done_parts):
-        done = frozenset(done_uris(config, done_parts))
+    if len(source) == 1 and done_parts and _driver_resumable(table, done_parts):
+        done = frozenset(table.uris(done_parts))
         left = _small_listing_left(config, done)
         if left == 0:
             work.source = []
@@ -675,214 +473,20 @@ def _small_listing_left(config: JobConfig, done: frozenset[str]) -> int | None:
     return sum(len(t) for t in listing_tables(config.input, options, config.storage_options))
 
 
-def start_ray(config: JobConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        global STARTED_RAY
-        # ray.init replaces the SIGTERM handler (with sys.exit); the caller's stays
-        previous = signal.getsignal(signal.SIGTERM)
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
-        STARTED_RAY = True
-        if threading.current_thread() is threading.main_thread() and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    check_cluster_resources(
-        config.scorers, {s.column: actor_cpus(s, config.scorers) for s in config.scorers}
-    )
-
-
 def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, frozenset[str], int]:
     """The rows a listing already wrote: few parts → their URIs, dropped in the listing tasks
     (no shuffle); many → a Ray dataset of them for a distributed anti-join (and its
     partitions)."""
     import ray
 
-    fs, _ = output_fs(config.output, config.storage_options)
+    table = QualityTable(config.output, config.storage_options)
     parts = work.done_parts
     if not parts:
         return None, frozenset(), 1
-    if _driver_resumable(fs, parts):
-        done_set = frozenset(done_uris(config, parts))
+    if _driver_resumable(table, parts):
+        done_set = frozenset(table.uris(parts))
         work.summary["already_done"] = len(done_set)
         return None, done_set, 1
-    done = ray.data.read_parquet(parts, filesystem=fs).select_columns([URI])
+    done = ray.data.read_parquet(parts, filesystem=table.fs).select_columns([URI])
     work.summary["already_done"] = done.count()
     return done, frozenset(), max(1, min(JOIN_PARTITIONS, len(parts) // 64))
-
-
-def execute(
-    ds: Any,
-    config: JobConfig,
-    target: str,
-    total: int | None,
-    started: float,
-    progress: Callable[[dict[str, Any]], None] | None,
-    progress_every_s: float,
-) -> tuple[list[dict[str, Any]], int]:
-    """Run the graph: one summary row per written part or piece, as they are committed; a
-    fragment whose pieces are all in is merged into one part by a Ray task. Returns the
-    summary rows and the number of parts written."""
-    import ray
-
-    written: list[dict[str, Any]] = []
-    last, reported = 0.0, -1
-    tracker, merges, whole = PieceTracker(), [], 0
-    merge = ray.remote(num_cpus=0, max_retries=3)(merge_pieces)
-    try:
-        for row in ds.iter_rows():
-            written.append(row)
-            whole += whole_part(row["file"]) == row["file"]
-            pieces = tracker.add(row["file"])
-            if pieces:  # a fragment's pieces are all in: one part again
-                args = (target, config.storage_options, whole_part(pieces[0]), pieces)
-                merges.append(merge.remote(*args))
-            now = time.perf_counter()
-            if progress is not None and (now - last >= progress_every_s or len(written) == 1):
-                last, reported = now, len(written)
-                progress(job_progress(written, total, now - started))
-    except Exception as exc:
-        device_error = unusable_device(exc)
-        if device_error is not None:
-            raise device_error from None
-        raise
-    files = whole + len(ray.get(merges))
-    if progress is not None and reported != len(written):
-        progress(job_progress(written, total, time.perf_counter() - started))
-    return written, files
-
-
-def _run_locked(
-    config: JobConfig,
-    signature: dict[str, Any],
-    sig: str,
-    kind: str,
-    started: float,
-    progress: Callable[[dict[str, Any]], None] | None,
-    progress_every_s: float,
-) -> dict[str, Any]:
-    fs, root = output_fs(config.output, config.storage_options)
-    # --no-resume writes into <out>/_next, a URI like --out (a bare path would be local)
-    target = config.output if config.resume else staging_uri(config.output, config.storage_options)
-    parts = existing_parts(config.output, config.storage_options) if config.resume else []
-    if config.resume:
-        refuse_foreign(config, parts, sig)
-    # one footer read per part: damaged parts are moved aside (their rows are scored again)
-    retry, damaged = _scan_parts(config, fs, parts)
-    for part, why in damaged.items():
-        warn_damaged(part, why, f"moved to {quarantine(fs, root, part)}; its rows are scored again")
-    parts = [p for p in parts if p not in damaged]
-    work = plan_work(config, kind, sig, parts, retry)
-    if damaged:
-        work.summary["parts_quarantined"] = len(damaged)
-    if work.source:
-        check_checkpoints(config)
-    if not config.resume:
-        fs.makedirs(target, exist_ok=True)
-    written: list[dict[str, Any]] = []
-    files = 0
-    settle = f"{root if config.resume else f'{root}/{STAGING}'}/{PENDING}"
-    dedupe = work.shard_ids is not None and (bool(work.source) or fs.exists(settle))
-    if dedupe and work.source:
-        fs.pipe(settle, b"")  # before the first part: a kill leaves the repeats pass owed
-    if work.source:
-        start_ray(config)
-        done, done_set, partitions = _resume_filter(config, work)
-        ds = build_dataset(config, work.source, signature, sig, target, done, done_set, partitions)
-        written, files = execute(
-            ds, config, target, work.total, started, progress, progress_every_s
-        )
-    if dedupe:
-        mine = [p for p in existing_parts(target, config.storage_options) if _shard_of(p, sig)]
-        before = {p.rsplit("/", 1)[-1] for p in parts}
-        work.repeats = drop_repeats(
-            target, mine, work.shard_ids, before, config.storage_options, lambda: start_ray(config)
-        )
-        fs.rm(settle)
-    if not config.resume:
-        fs.pipe(f"{target}/{COMMITTED}", sig.encode())
-        finish_replacement(config.output, config.storage_options)
-    return _record_job(config, signature, sig, work, written, files, started)
-
-
-def _record_job(
-    config: JobConfig,
-    signature: dict[str, Any],
-    sig: str,
-    work: Work,
-    written: list[dict[str, Any]],
-    files: int,
-    started: float,
-) -> dict[str, Any]:
-    """The summary, also written to ``_job.json`` with the signature and each pool's facts."""
-    fs, root = output_fs(config.output, config.storage_options)
-    seconds = time.perf_counter() - started
-    final = job_progress(written, work.total, seconds)
-    removed = work.repeats  # this run's own repeats are not in its table: not counted
-    summary = {
-        **work.summary,
-        "scored_rows": final["done"] - removed.new_rows,
-        "errors": final["errors"] - removed.new_errors,
-        "files_written": files,
-        "duplicates_dropped": removed.rows + sum(int(w.get("duplicates") or 0) for w in written),
-        "seconds": round(seconds, 2),
-        "items_per_s": final["items_per_s"] if seconds > 0 else None,
-    }
-    job = {
-        "signature": signature,
-        "signature_hash": sig,
-        "scorers": {
-            s.column: {**scorer_facts(s), "runtime": pool_runtime(written, s.column)}
-            for s in config.scorers
-        },
-        "config": config.to_metadata(),
-        "summary": summary,
-    }
-    fs.pipe(f"{root}/{JOB_RECORD}", json.dumps(job, indent=2, default=str).encode())
-    return summary
-
-
-def committed_parts(config: JobConfig) -> int:
-    """Parts in the output now (``--no-resume``: in its staging directory)."""
-    try:
-        if config.resume:
-            return len(existing_parts(config.output, config.storage_options))
-        staging = staging_uri(config.output, config.storage_options)
-        return len(existing_parts(staging, config.storage_options))
-    except Exception:  # the count is a courtesy; the store may be what failed
-        return 0
-
-
-def _shard_of(part: str, sig: str) -> str | None:
-    info = parse_part(part)
-    return info["shard"] if info is not None and info["sig"] == sig else None
-
-
-def _scan_parts(config: JobConfig, fs: Any, parts: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Committed parts with rows a rerun scores again, and the damaged ones
-    (:mod:`vqpipe.pipeline.retry`)."""
-    if len(parts) > DRIVER_SCAN_MAX_PARTS:
-        start_ray(config)  # many parts are scanned by Ray tasks
-    return scan_parts(fs, parts, config.retry_errors, config.output, config.storage_options)
-
-
-def pool_runtime(written: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
-    """The distinct (device, dtype, node) a pool's actors ran with, over the written parts."""
-    seen = {
-        json.dumps(r, sort_keys=True)
-        for w in written
-        for r in json.loads(str(w.get("runtime") or "{}")).get(column, [])
-    }
-    return [json.loads(r) for r in sorted(seen)]
-
-
-def read_quality_table(output: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """All committed parts of a job's output as one DataFrame (temporary files ignored)."""
-    fs, _ = output_fs(output, storage_options)
-    parts = readable_parts(fs, existing_parts(output, storage_options))
-    if not parts:
-        return pd.DataFrame()
-    frames = []
-    for part in parts:
-        with fs.open(part, "rb") as fh:
-            frames.append(pq.read_table(fh).to_pandas())
-    return pd.concat(frames, ignore_index=True)

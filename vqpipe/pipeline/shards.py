@@ -1,5 +1,5 @@
-"""Sharded inputs — WebDataset tars, Parquet files holding media bytes, manifest shards — and
-the commit protocol built on them.
+"""Sharded inputs — WebDataset tars, Parquet files holding media bytes, manifest shards — read
+as the fragments the commit protocol (:mod:`vqpipe.storage.parts`) writes as parts.
 
 The driver plans shards only (one small record per shard, never one per item). Each shard is
 read by one Ray task, which cuts it into fragments of ``rows_per_part`` rows; every row
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from vqpipe.io.fs import is_transient
 from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
-from vqpipe.pipeline.schema import (
+from vqpipe.schema import (
     BYTES,
     CARRIED_PREFIX,
     ERROR,
@@ -69,11 +69,6 @@ LISTING = "listing"
 """Shard format of a listing task: one directory of a ``files`` prefix (``top``: only the
 files directly in the prefix)."""
 
-_PART_NAME = re.compile(
-    r"^part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
-    r"(?:\.r(?P<lo>\d+)-(?P<hi>\d+)of(?P<n>\d+))?\.parquet$"
-)
-
 
 @dataclass(frozen=True)
 class Shard:
@@ -97,179 +92,6 @@ def shard_id(uri: str) -> str:
     stem = re.sub(r"\.(tar(\.gz|\.bz2|\.xz)?|tgz|parquet|pq|csv|jsonl|ndjson|json)$", "", name)
     stem = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", stem)[:80] or "shard"
     return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
-
-
-def part_name(sig: str, part: str, rows: tuple[int, int, int] | None = None) -> str:
-    """The part file of a fragment; ``rows = (lo, hi, n)`` names a piece of it (rows lo..hi-1
-    of n), for a fragment that reached the writer in more than one batch."""
-    piece = f".r{rows[0]}-{rows[1]}of{rows[2]}" if rows is not None else ""
-    return f"part-{sig}-{part}{piece}.parquet"
-
-
-def parse_part(name: str) -> dict[str, Any] | None:
-    """``{sig, shard, seq, last, rows}`` of a part's file name (``rows``: ``(lo, hi, n)`` of a
-    piece, else None); None for other files."""
-    match = _PART_NAME.match(name.rsplit("/", 1)[-1])
-    if match is None:
-        return None
-    piece = (int(match["lo"]), int(match["hi"]), int(match["n"])) if match["n"] else None
-    return {
-        "sig": match["sig"],
-        "shard": match["shard"],
-        "seq": int(match["seq"]),
-        "last": bool(match["last"]),
-        "rows": piece,
-    }
-
-
-def _covered(pieces: list[tuple[int, int, int] | None]) -> bool:
-    """A fragment is all there: a whole part, or pieces that cover rows 0..n-1."""
-    if None in pieces:
-        return True
-    n = pieces[0][2]
-    covered = np.zeros(n, bool)
-    for lo, hi, _ in pieces:
-        covered[lo:hi] = True
-    return bool(covered.all())
-
-
-def committed_shards(part_paths: list[str], sig: str) -> tuple[set[str], list[str]]:
-    """Shard ids whose fragments are all there (``-last`` and every one before it, each whole
-    or covered by its pieces), and the paths of the parts of shards that are not (left by a
-    killed run, to be deleted before the shard is read again)."""
-    pieces: dict[str, dict[int, list[Any]]] = {}
-    last: dict[str, int] = {}
-    paths: dict[str, list[str]] = {}
-    for path in part_paths:
-        info = parse_part(path)
-        if info is None or info["sig"] != sig:
-            continue
-        shard = info["shard"]
-        pieces.setdefault(shard, {}).setdefault(info["seq"], []).append(info["rows"])
-        paths.setdefault(shard, []).append(path)
-        if info["last"]:
-            last[shard] = info["seq"]
-    done = {
-        shard
-        for shard, n in last.items()
-        if all(seq in pieces[shard] and _covered(pieces[shard][seq]) for seq in range(n + 1))
-    }
-    stale = [p for s, ps in paths.items() if s not in done for p in ps]
-    return done, stale
-
-
-_PIECE = re.compile(r"\.r\d+-\d+of\d+\.parquet$")
-
-
-def whole_part(path: str) -> str:
-    """The path of the whole part a piece belongs to (a whole part's own path)."""
-    return _PIECE.sub(".parquet", path)
-
-
-def visible_parts(paths: list[str]) -> list[str]:
-    """The parts a reader reads: a piece whose fragment's whole part exists is left out (the
-    merge writes the whole part first, then deletes the pieces)."""
-    present = set(paths)
-    return [p for p in paths if whole_part(p) == p or whole_part(p) not in present]
-
-
-class PieceTracker:
-    """The pieces of fragments as the writer commits them (driver side; only fragments still
-    in flight are held). :meth:`add` returns a fragment's pieces, in row order, once they
-    cover it."""
-
-    def __init__(self) -> None:
-        self._pieces: dict[str, dict[str, tuple[int, int, int]]] = {}
-
-    def add(self, path: str) -> list[str] | None:
-        info = parse_part(path)
-        if info is None or info["rows"] is None:
-            return None
-        pieces = self._pieces.setdefault(whole_part(path), {})
-        pieces[path] = info["rows"]
-        if not _covered(list(pieces.values())):
-            return None
-        del self._pieces[whole_part(path)]
-        return sorted(pieces, key=lambda p: pieces[p][0])
-
-
-def complete_pieces(paths: list[str]) -> dict[str, list[str]]:
-    """Whole part → its pieces, for fragments whose pieces cover them but were not merged
-    (the job was killed between the last piece and the merge)."""
-    present, tracker, found = set(paths), PieceTracker(), {}
-    for path in paths:
-        if whole_part(path) in present:
-            continue
-        pieces = tracker.add(path)
-        if pieces:
-            found[whole_part(path)] = pieces
-    return found
-
-
-def write_part(fs: Any, path: str, table: pa.Table) -> None:
-    """Write one part atomically: local disks get ``.tmp-*`` then a rename; object stores one
-    PUT of the whole file (atomic there). A killed job never leaves a partial part."""
-    import io
-    import os
-    import uuid
-
-    import pyarrow.parquet as pq
-
-    from vqpipe.io.fs import is_local
-
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    if is_local(fs):
-        tmp = f"{path.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}.parquet"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    else:
-        fs.pipe(path, buffer.getvalue())
-
-
-def merge_pieces(
-    output: str, storage_options: dict[str, Any] | None, whole: str, pieces: list[str]
-) -> int:
-    """Write a fragment's whole part from its pieces (in row order, the ``runtime`` of each
-    merged into the part's metadata), then delete the pieces; returns its rows. Idempotent: a
-    merge cut short after the whole part was written only deletes what is left."""
-    import pyarrow.parquet as pq
-
-    from vqpipe.io.fs import url_to_fs
-    from vqpipe.pipeline.schema import METADATA_KEY
-
-    fs, _ = url_to_fs(output, storage_options)
-    left = [p for p in pieces if fs.exists(p)]
-    if len(left) < len(pieces):
-        if not fs.exists(whole):
-            raise RuntimeError(f"pieces of {whole} are missing: {sorted(set(pieces) - set(left))}")
-        for path in left:
-            fs.rm(path)
-        return pq.ParquetFile(fs.open(whole, "rb")).metadata.num_rows
-    tables = []
-    for path in pieces:
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    record = json.loads(tables[0].schema.metadata[METADATA_KEY])
-    runtime: dict[str, set[str]] = {}
-    for table in tables:
-        piece = json.loads(table.schema.metadata[METADATA_KEY])
-        for column, seen in piece.get("runtime", {}).items():
-            runtime.setdefault(column, set()).update(json.dumps(r, sort_keys=True) for r in seen)
-    record["runtime"] = {c: [json.loads(r) for r in sorted(v)] for c, v in runtime.items()}
-    table = pa.concat_tables(
-        [t.replace_schema_metadata(None) for t in tables], promote_options="permissive"
-    )
-    expected = parse_part(pieces[0])["rows"][2]
-    if len(table) != expected:
-        raise RuntimeError(f"pieces of {whole} hold {len(table)} rows, not {expected}")
-    write_part(
-        fs, whole, table.replace_schema_metadata({METADATA_KEY: json.dumps(record, sort_keys=True)})
-    )
-    for path in pieces:
-        fs.rm(path)
-    return len(table)
 
 
 def _error_table(shard: Shard, at: int, message: str, transient: bool = False) -> pa.Table:
@@ -379,7 +201,7 @@ def manifest_chunks(
 def _force_types(table: pa.Table, types: dict[str, str] | None, uri_column: str | None) -> pa.Table:
     """Columns whose types differ between the job's manifest shards, in the one type the
     driver fixed for all of them (``types``: ``string`` or ``double``; see
-    :func:`vqpipe.pipeline.dedupe.unified_types`)."""
+    :func:`vqpipe.storage.repeats.unified_types`)."""
     for name, kind in (types or {}).items():
         if name not in table.column_names or name == uri_column:
             continue
@@ -405,7 +227,7 @@ def _manifest_tables(
     from the name, ``--root`` confinement, ``key`` = the row index; other columns carried, and
     the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins). A
     URI listed again in the shard is scored once: its repeats are dropped and counted (repeats
-    of other shards are removed once they are written: :mod:`vqpipe.pipeline.dedupe`).
+    of other shards are removed once they are written: :mod:`vqpipe.storage.repeats`).
 
     Read with pyarrow per shard rather than Ray Data's readers: each shard must become
     fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
@@ -581,8 +403,8 @@ def listing_tables(
     """One directory of a ``files`` prefix, listed in a Ray task: its input rows in fragments
     of ``rows`` rows, each named by a hash of its URIs (a listing resumes by URI, so a name
     must never be reused for other files)."""
-    from vqpipe.io.fs import is_local, url_to_fs
-    from vqpipe.io.sources import join_uri, listed_rows, printable_uri
+    from vqpipe.io.fs import is_local, join_uri, url_to_fs
+    from vqpipe.io.sources import listed_rows, printable_uri
 
     fs, root = url_to_fs(options["spec"], storage_options)
     root = root.rstrip("/")

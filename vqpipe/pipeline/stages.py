@@ -21,7 +21,15 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.schema import (
+from vqpipe.pipeline.shards import (
+    DATA,
+    DUPLICATES,
+    PART,
+    ROW,
+    ROWS,
+    read_shards,
+)
+from vqpipe.schema import (
     BYTES,
     DURATION,
     ERROR,
@@ -40,16 +48,7 @@ from vqpipe.pipeline.schema import (
     score_column,
     to_arrow,
 )
-from vqpipe.pipeline.shards import (
-    DATA,
-    DUPLICATES,
-    PART,
-    ROW,
-    ROWS,
-    part_name,
-    read_shards,
-    write_part,
-)
+from vqpipe.storage.parts import part_name, write_part
 
 
 @functools.lru_cache(maxsize=16)
@@ -352,9 +351,11 @@ def write_batch(
     scorer_columns: list[str],
     sig: str,
     typed_columns: dict[str, str] | None = None,
+    fence: Any = None,
 ) -> dict[str, np.ndarray]:
     """Write each fragment of the batch as its Parquet part, atomically; one summary row each.
-    ``typed_columns``: further output columns for :func:`~vqpipe.pipeline.schema.to_arrow`.
+    ``typed_columns``: further output columns for :func:`~vqpipe.schema.to_arrow`; ``fence``
+    (:class:`vqpipe.storage.Fence`): checked before each commit.
 
     A part's name comes from its fragment (``part-<sig>-<fragment>.parquet``, see
     :mod:`vqpipe.pipeline.shards`; a fragment that arrives in pieces is written as pieces
@@ -393,7 +394,7 @@ def write_batch(
                 {METADATA_KEY: json.dumps(record, sort_keys=True)}
             )
             final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"
-            write_part(fs, final, table)
+            write_part(fs, final, table, fence)
             _fault_after_commit(final)
             summary["file"].append(final)
             summary["rows"].append(len(table))

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from vqpipe.errors import UserError
 from vqpipe.io.fs import url_to_fs
-from vqpipe.pipeline.schema import CALIBRATED, URI, derived_column, score_column, score_prefix
+from vqpipe.schema import CALIBRATED, URI, derived_column, score_column, score_prefix
 
 METHODS = ("logistic", "isotonic")
 FORMAT = "vqpipe.calibration"

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from vqpipe.errors import UserError
-from vqpipe.pipeline.schema import ENSEMBLE_SCORE, ENSEMBLE_SPREAD
+from vqpipe.schema import ENSEMBLE_SCORE, ENSEMBLE_SPREAD
 
 FUSE_RECORD = "_fuse.json"
 

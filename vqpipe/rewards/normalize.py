@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vqpipe.errors import UserError
-from vqpipe.pipeline.schema import NORMALIZED, derived_column
+from vqpipe.schema import NORMALIZED, derived_column
 
 METHODS = ("group-zscore", "group-rank")
 

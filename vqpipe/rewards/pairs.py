@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vqpipe.errors import UserError
-from vqpipe.pipeline.schema import ERROR, URI
+from vqpipe.schema import ERROR, URI
 
 STRATEGIES = ("best-worst", "all", "adjacent")
 SHUFFLE_PARTITIONS = 200

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vqpipe.pipeline.damaged import open_part
-from vqpipe.pipeline.schema import ERROR, ERROR_KIND, TRANSIENT
-from vqpipe.pipeline.shards import write_part
+from vqpipe.schema import ERROR, ERROR_KIND, TRANSIENT
+from vqpipe.storage.damaged import open_part
+from vqpipe.storage.parts import write_part
 
 DRIVER_SCAN_MAX_PARTS = 512
 """Up to this many parts are scanned on the driver (threads); past it, by Ray tasks."""
@@ -124,7 +124,7 @@ def scan_parts(
     else:
         import ray
 
-        from vqpipe.io.sources import join_uri
+        from vqpipe.io.fs import join_uri
 
         uris = [join_uri(fs, p, output) for p in parts]  # the tasks open them by URI
         ds = ray.data.from_items([{"part": u} for u in uris])

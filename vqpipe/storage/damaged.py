@@ -9,7 +9,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vqpipe.io.artifacts import QUARANTINE
+from vqpipe.storage.names import QUARANTINE
 
 
 def open_part(fs: fsspec.AbstractFileSystem, part: str) -> tuple[pq.FileMetaData | None, str]:

@@ -1,6 +1,9 @@
-"""The files a scoring job writes into its output, by name: the one place listings learn what
-to leave out (a job's own output is never its input, while every other name — ``_DSC0001.JPG``,
-``.hidden.png`` — is an input)."""
+"""The files a job writes into a quality table's folder, by name: the one place the storage
+layer and the input listings learn them (a job's own output is never its input, while every
+other name — ``_DSC0001.JPG``, ``.hidden.png`` — is an input).
+
+Only committed parts end in ``.parquet``; everything else is ``_``- or ``.``-prefixed (skipped
+by pyarrow, pandas and Ray Data given the folder) and named so no ``*.parquet`` glob matches."""
 
 from __future__ import annotations
 
@@ -15,12 +18,15 @@ QUARANTINE = "_quarantine"
 """Damaged parts are moved to ``<out>/_quarantine/`` (their rows are scored again)."""
 COMMITTED = "_COMMITTED"
 WRITE_PROBE = ".vqpipe-write-probe"
+TEMPORARY_PREFIX = ".vqpipe-tmp-"
+"""A part being written (local disks: written, then renamed to its name)."""
 DEDUPE_PENDING = "_dedupe_pending"
 """A manifest job's repeats across shards are still to be removed (see
-:mod:`vqpipe.pipeline.dedupe`)."""
+:mod:`vqpipe.storage.repeats`)."""
 NAMES = frozenset({JOB_RECORD, LOCK, STAGING, QUARANTINE, COMMITTED, WRITE_PROBE, DEDUPE_PENDING})
-_FILES = re.compile(r"^(part-[0-9a-f]{8}-.+\.parquet|\.tmp-.+\.parquet)$")
-"""Parts (``part-<signature>-…``, see :mod:`vqpipe.pipeline.shards`) and parts being written."""
+_FILES = re.compile(r"^(part-[0-9a-f]{8}-.+\.parquet|\.tmp-.+\.parquet|\.vqpipe-tmp-[0-9a-f]{32})$")
+"""Parts (``part-<signature>-…``, see :mod:`vqpipe.storage.parts`) and parts being written
+(``.tmp-*.parquet``: left by earlier versions; now :data:`TEMPORARY_PREFIX`)."""
 
 
 def is_job_artifact(rel: str) -> bool:

@@ -19,10 +19,6 @@ Small outputs are settled on the driver with pyarrow; larger ones with Ray Data 
 ``groupby`` on ``uri`` for each URI's count and first occurrence, a hash join back, and a
 ``groupby`` of the later occurrences by part, each part rewritten by its own task) — the
 driver holds the list of parts, never the URIs.
-
-Carried column types are unified before scoring (:func:`unified_types`): Parquet shards by
-their footers, read on the driver with threads (O(shards)); CSV / JSON lines by Ray tasks
-that read them whole.
 """
 
 from __future__ import annotations
@@ -35,10 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vqpipe.io.artifacts import DEDUPE_PENDING
-from vqpipe.io.input_format import PARQUET_SUFFIXES
-from vqpipe.pipeline.schema import ERROR, URI
-from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks, parse_part, write_part
+from vqpipe.schema import ERROR, URI
+from vqpipe.storage.names import DEDUPE_PENDING
+from vqpipe.storage.parts import parse_part, write_part
 
 PENDING = DEDUPE_PENDING
 """Written into the output before a manifest job commits its first part, removed once the
@@ -96,7 +91,7 @@ class Removed:
     new_errors: int = 0
 
 
-def drop_rows(fs: Any, path: str, rows: np.ndarray) -> tuple[int, int]:
+def drop_rows(fs: Any, path: str, rows: np.ndarray, fence: Any = None) -> tuple[int, int]:
     """Rewrite ``path`` without ``rows`` (atomically, metadata kept); returns how many went,
     and how many of those were error rows."""
     import pyarrow.parquet as pq
@@ -111,7 +106,7 @@ def drop_rows(fs: Any, path: str, rows: np.ndarray) -> tuple[int, int]:
     errors = 0
     if ERROR in table.column_names:
         errors = int(pc.is_valid(table.column(ERROR)).to_numpy(zero_copy_only=False)[gone].sum())
-    write_part(fs, path, table.filter(pa.array(keep)))
+    write_part(fs, path, table.filter(pa.array(keep)), fence)
     return int(gone.sum()), errors
 
 
@@ -131,11 +126,11 @@ def _split(keys: np.ndarray) -> dict[int, np.ndarray]:
     return {int(o): rows[orders == o] for o in np.unique(orders)}
 
 
-def _driver_pass(fs: Any, ordered: list[str]) -> dict[int, tuple[int, int]]:
+def _driver_pass(fs: Any, ordered: list[str], fence: Any) -> dict[int, tuple[int, int]]:
     with ThreadPoolExecutor(max_workers=16) as pool:
         tables = list(pool.map(lambda i: _part_keys(fs, ordered[i], i), range(len(ordered))))
     later = _later_keys(pa.concat_tables(tables)).column(_KEY).to_numpy()
-    return {o: drop_rows(fs, ordered[o], rows) for o, rows in _split(later).items()}
+    return {o: drop_rows(fs, ordered[o], rows, fence) for o, rows in _split(later).items()}
 
 
 def _keys_task(batch: dict[str, np.ndarray], storage_options: dict[str, Any]) -> pa.Table:
@@ -159,7 +154,7 @@ def _later(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {_PART: keys >> _ROW_BITS, _ROW: keys & ((1 << _ROW_BITS) - 1)}
 
 
-def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str, Any]):
+def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str, Any], fence: Any):
     import ray
 
     from vqpipe.io.fs import url_to_fs
@@ -167,7 +162,7 @@ def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str
     uris = ray.get(parts[0])
     uri = uris[int(group[_PART][0])]
     fs, path = url_to_fs(uri, storage_options)
-    dropped, errors = drop_rows(fs, path, np.asarray(group[_ROW], np.int64))
+    dropped, errors = drop_rows(fs, path, np.asarray(group[_ROW], np.int64), fence)
     return {
         _PART: group[_PART][:1],
         "dropped": np.array([dropped]),
@@ -176,7 +171,7 @@ def _rewrite(group: dict[str, np.ndarray], parts: Any, storage_options: dict[str
 
 
 def _ray_pass(
-    uris: list[str], storage_options: dict[str, Any], partitions: int
+    uris: list[str], storage_options: dict[str, Any], partitions: int, fence: Any = None
 ) -> dict[int, tuple[int, int]]:
     import ray
     from ray.data.aggregate import Count, Min
@@ -191,7 +186,7 @@ def _ray_pass(
     later = keys.join(repeated, join_type="inner", on=(URI,), num_partitions=partitions)
     later = later.map_batches(_later, batch_format="numpy")
     # the part list travels once, by reference (a list wrapped so Ray Data leaves it a ref)
-    kwargs = {"parts": [ray.put(uris)], "storage_options": storage_options}
+    kwargs = {"parts": [ray.put(uris)], "storage_options": storage_options, "fence": fence}
     done = later.groupby(_PART).map_groups(_rewrite, fn_kwargs=kwargs, batch_format="numpy")
     return {int(r[_PART]): (int(r["dropped"]), int(r["errors"])) for r in done.iter_rows()}
 
@@ -204,15 +199,15 @@ def drop_repeats(
     storage_options: dict[str, Any] | None = None,
     start_ray: Any = None,
     partitions: int = 16,
+    fence: Any = None,
 ) -> Removed:
     """Remove the later occurrences of every URI written more than once among ``parts``
     (paths in ``output``'s store; ``before``: the names of those there before this run);
     returns what went (see the module docstring). ``start_ray``: called before the pass
-    needs Ray (a large output)."""
+    needs Ray (a large output); ``fence``: checked before each part is rewritten."""
     import pyarrow.parquet as pq
 
-    from vqpipe.io.fs import url_to_fs
-    from vqpipe.io.sources import join_uri
+    from vqpipe.io.fs import join_uri, url_to_fs
 
     if len(parts) < 2:
         return Removed()
@@ -221,83 +216,8 @@ def drop_repeats(
     with ThreadPoolExecutor(max_workers=16) as pool:
         rows = sum(pool.map(lambda p: pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows, parts))
     if rows <= DRIVER_MAX_ROWS:
-        return _removed(ordered, _driver_pass(fs, ordered), before)
+        return _removed(ordered, _driver_pass(fs, ordered, fence), before)
     if start_ray is not None:
         start_ray()
     uris = [join_uri(fs, p, output) for p in ordered]  # the tasks open them by URI
-    return _removed(ordered, _ray_pass(uris, storage_options or {}, partitions), before)
-
-
-def _shard_types(
-    uri: str, options: dict[str, Any], storage_options: dict[str, Any]
-) -> dict[str, str]:
-    """One shard's carried column types, as text (Parquet: from the footer; text: the types
-    of the whole file as read); empty when it does not read (its reading task makes the
-    shard's error row)."""
-    import pyarrow.parquet as pq
-
-    from vqpipe.io.patterns import resolve
-
-    try:
-        if uri.lower().endswith(PARQUET_SUFFIXES):
-            fs, path = resolve(uri, storage_options)
-            with fs.open(path, "rb") as fh:
-                schema = carried_schema(pq.read_schema(fh))
-        else:
-            whole = manifest_chunks(uri, 1 << 62, storage_options, uri_column=options["uri_column"])
-            schema = next(whole, (0, pa.table({})))[1].schema
-    except Exception:
-        return {}
-    return {f.name: str(f.type) for f in schema}
-
-
-def _text_types(
-    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    found = [_shard_types(str(u), options, storage_options) for u in batch["uri"]]
-    pairs = [(n, t) for types in found for n, t in types.items()]
-    names, kinds = [n for n, _ in pairs], [t for _, t in pairs]
-    return {"name": np.array(names, object), "type": np.array(kinds, object)}
-
-
-_NUMERIC = frozenset(
-    {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
-    | {"float", "double", "halffloat"}
-)
-
-
-def unified_types(
-    shards: list[Shard], options: dict[str, Any], storage_options: dict[str, Any]
-) -> dict[str, str]:
-    """The carried columns whose types differ between manifest shards, fixed up front for all
-    of them: ``double`` when they are all numbers, else ``string`` — so that no two parts of
-    the table, and no two blocks Ray Data puts in one batch, disagree on a column's type."""
-    if len(shards) < 2:
-        return {}
-    parquet = [s.uri for s in shards if s.uri.lower().endswith(PARQUET_SUFFIXES)]
-    text = [s.uri for s in shards if not s.uri.lower().endswith(PARQUET_SUFFIXES)]
-    pairs: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=16) as pool:  # footers: small, one request each
-        for types in pool.map(lambda u: _shard_types(u, options, storage_options), parquet):
-            pairs += types.items()
-    if text:  # read whole: by Ray tasks, not on the driver
-        import ray
-
-        ds = ray.data.from_items([{"uri": u} for u in text], override_num_blocks=len(text))
-        ds = ds.map_batches(
-            _text_types,
-            fn_kwargs={"options": options, "storage_options": storage_options},
-            batch_size=1,
-            batch_format="numpy",
-            num_cpus=0.25,
-        )
-        pairs += [(str(r["name"]), str(r["type"])) for r in ds.iter_rows()]
-    seen: dict[str, set[str]] = {}
-    for name, kind in pairs:
-        if kind != "null":
-            seen.setdefault(name, set()).add(kind)
-    return {
-        name: "double" if kinds <= _NUMERIC else "string"
-        for name, kinds in seen.items()
-        if len(kinds) > 1
-    }
+    return _removed(ordered, _ray_pass(uris, storage_options or {}, partitions, fence), before)
