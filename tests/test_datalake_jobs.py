@@ -303,7 +303,7 @@ def test_no_resume_that_fails_keeps_the_old_results(ray_local, tmp_path):
     # the kill lands while _next holds some of them (the job cannot finish between two polls).
     slow = [*base, "--scorer", "brightness:size=8,latency_s=1.0,batch_size=1", "--no-resume"]
     job = start_job(tmp_path, slow)
-    wait_for(lambda: len(list((out / "_next").glob("part-*.parquet"))) >= 1, job)
+    wait_for(lambda: len(list((out / "_next").glob("part-*.staged"))) >= 1, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     kept = read_quality_table(str(out)).sort_values("uri").reset_index(drop=True)
@@ -426,11 +426,12 @@ def test_kill_9_mid_listing_part_then_rerun_scores_every_file_once(ray_local, tm
     argv += ["--batch-size", "2"]
     prelude = "import vqpipe.pipeline.job as j; j.BLOCK_ROWS = 2"
     job = start_job(tmp_path, argv, prelude=prelude)
-    wait_for(lambda: len(list(out.glob("part-*.r*.parquet"))) >= 2, job)
+    wait_for(lambda: len(list(out.glob("_piece.part-*"))) >= 2, job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    pieces = list(out.glob("part-*.parquet"))
+    pieces = list(out.glob("_piece.part-*"))
     assert pieces and all(parse_part(p.name)["rows"] for p in pieces)  # killed inside the part
+    assert not list(out.glob("*.parquet"))  # no whole part yet: readers see none of it
     assert main(argv) == 0
     table = read_quality_table(str(out))
     assert len(table) == 16 and table["uri"].is_unique and table["error"].isna().all()
@@ -460,8 +461,11 @@ def test_pieces_left_by_a_killed_merge_are_settled(tmp_path):
         str(out / part_name("0000000a", "B-00000-last", (0, 1, 2))),
         rows[0].replace_schema_metadata(meta),
     )
-    assert len(QualityTable(str(out)).parts()) == 5  # the merged piece is hidden from readers
+    # pieces are never the table (readers' *.parquet globs skip them too): whole parts only
+    assert len(QualityTable(str(out)).parts()) == 1 and not list(out.glob("_piece*.parquet"))
+    assert len(QualityTable(str(out)).parts(pieces=True)) == 6
     QualityTable(str(out)).settle_pieces()
+    assert not list(out.glob("_piece*"))
     names = sorted(p.name for p in out.glob("part-*"))
     assert names == [part_name("0000000a", f"{x}-00000-last") for x in "AB"]
     assert read_quality_table(str(out))["uri"].tolist() == ["u0", "u1", "u2", "u3", "u0", "u1"]

@@ -262,7 +262,8 @@ def test_damaged_parts_are_named_skipped_quarantined_and_rescored(
     assert main(argv) == 0  # the rerun moves them aside and scores their rows again
     err = [line for line in capsys.readouterr().err.splitlines() if "damaged part" in line]
     assert len(err) == 2 and all("_quarantine" in line for line in err)
-    assert sorted(p.name for p in (out / "_quarantine").iterdir()) == [cut.name, empty.name]
+    damaged = [f"{p.name}.damaged" for p in (cut, empty)]  # no reader globs them as parts
+    assert sorted(p.name for p in (out / "_quarantine").iterdir()) == damaged
     final = read_quality_table(str(out))
     assert sorted(final["uri"]) == sorted(uris) and final["error"].isna().all()
     assert capsys.readouterr().err == ""
@@ -449,7 +450,7 @@ def test_repeats_across_shards_are_removed_by_ray_data_on_a_large_output(
 
 
 def test_a_repeats_pass_cut_short_is_finished_by_the_next_run(ray_local, tmp_path, monkeypatch):
-    import vqpipe.pipeline.job as job
+    import vqpipe.pipeline.runner as runner
 
     uris, shards = _overlapping_shards(tmp_path)
     out = tmp_path / "out"
@@ -459,7 +460,7 @@ def test_a_repeats_pass_cut_short_is_finished_by_the_next_run(ray_local, tmp_pat
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(job, "drop_repeats", killed)
+        patch.setattr(runner, "drop_repeats", killed)
         assert main(argv) != 0
     assert (out / "_dedupe_pending").exists()
     assert len(read_quality_table(str(out))) == 10  # every listing written, repeats included

@@ -256,3 +256,174 @@ def test_a_job_paused_past_its_lease_is_fenced_and_the_table_stays_exact(
     assert len(last) == 1 and "lost the lock on" in last[0], job_output(job)[-2000:]
     table = read_quality_table(str(out))
     assert len(table) == 30 and table["uri"].is_unique and table["error"].isna().all()
+
+
+# ---------------------------------------------------------------------------- damaged parts
+def _flip_inside_a_page(path) -> None:
+    """Flip the last byte of the first column chunk (its data page's values, not a page
+    header's statistics, which no reader uses): the footer stays intact."""
+    import pyarrow.parquet as pq
+
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + column.total_compressed_size - 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert pq.ParquetFile(path).metadata.num_rows  # the footer still reads
+
+
+def test_a_part_damaged_inside_a_page_is_quarantined_and_rescored(ray_local, tmp_path, capsys):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    argv = [
+        "score",
+        str(corpus),
+        "--out",
+        str(out),
+        "--scorer",
+        "brightness",
+        "--rows-per-file",
+        "2",
+    ]
+    assert main(argv) == 0
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 3
+    _flip_inside_a_page(parts[0])
+    capsys.readouterr()
+    rc = main(
+        [
+            "filter",
+            str(out),
+            "--where",
+            "brightness_score >= 0",
+            "--out",
+            str(tmp_path / "f.parquet"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and len(err) == 1 and err[0].startswith("vqpipe: warning: damaged part")
+    assert len(read_quality_table(str(out))) == 4  # the two readable parts, and a warning
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if "damaged part" in line]
+    assert len(err) == 1 and parts[0].name in err[0] and "_quarantine" in err[0]
+    assert json.loads(captured.out)["parts_quarantined"] == 1
+    table = read_quality_table(str(out))
+    assert len(table) == 6 and table["uri"].is_unique and table["error"].isna().all()
+    assert not list(out.glob("**/*.damaged.parquet"))
+
+
+def test_limited_runs_over_the_resume_anti_join_never_overwrite_each_other(
+    ray_local, tmp_path, monkeypatch
+):
+    """--limit cuts a listing fragment; the anti-join of the next run cuts the same fragment
+    elsewhere: each run's rows become a whole part of their own, and the table grows to every
+    file exactly once."""
+    from vqpipe.pipeline import job
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    (corpus / "sub").mkdir(parents=True)
+    for i in range(12):
+        (corpus / "sub" / f"{i:02d}.png").write_bytes(image_bytes(i, "PNG"))
+    monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)  # always the distributed anti-join
+    argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    sizes = []
+    for limit in (["--limit", "5"], ["--limit", "4"], []):
+        assert main([*argv, *limit]) == 0
+        table = read_quality_table(str(out))
+        assert table["uri"].is_unique
+        sizes.append(len(table))
+        assert not list(out.glob("_piece*"))  # every piece merged into a part
+    assert sizes == [5, 9, 12]
+
+
+# ---------------------------------------------------------------------------- readers
+def _every_reader(out, tmp_path) -> dict[str, list[str]]:
+    """The table's URIs as each reader users have reads the folder at this moment (DuckDB and
+    Polars by globs, which descend into every subfolder; HF datasets by data_files globs;
+    pandas, pyarrow.dataset and Ray Data given the folder)."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as pads
+    import ray
+    from datasets import load_dataset
+
+    found = {}
+    for glob in ("*.parquet", "**/*.parquet"):
+        sql = f"select uri from read_parquet('{out}/{glob}')"
+        found[f"duckdb {glob}"] = [r[0] for r in duckdb.sql(sql).fetchall()]
+        found[f"polars {glob}"] = pl.scan_parquet(f"{out}/{glob}").collect()["uri"].to_list()
+        hf = load_dataset(
+            "parquet", data_files=f"{out}/{glob}", split="train", cache_dir=str(tmp_path / "hf")
+        )
+        found[f"datasets {glob}"] = hf["uri"]
+    found["pandas"] = pd.read_parquet(out)["uri"].tolist()
+    found["pyarrow.dataset"] = pads.dataset(out, format="parquet").to_table()["uri"].to_pylist()
+    found["ray.data"] = [r["uri"] for r in ray.data.read_parquet(str(out)).iter_rows()]
+    return {reader: sorted(uris) for reader, uris in found.items()}
+
+
+@pytest.mark.slow
+def test_every_reader_sees_exactly_the_table_at_every_moment(ray_local, tmp_path):
+    import os
+    import signal
+
+    from tests.job_process import job_output, start_job, wait_for
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    expected = sorted(str(corpus / f"{i}.png") for i in range(8))
+    argv = ["score", str(corpus), "--out", str(out), "--rows-per-file", "2"]
+    assert main([*argv, "--scorer", "brightness"]) == 0
+    first = sorted(out.glob("part-*.parquet"))[0]
+    first.write_bytes(first.read_bytes()[:100])  # damaged: quarantined by the next run
+    assert main([*argv, "--scorer", "brightness"]) == 0
+    assert list((out / "_quarantine").iterdir())
+    assert all(uris == expected for uris in _every_reader(out, tmp_path).values())
+
+    # a --no-resume run paused half-way: staged parts and pieces on disk, the old table read
+    slow = [*argv, "--scorer", "brightness:size=8,latency_s=0.5,batch_size=1", "--no-resume"]
+    job = start_job(tmp_path, slow)
+    wait_for(lambda: len(list((out / "_next").glob("*.staged"))) >= 1, job)
+    os.killpg(job.pid, signal.SIGSTOP)
+    try:
+        seen = _every_reader(out, tmp_path)
+    finally:
+        os.killpg(job.pid, signal.SIGCONT)
+    assert {r: u for r, u in seen.items() if u != expected} == {}
+    assert job.wait(timeout=240) == 0, job_output(job)[-2000:]
+    assert all(uris == expected for uris in _every_reader(out, tmp_path).values())
+    options = json.loads((out / "_job.json").read_text())["signature"]["scorers"][0]["options"]
+    assert options == {"size": 8, "latency_s": 0.5}
+
+
+# ---------------------------------------------------------------------------- settings
+def test_a_resume_with_other_frame_settings_is_refused_naming_the_option(
+    ray_local, tmp_path, capsys
+):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    (corpus / "a.png").write_bytes(image_bytes(1, "PNG"))
+    argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    assert main([*argv, "--max-frames", "4"]) == 0
+    capsys.readouterr()
+    for other, option in (
+        (["--max-frames", "32"], "--max-frames"),
+        (["--video-fps", "2"], "--video-fps"),
+    ):
+        assert main([*argv, "--max-frames", "4", *other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1
+            and err[0].startswith(f"vqpipe: error: {option} ")
+            and "--no-resume" in err[0]
+        )
+    assert main([*argv, "--max-frames", "4"]) == 0  # the same settings resume
+    assert main([*argv, "--max-frames", "32", "--no-resume"]) == 0
+    assert len(read_quality_table(str(out))) == 1

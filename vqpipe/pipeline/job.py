@@ -25,7 +25,7 @@ from vqpipe.io.fs import join_uri, url_to_fs
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.runner import JobKind, Work
+from vqpipe.pipeline.runner import SETTINGS, JobKind, Work
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     LISTING,
@@ -365,6 +365,7 @@ class ScoreJob(JobKind):
         }
         if config.calibration:  # other maps, other values: no resume across calibrations
             signature["calibration"] = config.calibration["columns"]
+        signature[SETTINGS] = score_settings(config)
         return signature
 
     def notices(self, config: JobConfig) -> list[str]:
@@ -396,6 +397,19 @@ class ScoreJob(JobKind):
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
         return {s.column: scorer_facts(s) for s in config.scorers}
+
+
+def score_settings(config: JobConfig) -> dict[str, Any]:
+    """The job options, besides the scorers', that change a score (the frames a video is scored
+    from; the calibration maps), by the CLI option that sets each: a resume with other values
+    is refused (:func:`vqpipe.pipeline.runner.check_settings`)."""
+    settings: dict[str, Any] = {
+        "--video-fps": config.video_fps,
+        "--max-frames": config.limits.max_frames,
+    }
+    if config.calibration:
+        settings["--calibration"] = config.calibration["columns"]
+    return settings
 
 
 def run_job(

@@ -19,24 +19,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from vqpipe.errors import UserError
 from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.pipeline.config import JobConfig
 from vqpipe.pipeline.shards import Shard, signature_hash
 from vqpipe.pipeline.stages import DeviceUnavailableError, actor_cpus
 from vqpipe.pipeline.validate import check_cluster_resources, storage_error
+from vqpipe.schema import METADATA_KEY
 from vqpipe.storage import LostLockError, QualityTable, TableLock
 from vqpipe.storage.parts import (
     PieceTracker,
     committed_shards,
     merge_pieces,
     parse_part,
+    partial_part,
     whole_part,
 )
 from vqpipe.storage.repeats import PENDING, Removed, drop_repeats
 from vqpipe.storage.retry import DRIVER_SCAN_MAX_PARTS, scan_parts
 
 log = logging.getLogger(__name__)
+SETTINGS = "settings"
+"""The signature's job options that change a score, by CLI option (see :func:`check_settings`)."""
 STARTED_RAY = False
 """Whether a job of this process started Ray (the CLI then stops it; a caller's Ray stays)."""
 
@@ -229,6 +235,11 @@ def execute(
             if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                 last, reported = now, len(written)
                 progress(job_progress(written, total, now - started))
+        # the run is over: a fragment still in pieces has all the rows it will get (--limit
+        # cut it, or the resume anti-join dropped rows already written): one part of them
+        for whole_path, pieces in tracker.pending().items():
+            args = (target.uri, target.storage_options, partial_part(whole_path, pieces), pieces)
+            merges.append(merge.remote(*args, fence=lock.fence, partial=True))
         files = whole + len(ray.get(merges))
     except Exception as exc:
         found = known_failure(exc)
@@ -248,6 +259,41 @@ def refuse_foreign(config: JobConfig, table: QualityTable, sig: str) -> None:
             f"checkpoints ({foreign[0]}); write to a new --out, or pass --no-resume to "
             "replace them"
         )
+
+
+def recorded_signature(table: QualityTable, parts: list[str]) -> dict[str, Any] | None:
+    """The signature the table's rows were written under: the last job's record, else (a first
+    run killed before its record) the metadata of a part."""
+    record = table.read_record()
+    if record and isinstance(record.get("signature"), dict):
+        return record["signature"]
+    for part in parts[:1]:
+        try:
+            with table.fs.open(part, "rb") as fh:
+                metadata = pq.read_schema(fh).metadata or {}
+            return json.loads(metadata[METADATA_KEY])
+        except Exception:  # a damaged part: the scan moves it aside
+            return None
+    return None
+
+
+def check_settings(
+    config: JobConfig, table: QualityTable, parts: list[str], signature: dict[str, Any]
+) -> None:
+    """Refuse, in one line naming the option, a resume whose score-changing settings differ
+    from those the table was written with (a table of an earlier version without them: any)."""
+    if not parts:
+        return
+    before = (recorded_signature(table, parts) or {}).get(SETTINGS)
+    if not isinstance(before, dict):
+        return
+    for option, value in signature.get(SETTINGS, {}).items():
+        if option in before and before[option] != value:
+            raise UserError(
+                f"{option} {json.dumps(value)} differs from the {json.dumps(before[option])} "
+                f"{config.output} was scored with; pass the same {option}, write to a new "
+                "--out, or pass --no-resume to replace the table"
+            )
 
 
 def shard_of(part: str, sig: str) -> str | None:
@@ -340,6 +386,7 @@ def _run_locked(
     parts = table.parts() if config.resume else []
     if config.resume:
         refuse_foreign(config, table, sig)
+        check_settings(config, table, parts, signature)
     # one footer read per part: damaged parts are moved aside (their rows are scored again)
     if len(parts) > DRIVER_SCAN_MAX_PARTS:
         start_ray(config)  # many parts are scanned by Ray tasks

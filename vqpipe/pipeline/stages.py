@@ -48,6 +48,7 @@ from vqpipe.schema import (
     score_column,
     to_arrow,
 )
+from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
 
 
@@ -393,7 +394,8 @@ def write_batch(
             table = table.replace_schema_metadata(
                 {METADATA_KEY: json.dumps(record, sort_keys=True)}
             )
-            final = f"{root.rstrip('/')}/{part_name(sig, part, piece)}"
+            folder = root.rstrip("/")
+            final = f"{folder}/{part_name(sig, part, piece, part_suffix(folder))}"
             write_part(fs, final, table, fence)
             _fault_after_commit(final)
             summary["file"].append(final)

@@ -1,15 +1,26 @@
-"""Parts that cannot be read (truncated, zero bytes): named in one line and skipped by the
-readers, moved aside to ``<out>/_quarantine/`` by the next job, whose rows it scores again."""
+"""Parts that cannot be read — truncated, zero bytes, or damaged inside a page with the footer
+intact: named in one line and skipped by the readers, moved aside to ``<out>/_quarantine/`` by
+the next job, whose rows it scores again.
+
+Parts are written with page checksums (:func:`vqpipe.storage.parts.write_part`), and reading
+a part whole verifies them: a flipped byte in a page is found even where the page would still
+decode (plain-encoded numbers)."""
 
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vqpipe.storage.names import QUARANTINE
+READ_BATCH_ROWS = 65_536
+"""Rows decoded at a time when a part is read whole to verify it (bounds the memory)."""
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def open_part(fs: fsspec.AbstractFileSystem, part: str) -> tuple[pq.FileMetaData | None, str]:
@@ -18,7 +29,27 @@ def open_part(fs: fsspec.AbstractFileSystem, part: str) -> tuple[pq.FileMetaData
         with fs.open(part, "rb") as fh:
             return pq.ParquetFile(fh).metadata, ""
     except (OSError, pa.ArrowException) as exc:
-        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        return None, _why(exc)
+
+
+def read_part(
+    fs: fsspec.AbstractFileSystem, part: str, columns: list[str] | None = None
+) -> tuple[pa.Table | None, str]:
+    """Read ``part`` whole with its page checksums verified: ``(the columns asked for, "")``
+    (every column is decoded and checked; only ``columns`` are kept, all when None), or
+    ``(None, why)`` when any of it does not read."""
+    try:
+        with fs.open(part, "rb") as fh:
+            parquet = pq.ParquetFile(fh, page_checksum_verification=True)
+            keep = parquet.schema_arrow.names if columns is None else columns
+            kept = [c for c in keep if c in parquet.schema_arrow.names]
+            batches = [
+                batch.select(kept) for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS)
+            ]
+            schema = pa.schema([parquet.schema_arrow.field(c) for c in kept])
+            return pa.Table.from_batches(batches, schema=schema), ""
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return None, _why(exc)
 
 
 def warn_damaged(part: str, why: str, what: str = "skipped") -> None:
@@ -26,20 +57,14 @@ def warn_damaged(part: str, why: str, what: str = "skipped") -> None:
 
 
 def readable_parts(fs: fsspec.AbstractFileSystem, parts: list[str]) -> list[str]:
-    """The parts whose footers read; each other one is named in a warning line and left out."""
+    """The parts that read whole (footer and every page); each other one is named in a warning
+    line and left out."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = list(pool.map(lambda p: read_part(fs, p, columns=[])[1], parts))
     good = []
-    for part in parts:
-        meta, why = open_part(fs, part)
-        if meta is None:
+    for part, why in zip(parts, found, strict=True):
+        if why:
             warn_damaged(part, why)
         else:
             good.append(part)
     return good
-
-
-def quarantine(fs: fsspec.AbstractFileSystem, root: str, part: str) -> str:
-    """Move a damaged part to ``<root>/_quarantine/`` (kept for a look, never read again)."""
-    target = f"{root.rstrip('/')}/{QUARANTINE}/{part.rsplit('/', 1)[-1]}"
-    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    fs.mv(part, target)
-    return target

@@ -14,8 +14,14 @@ JOB_RECORD = "_job.json"
 LOCK = "_lock"
 STAGING = "_next"
 """``--no-resume`` writes into ``<out>/_next/`` and swaps it in once everything is committed."""
+STAGED_SUFFIX = ".staged"
+"""Parts in the staging folder end in this instead of ``.parquet`` until they are swapped in."""
 QUARANTINE = "_quarantine"
 """Damaged parts are moved to ``<out>/_quarantine/`` (their rows are scored again)."""
+DAMAGED_SUFFIX = ".damaged"
+"""Appended to a quarantined part's name."""
+PIECE_PREFIX = "_piece."
+"""Pieces of a part still being written (merged into the whole part once all are in)."""
 COMMITTED = "_COMMITTED"
 WRITE_PROBE = ".vqpipe-write-probe"
 TEMPORARY_PREFIX = ".vqpipe-tmp-"
@@ -24,9 +30,18 @@ DEDUPE_PENDING = "_dedupe_pending"
 """A manifest job's repeats across shards are still to be removed (see
 :mod:`vqpipe.storage.repeats`)."""
 NAMES = frozenset({JOB_RECORD, LOCK, STAGING, QUARANTINE, COMMITTED, WRITE_PROBE, DEDUPE_PENDING})
-_FILES = re.compile(r"^(part-[0-9a-f]{8}-.+\.parquet|\.tmp-.+\.parquet|\.vqpipe-tmp-[0-9a-f]{32})$")
-"""Parts (``part-<signature>-…``, see :mod:`vqpipe.storage.parts`) and parts being written
-(``.tmp-*.parquet``: left by earlier versions; now :data:`TEMPORARY_PREFIX`)."""
+_FILES = re.compile(
+    r"^(part-[0-9a-f]{8}-.+\.parquet|_piece\.part-[0-9a-f]{8}-.+"
+    r"|\.tmp-.+\.parquet|\.vqpipe-tmp-[0-9a-f]{32})$"
+)
+"""Parts (``part-<signature>-…``, see :mod:`vqpipe.storage.parts`), their pieces and parts
+being written (``.tmp-*.parquet``: left by earlier versions; now :data:`TEMPORARY_PREFIX`)."""
+
+
+def part_suffix(folder: str) -> str:
+    """The suffix of whole parts in ``folder``: :data:`STAGED_SUFFIX` in a staging folder (no
+    reader's ``**/*.parquet`` glob may match a part not swapped in yet), else ``.parquet``."""
+    return STAGED_SUFFIX if folder.rstrip("/").rsplit("/", 1)[-1] == STAGING else ".parquet"
 
 
 def is_job_artifact(rel: str) -> bool:

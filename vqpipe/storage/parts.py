@@ -3,36 +3,44 @@
 A part is one fragment of one input shard (or one slice of a listing task), named
 deterministically so that a retried write rewrites the same file::
 
-    part-<signature hash>-<shard id>-<fragment>[-last].parquet
+    part-<signature hash>-<shard id>-<fragment>[-last].parquet     (.staged in _next/)
 
 A shard is committed when its ``-last`` fragment and every fragment before it exist. A
 fragment that reaches the writer in more than one batch is written as pieces named by their
-row ranges (``.r<lo>-<hi>of<n>``), merged into the whole part once all are in.
+row ranges, ``_piece.part-<signature hash>-<shard id>-<fragment>.r<lo>-<hi>of<n>`` — names no
+reader picks up — merged into the whole part once all are in. Only whole parts are the table.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from vqpipe.storage.names import TEMPORARY_PREFIX
+from vqpipe.storage.names import PIECE_PREFIX, TEMPORARY_PREFIX, part_suffix
 
 _PART_NAME = re.compile(
-    r"^part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
-    r"(?:\.r(?P<lo>\d+)-(?P<hi>\d+)of(?P<n>\d+))?\.parquet$"
+    r"^(?P<piece>_piece\.)?part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
+    r"(?:\.r(?P<lo>\d+)-(?P<hi>\d+)of(?P<n>\d+))?(?P<suffix>\.parquet|\.staged)?$"
 )
+"""Whole parts (``.parquet``; ``.staged`` in a staging folder) and pieces (``_piece.`` and no
+suffix; pieces of earlier versions: ``part-….r<lo>-<hi>of<n>.parquet``)."""
 
 
-def part_name(sig: str, part: str, rows: tuple[int, int, int] | None = None) -> str:
-    """The part file of a fragment; ``rows = (lo, hi, n)`` names a piece of it (rows lo..hi-1
-    of n), for a fragment that reached the writer in more than one batch."""
-    piece = f".r{rows[0]}-{rows[1]}of{rows[2]}" if rows is not None else ""
-    return f"part-{sig}-{part}{piece}.parquet"
+def part_name(
+    sig: str, part: str, rows: tuple[int, int, int] | None = None, suffix: str = ".parquet"
+) -> str:
+    """The part file of a fragment (``suffix``: see :func:`~vqpipe.storage.names.part_suffix`);
+    ``rows = (lo, hi, n)`` names a piece of it (rows lo..hi-1 of n), for a fragment that
+    reached the writer in more than one batch."""
+    if rows is not None:
+        return f"{PIECE_PREFIX}part-{sig}-{part}.r{rows[0]}-{rows[1]}of{rows[2]}"
+    return f"part-{sig}-{part}{suffix}"
 
 
 def parse_part(name: str) -> dict[str, Any] | None:
@@ -40,6 +48,13 @@ def parse_part(name: str) -> dict[str, Any] | None:
     piece, else None); None for other files."""
     match = _PART_NAME.match(name.rsplit("/", 1)[-1])
     if match is None:
+        return None
+    if match["n"] is None:  # a whole part
+        valid = match["piece"] is None and match["suffix"] is not None
+    else:  # a piece (or a piece of an earlier version: no prefix, .parquet)
+        valid = (match["piece"] is not None) == (match["suffix"] is None)
+        valid = valid and match["suffix"] in (None, ".parquet")
+    if not valid:
         return None
     piece = (int(match["lo"]), int(match["hi"]), int(match["n"])) if match["n"] else None
     return {
@@ -87,19 +102,37 @@ def committed_shards(part_paths: list[str], sig: str) -> tuple[set[str], list[st
     return done, stale
 
 
-_PIECE = re.compile(r"\.r\d+-\d+of\d+\.parquet$")
-
-
 def whole_part(path: str) -> str:
-    """The path of the whole part a piece belongs to (a whole part's own path)."""
-    return _PIECE.sub(".parquet", path)
+    """The path of the whole part a piece belongs to, in the piece's folder (a whole part's
+    own path)."""
+    info = parse_part(path)
+    if info is None or info["rows"] is None:
+        return path
+    folder, _ = posixpath.split(path)
+    fragment = f"{info['shard']}-{info['seq']:05d}" + ("-last" if info["last"] else "")
+    name = part_name(info["sig"], fragment, suffix=part_suffix(folder))
+    return f"{folder}/{name}" if folder else name
 
 
-def visible_parts(paths: list[str]) -> list[str]:
-    """The parts a reader reads: a piece whose fragment's whole part exists is left out (the
-    merge writes the whole part first, then deletes the pieces)."""
-    present = set(paths)
-    return [p for p in paths if whole_part(p) == p or whole_part(p) not in present]
+def partial_part(whole: str, pieces: list[str]) -> str:
+    """The name a fragment's pieces take when they do not cover it (see
+    :meth:`PieceTracker.pending`): the whole part's, its shard id marked with a hash of the
+    pieces, so a later run's rows of the same fragment never overwrite these."""
+    import hashlib
+
+    info = parse_part(whole)
+    folder, _ = posixpath.split(whole)
+    names = "\n".join(p.rsplit("/", 1)[-1] for p in pieces)
+    digest = hashlib.sha256(names.encode()).hexdigest()[:8]
+    fragment = f"{info['shard']}~{digest}-{info['seq']:05d}" + ("-last" if info["last"] else "")
+    name = part_name(info["sig"], fragment, suffix=part_suffix(folder))
+    return f"{folder}/{name}" if folder else name
+
+
+def is_whole(path: str) -> bool:
+    """Whether ``path`` is a whole part (not a piece, not another file)."""
+    info = parse_part(path)
+    return info is not None and info["rows"] is None
 
 
 class PieceTracker:
@@ -120,6 +153,12 @@ class PieceTracker:
             return None
         del self._pieces[whole_part(path)]
         return sorted(pieces, key=lambda p: pieces[p][0])
+
+    def pending(self) -> dict[str, list[str]]:
+        """Whole part → its pieces so far, in row order, for fragments not covered yet: once a
+        run has ended, all a fragment will get (rows ``--limit`` cut, or the resume anti-join
+        dropped as already written)."""
+        return {w: sorted(p, key=lambda q: p[q][0]) for w, p in self._pieces.items()}
 
 
 def complete_pieces(paths: list[str]) -> dict[str, list[str]]:
@@ -150,7 +189,7 @@ def write_part(fs: Any, path: str, table: pa.Table, fence: Any = None) -> None:
     from vqpipe.io.fs import is_local
 
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, write_page_checksum=True)  # damaged pages are found
     if is_local(fs):
         tmp = f"{path.rsplit('/', 1)[0]}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
         with fs.open(tmp, "wb") as fh:
@@ -175,10 +214,12 @@ def merge_pieces(
     whole: str,
     pieces: list[str],
     fence: Any = None,
+    partial: bool = False,
 ) -> int:
     """Write a fragment's whole part from its pieces (in row order, the ``runtime`` of each
     merged into the part's metadata), then delete the pieces; returns its rows. Idempotent: a
-    merge cut short after the whole part was written only deletes what is left."""
+    merge cut short after the whole part was written only deletes what is left. ``partial``:
+    the pieces need not cover the fragment (a finished run's last word on it)."""
     import pyarrow.parquet as pq
 
     from vqpipe.io.fs import url_to_fs
@@ -207,7 +248,7 @@ def merge_pieces(
         [t.replace_schema_metadata(None) for t in tables], promote_options="permissive"
     )
     expected = parse_part(pieces[0])["rows"][2]
-    if len(table) != expected:
+    if len(table) != expected and not partial:
         raise RuntimeError(f"pieces of {whole} hold {len(table)} rows, not {expected}")
     metadata = {METADATA_KEY: json.dumps(record, sort_keys=True)}
     write_part(fs, whole, table.replace_schema_metadata(metadata), fence)

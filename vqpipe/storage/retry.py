@@ -11,10 +11,10 @@ always leaving the output in a state the next run can finish from, with every in
   (its parts are removed first, so it is not committed until the new ones are all there; the
   shard's size bounds the cost).
 
-Damaged parts (a footer that does not read) are found by the same scan. Finding them reads
-each part's footer (a part whose ``error`` column is all null by its
-statistics is skipped unread) and the error columns of the others only; many parts are
-scanned by Ray tasks, never row by row on the driver.
+Damaged parts (a footer or a page that does not read) are found by the same scan, which reads
+every part whole with its page checksums verified (keeping only the error columns, and those
+only where the statistics do not say ``error`` is all null); many parts are scanned by Ray
+tasks, never row by row on the driver.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vqpipe.schema import ERROR, ERROR_KIND, TRANSIENT
-from vqpipe.storage.damaged import open_part
+from vqpipe.storage.damaged import open_part, read_part
 from vqpipe.storage.parts import write_part
 
 DRIVER_SCAN_MAX_PARTS = 512
@@ -60,19 +60,18 @@ RETRY, DAMAGED, CLEAN = "retry", "damaged", "clean"
 
 def scan_part(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> tuple[str, str]:
     """``(RETRY | DAMAGED | CLEAN, why)`` of a committed part: whether it holds a row to score
-    again, or cannot be read at all (truncated, zero bytes: why says what Arrow said)."""
+    again, or cannot be read whole (truncated, zero bytes, a damaged page: why says what Arrow
+    said). Every page is read and its checksum verified; only the error columns are kept, and
+    only when the statistics do not already say that ``error`` is all null."""
     meta, why = open_part(fs, part)
     if meta is None:
         return DAMAGED, why
-    if _error_free(meta):
+    columns = [] if _error_free(meta) else [ERROR, ERROR_KIND]
+    table, why = read_part(fs, part, columns)
+    if table is None:
+        return DAMAGED, why
+    if ERROR not in table.column_names:
         return CLEAN, ""
-    try:
-        with fs.open(part, "rb") as fh:
-            parquet = pq.ParquetFile(fh)
-            columns = [c for c in (ERROR, ERROR_KIND) if c in parquet.schema_arrow.names]
-            table = parquet.read(columns=columns)
-    except (OSError, pa.ArrowException) as exc:
-        return DAMAGED, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return (RETRY if pc.any(_retryable_mask(table, every_error)).as_py() else CLEAN), ""
 
 

@@ -2,31 +2,46 @@
 and every operation on the folder — list the committed parts, commit, lock, record the job,
 quarantine, stage and swap — in one place.
 
-The layout of a table folder (only committed parts end in ``.parquet``; job state is in
-``_``-prefixed names, which pyarrow, pandas and Ray Data skip)::
+The layout of a table folder: only committed parts end in ``.parquet``, so ``*.parquet`` and
+``**/*.parquet`` globs read the table at any moment; everything else is in ``_``- or
+``.``-prefixed names, which pyarrow, pandas and Ray Data skip given the folder::
 
-    <out>/part-<sig>-<shard>-<fragment>[-last].parquet   committed parts
+    <out>/part-<sig>-<shard>-<fragment>[-last].parquet   committed parts: the table
+    <out>/_piece.part-<sig>-<fragment>.r<lo>-<hi>of<n>    pieces of a part being written
+    <out>/.vqpipe-tmp-<uuid>                               a part being written (local disks)
     <out>/_job.json                                       the last job's record
-    <out>/_lock/                                          the lock (see :mod:`.lock`)
-    <out>/_next/                                          a --no-resume run's staged table
-    <out>/_quarantine/                                    damaged parts moved aside
+    <out>/_lock/<generation>.json                         the lock (see :mod:`.lock`)
+    <out>/_dedupe_pending                                 a repeats pass still owed
+    <out>/_next/part-….staged, _next/_COMMITTED           a --no-resume run's staged table
+    <out>/_quarantine/part-….parquet.damaged              damaged parts moved aside
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pandas as pd
 import pyarrow.parquet as pq
 
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.schema import URI
 from vqpipe.storage.damaged import readable_parts, warn_damaged
 from vqpipe.storage.lock import TableLock
-from vqpipe.storage.names import COMMITTED, JOB_RECORD, LOCK, QUARANTINE, STAGING, WRITE_PROBE
-from vqpipe.storage.parts import complete_pieces, merge_pieces, parse_part, visible_parts
+from vqpipe.storage.names import (
+    COMMITTED,
+    DAMAGED_SUFFIX,
+    JOB_RECORD,
+    LOCK,
+    QUARANTINE,
+    STAGED_SUFFIX,
+    STAGING,
+    WRITE_PROBE,
+)
+from vqpipe.storage.parts import complete_pieces, is_whole, merge_pieces, parse_part
+
+if TYPE_CHECKING:  # pandas stays out of the worker-side modules that import the storage layer
+    import pandas as pd
 
 
 class QualityTable:
@@ -73,17 +88,19 @@ class QualityTable:
             self.fs.rm(self.root, recursive=True)
 
     # ------------------------------------------------------------------ parts
-    def parts(self, visible: bool = True) -> list[str]:
-        """The committed ``part-*.parquet`` files (store paths, sorted; temporary files never;
-        pieces whose whole part exists only when ``visible`` is False)."""
-        if not self.fs.exists(self.root):
+    def parts(self, pieces: bool = False) -> list[str]:
+        """The whole parts (store paths, sorted): the table. ``pieces``: their pieces too
+        (fragments of a running or killed job still to be merged; never read as the table)."""
+        try:
+            names = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
             return []
-        parts = sorted(
-            p
-            for p in self.fs.ls(self.root, detail=False)
-            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-        )
-        return visible_parts(parts) if visible else parts
+        found = []
+        for path in names:
+            info = parse_part(path)
+            if info is not None and (pieces or info["rows"] is None):
+                found.append(path)
+        return sorted(found)
 
     def readable_parts(self) -> list[str]:
         """:meth:`parts` whose footers read (each other one named in a warning line)."""
@@ -110,18 +127,22 @@ class QualityTable:
         return total
 
     def settle_pieces(self) -> None:
-        """Finish what a killed job left between a fragment's last piece and its merge: pieces
-        that cover their fragment are merged, pieces whose whole part exists are deleted."""
-        parts = self.parts(visible=False)
-        shown = set(visible_parts(parts))
-        for path in parts:
-            if path not in shown:
-                self.fs.rm(path)
-        for whole, pieces in complete_pieces(sorted(shown)).items():
+        """Finish what a killed job left between a fragment's pieces and its merge: pieces
+        that cover their fragment are merged; pieces whose whole part exists, and pieces of
+        fragments that never came whole (their rows are not in the table), are deleted."""
+        found = self.parts(pieces=True)
+        complete = complete_pieces(found)
+        for whole, pieces in complete.items():
             merge_pieces(self.uri, self.storage_options, whole, pieces)
+        merged = {p for pieces in complete.values() for p in pieces}
+        for path in found:
+            if not is_whole(path) and path not in merged:
+                self.fs.rm(path)
 
     def read_pandas(self) -> pd.DataFrame:
         """Every committed, readable part as one DataFrame (a damaged part: a warning line)."""
+        import pandas as pd
+
         frames = []
         for part in self.readable_parts():
             with self.fs.open(part, "rb") as fh:
@@ -131,7 +152,7 @@ class QualityTable:
     def quarantine(self, part: str, why: str) -> str:
         """Move a damaged part to ``_quarantine/`` (kept for a look, never read again), with a
         warning line; its rows are then scored again."""
-        target = f"{self.path(QUARANTINE)}/{part.rsplit('/', 1)[-1]}"
+        target = f"{self.path(QUARANTINE)}/{part.rsplit('/', 1)[-1]}{DAMAGED_SUFFIX}"
         self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(part, target)
         warn_damaged(part, why, f"moved to {target}; its rows are scored again")
@@ -162,13 +183,18 @@ class QualityTable:
         # the staging folder (a killed run's late writes) are dropped, never swapped in.
         sig = self.fs.cat_file(marker).decode().strip()
         staged = [p for p in staging.parts() if (parse_part(p) or {}).get("sig") == sig]
-        new = {p.rsplit("/", 1)[-1] for p in staged}
-        for part in self.parts(visible=False):
-            if part.rsplit("/", 1)[-1] not in new:
+        names = {p: self._committed_name(p) for p in staged}
+        for part in self.parts(pieces=True):
+            if part.rsplit("/", 1)[-1] not in set(names.values()):
                 self.fs.rm(part)
-        for part in staged:
-            self.fs.mv(part, self.path(part.rsplit("/", 1)[-1]))
+        for part, name in names.items():
+            self.fs.mv(part, self.path(name))
         self.fs.rm(staging.root, recursive=True)
+
+    @staticmethod
+    def _committed_name(staged: str) -> str:
+        name = staged.rsplit("/", 1)[-1]
+        return name[: -len(STAGED_SUFFIX)] + ".parquet" if name.endswith(STAGED_SUFFIX) else name
 
     # ------------------------------------------------------------------ the job record
     def write_record(self, record: dict[str, Any]) -> None:
