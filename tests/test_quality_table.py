@@ -427,3 +427,69 @@ def test_a_resume_with_other_frame_settings_is_refused_naming_the_option(
     assert main([*argv, "--max-frames", "4"]) == 0  # the same settings resume
     assert main([*argv, "--max-frames", "32", "--no-resume"]) == 0
     assert len(read_quality_table(str(out))) == 1
+
+
+# ---------------------------------------------------------------------------- one schema
+def _one_schema(out) -> None:
+    import pyarrow.parquet as pq
+
+    schemas = {pq.read_schema(p).remove_metadata() for p in out.glob("part-*.parquet")}
+    assert len(schemas) == 1, schemas
+
+
+@pytest.mark.slow
+def test_night_two_with_other_column_types_keeps_one_schema_every_reader_reads(ray_local, tmp_path):
+    """Night 1: a manifest with text captions and integer n. Night 2 adds a shard whose caption
+    is all null and whose n holds text, and a WebDataset-style absent column: the table is
+    one schema (n widened to string, caption string) that every reader reads whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, manifests, out = tmp_path / "img", tmp_path / "manifests", tmp_path / "out"
+    images.mkdir()
+    manifests.mkdir()
+    uris = []
+    for i in range(8):
+        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+        uris.append(str(images / f"{i}.png"))
+    night1 = {"uri": uris[:4], "caption": [f"c{i}" for i in range(4)], "n": list(range(4))}
+    pq.write_table(pa.table(night1), manifests / "night1.parquet")
+    argv = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
+    assert main([*argv, "--rows-per-file", "2"]) == 0
+    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("n").type == pa.int64()
+    night2 = {
+        "uri": uris[4:],
+        "caption": pa.nulls(4, pa.null()),
+        "n": ["four", "5", "six", None],
+        "extra": pa.nulls(4, pa.null()),
+    }
+    pq.write_table(pa.table(night2), manifests / "night2.parquet")
+    assert main([*argv, "--rows-per-file", "2"]) == 0
+    _one_schema(out)
+    schema = pq.read_schema(next(out.glob("part-*.parquet")))
+    assert schema.field("n").type == pa.string() and schema.field("caption").type == pa.string()
+    assert schema.field("extra").type == pa.string()  # nothing knew a type: string, not float
+    table = read_quality_table(str(out)).set_index("uri")
+    assert table.loc[uris[1], "n"] == "1" and table.loc[uris[4], "n"] == "four"
+    assert all(found == sorted(uris) for found in _every_reader(out, tmp_path).values())
+
+
+def test_webdataset_shards_with_other_members_write_one_schema(ray_local, tmp_path):
+    from tests.lake_data import write_shard
+
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    write_shard(
+        lake / "00000.tar", [(f"a{i}", {"jpg": image_bytes(i), "txt": b"t"}) for i in range(3)]
+    )
+    write_shard(
+        lake / "00001.tar", [(f"b{i}", {"jpg": image_bytes(i), "json": b"{}"}) for i in range(3)]
+    )
+    write_shard(lake / "00002.tar", [(f"c{i}", {"jpg": image_bytes(i)}) for i in range(3)])
+    assert main(["score", str(lake), "--out", str(out), "--scorer", "brightness"]) == 0
+    _one_schema(out)
+    table = read_quality_table(str(out))
+    assert len(table) == 9 and table["error"].isna().all()
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(next(out.glob("part-*.parquet")))
+    assert not any(str(schema.field(n).type) in ("double", "null") for n in ("txt", "json"))

@@ -128,13 +128,16 @@ def _int_array(values: np.ndarray) -> pa.Array:
 
 def _carried(values: np.ndarray) -> pa.Array:
     """A carried input column. The read stage fixed its type per shard; what can still differ
-    in one batch becomes strings — values of mixed kinds (rows of two shards), or only nulls
-    (a text column null in this part: string, as in the parts where it has text)."""
+    in one batch becomes strings (values of mixed kinds: rows of two shards). A column with
+    only nulls (or only NaN: a WebDataset member absent from every sample) is Arrow's ``null``
+    type: the run's schema pass gives it the table's type (:mod:`vqpipe.storage.schemas`)."""
     if values.dtype != object and values.ndim != 2:
+        if values.dtype.kind == "f" and len(values) and np.isnan(values).all():
+            return pa.nulls(len(values), pa.null())  # an absent member, not a number
         return pa.array(values)
     items = [None if _missing(v) else v for v in values]
     if all(v is None for v in items):
-        return pa.nulls(len(items), pa.string())
+        return pa.nulls(len(items), pa.null())
     try:
         return pa.array(items)
     except (pa.ArrowInvalid, pa.ArrowTypeError):

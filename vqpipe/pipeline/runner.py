@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
@@ -39,6 +40,7 @@ from vqpipe.storage.parts import (
 )
 from vqpipe.storage.repeats import PENDING, Removed, drop_repeats
 from vqpipe.storage.retry import DRIVER_SCAN_MAX_PARTS, scan_parts
+from vqpipe.storage.schemas import conform_parts, decode_schema
 
 log = logging.getLogger(__name__)
 SETTINGS = "settings"
@@ -202,6 +204,20 @@ def unusable_device(exc: BaseException) -> DeviceUnavailableError | None:
     return found if isinstance(found, DeviceUnavailableError) else None
 
 
+class Schemas:
+    """Part path → schema, for the parts a run knows (scanned or written); one object per
+    distinct schema (a run writes millions of parts of a few schemas)."""
+
+    def __init__(self, known: dict[str, pa.Schema] | None = None) -> None:
+        self.parts: dict[str, pa.Schema] = dict(known or {})
+        self._decoded: dict[str, pa.Schema] = {}
+
+    def add(self, part: str, text: str) -> None:
+        if text not in self._decoded:
+            self._decoded[text] = decode_schema(text)
+        self.parts[part] = self._decoded[text]
+
+
 def execute(
     ds: Any,
     config: JobConfig,
@@ -211,26 +227,30 @@ def execute(
     started: float,
     progress: Callable[[dict[str, Any]], None] | None,
     progress_every_s: float,
+    schemas: Schemas,
 ) -> tuple[list[dict[str, Any]], int]:
     """Run the graph: one summary row per written part or piece, as they are committed; a
     fragment whose pieces are all in is merged into one part by a Ray task. Returns the
-    summary rows and the number of parts written."""
+    summary rows and the number of parts written; each part's schema goes into ``schemas``."""
     import ray
 
     written: list[dict[str, Any]] = []
     last, reported = 0.0, -1
-    tracker, merges, whole = PieceTracker(), [], 0
+    tracker, merges = PieceTracker(), []
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_pieces)
     try:
         for row in ds.iter_rows():
             if lock.lost.is_set():
                 lock.check()
+            text = row.pop("schema", None)
             written.append(row)
-            whole += whole_part(row["file"]) == row["file"]
+            if whole_part(row["file"]) == row["file"]:
+                schemas.add(row["file"], text)
             pieces = tracker.add(row["file"])
             if pieces:  # a fragment's pieces are all in: one part again
-                args = (target.uri, target.storage_options, whole_part(pieces[0]), pieces)
-                merges.append(merge.remote(*args, fence=lock.fence))
+                merged = whole_part(pieces[0])
+                args = (target.uri, target.storage_options, merged, pieces)
+                merges.append((merged, merge.remote(*args, fence=lock.fence)))
             now = time.perf_counter()
             if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                 last, reported = now, len(written)
@@ -238,9 +258,13 @@ def execute(
         # the run is over: a fragment still in pieces has all the rows it will get (--limit
         # cut it, or the resume anti-join dropped rows already written): one part of them
         for whole_path, pieces in tracker.pending().items():
-            args = (target.uri, target.storage_options, partial_part(whole_path, pieces), pieces)
-            merges.append(merge.remote(*args, fence=lock.fence, partial=True))
-        files = whole + len(ray.get(merges))
+            merged = partial_part(whole_path, pieces)
+            args = (target.uri, target.storage_options, merged, pieces)
+            merges.append((merged, merge.remote(*args, fence=lock.fence, partial=True)))
+        for merged, (_, text) in zip(
+            [m for m, _ in merges], ray.get([r for _, r in merges]), strict=True
+        ):
+            schemas.add(merged, text)
     except Exception as exc:
         found = known_failure(exc)
         if found is not None:
@@ -248,6 +272,7 @@ def execute(
         raise
     if progress is not None and reported != len(written):
         progress(job_progress(written, total, time.perf_counter() - started))
+    files = sum(1 for row in written if whole_part(row["file"]) == row["file"]) + len(merges)
     return written, files
 
 
@@ -390,9 +415,10 @@ def _run_locked(
     # one footer read per part: damaged parts are moved aside (their rows are scored again)
     if len(parts) > DRIVER_SCAN_MAX_PARTS:
         start_ray(config)  # many parts are scanned by Ray tasks
-    retry, damaged = scan_parts(
+    retry, damaged, scanned = scan_parts(
         table.fs, parts, config.retry_errors, table.uri, table.storage_options
     )
+    schemas = Schemas(scanned)
     for part, why in damaged.items():
         table.quarantine(part, why)
     parts = [p for p in parts if p not in damaged]
@@ -414,7 +440,7 @@ def _run_locked(
         resume = kind.resume_filter(config, table, work)
         ds = kind.build(config, work, signature, sig, target, lock.fence, **resume)
         written, files = execute(
-            ds, config, target, lock, work.total, started, progress, progress_every_s
+            ds, config, target, lock, work.total, started, progress, progress_every_s, schemas
         )
     lock.check()
     if dedupe:
@@ -430,11 +456,26 @@ def _run_locked(
             fence=lock.fence,
         )
         target.fs.rm(settle)
+    lock.check()
+    _, conformed = conform_parts(target.fs, _final_schemas(target, schemas), lock.fence)
+    if conformed:
+        work.summary["parts_conformed"] = conformed
     if not config.resume:
         lock.check()
         target.mark_complete(sig)
         table.finish_replacement()
     return _record_job(kind, config, table, signature, sig, work, written, files, started)
+
+
+def _final_schemas(target: QualityTable, schemas: Schemas) -> dict[str, pa.Schema]:
+    """Every part of ``target`` now, with its schema: known from the scan or this run's
+    writers, else (a part no step of this run saw, e.g. a killed run's) read from its footer."""
+    parts = target.parts()
+    unknown = [p for p in parts if p not in schemas.parts]
+    for part in unknown:
+        with target.fs.open(part, "rb") as fh:
+            schemas.parts[part] = pq.read_schema(fh)
+    return {p: schemas.parts[p] for p in parts}
 
 
 def _record_job(

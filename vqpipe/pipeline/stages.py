@@ -50,6 +50,7 @@ from vqpipe.schema import (
 )
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
+from vqpipe.storage.schemas import encode_schema
 
 
 @functools.lru_cache(maxsize=16)
@@ -375,6 +376,7 @@ def write_batch(
         "errors": [],
         "duplicates": [],
         "runtime": [],
+        "schema": [],
     }
     for part in sorted(set(parts.tolist())):
         rows = np.flatnonzero(parts == part)
@@ -403,6 +405,7 @@ def write_batch(
             summary["errors"].append(len(table) - table.column(ERROR).null_count)
             summary["duplicates"].append(int(dupes[run].sum()))
             summary["runtime"].append(json.dumps(runtime, sort_keys=True))
+            summary["schema"].append(encode_schema(table.schema))
     return {k: np.array(v) for k, v in summary.items()}
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from vqpipe.storage.names import PIECE_PREFIX, TEMPORARY_PREFIX, part_suffix
+from vqpipe.storage.schemas import encode_schema
 
 _PART_NAME = re.compile(
     r"^(?P<piece>_piece\.)?part-(?P<sig>[0-9a-f]{8})-(?P<shard>.+)-(?P<seq>\d{5})(?P<last>-last)?"
@@ -215,9 +216,10 @@ def merge_pieces(
     pieces: list[str],
     fence: Any = None,
     partial: bool = False,
-) -> int:
+) -> tuple[int, str]:
     """Write a fragment's whole part from its pieces (in row order, the ``runtime`` of each
-    merged into the part's metadata), then delete the pieces; returns its rows. Idempotent: a
+    merged into the part's metadata), then delete the pieces; returns its rows and schema
+    (:func:`~vqpipe.storage.schemas.encode_schema`). Idempotent: a
     merge cut short after the whole part was written only deletes what is left. ``partial``:
     the pieces need not cover the fragment (a finished run's last word on it)."""
     import pyarrow.parquet as pq
@@ -232,7 +234,8 @@ def merge_pieces(
             raise RuntimeError(f"pieces of {whole} are missing: {sorted(set(pieces) - set(left))}")
         for path in left:
             fs.rm(path)
-        return pq.ParquetFile(fs.open(whole, "rb")).metadata.num_rows
+        meta = pq.ParquetFile(fs.open(whole, "rb")).metadata
+        return meta.num_rows, encode_schema(meta.schema.to_arrow_schema())
     tables = []
     for path in pieces:
         with fs.open(path, "rb") as fh:
@@ -254,4 +257,4 @@ def merge_pieces(
     write_part(fs, whole, table.replace_schema_metadata(metadata), fence)
     for path in pieces:
         fs.rm(path)
-    return len(table)
+    return len(table), encode_schema(table.schema)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from vqpipe.schema import ERROR, ERROR_KIND, TRANSIENT
 from vqpipe.storage.damaged import open_part, read_part
 from vqpipe.storage.parts import write_part
+from vqpipe.storage.schemas import decode_schema, encode_schema
 
 DRIVER_SCAN_MAX_PARTS = 512
 """Up to this many parts are scanned on the driver (threads); past it, by Ray tasks."""
@@ -58,21 +59,24 @@ def _error_free(meta: pq.FileMetaData) -> bool:
 RETRY, DAMAGED, CLEAN = "retry", "damaged", "clean"
 
 
-def scan_part(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> tuple[str, str]:
-    """``(RETRY | DAMAGED | CLEAN, why)`` of a committed part: whether it holds a row to score
-    again, or cannot be read whole (truncated, zero bytes, a damaged page: why says what Arrow
-    said). Every page is read and its checksum verified; only the error columns are kept, and
-    only when the statistics do not already say that ``error`` is all null."""
+def scan_part(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> tuple[str, str, str]:
+    """``(RETRY | DAMAGED | CLEAN, why, schema)`` of a committed part: whether it holds a row
+    to score again, or cannot be read whole (truncated, zero bytes, a damaged page: why says
+    what Arrow said), and its schema (:func:`~vqpipe.storage.schemas.encode_schema`; empty
+    when damaged). Every page is read and its checksum verified; only the error columns are
+    kept, and only when the statistics do not already say that ``error`` is all null."""
     meta, why = open_part(fs, part)
     if meta is None:
-        return DAMAGED, why
+        return DAMAGED, why, ""
     columns = [] if _error_free(meta) else [ERROR, ERROR_KIND]
     table, why = read_part(fs, part, columns)
     if table is None:
-        return DAMAGED, why
+        return DAMAGED, why, ""
+    schema = encode_schema(meta.schema.to_arrow_schema())
     if ERROR not in table.column_names:
-        return CLEAN, ""
-    return (RETRY if pc.any(_retryable_mask(table, every_error)).as_py() else CLEAN), ""
+        return CLEAN, "", schema
+    state = RETRY if pc.any(_retryable_mask(table, every_error)).as_py() else CLEAN
+    return state, "", schema
 
 
 def drop_retryable(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> int:
@@ -98,12 +102,7 @@ def _scan(batch: dict[str, Any], storage_options: dict[str, Any], every_error: b
     paths = [str(p) for p in batch["part"]]
     fs = url_to_fs(paths[0], storage_options)[0] if paths else None
     found = [(p, *scan_part(fs, url_to_fs(p, storage_options)[1], every_error)) for p in paths]
-    found = [f for f in found if f[1] != CLEAN]  # only the few parts to act on come back
-    return {
-        "part": [f[0] for f in found],
-        "state": [f[1] for f in found],
-        "why": [f[2] for f in found],
-    }
+    return {key: [f[i] for f in found] for i, key in enumerate(("part", "state", "why", "schema"))}
 
 
 def scan_parts(
@@ -112,8 +111,9 @@ def scan_parts(
     every_error: bool,
     output: str,
     storage_options: dict[str, Any] | None,
-) -> tuple[list[str], dict[str, str]]:
-    """The committed parts that hold rows to score again, and the damaged ones (with why)."""
+) -> tuple[list[str], dict[str, str], dict[str, pa.Schema]]:
+    """The committed parts that hold rows to score again, the damaged ones (with why), and
+    every readable part's schema."""
     if len(parts) <= DRIVER_SCAN_MAX_PARTS:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -134,7 +134,17 @@ def scan_parts(
             num_cpus=0.25,
         )
         back = dict(zip(uris, parts, strict=True))
-        states = {back[str(r["part"])]: (str(r["state"]), str(r["why"])) for r in ds.iter_rows()}
-    retry = sorted(p for p, (state, _) in states.items() if state == RETRY)
-    damaged = {p: why for p, (state, why) in sorted(states.items()) if state == DAMAGED}
-    return retry, damaged
+        states = {
+            back[str(r["part"])]: (str(r["state"]), str(r["why"]), str(r["schema"]))
+            for r in ds.iter_rows()
+        }
+    retry = sorted(p for p, (state, _, _) in states.items() if state == RETRY)
+    damaged = {p: why for p, (state, why, _) in sorted(states.items()) if state == DAMAGED}
+    decoded: dict[str, pa.Schema] = {}  # one object per distinct schema
+    schemas: dict[str, pa.Schema] = {}
+    for part, (_, _, text) in states.items():
+        if text:
+            if text not in decoded:
+                decoded[text] = decode_schema(text)
+            schemas[part] = decoded[text]
+    return retry, damaged, schemas

@@ -1,0 +1,115 @@
+"""One schema for every part of a table, after any sequence of runs.
+
+A part's own columns are typed by the writer (:func:`vqpipe.schema.to_arrow`); carried input
+columns take their types from the input, so two parts can disagree: a member or column absent
+from one shard, a column all null in one part (written as Arrow's ``null`` type), a manifest
+column that holds integers one night and text the next. At the end of every run the table's
+schema is unified and the parts that differ are rewritten to it (atomically, fenced):
+
+- a column missing from a part is added as nulls; a ``null``-typed column takes the table's
+  type, or ``string`` when no part knows one;
+- types that differ widen the same way every time: integers and floats → ``double``;
+  anything else → ``string`` (numbers as their text, lists and structs as JSON);
+- columns keep the order they first appear in (parts in name order).
+
+The parts' schemas come from the resume scan (which reads every part) and from the writers'
+summary rows, so the pass reads no footer of its own and rewrites only parts that differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    """A schema (without metadata) as text, to travel in summary rows."""
+    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+
+
+def decode_schema(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def widen(types: Iterable[pa.DataType]) -> pa.DataType:
+    """The one type for a column the parts type as ``types`` (see the module docstring)."""
+    known = {t for t in types if not pa.types.is_null(t)}
+    if not known:
+        return pa.string()
+    if len(known) == 1:
+        return known.pop()
+    if all(_numeric(t) for t in known):
+        return pa.float64()
+    return pa.string()
+
+
+def unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """The table's schema over its parts' ``schemas`` (in part order)."""
+    order: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for field in schema:
+            order.setdefault(field.name, []).append(field.type)
+    return pa.schema([(name, widen(types)) for name, types in order.items()])
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.Array:
+    try:
+        return pc.cast(column, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()],
+            pa.string(),
+        )
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order and types (its metadata kept)."""
+    arrays = []
+    for field in schema:
+        if field.name not in table.column_names:
+            arrays.append(pa.nulls(len(table), field.type))
+            continue
+        column = table.column(field.name)
+        if column.type == field.type:
+            arrays.append(column)
+        elif pa.types.is_string(field.type):
+            arrays.append(_as_text(column))
+        else:
+            arrays.append(pc.cast(column, field.type))
+    out = pa.Table.from_arrays(arrays, schema=schema)
+    return out.replace_schema_metadata(table.schema.metadata)
+
+
+def conform_parts(
+    fs: Any, schemas: dict[str, pa.Schema], fence: Any = None
+) -> tuple[pa.Schema | None, int]:
+    """Unify ``schemas`` (part path → its schema) and rewrite the parts that differ; returns
+    the table's schema (None without parts) and how many parts were rewritten."""
+    import pyarrow.parquet as pq
+
+    from vqpipe.storage.parts import write_part
+
+    if not schemas:
+        return None, 0
+    parts = sorted(schemas)
+    schema = unified_schema(schemas[p] for p in parts)
+    differ = [p for p in parts if not schemas[p].remove_metadata().equals(schema)]
+
+    def rewrite(path: str) -> None:
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        write_part(fs, path, conform(table, schema), fence)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(rewrite, differ))
+    return schema, len(differ)
