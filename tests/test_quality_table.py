@@ -493,3 +493,95 @@ def test_webdataset_shards_with_other_members_write_one_schema(ray_local, tmp_pa
 
     schema = pq.read_schema(next(out.glob("part-*.parquet")))
     assert not any(str(schema.field(n).type) in ("double", "null") for n in ("txt", "json"))
+
+
+# ---------------------------------------------------------------------------- content versions
+def test_a_shard_rewritten_in_place_is_read_again_and_replaced(ray_local, tmp_path, capsys):
+    from tests.lake_data import write_shard
+
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    write_shard(lake / "a.tar", [(f"a{i}", {"jpg": image_bytes(i)}) for i in range(4)])
+    write_shard(lake / "b.tar", [(f"b{i}", {"jpg": image_bytes(10 + i)}) for i in range(4)])
+    argv = ["score", str(lake), "--out", str(out), "--scorer", "brightness", "--rows-per-file", "2"]
+    assert main(argv) == 0
+    before = read_quality_table(str(out)).set_index("key")
+    time.sleep(0.01)
+    write_shard(lake / "b.tar", [(f"n{i}", {"jpg": image_bytes(20 + i)}) for i in range(3)])
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards_changed"] == 1 and summary["scored_rows"] == 3
+    table = read_quality_table(str(out)).set_index("key")
+    assert sorted(table.index) == [f"a{i}" for i in range(4)] + [f"n{i}" for i in range(3)]
+    assert table.loc["a0", "brightness_score"] == before.loc["a0", "brightness_score"]
+    assert table["content_version"].nunique() == 2  # one per shard
+    assert main(argv) == 0  # nothing changed: nothing read
+    assert json.loads(capsys.readouterr().out)["scored_rows"] == 0
+    assert len(read_quality_table(str(out))) == 7
+
+
+def test_a_manifest_regenerated_in_place_is_read_again(ray_local, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, out = tmp_path / "img", tmp_path / "out"
+    images.mkdir()
+    uris = []
+    for i in range(20):
+        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+        uris.append(str(images / f"{i}.png"))
+    manifest = tmp_path / "nightly.parquet"
+    pq.write_table(pa.table({"uri": uris[:10]}), manifest)
+    argv = ["score", str(manifest), "--out", str(out), "--scorer", "brightness"]
+    assert main(argv) == 0
+    time.sleep(0.01)
+    pq.write_table(pa.table({"uri": uris}), manifest)  # night 2: the same name, 20 rows
+    assert main(argv) == 0
+    table = read_quality_table(str(out))
+    assert sorted(table["uri"]) == sorted(uris) and table["uri"].is_unique
+
+
+@pytest.mark.parametrize("anti_join", [False, True])
+def test_a_file_replaced_in_place_is_scored_again_and_its_row_replaced(
+    ray_local, tmp_path, monkeypatch, capsys, anti_join
+):
+    from vqpipe.pipeline import job
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    (corpus / "sub").mkdir(parents=True)
+    for i in range(4):
+        (corpus / "sub" / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    if anti_join:
+        monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)
+    argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    assert main(argv) == 0
+    before = read_quality_table(str(out)).set_index("uri")
+    replaced = corpus / "sub" / "2.png"
+    replaced.write_bytes(image_bytes(99, "PNG", size=(40, 30)))
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scored_rows"] == 1 and summary["rows_replaced"] == 1
+    table = read_quality_table(str(out)).set_index("uri")
+    assert len(table) == 4 and table.index.is_unique
+    key = str(replaced)
+    assert table.loc[key, "content_version"] != before.loc[key, "content_version"]
+    assert table.loc[key, "width"] == 40
+    others = [u for u in table.index if u != key]
+    assert (table.loc[others, "brightness_score"] == before.loc[others, "brightness_score"]).all()
+
+
+def test_an_object_replaced_in_place_on_s3_is_scored_again(ray_local, s3_server, s3_bucket, capsys):
+    bucket, fs = s3_bucket
+    source, out = _s3_images(fs, bucket, 3), f"s3://{bucket}/out"
+    argv = ["score", source, "--out", out, "--scorer", "brightness"]
+    argv += ["--storage-options", json.dumps(s3_server)]
+    assert main(argv) == 0
+    fs.pipe(f"{bucket}/img/001.png", image_bytes(77, "PNG", size=(50, 20)))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["scored_rows"] == 1
+    table = read_quality_table(out, s3_server).set_index("uri")
+    assert len(table) == 3 and table.index.is_unique
+    assert table.loc[f"s3://{bucket}/img/001.png", "width"] == 50
+    assert table["content_version"].str.startswith("etag:").all()

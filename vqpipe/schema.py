@@ -27,6 +27,10 @@ ERROR_KIND = "error_kind"
 again) or ``permanent`` (the input itself: a rerun keeps the row); null for scored rows."""
 TRANSIENT = "transient"
 PERMANENT = "permanent"
+CONTENT_VERSION = "content_version"
+"""The version of what a row was read from, as the store's listing gave it
+(:func:`vqpipe.io.fs.content_version`): the file for a listing of files, the shard (tar,
+Parquet, manifest) for sharded inputs. A rerun reads again what changed."""
 MEDIA_COLUMNS = (WIDTH, HEIGHT, DURATION, FRAMES)
 """What the decode stage adds to every row."""
 

@@ -43,6 +43,26 @@ def join_uri(fs: fsspec.AbstractFileSystem, path: str, spec: str) -> str:
     return f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
 
 
+def content_version(info: dict[str, Any] | None) -> str | None:
+    """An object's version as its listing gives it, with no request of its own: the store's
+    version id (S3 versioning, GCS generation), else its ETag, else size and modification
+    time (local disks: nanoseconds). None when the listing says nothing of it."""
+    if not info:
+        return None
+    for key in ("VersionId", "version_id", "generation"):
+        if info.get(key) not in (None, "", "null"):
+            return f"v:{info[key]}"
+    for key in ("ETag", "etag", "md5Hash"):
+        if info.get(key):
+            return "etag:" + str(info[key]).strip('"')
+    mtime = info.get("mtime_ns") or info.get("mtime") or info.get("LastModified")
+    if mtime is None and info.get("size") is None:
+        return None
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"size:{info.get('size')}:mtime:{mtime}"
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local filesystem (where rename is atomic and paths need no copying)."""
     protocol = fs.protocol

@@ -26,8 +26,15 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
+from vqpipe.io.fs import content_version
 from vqpipe.io.media_parquet import find_media_column
-from vqpipe.io.patterns import braceexpand, expand_inputs, has_magic, peek_files, resolve
+from vqpipe.io.patterns import (
+    braceexpand,
+    expand_inputs_info,
+    has_magic,
+    peek_files,
+    resolve,
+)
 from vqpipe.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vqpipe.io.webdataset import TAR_SUFFIXES
 
@@ -167,8 +174,20 @@ def input_shards(
 ) -> list[str]:
     """Sorted shard URIs of ``spec`` for a format (``"auto"``: ``detect_format`` with
     ``detect_kwargs``); directories and globs contribute only that format's names."""
+    return list(input_shard_versions(spec, input_format, storage_options, **detect_kwargs))
+
+
+def input_shard_versions(
+    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    input_format: str,
+    storage_options: dict[str, Any] | None = None,
+    **detect_kwargs: Any,
+) -> dict[str, str | None]:
+    """Shard URI → its content version (:func:`~vqpipe.io.fs.content_version`, from the
+    listing: no request per shard), sorted by URI; see :func:`input_shards`."""
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input format {input_format!r}: one of {', '.join(INPUT_FORMATS)}")
     if input_format == "auto":
         input_format = detect_format(spec, storage_options, **detect_kwargs)
-    return expand_inputs(spec, storage_options, suffixes=FORMAT_SUFFIXES[input_format])
+    found = expand_inputs_info(spec, storage_options, suffixes=FORMAT_SUFFIXES[input_format])
+    return {uri: content_version(info) for uri, info in found.items()}

@@ -188,13 +188,14 @@ def _is_dir(info: dict[str, Any]) -> bool:
 
 def _find_files(
     fs: fsspec.AbstractFileSystem, root: str, suffixes: Sequence[str] | None
-) -> list[str]:
+) -> dict[str, dict[str, Any]]:
+    """Files under ``root`` (hidden and ``_*`` names skipped) with their listing info."""
     root = root.rstrip("/")
-    out = []
-    for path in fs.find(root, withdirs=False):
+    out = {}
+    for path, info in fs.find(root, withdirs=False, detail=True).items():
         rel = path[len(root) :].lstrip("/")
         if not _hidden(rel) and _suffix_ok(path, suffixes):
-            out.append(path)
+            out[path] = info
     return out
 
 
@@ -230,7 +231,17 @@ def expand_inputs(
     *,
     suffixes: Sequence[str] | None = None,
 ) -> list[str]:
-    """Sorted, de-duplicated URIs of the files ``spec`` names.
+    """Sorted, de-duplicated URIs of the files ``spec`` names (see :func:`expand_inputs_info`)."""
+    return sorted(expand_inputs_info(spec, storage_options, suffixes=suffixes))
+
+
+def expand_inputs_info(
+    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    suffixes: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any] | None]:
+    """The files ``spec`` names, URI → listing info (None inside URL chains), in URI order.
 
     ``spec``: a file, a directory (listed recursively, hidden and ``_*`` names skipped), a glob
     (``s3://b/shards/*.tar``) or a brace pattern (``shard-{00000..00999}.tar``), or a list of
@@ -241,20 +252,23 @@ def expand_inputs(
     files, manifest shards): a directory is listed completely.
     """
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    out: set[str] = set()
+    out: dict[str, dict[str, Any] | None] = {}
     for one in specs:
         # literal paths per filesystem, checked together (one listing per parent directory)
         groups: dict[str, tuple[fsspec.AbstractFileSystem, Any, list[str]]] = {}
         for pattern in braceexpand(os.fspath(one)):
             fs, path = resolve(pattern, storage_options)
+            fs.invalidate_cache()  # versions come from the listing: never a cached one
             if _is_chain(pattern):
                 if has_magic(path) or not fs.isfile(path):
                     raise ValueError(f"only single files inside URL chains: {pattern}")
-                out.add(pattern)
+                out[pattern] = None
                 continue
             to_uri = _uri_maker(pattern)
             if has_magic(path) and not fs.exists(path):
-                out.update(to_uri(p) for p in _glob_files(fs, path, suffixes, pattern))
+                out.update(
+                    (to_uri(p), i) for p, i in _glob_files(fs, path, suffixes, pattern).items()
+                )
             else:
                 scheme = pattern.split("://", 1)[0] if is_url(pattern) else ""
                 groups.setdefault(scheme, (fs, to_uri, []))[2].append(path)
@@ -268,29 +282,29 @@ def expand_inputs(
                 )
             for path in literal:
                 if _is_dir(infos[path]):
-                    out.update(to_uri(p) for p in _find_files(fs, path, suffixes))
+                    out.update((to_uri(p), i) for p, i in _find_files(fs, path, suffixes).items())
                 else:
-                    out.add(to_uri(path))
-    return sorted(out)
+                    out[to_uri(path)] = infos[path]
+    return dict(sorted(out.items()))
 
 
 def _glob_files(
     fs: fsspec.AbstractFileSystem, path: str, suffixes: Sequence[str] | None, pattern: str
-) -> list[str]:
+) -> dict[str, dict[str, Any]]:
     """Files a glob matches (matched directories listed); ``_*`` / ``.*`` names skipped
     unless the pattern's own name asks for them."""
     name_hidden = posixpath.basename(path).startswith((".", "_"))
     matches = fs.glob(path, detail=True)
     if not matches:
         raise FileNotFoundError(f"no input matches {pattern}")
-    files: list[str] = []
+    files: dict[str, dict[str, Any]] = {}
     for match, info in sorted(matches.items()):
         if _is_dir(info):
-            files.extend(_find_files(fs, match, suffixes))
+            files.update(_find_files(fs, match, suffixes))
         elif (name_hidden or not _hidden(posixpath.basename(match))) and _suffix_ok(
             match, suffixes
         ):
-            files.append(match)
+            files[match] = info
     return files
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
-from vqpipe.io.fs import join_uri, url_to_fs
+from vqpipe.io.fs import content_version, join_uri, url_to_fs
 from vqpipe.storage.names import is_job_artifact
 
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
@@ -161,8 +161,10 @@ def listed_rows(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     since: float | None = None,
+    versions: bool = False,
 ) -> list[dict[str, Any]]:
-    """Input rows (``uri``, ``media_type``, ``bytes``) of listed files under ``root``, sorted.
+    """Input rows (``uri``, ``media_type``, ``bytes``; ``versions``: ``content_version``, see
+    :func:`~vqpipe.io.fs.content_version`) of listed files under ``root``, sorted.
 
     Only a scoring job's own files are left out (:func:`is_job_artifact`: ``_job.json``,
     ``_lock``, ``_next/``, ``_quarantine/``, parts); other ``_``- or ``.``-prefixed names are
@@ -184,13 +186,14 @@ def listed_rows(
         if since is not None and modified_time(info) <= since:
             continue
         uri, printable = printable_uri(join_uri(fs, path, spec))
-        rows.append(
-            {
-                "uri": uri,
-                "media_type": media_type_from_name(path) if printable else INVALID_NAME,
-                "bytes": int(info.get("size") or 0),
-            }
-        )
+        row = {
+            "uri": uri,
+            "media_type": media_type_from_name(path) if printable else INVALID_NAME,
+            "bytes": int(info.get("size") or 0),
+        }
+        if versions:
+            row["content_version"] = content_version(info)
+        rows.append(row)
     return rows
 
 

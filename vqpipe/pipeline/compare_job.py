@@ -63,6 +63,7 @@ from vqpipe.schema import (
     error_text,
 )
 from vqpipe.storage import QualityTable
+from vqpipe.storage.retry import Scan
 
 log = logging.getLogger(__name__)
 TASK = "compare-pairs"
@@ -173,8 +174,9 @@ def read_pair_shards(
 ) -> Iterator[pa.Table]:
     """Ray Data stage (one manifest per call): its pair rows, fragment by fragment, tagged with
     their part names; a manifest that cannot be read becomes an error row naming it."""
-    for uri, sid in zip(batch["uri"], batch["id"], strict=True):
-        shard = Shard(str(uri), "manifest", str(sid))
+    versions = batch.get("version", [None] * len(batch["uri"]))
+    for uri, sid, version in zip(batch["uri"], batch["id"], versions, strict=True):
+        shard = Shard(str(uri), "manifest", str(sid), None if version is None else str(version))
         chunks = manifest_chunks(shard.uri, options["rows"], storage_options)
         tables = (pair_rows(t, shard, start, options.get("root")) for start, t in chunks)
         yield from _fragments(tables, shard, final=options.get("limit") is None)
@@ -356,9 +358,9 @@ class CompareJob(JobKind):
         return compare_signature(config.scorers[0], config.storage_options)
 
     def plan(
-        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], retry: list[str]
+        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], scan: Scan
     ) -> runner.Work:
-        return runner.plan_sharded(table, plan_pair_shards(config), sig, parts, retry)
+        return runner.plan_sharded(table, plan_pair_shards(config), sig, parts, scan)
 
     def build(
         self,

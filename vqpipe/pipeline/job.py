@@ -50,6 +50,7 @@ from vqpipe.pipeline.stages import (
 from vqpipe.pipeline.validate import check_checkpoints, validate_job
 from vqpipe.schema import (
     BYTES,
+    CONTENT_VERSION,
     ERROR,
     ERROR_KIND,
     MEDIA_COLUMNS,
@@ -60,7 +61,7 @@ from vqpipe.schema import (
 from vqpipe.storage import QualityTable
 from vqpipe.storage.names import is_job_artifact
 from vqpipe.storage.parts import parse_part
-from vqpipe.storage.retry import drop_retryable
+from vqpipe.storage.retry import Scan, drop_retryable
 
 log = logging.getLogger(__name__)
 BUNDLED_DEMO = "bundled-demo"
@@ -138,7 +139,7 @@ def build_dataset(
     sig: str,
     output: str,
     done: Any = None,
-    done_set: frozenset[str] = frozenset(),
+    done_set: dict[str, str | None] | None = None,
     join_partitions: int = 1,
     fence: Any = None,
 ) -> Any:
@@ -168,7 +169,7 @@ def build_dataset(
         "limits": config.limits,
         "pools": in_tasks,
     }
-    options = {**_read_options(config, rows), "done": done_set}
+    options = {**_read_options(config, rows), "done": done_set or {}}
     stage: Stage | None
     cpus = decode_cpus(config.scorers)
     fused = not listing and done is None and config.limit is None
@@ -191,7 +192,8 @@ def build_dataset(
         ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
         ds = read_stage().apply(ds, fn_kwargs={"options": options, "storage_options": so})
         if done is not None:  # distributed: the driver never holds the URIs already written
-            ds = ds.join(done, join_type="left_anti", on=(URI,), num_partitions=join_partitions)
+            on = tuple(done.columns())  # (uri, content_version), or uri for old tables
+            ds = ds.join(done, join_type="left_anti", on=on, num_partitions=join_partitions)
         if listing:
             # A listing task's fragments (tiny rows, up to LISTING_PART_ROWS each) leave it as
             # big blocks (Ray Data coalesces a task's small outputs): cut them to BLOCK_ROWS so
@@ -282,7 +284,8 @@ def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
 def output_names(config: JobConfig) -> set[str]:
     """The quality table's own column names for this job (a carried column with one of them
     is kept as ``input_<name>``)."""
-    names = {URI, "shard", "key", MEDIA_TYPE, BYTES, ERROR, ERROR_KIND, *MEDIA_COLUMNS}
+    names = {URI, "shard", "key", MEDIA_TYPE, BYTES, CONTENT_VERSION, ERROR, ERROR_KIND}
+    names.update(MEDIA_COLUMNS)
     for spec in config.scorers:
         names.update(output_columns(spec.column, spec.scorer_class().extra_outputs))
     return names
@@ -311,14 +314,19 @@ def _inside(uri: str, output: str) -> bool:
 
 
 def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
-    """The input's shards of ``kind`` (sorted), the job's own output excluded."""
-    from vqpipe.io.input_format import input_shards
+    """The input's shards of ``kind`` (sorted, with their content versions), the job's own
+    output excluded."""
+    from vqpipe.io.input_format import input_shard_versions
 
     try:
-        uris = input_shards(config.input, kind, config.storage_options)
+        found = input_shard_versions(config.input, kind, config.storage_options)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    return [Shard(u, kind, shard_id(u)) for u in uris if not _inside(u, config.output)]
+    return [
+        Shard(u, kind, shard_id(u), version)
+        for u, version in found.items()
+        if not _inside(u, config.output)
+    ]
 
 
 def plan_listing(config: JobConfig) -> list[dict[str, str]]:
@@ -372,9 +380,9 @@ class ScoreJob(JobKind):
         return demo_notice(config)
 
     def plan(
-        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], retry: list[str]
+        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], scan: Scan
     ) -> Work:
-        return plan_work(config, self.format, sig, parts, retry)
+        return plan_work(config, self.format, sig, parts, scan)
 
     def prepare(self, config: JobConfig) -> None:
         check_checkpoints(config)
@@ -432,16 +440,17 @@ def run_job(
 
 
 def plan_work(
-    config: JobConfig, kind: str, sig: str, parts: list[str], retry: list[str] = ()
+    config: JobConfig, kind: str, sig: str, parts: list[str], scan: Scan | None = None
 ) -> Work:
-    """Shards not committed yet (a killed run's fragments of the others deleted), or the
-    listing tasks of a prefix; a listing small enough for the driver is checked against the
-    written parts here, so a resume with nothing to do never starts Ray. ``retry``: parts
-    with rows to score again (:mod:`vqpipe.storage.retry`)."""
+    """Shards not committed yet or changed (:func:`vqpipe.pipeline.runner.plan_sharded`), or
+    the listing tasks of a prefix; a listing small enough for the driver is checked against
+    the written parts here (URIs and content versions), so a resume with nothing to do never
+    starts Ray. ``scan``: what the resume scan found (:mod:`vqpipe.storage.retry`)."""
+    scan = scan or Scan()
     table = QualityTable(config.output, config.storage_options)
     if kind in SHARDED_FORMATS:
         shards = plan_shards(config, kind)
-        work = runner.plan_sharded(table, shards, sig, parts, retry)
+        work = runner.plan_sharded(table, shards, sig, parts, scan)
         todo = work.source
         if kind == "manifest" and todo and len(shards) > 1:
             if not runner.all_parquet(shards):
@@ -458,13 +467,14 @@ def plan_work(
     source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
     done_parts = [p for p in parts if parse_part(p) is not None]
     # rows to score again are cut out of their parts first: their inputs are then not done
-    retried = {p: drop_retryable(fs, p, config.retry_errors) for p in retry if p in done_parts}
+    retried = {p: drop_retryable(fs, p, config.retry_errors) for p in scan.retry if p in done_parts}
     done_parts = [p for p in done_parts if p not in retried or fs.exists(p)]
     work = Work(source, done_parts, None, {"input_format": kind, "listing_tasks": len(source)})
+    work.replacing = bool(done_parts)
     if retried:
         work.summary["rows_retried"] = sum(retried.values())
     if len(source) == 1 and done_parts and _driver_resumable(table, done_parts):
-        done = frozenset(table.uris(done_parts))
+        done = table.uri_versions(done_parts)
         left = _small_listing_left(config, done)
         if left == 0:
             work.source = []
@@ -477,7 +487,7 @@ DRIVER_LISTING_MAX = 10_000
 see whether anything is left (one listing page on an object store)."""
 
 
-def _small_listing_left(config: JobConfig, done: frozenset[str]) -> int | None:
+def _small_listing_left(config: JobConfig, done: dict[str, str | None]) -> int | None:
     """Files of a prefix without subdirectories not written yet, counted on the driver by
     the listing task's own code; None when the prefix is too big for the driver."""
     fs, root = url_to_fs(config.input, config.storage_options)
@@ -487,20 +497,21 @@ def _small_listing_left(config: JobConfig, done: frozenset[str]) -> int | None:
     return sum(len(t) for t in listing_tables(config.input, options, config.storage_options))
 
 
-def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, frozenset[str], int]:
-    """The rows a listing already wrote: few parts → their URIs, dropped in the listing tasks
-    (no shuffle); many → a Ray dataset of them for a distributed anti-join (and its
-    partitions)."""
+def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, dict[str, str | None], int]:
+    """The rows a listing already wrote: few parts → their URIs and content versions, dropped
+    in the listing tasks (no shuffle); many → a Ray dataset of them for a distributed
+    anti-join on both (on the URI alone when a part predates versions), and its partitions."""
     import ray
 
     table = QualityTable(config.output, config.storage_options)
     parts = work.done_parts
     if not parts:
-        return None, frozenset(), 1
+        return None, {}, 1
     if _driver_resumable(table, parts):
-        done_set = frozenset(table.uris(parts))
+        done_set = table.uri_versions(parts)
         work.summary["already_done"] = len(done_set)
         return None, done_set, 1
-    done = ray.data.read_parquet(parts, filesystem=table.fs).select_columns([URI])
+    keys = [URI, CONTENT_VERSION] if table.all_have(parts, CONTENT_VERSION) else [URI]
+    done = ray.data.read_parquet(parts, filesystem=table.fs).select_columns(keys)
     work.summary["already_done"] = done.count()
-    return done, frozenset(), max(1, min(JOIN_PARTITIONS, len(parts) // 64))
+    return done, {}, max(1, min(JOIN_PARTITIONS, len(parts) // 64))

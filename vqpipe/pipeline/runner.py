@@ -30,6 +30,7 @@ from vqpipe.pipeline.stages import DeviceUnavailableError, actor_cpus
 from vqpipe.pipeline.validate import check_cluster_resources, storage_error
 from vqpipe.schema import METADATA_KEY
 from vqpipe.storage import LostLockError, QualityTable, TableLock
+from vqpipe.storage.names import SUPERSEDE_PENDING
 from vqpipe.storage.parts import (
     PieceTracker,
     committed_shards,
@@ -38,8 +39,8 @@ from vqpipe.storage.parts import (
     partial_part,
     whole_part,
 )
-from vqpipe.storage.repeats import PENDING, Removed, drop_repeats
-from vqpipe.storage.retry import DRIVER_SCAN_MAX_PARTS, scan_parts
+from vqpipe.storage.repeats import PENDING, Removed, drop_repeats, drop_superseded
+from vqpipe.storage.retry import DRIVER_SCAN_MAX_PARTS, Scan, scan_parts
 from vqpipe.storage.schemas import conform_parts, decode_schema
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class Work:
     """Manifest shards in job order, when there are several: repeats across them are removed
     once the shards are committed (:func:`vqpipe.storage.repeats.drop_repeats`)."""
     repeats: Removed = field(default_factory=Removed)
+    superseded: list[str] = field(default_factory=list)
+    """Parts of shards whose content changed since they were written: read again, and those
+    of their fragments the new version does not rewrite are deleted after the run."""
+    replacing: bool = False
+    """The run may score files again whose earlier rows the table holds (a listing resumed
+    over written parts): their earlier rows are dropped after it."""
 
 
 class JobKind:
@@ -84,8 +91,9 @@ class JobKind:
         return []
 
     def plan(
-        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], retry: list[str]
+        self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], scan: Scan
     ) -> Work:
+        """What is left to do, given the table's parts and what the resume scan found."""
         raise NotImplementedError
 
     def prepare(self, config: JobConfig) -> None:
@@ -210,12 +218,16 @@ class Schemas:
 
     def __init__(self, known: dict[str, pa.Schema] | None = None) -> None:
         self.parts: dict[str, pa.Schema] = dict(known or {})
+        self.fresh: set[str] = set()
+        """The parts this run wrote."""
         self._decoded: dict[str, pa.Schema] = {}
 
     def add(self, part: str, text: str) -> None:
+        """A part this run wrote, and its schema."""
         if text not in self._decoded:
             self._decoded[text] = decode_schema(text)
         self.parts[part] = self._decoded[text]
+        self.fresh.add(part)
 
 
 def execute(
@@ -327,24 +339,43 @@ def shard_of(part: str, sig: str) -> str | None:
 
 
 def plan_sharded(
-    table: QualityTable, shards: list[Shard], sig: str, parts: list[str], retry: list[str]
+    table: QualityTable, shards: list[Shard], sig: str, parts: list[str], scan: Scan
 ) -> Work:
-    """Shards not committed yet; fragments of shards a killed run left half-done are deleted,
-    and a committed shard with rows to score again (``retry``) is read again whole."""
+    """Shards not committed yet, or changed since (their content version differs from the one
+    their rows were read from: read again, their parts replaced part by part); fragments of
+    shards a killed run left half-done are deleted, and a committed shard with rows to score
+    again (``scan.retry``) is read again whole."""
     done, stale = committed_shards(parts, sig)
-    again = {shard_of(p, sig) for p in retry} & done
+    again = {shard_of(p, sig) for p in scan.retry} & done
     stale += [p for p in parts if shard_of(p, sig) in again]
     done -= again
+    current = {s.id: s.version for s in shards}
+    changed: set[str] = set()
+    for part in parts:
+        shard = shard_of(part, sig)
+        now = current.get(shard)
+        recorded = scan.versions.get(part, [])  # none recorded: a table of an earlier version
+        if shard in done and now is not None and any(v not in (None, now) for v in recorded):
+            changed.add(shard)
+    done -= changed
     for path in stale:
         table.fs.rm(path)
-    todo = [{"uri": s.uri, "format": s.format, "id": s.id} for s in shards if s.id not in done]
+    todo = [
+        {"uri": s.uri, "format": s.format, "id": s.id, "version": s.version}
+        for s in shards
+        if s.id not in done
+    ]
     summary: dict[str, Any] = {
         "shards": len(shards),
         "shards_already_done": len(shards) - len(todo),
     }
     if again:
         summary["shards_retried"] = len(again)
-    return Work(todo, [], None, summary)
+    if changed:
+        summary["shards_changed"] = len(changed)
+    work = Work(todo, [], None, summary)
+    work.superseded = [p for p in parts if shard_of(p, sig) in changed]
+    return work
 
 
 def all_parquet(shards: list[Shard]) -> bool:
@@ -412,29 +443,31 @@ def _run_locked(
     if config.resume:
         refuse_foreign(config, table, sig)
         check_settings(config, table, parts, signature)
-    # one footer read per part: damaged parts are moved aside (their rows are scored again)
+    # every part read whole: damaged parts are moved aside (their rows are scored again)
     if len(parts) > DRIVER_SCAN_MAX_PARTS:
         start_ray(config)  # many parts are scanned by Ray tasks
-    retry, damaged, scanned = scan_parts(
-        table.fs, parts, config.retry_errors, table.uri, table.storage_options
-    )
-    schemas = Schemas(scanned)
-    for part, why in damaged.items():
+    scan = scan_parts(table.fs, parts, config.retry_errors, table.uri, table.storage_options)
+    schemas = Schemas(scan.schemas)
+    for part, why in scan.damaged.items():
         table.quarantine(part, why)
-    parts = [p for p in parts if p not in damaged]
-    work = kind.plan(config, table, sig, parts, retry)
-    if damaged:
-        work.summary["parts_quarantined"] = len(damaged)
+    parts = [p for p in parts if p not in scan.damaged]
+    work = kind.plan(config, table, sig, parts, scan)
+    if scan.damaged:
+        work.summary["parts_quarantined"] = len(scan.damaged)
     if work.source:
         kind.prepare(config)
     if not config.resume:
         target.fs.makedirs(target.root, exist_ok=True)
     written: list[dict[str, Any]] = []
     files = 0
-    settle = target.path(PENDING)
+    # passes a kill may leave owed: marked before the first part, cleared once done
+    settle, supersede = target.path(PENDING), target.path(SUPERSEDE_PENDING)
     dedupe = work.shard_ids is not None and (bool(work.source) or target.fs.exists(settle))
     if dedupe and work.source:
-        target.fs.pipe(settle, b"")  # before the first part: a kill leaves the repeats pass owed
+        target.fs.pipe(settle, b"")
+    replacing = (work.replacing and bool(work.source)) or target.fs.exists(supersede)
+    if replacing and work.source:
+        target.fs.pipe(supersede, b"")
     if work.source:
         start_ray(config)
         resume = kind.resume_filter(config, table, work)
@@ -443,6 +476,10 @@ def _run_locked(
             ds, config, target, lock, work.total, started, progress, progress_every_s, schemas
         )
     lock.check()
+    superseded = [p for p in work.superseded if p not in schemas.fresh]
+    for part in superseded:  # a changed shard's fragments its new version no longer has
+        lock.check()
+        target.fs.rm(part)
     if dedupe:
         mine = [p for p in target.parts() if shard_of(p, sig)]
         before = {p.rsplit("/", 1)[-1] for p in parts}
@@ -456,6 +493,17 @@ def _run_locked(
             fence=lock.fence,
         )
         target.fs.rm(settle)
+    if replacing:
+        replaced = drop_superseded(
+            target.uri,
+            schemas.fresh,
+            target.storage_options,
+            lambda: start_ray(config),
+            fence=lock.fence,
+        )
+        if replaced.rows:
+            work.summary["rows_replaced"] = replaced.rows
+        target.fs.rm(supersede)
     lock.check()
     _, conformed = conform_parts(target.fs, _final_schemas(target, schemas), lock.fence)
     if conformed:

@@ -34,6 +34,7 @@ from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
 from vqpipe.schema import (
     BYTES,
     CARRIED_PREFIX,
+    CONTENT_VERSION,
     ERROR,
     ERROR_KIND,
     MEDIA_TYPE,
@@ -77,6 +78,8 @@ class Shard:
     uri: str
     format: str
     id: str
+    version: str | None = None
+    """The shard's content version (from the listing); written with each of its rows."""
 
 
 def signature_hash(signature: dict[str, Any]) -> str:
@@ -118,19 +121,27 @@ def _fragments(tables: Iterator[pa.Table], shard: Shard, final: bool = True) -> 
     try:
         for table in tables:
             if previous is not None:
-                yield _tag(previous, f"{shard.id}-{seq:05d}")
+                yield _tag(_versioned(previous, shard.version), f"{shard.id}-{seq:05d}")
                 seq += 1
             previous = table
             rows += len(table)
     except Exception as exc:
         if previous is not None:
-            yield _tag(previous, f"{shard.id}-{seq:05d}")
+            yield _tag(_versioned(previous, shard.version), f"{shard.id}-{seq:05d}")
             seq += 1
         message = f"read: shard {shard.uri} after {rows} rows: {type(exc).__name__}: {exc}"
         previous = _error_table(shard, rows, message, is_transient(exc))
     if previous is None:
         previous = _error_table(shard, 0, "read: the shard holds no samples")
-    yield _tag(previous, f"{shard.id}-{seq:05d}" + ("-last" if final else ""))
+    last = f"{shard.id}-{seq:05d}" + ("-last" if final else "")
+    yield _tag(_versioned(previous, shard.version), last)
+
+
+def _versioned(table: pa.Table, version: str | None) -> pa.Table:
+    """``table`` with the ``content_version`` of what its rows were read from."""
+    if CONTENT_VERSION in table.column_names:
+        return table
+    return table.append_column(CONTENT_VERSION, pa.array([version] * len(table), pa.string()))
 
 
 def _tag(table: pa.Table, part: str) -> pa.Table:
@@ -393,8 +404,30 @@ def _local_find(path: str, unreadable: list[OSError]) -> dict[str, dict[str, Any
 
 
 _LISTED = pa.schema(
-    [(URI, pa.string()), (MEDIA_TYPE, pa.string()), (BYTES, pa.int64()), (ERROR, pa.string())]
+    [
+        (URI, pa.string()),
+        (MEDIA_TYPE, pa.string()),
+        (BYTES, pa.int64()),
+        (ERROR, pa.string()),
+        (CONTENT_VERSION, pa.string()),
+    ]
 )
+
+
+def _undone(rows: list[dict[str, Any]], done: Any) -> list[dict[str, Any]]:
+    """Listed rows not in the table yet: a URI the table holds is done unless its version
+    differs from the listed one (a file replaced in place: scored again; the job then drops
+    its earlier row). ``done``: URI → version (None: unknown, a table of an earlier version)."""
+    keep = []
+    for row in rows:
+        uri = row[URI]
+        if uri not in done:
+            keep.append(row)
+            continue
+        before, now = done[uri], row.get(CONTENT_VERSION)
+        if before is not None and now is not None and before != now:
+            keep.append(row)
+    return keep
 
 
 def listing_tables(
@@ -408,6 +441,7 @@ def listing_tables(
 
     fs, root = url_to_fs(options["spec"], storage_options)
     root = root.rstrip("/")
+    fs.invalidate_cache()  # a listing cached by an earlier job of this process is stale
     unreadable: list[OSError] = []
     if options.get("top"):
         found = {e["name"]: e for e in fs.ls(root, detail=True) if e.get("type") != "directory"}
@@ -419,7 +453,14 @@ def listing_tables(
         else:
             found = fs.find(path, withdirs=False, detail=True)
     rows = listed_rows(
-        fs, root, options["spec"], found, options["include"], options["exclude"], options["since"]
+        fs,
+        root,
+        options["spec"],
+        found,
+        options["include"],
+        options["exclude"],
+        options["since"],
+        versions=True,
     )
     for row in rows:
         row[ERROR] = None
@@ -427,12 +468,9 @@ def listing_tables(
         where = printable_uri(join_uri(fs, str(getattr(exc, "filename", "") or path), uri))[0]
         message = f"read: cannot list directory {where}: {type(exc).__name__}: {exc}"
         rows.append({URI: where, MEDIA_TYPE: None, BYTES: None, ERROR: message})
-    output, done = options["output"].rstrip("/"), options.get("done") or frozenset()
-    rows = [
-        r
-        for r in rows
-        if r[URI] not in done and r[URI] != output and not r[URI].startswith(output + "/")
-    ]
+    output = options["output"].rstrip("/")
+    rows = [r for r in rows if r[URI] != output and not r[URI].startswith(output + "/")]
+    rows = _undone(rows, options.get("done") or {})
     step = options["rows"]
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
@@ -475,7 +513,8 @@ def read_shards(
     for i, (uri, fmt, sid) in enumerate(
         zip(batch["uri"], batch["format"], batch["id"], strict=True)
     ):
-        shard = Shard(str(uri), str(fmt), str(sid))
+        version = batch["version"][i] if "version" in batch else None
+        shard = Shard(str(uri), str(fmt), str(sid), None if version is None else str(version))
         if shard.format == LISTING:  # fragments already named; a listing error is one row
             try:
                 top = {**options, "top": shard.id.startswith("top-")}

@@ -29,7 +29,21 @@ TEMPORARY_PREFIX = ".vqpipe-tmp-"
 DEDUPE_PENDING = "_dedupe_pending"
 """A manifest job's repeats across shards are still to be removed (see
 :mod:`vqpipe.storage.repeats`)."""
-NAMES = frozenset({JOB_RECORD, LOCK, STAGING, QUARANTINE, COMMITTED, WRITE_PROBE, DEDUPE_PENDING})
+SUPERSEDE_PENDING = "_supersede_pending"
+"""A run that may have scored files again (replaced in place) still owes the pass that drops
+their earlier rows (see :func:`vqpipe.storage.repeats.drop_superseded`)."""
+NAMES = frozenset(
+    {
+        JOB_RECORD,
+        LOCK,
+        STAGING,
+        QUARANTINE,
+        COMMITTED,
+        WRITE_PROBE,
+        DEDUPE_PENDING,
+        SUPERSEDE_PENDING,
+    }
+)
 _FILES = re.compile(
     r"^(part-[0-9a-f]{8}-.+\.parquet|_piece\.part-[0-9a-f]{8}-.+"
     r"|\.tmp-.+\.parquet|\.vqpipe-tmp-[0-9a-f]{32})$"

@@ -205,16 +205,59 @@ def drop_repeats(
     (paths in ``output``'s store; ``before``: the names of those there before this run);
     returns what went (see the module docstring). ``start_ray``: called before the pass
     needs Ray (a large output); ``fence``: checked before each part is rewritten."""
+    ordered = part_order(parts, shard_ids, before)
+    return _drop_later(output, ordered, before, storage_options, start_ray, partitions, fence)
+
+
+def drop_superseded(
+    output: str,
+    fresh: set[str],
+    storage_options: dict[str, Any] | None = None,
+    start_ray: Any = None,
+    partitions: int = 16,
+    fence: Any = None,
+) -> Removed:
+    """A listing's files scored again (replaced in place since their rows were written) have
+    two rows: keep the newest and drop the earlier ones. The newest is in a part written by
+    this run (``fresh``), else in the part written last (by modification time). Returns what
+    went; the same pass as :func:`drop_repeats`, in another order."""
+    from vqpipe.io.fs import url_to_fs
+    from vqpipe.storage.parts import is_whole
+
+    fs, root = url_to_fs(output, storage_options)
+    listing = [e for e in fs.ls(root.rstrip("/"), detail=True) if is_whole(e["name"])]
+
+    def written_at(entry: dict[str, Any]) -> float:
+        when = entry.get("mtime") or entry.get("LastModified") or entry.get("updated") or 0
+        return float(when.timestamp() if hasattr(when, "timestamp") else when)
+
+    ordered = [
+        e["name"]
+        for e in sorted(listing, key=lambda e: (e["name"] not in fresh, -written_at(e), e["name"]))
+    ]
+    old = {p.rsplit("/", 1)[-1] for p in ordered if p not in fresh}
+    return _drop_later(output, ordered, old, storage_options, start_ray, partitions, fence)
+
+
+def _drop_later(
+    output: str,
+    ordered: list[str],
+    before: set[str],
+    storage_options: dict[str, Any] | None,
+    start_ray: Any,
+    partitions: int,
+    fence: Any,
+) -> Removed:
+    """Keep each URI's first occurrence in ``ordered`` parts, drop the others."""
     import pyarrow.parquet as pq
 
     from vqpipe.io.fs import join_uri, url_to_fs
 
-    if len(parts) < 2:
+    if len(ordered) < 2:
         return Removed()
     fs, _ = url_to_fs(output, storage_options)
-    ordered = part_order(parts, shard_ids, before)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        rows = sum(pool.map(lambda p: pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows, parts))
+        rows = sum(pool.map(lambda p: pq.ParquetFile(fs.open(p, "rb")).metadata.num_rows, ordered))
     if rows <= DRIVER_MAX_ROWS:
         return _removed(ordered, _driver_pass(fs, ordered, fence), before)
     if start_ray is not None:

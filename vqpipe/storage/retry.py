@@ -19,6 +19,8 @@ tasks, never row by row on the driver.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vqpipe.schema import ERROR, ERROR_KIND, TRANSIENT
+from vqpipe.schema import CONTENT_VERSION, ERROR, ERROR_KIND, TRANSIENT
 from vqpipe.storage.damaged import open_part, read_part
 from vqpipe.storage.parts import write_part
 from vqpipe.storage.schemas import decode_schema, encode_schema
@@ -59,24 +61,32 @@ def _error_free(meta: pq.FileMetaData) -> bool:
 RETRY, DAMAGED, CLEAN = "retry", "damaged", "clean"
 
 
-def scan_part(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> tuple[str, str, str]:
-    """``(RETRY | DAMAGED | CLEAN, why, schema)`` of a committed part: whether it holds a row
-    to score again, or cannot be read whole (truncated, zero bytes, a damaged page: why says
-    what Arrow said), and its schema (:func:`~vqpipe.storage.schemas.encode_schema`; empty
-    when damaged). Every page is read and its checksum verified; only the error columns are
-    kept, and only when the statistics do not already say that ``error`` is all null."""
+def scan_part(
+    fs: fsspec.AbstractFileSystem, part: str, every_error: bool
+) -> tuple[str, str, str, str]:
+    """``(RETRY | DAMAGED | CLEAN, why, schema, versions)`` of a committed part: whether it
+    holds a row to score again, or cannot be read whole (truncated, zero bytes, a damaged
+    page: why says what Arrow said); its schema (:func:`~vqpipe.storage.schemas.encode_schema`)
+    and the distinct ``content_version`` values of its rows (JSON; empty when damaged). Every
+    page is read and its checksum verified; the error columns are kept only when the
+    statistics do not already say that ``error`` is all null."""
     meta, why = open_part(fs, part)
     if meta is None:
-        return DAMAGED, why, ""
-    columns = [] if _error_free(meta) else [ERROR, ERROR_KIND]
+        return DAMAGED, why, "", ""
+    columns = [CONTENT_VERSION] + ([] if _error_free(meta) else [ERROR, ERROR_KIND])
     table, why = read_part(fs, part, columns)
     if table is None:
-        return DAMAGED, why, ""
+        return DAMAGED, why, "", ""
     schema = encode_schema(meta.schema.to_arrow_schema())
-    if ERROR not in table.column_names:
-        return CLEAN, "", schema
-    state = RETRY if pc.any(_retryable_mask(table, every_error)).as_py() else CLEAN
-    return state, "", schema
+    versions = (
+        sorted(set(table.column(CONTENT_VERSION).to_pylist()), key=str)
+        if CONTENT_VERSION in table.column_names
+        else []
+    )
+    state = CLEAN
+    if ERROR in table.column_names and pc.any(_retryable_mask(table, every_error)).as_py():
+        state = RETRY
+    return state, "", schema, json.dumps(versions)
 
 
 def drop_retryable(fs: fsspec.AbstractFileSystem, part: str, every_error: bool) -> int:
@@ -102,7 +112,21 @@ def _scan(batch: dict[str, Any], storage_options: dict[str, Any], every_error: b
     paths = [str(p) for p in batch["part"]]
     fs = url_to_fs(paths[0], storage_options)[0] if paths else None
     found = [(p, *scan_part(fs, url_to_fs(p, storage_options)[1], every_error)) for p in paths]
-    return {key: [f[i] for f in found] for i, key in enumerate(("part", "state", "why", "schema"))}
+    keys = ("part", "state", "why", "schema", "versions")
+    return {key: [f[i] for f in found] for i, key in enumerate(keys)}
+
+
+@dataclass
+class Scan:
+    """What the resume scan found in a table's parts."""
+
+    retry: list[str] = field(default_factory=list)
+    """Parts holding rows to score again."""
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Parts that do not read whole, with why."""
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)
+    versions: dict[str, list[str | None]] = field(default_factory=dict)
+    """The distinct ``content_version`` values of each part's rows (empty: none recorded)."""
 
 
 def scan_parts(
@@ -111,9 +135,9 @@ def scan_parts(
     every_error: bool,
     output: str,
     storage_options: dict[str, Any] | None,
-) -> tuple[list[str], dict[str, str], dict[str, pa.Schema]]:
-    """The committed parts that hold rows to score again, the damaged ones (with why), and
-    every readable part's schema."""
+) -> Scan:
+    """Read every committed part whole (see :func:`scan_part`): on the driver with threads,
+    or by Ray tasks when they are many."""
     if len(parts) <= DRIVER_SCAN_MAX_PARTS:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -135,16 +159,24 @@ def scan_parts(
         )
         back = dict(zip(uris, parts, strict=True))
         states = {
-            back[str(r["part"])]: (str(r["state"]), str(r["why"]), str(r["schema"]))
+            back[str(r["part"])]: (
+                str(r["state"]),
+                str(r["why"]),
+                str(r["schema"]),
+                str(r["versions"]),
+            )
             for r in ds.iter_rows()
         }
-    retry = sorted(p for p, (state, _, _) in states.items() if state == RETRY)
-    damaged = {p: why for p, (state, why, _) in sorted(states.items()) if state == DAMAGED}
+    scan = Scan()
     decoded: dict[str, pa.Schema] = {}  # one object per distinct schema
-    schemas: dict[str, pa.Schema] = {}
-    for part, (_, _, text) in states.items():
-        if text:
-            if text not in decoded:
-                decoded[text] = decode_schema(text)
-            schemas[part] = decoded[text]
-    return retry, damaged, schemas
+    for part, (state, why, text, versions) in sorted(states.items()):
+        if state == RETRY:
+            scan.retry.append(part)
+        if state == DAMAGED:
+            scan.damaged[part] = why
+            continue
+        if text not in decoded:
+            decoded[text] = decode_schema(text)
+        scan.schemas[part] = decoded[text]
+        scan.versions[part] = json.loads(versions) if versions else []
+    return scan

@@ -25,7 +25,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
-from vqpipe.schema import URI
+from vqpipe.schema import CONTENT_VERSION, URI
 from vqpipe.storage.damaged import readable_parts, warn_damaged
 from vqpipe.storage.lock import TableLock
 from vqpipe.storage.names import (
@@ -117,6 +117,33 @@ class QualityTable:
             with self.fs.open(part, "rb") as fh:
                 done.update(pq.ParquetFile(fh).read(columns=[URI]).column(URI).to_pylist())
         return done
+
+    def uri_versions(self, parts: list[str]) -> dict[str, str | None]:
+        """URI → the ``content_version`` its row was read from (None where the part predates
+        versions), over ``parts``."""
+        done: dict[str, str | None] = {}
+        for part in parts:
+            with self.fs.open(part, "rb") as fh:
+                parquet = pq.ParquetFile(fh)
+                names = parquet.schema_arrow.names
+                columns = [c for c in (URI, CONTENT_VERSION) if c in names]
+                table = parquet.read(columns=columns)
+            uris = table.column(URI).to_pylist()
+            versions = (
+                table.column(CONTENT_VERSION).to_pylist()
+                if CONTENT_VERSION in table.column_names
+                else [None] * len(uris)
+            )
+            done.update(zip(uris, versions, strict=True))
+        return done
+
+    def all_have(self, parts: list[str], column: str) -> bool:
+        """Whether every part of ``parts`` has ``column`` (their footers say)."""
+        for part in parts:
+            with self.fs.open(part, "rb") as fh:
+                if column not in pq.read_schema(fh).names:
+                    return False
+        return True
 
     def rows(self, parts: list[str]) -> int:
         """Rows of ``parts``, from their footers."""
