@@ -362,17 +362,9 @@ class CompareJob(JobKind):
     ) -> runner.Work:
         return runner.plan_sharded(table, plan_pair_shards(config), sig, parts, scan)
 
-    def build(
-        self,
-        config: JobConfig,
-        work: runner.Work,
-        signature: dict[str, Any],
-        sig: str,
-        target: QualityTable,
-        fence: Any,
-        **resume: Any,
-    ) -> Any:
-        return build_compare_dataset(config, work.source, signature, sig, target.uri, fence)
+    def build(self, run: runner.Build) -> Any:
+        sources = (run.config, run.work.source, run.signature, run.sig, run.target.uri)
+        return build_compare_dataset(*sources, run.fence)
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
         spec = config.scorers[0]

@@ -25,7 +25,7 @@ from vqpipe.io.fs import join_uri, url_to_fs
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
-from vqpipe.pipeline.runner import SETTINGS, JobKind, Work
+from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     LISTING,
@@ -391,17 +391,9 @@ class ScoreJob(JobKind):
         done, done_set, partitions = _resume_filter(config, work)
         return {"done": done, "done_set": done_set, "join_partitions": partitions}
 
-    def build(
-        self,
-        config: JobConfig,
-        work: Work,
-        signature: dict[str, Any],
-        sig: str,
-        target: QualityTable,
-        fence: Any,
-        **resume: Any,
-    ) -> Any:
-        return build_dataset(config, work.source, signature, sig, target.uri, fence=fence, **resume)
+    def build(self, run: Build) -> Any:
+        sources = (run.config, run.work.source, run.signature, run.sig, run.target.uri)
+        return build_dataset(*sources, fence=run.fence, **run.resume)
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
         return {s.column: scorer_facts(s) for s in config.scorers}

@@ -71,6 +71,22 @@ class Work:
     over written parts): their earlier rows are dropped after it."""
 
 
+@dataclass
+class Build:
+    """What :meth:`JobKind.build` builds a run's graph from."""
+
+    config: JobConfig
+    work: Work
+    signature: dict[str, Any]
+    sig: str
+    target: QualityTable
+    """Where the parts go: the table, or its staging folder (``--no-resume``)."""
+    fence: Any
+    """Checked by the writers before each commit (:class:`vqpipe.storage.Fence`)."""
+    resume: dict[str, Any] = field(default_factory=dict)
+    """What :meth:`JobKind.resume_filter` gave (listings)."""
+
+
 class JobKind:
     """What a kind of job brings to :func:`run`."""
 
@@ -100,19 +116,10 @@ class JobKind:
         """Checks run only when there is work (they may load model code)."""
 
     def resume_filter(self, config: JobConfig, table: QualityTable, work: Work) -> dict[str, Any]:
-        """Keyword arguments of :meth:`build` that drop rows already written (listings)."""
+        """What :meth:`build` needs to drop rows already written (listings)."""
         return {}
 
-    def build(
-        self,
-        config: JobConfig,
-        work: Work,
-        signature: dict[str, Any],
-        sig: str,
-        target: QualityTable,
-        fence: Any,
-        **resume: Any,
-    ) -> Any:
+    def build(self, run: Build) -> Any:
         """The Ray Data graph, ending in one summary row per written part or piece."""
         raise NotImplementedError
 
@@ -471,7 +478,7 @@ def _run_locked(
     if work.source:
         start_ray(config)
         resume = kind.resume_filter(config, table, work)
-        ds = kind.build(config, work, signature, sig, target, lock.fence, **resume)
+        ds = kind.build(Build(config, work, signature, sig, target, lock.fence, resume))
         written, files = execute(
             ds, config, target, lock, work.total, started, progress, progress_every_s, schemas
         )

@@ -89,16 +89,20 @@ class QualityTable:
 
     # ------------------------------------------------------------------ parts
     def parts(self, pieces: bool = False) -> list[str]:
-        """The whole parts (store paths, sorted): the table. ``pieces``: their pieces too
-        (fragments of a running or killed job still to be merged; never read as the table)."""
+        """The whole parts (store paths, sorted): the table — every ``part-*.parquet`` at the
+        top of the folder (``*.staged`` in a staging folder), ours or written by another tool.
+        ``pieces``: the pieces of parts being written too (never read as the table)."""
         try:
             names = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return []
         found = []
         for path in names:
-            info = parse_part(path)
-            if info is not None and (pieces or info["rows"] is None):
+            name = path.rsplit("/", 1)[-1]
+            info = parse_part(name)
+            piece = info is not None and info["rows"] is not None
+            whole = name.startswith("part-") and name.endswith((".parquet", STAGED_SUFFIX))
+            if (whole and not piece) or (piece and pieces):
                 found.append(path)
         return sorted(found)
 
