@@ -84,22 +84,27 @@ def _stale_record(owner: str = "dead") -> bytes:
     return json.dumps({"owner": owner, "host": "elsewhere", "pid": 1, "heartbeat": 0}).encode()
 
 
-def test_a_lost_lock_fences_every_commit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_lost_lock_fences_every_commit(tmp_path, monkeypatch, request, store):
     import pyarrow as pa
 
     from vqpipe.storage import LostLockError
     from vqpipe.storage import lock as lock_module
     from vqpipe.storage.parts import write_part
 
-    out = tmp_path / "out"
-    out.mkdir()
-    table = QualityTable(str(out))
+    if store == "s3":
+        options = request.getfixturevalue("s3_server")
+        bucket, _ = request.getfixturevalue("s3_bucket")
+        table = QualityTable(f"s3://{bucket}/out", options)
+    else:
+        (tmp_path / "out").mkdir()
+        table = QualityTable(str(tmp_path / "out"))
     monkeypatch.setattr(lock_module, "STALE_S", 0.5)
     monkeypatch.setenv("VQPIPE_LOCK_HOST", "host-a")
     first = table.lock().__enter__()
     write_part(
         table.fs,
-        str(out / "part-0000000a-x-00000-last.parquet"),
+        table.path("part-0000000a-x-00000-last.parquet"),
         pa.table({"uri": ["a"]}),
         first.fence,
     )
@@ -112,19 +117,23 @@ def test_a_lost_lock_fences_every_commit(tmp_path, monkeypatch):
         with pytest.raises(LostLockError):
             write_part(
                 table.fs,
-                str(out / "part-0000000a-y-00000-last.parquet"),
+                table.path("part-0000000a-y-00000-last.parquet"),
                 pa.table({"uri": ["b"]}),
                 first.fence,
             )
-        assert sorted(p.name for p in out.iterdir()) == [
-            "_lock",
-            "part-0000000a-x-00000-last.parquet",
+        assert [p.rsplit("/", 1)[-1] for p in table.parts()] == [
+            "part-0000000a-x-00000-last.parquet"
         ]
+        if store == "local":  # no temporary file left either
+            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+                "_lock",
+                "part-0000000a-x-00000-last.parquet",
+            ]
         with pytest.raises(LostLockError):
             first.check()
         first.__exit__(None, None, None)  # the loser leaves the winner's lock alone
         assert second.held()
-    assert not (out / "_lock").exists()
+    assert lock_module.holder(table.fs, table.path("_lock"))[1] is None
 
 
 def test_a_live_process_on_this_host_keeps_its_lock_however_old_its_lease(tmp_path):
@@ -585,3 +594,30 @@ def test_an_object_replaced_in_place_on_s3_is_scored_again(ray_local, s3_server,
     assert len(table) == 3 and table.index.is_unique
     assert table.loc[f"s3://{bucket}/img/001.png", "width"] == 50
     assert table["content_version"].str.startswith("etag:").all()
+
+
+def test_night_two_on_s3_keeps_one_schema(ray_local, s3_server, s3_bucket):
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    bucket, fs = s3_bucket
+    source = _s3_images(fs, bucket, 6)
+    uris = [f"{source}{i:03d}.png" for i in range(6)]
+    with fs.open(f"{bucket}/manifests/night1.parquet", "wb") as fh:
+        pq.write_table(pa.table({"uri": uris[:3], "n": [1, 2, 3]}), fh)
+    out = f"s3://{bucket}/out"
+    argv = ["score", f"s3://{bucket}/manifests/", "--out", out, "--scorer", "brightness"]
+    argv += ["--storage-options", json.dumps(s3_server)]
+    assert main(argv) == 0
+    with fs.open(f"{bucket}/manifests/night2.parquet", "wb") as fh:
+        pq.write_table(pa.table({"uri": uris[3:], "n": ["x", None, "7"]}), fh)
+    assert main(argv) == 0
+    parts = QualityTable(out, s3_server).parts()
+    schemas = set()
+    for part in parts:
+        with fs.open(part, "rb") as fh:
+            schemas.add(pq.read_schema(fh).remove_metadata())
+    assert len(parts) == 2 and len(schemas) == 1 and schemas.pop().field("n").type == pa.string()
+    data = pads.dataset(f"{bucket}/out", filesystem=fs, format="parquet").to_table()
+    assert sorted(data["uri"].to_pylist()) == sorted(uris)

@@ -393,7 +393,7 @@ class ApplyJob:
         self.record = load_calibration(calibration, storage_options)
         self.source = TableSource(table, storage_options)
         self.present = check_columns(self.record, self.source.columns, table)
-        self.fs, self.path = output_target(out, storage_options, table)
+        self.target = output_target(out, storage_options, table)
         self.out = out
 
     def run(self) -> dict[str, Any]:
@@ -402,6 +402,6 @@ class ApplyJob:
         ds = self.source.dataset().map_batches(
             calibrate_table, fn_args=(self.record,), batch_format="pyarrow"
         )
-        write_dataset(ds, self.fs, self.path)
+        write_dataset(ds, self.target)
         outputs = [self.record["columns"][c]["output"] for c in self.present]
-        return {"rows": count_rows(self.fs, self.path), "columns": outputs, "out": self.out}
+        return {"rows": count_rows(self.target), "columns": outputs, "out": self.out}

@@ -149,7 +149,7 @@ class FuseJob:
             raise UserError(
                 f"the calibration maps one column ({self.columns[0]}): an ensemble needs two"
             )
-        self.fs, self.path = output_target(out, storage_options, table)
+        self.target = output_target(out, storage_options, table)
         self.out, self.table, self.mos = out, table, mos
         if mos is None:
             equal = 1.0 / len(self.columns)
@@ -163,8 +163,8 @@ class FuseJob:
         ds = self.source.dataset().map_batches(
             fuse_table, fn_args=(self.calibration, self.fit["weights"]), batch_format="pyarrow"
         )
-        write_dataset(ds, self.fs, self.path)
+        write_dataset(ds, self.target)
         record = {"source": self.table, "mos": self.mos, **self.fit}
-        record["rows"] = count_rows(self.fs, self.path)
-        write_record(self.fs, self.path, FUSE_RECORD, record)
+        record["rows"] = count_rows(self.target)
+        write_record(self.target, FUSE_RECORD, record)
         return {**record, "out": self.out}

@@ -211,7 +211,7 @@ class PairsJob:
             raise UserError(f"--score {options.score!r} is not numeric ({kind})")
         if {options.group, options.score, URI} & set(options.carry):
             raise UserError("--carry: the group, score and uri columns are in every pair already")
-        self.fs, self.path = output_target(out, storage_options, table)
+        self.target = output_target(out, storage_options, table)
 
     def run(self) -> dict[str, Any]:
         """Write the pairs (a Parquet dataset with ``_pairs.json``); returns the counts."""
@@ -236,8 +236,8 @@ class PairsJob:
             )
             .map_groups(group_pairs, fn_args=(options, schema), batch_format="pyarrow")
         )
-        write_dataset(pairs, self.fs, self.path)
-        counts["pairs"] = count_rows(self.fs, self.path)
+        write_dataset(pairs, self.target)
+        counts["pairs"] = count_rows(self.target)
         record = {"source": self.table, "options": vars(options), "counts": counts}
-        write_record(self.fs, self.path, PAIRS_RECORD, record)
+        write_record(self.target, PAIRS_RECORD, record)
         return {**counts, "out": self.out}

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from vqpipe.errors import UserError
-from vqpipe.io.fs import url_to_fs
 from vqpipe.pipeline.filtering import table_parts, table_schema
+from vqpipe.storage import QualityTable
+from vqpipe.storage.names import STAGED_SUFFIX
 
 
 class TableSource:
@@ -49,30 +50,29 @@ class TableSource:
         return ds if columns is None else ds.select_columns(columns)
 
 
-def output_target(out: str, storage_options: dict[str, Any] | None, source: str) -> Any:
-    """The filesystem and path of an output dataset directory; refuses the input itself."""
-    fs, path = url_to_fs(out, storage_options)
-    _, src = url_to_fs(source, storage_options)
-    if path.rstrip("/") == src.rstrip("/"):
+def output_target(out: str, storage_options: dict[str, Any] | None, source: str) -> QualityTable:
+    """The output table (a folder); refuses the input itself and a file."""
+    target = QualityTable(out, storage_options)
+    if target.root == QualityTable(source, storage_options).root:
         raise UserError(f"--out {out} is the input table: write to a new directory")
     try:
-        if fs.isfile(path.rstrip("/")):
+        if target.fs.isfile(target.root):
             raise UserError(f"--out {out} is a file: give a directory for the Parquet dataset")
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"cannot write {out}: {type(exc).__name__}: {exc}") from None
-    return fs, path.rstrip("/")
+    return target
 
 
-def _part_names() -> Any:
+def _part_names(suffix: str) -> Any:
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
-        """``part-<write id>-<task>.parquet``: the names quality-table readers list."""
+        """``part-<write id>-<task><suffix>``: the names quality-table readers list."""
 
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{write_uuid}-{task_index:06}.parquet"
+            return f"part-{write_uuid}-{task_index:06}{suffix}"
 
         def get_filename_for_block(
             self, block: Any, write_uuid: str, task_index: int, block_index: int
@@ -82,28 +82,37 @@ def _part_names() -> Any:
     return PartNames()
 
 
-def write_dataset(ds: Any, fs: Any, path: str) -> None:
-    """Write ``ds`` as the Parquet dataset directory ``path``, replacing what was there (an
-    empty dataset leaves an empty directory)."""
-    ds.write_parquet(path, filesystem=fs, filename_provider=_part_names(), mode="overwrite")
-    fs.makedirs(path, exist_ok=True)
+def write_dataset(ds: Any, table: QualityTable) -> None:
+    """Write ``ds`` as ``table``, replacing what it held only once the new one is complete:
+    under the table's lock, Ray Data writes the staging folder (``*.staged``: no reader picks
+    them up), which is then swapped in (:meth:`QualityTable.finish_replacement`). A run killed
+    half-way leaves the old table; an empty dataset leaves an empty table."""
+    table.create()
+    with table.lock() as lock:
+        table.finish_replacement()  # what a killed run left: finished or dropped
+        staging = table.staging()
+        staging.fs.makedirs(staging.root, exist_ok=True)
+        ds.write_parquet(
+            staging.root,
+            filesystem=staging.fs,
+            filename_provider=_part_names(STAGED_SUFFIX),
+            mode="overwrite",
+        )
+        staging.fs.makedirs(staging.root, exist_ok=True)
+        lock.check()
+        staging.mark_complete("")
+        table.finish_replacement()
 
 
-def write_record(fs: Any, path: str, name: str, record: dict[str, Any]) -> None:
-    """``record`` as JSON in ``path/name``, beside the parts (options, sources, counts)."""
-    fs.pipe(f"{path}/{name}", json.dumps(record, indent=2, default=str).encode())
+def write_record(table: QualityTable, name: str, record: dict[str, Any]) -> None:
+    """``record`` as JSON in the table's folder (``name``: an ``_``-prefixed file, beside the
+    parts: options, sources, counts)."""
+    table.fs.pipe(table.path(name), json.dumps(record, indent=2, default=str).encode())
 
 
-def count_rows(fs: Any, path: str) -> int:
-    """Rows of a written dataset, from the Parquet footers."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for part in fs.ls(path, detail=False):
-        if part.rsplit("/", 1)[-1].startswith("part-") and part.endswith(".parquet"):
-            with fs.open(part, "rb") as fh:
-                total += pq.ParquetFile(fh).metadata.num_rows
-    return total
+def count_rows(table: QualityTable) -> int:
+    """Rows of a written table, from the Parquet footers."""
+    return table.rows(table.parts())
 
 
 def ensure_ray(address: str | None = None) -> bool:

@@ -196,7 +196,8 @@ class QualityTable:
         return QualityTable(self.uri_of(self.path(STAGING)), self.storage_options)
 
     def mark_complete(self, sig: str) -> None:
-        """Mark a staged table complete: the next swap puts it in place of the parts."""
+        """Mark a staged table complete: the next swap puts its parts of signature ``sig``
+        (all of them when empty) in place of the table's."""
         self.fs.pipe(self.path(COMMITTED), sig.encode())
 
     def finish_replacement(self) -> None:
@@ -212,8 +213,8 @@ class QualityTable:
             return
         # The marker names the committed run's signature: parts of any other run that reached
         # the staging folder (a killed run's late writes) are dropped, never swapped in.
-        sig = self.fs.cat_file(marker).decode().strip()
-        staged = [p for p in staging.parts() if (parse_part(p) or {}).get("sig") == sig]
+        sig = self.fs.cat_file(marker).decode().strip()  # empty: a table of another writer
+        staged = [p for p in staging.parts() if not sig or (parse_part(p) or {}).get("sig") == sig]
         names = {p: self._committed_name(p) for p in staged}
         for part in self.parts(pieces=True):
             if part.rsplit("/", 1)[-1] not in set(names.values()):
