@@ -50,3 +50,27 @@ def test_ruff_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         result = subprocess.run(["ruff", *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_storage_layer_imports_nothing_of_the_pipeline_or_the_commands():
+    """vqpipe.storage sits under everything that reads or writes a quality table: it may use
+    the filesystem helpers, the column names and the error classes, nothing above them
+    (function-level imports included)."""
+    import ast
+
+    allowed = ("vqpipe.storage", "vqpipe.io.fs", "vqpipe.schema", "vqpipe.errors")
+    found = []
+    for path in sorted((ROOT / "vqpipe" / "storage").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            found += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith("vqpipe") and not n.startswith(allowed)
+            ]
+    assert found == []
