@@ -225,6 +225,7 @@ def drop_superseded(
     from vqpipe.storage.parts import is_whole
 
     fs, root = url_to_fs(output, storage_options)
+    fs.invalidate_cache(root.rstrip("/"))  # the parts Ray workers wrote since the last listing
     listing = [e for e in fs.ls(root.rstrip("/"), detail=True) if is_whole(e["name"])]
 
     def written_at(entry: dict[str, Any]) -> float:

@@ -72,6 +72,7 @@ class QualityTable:
         return is_local(self.fs)
 
     def exists(self) -> bool:
+        self.fs.invalidate_cache(self.root)
         return bool(self.fs.exists(self.root))
 
     def create(self) -> None:
@@ -92,6 +93,7 @@ class QualityTable:
         """The whole parts (store paths, sorted): the table — every ``part-*.parquet`` at the
         top of the folder (``*.staged`` in a staging folder), ours or written by another tool.
         ``pieces``: the pieces of parts being written too (never read as the table)."""
+        self.fs.invalidate_cache(self.root)  # Ray workers wrote parts since the last listing
         try:
             names = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
