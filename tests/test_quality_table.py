@@ -621,3 +621,17 @@ def test_night_two_on_s3_keeps_one_schema(ray_local, s3_server, s3_bucket):
     assert len(parts) == 2 and len(schemas) == 1 and schemas.pop().field("n").type == pa.string()
     data = pads.dataset(f"{bucket}/out", filesystem=fs, format="parquet").to_table()
     assert sorted(data["uri"].to_pylist()) == sorted(uris)
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    """A killed job's PID reused by an unrelated process: its start time differs."""
+    import os
+
+    from vqpipe.storage.lock import _host
+
+    out = tmp_path / "out"
+    (out / "_lock").mkdir(parents=True)
+    record = {"owner": "gone", **_host(), "pid": os.getpid(), "started": "1", "heartbeat": 0}
+    (out / "_lock" / "000000000003.json").write_text(json.dumps(record))
+    with QualityTable(str(out)).lock() as lock:
+        assert lock.generation == 4

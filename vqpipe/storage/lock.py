@@ -8,13 +8,13 @@ number of jobs racing for a free or stale lock exactly one wins. The owner renew
 (rewrites its own file) every :data:`HEARTBEAT_S`.
 
 A holder is presumed gone when its lease is older than :data:`STALE_S` — except a process on
-this same host (same host name and boot id), which holds the lock for as long as it exists,
-paused or not (Ctrl-Z, SIGSTOP). A job presumed gone that comes back (a paused VM, a node cut
-off for minutes) is *fenced*: every commit first checks that its owner still holds the newest
-generation (:class:`Fence`), and one that lost it stops with :class:`LostLockError`,
-committing nothing more. On stores without a conditional create, taking the lock writes the
-file, waits :data:`SETTLE_S` and reads the owner back; two jobs racing inside that window is
-the one case it cannot rule out there.
+this same host (same host name and boot id), which holds the lock for as long as it exists
+(the same PID and process start time), paused or not (Ctrl-Z, SIGSTOP). A job presumed gone
+that comes back (a paused VM, a node cut off for minutes) is *fenced*: every commit first
+checks that its owner still holds the newest generation (:class:`Fence`), and one that lost it
+stops with :class:`LostLockError`, committing nothing more. On stores without a conditional
+create, taking the lock writes the file, waits :data:`SETTLE_S` and reads the owner back; two
+jobs racing inside that window is the one case it cannot rule out there.
 """
 
 from __future__ import annotations
@@ -67,14 +67,25 @@ def _on_this_host(held: dict[str, Any]) -> bool:
     return held.get("host") == me["host"] and held.get("boot", "") == me["boot"]
 
 
-def _process_exists(pid: int) -> bool:
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell a holder from
+    a later process that got its PID; None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_exists(pid: int, started: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
-    return True
+        pass
+    now = _started(pid)
+    return started is None or now is None or now == started
 
 
 def alive(held: dict[str, Any], now: float | None = None) -> bool:
@@ -84,7 +95,7 @@ def alive(held: dict[str, Any], now: float | None = None) -> bool:
     if not held or held.get("released"):
         return False
     if _on_this_host(held) and isinstance(held.get("pid"), int):
-        return _process_exists(held["pid"])
+        return _process_exists(held["pid"], held.get("started"))
     return (now or time.time()) - float(held.get("heartbeat", 0)) < STALE_S
 
 
@@ -208,6 +219,7 @@ class TableLock:
                 "generation": self.generation,
                 **_host(),
                 "pid": os.getpid(),
+                "started": _started(os.getpid()),
                 "since": _stamp(self.since),
                 "heartbeat": time.time(),
             }
