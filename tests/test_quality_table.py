@@ -440,10 +440,15 @@ def test_a_resume_with_other_frame_settings_is_refused_naming_the_option(
 
 # ---------------------------------------------------------------------------- one schema
 def _one_schema(out) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     schemas = {pq.read_schema(p).remove_metadata() for p in out.glob("part-*.parquet")}
     assert len(schemas) == 1, schemas
+    schema = schemas.pop()  # our own columns keep their types through every pass
+    assert schema.field("brightness_score").type == pa.float32()
+    assert pa.types.is_list(schema.field("brightness_probs").type)
+    assert schema.field("width").type == pa.int64()
 
 
 @pytest.mark.slow
@@ -635,3 +640,29 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path)
     (out / "_lock" / "000000000003.json").write_text(json.dumps(record))
     with QualityTable(str(out)).lock() as lock:
         assert lock.generation == 4
+
+
+def test_many_parts_to_conform_are_rewritten_by_ray_tasks(ray_local, tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vqpipe.storage import schemas as schemas_module
+
+    images, manifests, out = tmp_path / "img", tmp_path / "manifests", tmp_path / "out"
+    images.mkdir()
+    manifests.mkdir()
+    uris = []
+    for i in range(6):
+        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+        uris.append(str(images / f"{i}.png"))
+    pq.write_table(pa.table({"uri": uris[:4], "n": [1, 2, 3, 4]}), manifests / "a.parquet")
+    argv = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
+    assert main([*argv, "--rows-per-file", "1"]) == 0
+    pq.write_table(pa.table({"uri": uris[4:], "n": ["x", "y"]}), manifests / "b.parquet")
+    monkeypatch.setattr(schemas_module, "DRIVER_MAX_REWRITES", 1)
+    capsys.readouterr()
+    assert main([*argv, "--rows-per-file", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["parts_conformed"] == 4  # night 1's parts
+    _one_schema(out)
+    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("n").type == pa.string()
+    assert len(read_quality_table(str(out))) == 6

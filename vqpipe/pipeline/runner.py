@@ -512,7 +512,14 @@ def _run_locked(
             work.summary["rows_replaced"] = replaced.rows
         target.fs.rm(supersede)
     lock.check()
-    _, conformed = conform_parts(target.fs, _final_schemas(target, schemas), lock.fence)
+    _, conformed = conform_parts(
+        target.fs,
+        _final_schemas(target, schemas),
+        lock.fence,
+        target.uri_of,
+        target.storage_options,
+        lambda: start_ray(config),
+    )
     if conformed:
         work.summary["parts_conformed"] = conformed
     if not config.resume:

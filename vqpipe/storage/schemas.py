@@ -28,9 +28,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def canonical_type(t: pa.DataType) -> pa.DataType:
+    """``t`` as a Parquet round trip leaves it comparable: list items named ``item`` (Parquet
+    names them ``element``, Arrow ``item``: the same column), nested fields nullable."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        value = canonical_type(t.value_type)
+        return pa.list_(value) if pa.types.is_list(t) else pa.large_list(value)
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(canonical_type(t.value_type), t.list_size)
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, canonical_type(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(canonical_type(t.key_type), canonical_type(t.item_type))
+    return t
+
+
+def canonical(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without metadata, every field nullable and of its canonical type."""
+    return pa.schema([pa.field(f.name, canonical_type(f.type)) for f in schema])
+
+
 def encode_schema(schema: pa.Schema) -> str:
-    """A schema (without metadata) as text, to travel in summary rows."""
-    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+    """A schema (:func:`canonical`) as text, to travel in summary rows."""
+    return base64.b64encode(canonical(schema).serialize().to_pybytes()).decode()
 
 
 def decode_schema(text: str) -> pa.Schema:
@@ -54,11 +74,12 @@ def widen(types: Iterable[pa.DataType]) -> pa.DataType:
 
 
 def unified_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
-    """The table's schema over its parts' ``schemas`` (in part order)."""
+    """The table's schema over its parts' ``schemas`` (in part order; types compared as
+    :func:`canonical_type`)."""
     order: dict[str, list[pa.DataType]] = {}
     for schema in schemas:
         for field in schema:
-            order.setdefault(field.name, []).append(field.type)
+            order.setdefault(field.name, []).append(canonical_type(field.type))
     return pa.schema([(name, widen(types)) for name, types in order.items()])
 
 
@@ -80,8 +101,8 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             arrays.append(pa.nulls(len(table), field.type))
             continue
         column = table.column(field.name)
-        if column.type == field.type:
-            arrays.append(column)
+        if canonical_type(column.type) == field.type:
+            arrays.append(column.cast(field.type))
         elif pa.types.is_string(field.type):
             arrays.append(_as_text(column))
         else:
@@ -90,26 +111,63 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return out.replace_schema_metadata(table.schema.metadata)
 
 
-def conform_parts(
-    fs: Any, schemas: dict[str, pa.Schema], fence: Any = None
-) -> tuple[pa.Schema | None, int]:
-    """Unify ``schemas`` (part path → its schema) and rewrite the parts that differ; returns
-    the table's schema (None without parts) and how many parts were rewritten."""
+DRIVER_MAX_REWRITES = 256
+"""Up to this many parts to rewrite are rewritten on the driver (threads); past it, by Ray
+tasks (a type widened across runs rewrites every older part)."""
+
+
+def _rewrite(path: str, fs: Any, schema: pa.Schema, fence: Any) -> None:
     import pyarrow.parquet as pq
 
     from vqpipe.storage.parts import write_part
 
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    write_part(fs, path, conform(table, schema), fence)
+
+
+def _rewrite_task(
+    batch: dict[str, Any], storage_options: dict[str, Any], schema: str, fence: Any
+) -> dict[str, Any]:
+    from vqpipe.io.fs import url_to_fs
+
+    target = decode_schema(schema)
+    for uri in batch["part"]:
+        fs, path = url_to_fs(str(uri), storage_options)
+        _rewrite(path, fs, target, fence)
+    return {"part": list(batch["part"])}
+
+
+def conform_parts(
+    fs: Any,
+    schemas: dict[str, pa.Schema],
+    fence: Any = None,
+    uri_of: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    start_ray: Any = None,
+) -> tuple[pa.Schema | None, int]:
+    """Unify ``schemas`` (part path → its schema) and rewrite the parts that differ; returns
+    the table's schema (None without parts) and how many parts were rewritten. Many rewrites
+    run as Ray tasks when ``start_ray`` is given (``uri_of``: path → URI the tasks open)."""
     if not schemas:
         return None, 0
     parts = sorted(schemas)
-    schema = unified_schema(schemas[p] for p in parts)
-    differ = [p for p in parts if not schemas[p].remove_metadata().equals(schema)]
+    known = {p: canonical(schemas[p]) for p in parts}
+    schema = unified_schema(known[p] for p in parts)
+    differ = [p for p in parts if not known[p].equals(schema)]
+    if len(differ) > DRIVER_MAX_REWRITES and start_ray is not None and uri_of is not None:
+        import ray
 
-    def rewrite(path: str) -> None:
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        write_part(fs, path, conform(table, schema), fence)
-
+        start_ray()
+        ds = ray.data.from_items([{"part": uri_of(p)} for p in differ])
+        kwargs = {
+            "storage_options": storage_options or {},
+            "schema": encode_schema(schema),
+            "fence": fence,
+        }
+        ds = ds.map_batches(_rewrite_task, fn_kwargs=kwargs, batch_size=16, num_cpus=0.25)
+        ds.materialize()
+        return schema, len(differ)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(rewrite, differ))
+        list(pool.map(lambda p: _rewrite(p, fs, schema, fence), differ))
     return schema, len(differ)
