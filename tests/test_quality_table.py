@@ -17,6 +17,14 @@ def _s3_images(fs, bucket: str, n: int, prefix: str = "img") -> str:
     return f"s3://{bucket}/{prefix}/"
 
 
+def _local_images(folder, n: int) -> list[str]:
+    """``n`` PNG files ``0.png`` … in ``folder`` (created); their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    return [str(folder / f"{i}.png") for i in range(n)]
+
+
 def test_no_resume_on_s3_replaces_the_table_only_when_complete(
     ray_local, s3_server, s3_bucket, capsys
 ):
@@ -283,9 +291,7 @@ def _flip_inside_a_page(path) -> None:
 
 def test_a_part_damaged_inside_a_page_is_quarantined_and_rescored(ray_local, tmp_path, capsys):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    _local_images(corpus, 6)
     argv = [
         "score",
         str(corpus),
@@ -384,9 +390,7 @@ def test_every_reader_sees_exactly_the_table_at_every_moment(ray_local, tmp_path
     from tests.job_process import job_output, start_job, wait_for
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
-    corpus.mkdir()
-    for i in range(8):
-        (corpus / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
+    _local_images(corpus, 8)
     expected = sorted(str(corpus / f"{i}.png") for i in range(8))
     argv = ["score", str(corpus), "--out", str(out), "--rows-per-file", "2"]
     assert main([*argv, "--scorer", "brightness"]) == 0
@@ -460,12 +464,8 @@ def test_night_two_with_other_column_types_keeps_one_schema_every_reader_reads(r
     import pyarrow.parquet as pq
 
     images, manifests, out = tmp_path / "img", tmp_path / "manifests", tmp_path / "out"
-    images.mkdir()
     manifests.mkdir()
-    uris = []
-    for i in range(8):
-        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
-        uris.append(str(images / f"{i}.png"))
+    uris = _local_images(images, 8)
     night1 = {"uri": uris[:4], "caption": [f"c{i}" for i in range(4)], "n": list(range(4))}
     pq.write_table(pa.table(night1), manifests / "night1.parquet")
     argv = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
@@ -539,11 +539,7 @@ def test_a_manifest_regenerated_in_place_is_read_again(ray_local, tmp_path):
     import pyarrow.parquet as pq
 
     images, out = tmp_path / "img", tmp_path / "out"
-    images.mkdir()
-    uris = []
-    for i in range(20):
-        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
-        uris.append(str(images / f"{i}.png"))
+    uris = _local_images(images, 20)
     manifest = tmp_path / "nightly.parquet"
     pq.write_table(pa.table({"uri": uris[:10]}), manifest)
     argv = ["score", str(manifest), "--out", str(out), "--scorer", "brightness"]
@@ -649,12 +645,8 @@ def test_many_parts_to_conform_are_rewritten_by_ray_tasks(ray_local, tmp_path, m
     from vqpipe.storage import schemas as schemas_module
 
     images, manifests, out = tmp_path / "img", tmp_path / "manifests", tmp_path / "out"
-    images.mkdir()
     manifests.mkdir()
-    uris = []
-    for i in range(6):
-        (images / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
-        uris.append(str(images / f"{i}.png"))
+    uris = _local_images(images, 6)
     pq.write_table(pa.table({"uri": uris[:4], "n": [1, 2, 3, 4]}), manifests / "a.parquet")
     argv = ["score", str(manifests), "--out", str(out), "--scorer", "brightness"]
     assert main([*argv, "--rows-per-file", "1"]) == 0
