@@ -658,3 +658,26 @@ def test_many_parts_to_conform_are_rewritten_by_ray_tasks(ray_local, tmp_path, m
     _one_schema(out)
     assert pq.read_schema(next(out.glob("part-*.parquet"))).field("n").type == pa.string()
     assert len(read_quality_table(str(out))) == 6
+
+
+def test_a_supersede_pass_cut_short_is_finished_by_the_next_run(ray_local, tmp_path, monkeypatch):
+    from vqpipe.pipeline import runner
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    _local_images(corpus / "sub", 3)
+    argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
+    assert main(argv) == 0
+    (corpus / "sub" / "1.png").write_bytes(image_bytes(55, "PNG", size=(44, 33)))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "drop_superseded", killed)
+        assert main(argv) != 0
+    assert (out / "_supersede_pending").exists()
+    assert len(read_quality_table(str(out))) == 4  # the new row in, the earlier one still there
+    assert main(argv) == 0  # nothing left to score: the pass owed runs alone
+    table = read_quality_table(str(out)).set_index("uri")
+    assert len(table) == 3 and table.loc[str(corpus / "sub" / "1.png"), "width"] == 44
+    assert not (out / "_supersede_pending").exists()

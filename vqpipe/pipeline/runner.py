@@ -472,7 +472,8 @@ def _run_locked(
     dedupe = work.shard_ids is not None and (bool(work.source) or target.fs.exists(settle))
     if dedupe and work.source:
         target.fs.pipe(settle, b"")
-    replacing = (work.replacing and bool(work.source)) or target.fs.exists(supersede)
+    owed = target.fs.exists(supersede)
+    replacing = (work.replacing and bool(work.source)) or owed
     if replacing and work.source:
         target.fs.pipe(supersede, b"")
     if work.source:
@@ -500,7 +501,7 @@ def _run_locked(
             fence=lock.fence,
         )
         target.fs.rm(settle)
-    if replacing:
+    if replacing and (written or owed):  # no row written, no earlier row to drop
         replaced = drop_superseded(
             target.uri,
             schemas.fresh,
@@ -510,6 +511,7 @@ def _run_locked(
         )
         if replaced.rows:
             work.summary["rows_replaced"] = replaced.rows
+    if replacing:
         target.fs.rm(supersede)
     lock.check()
     _, conformed = conform_parts(
