@@ -9,6 +9,7 @@ decode (plain-encoded numbers)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
@@ -23,33 +24,27 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def open_part(fs: fsspec.AbstractFileSystem, part: str) -> tuple[pq.FileMetaData | None, str]:
-    """The part's footer, or ``(None, why)`` when it cannot be read."""
-    try:
-        with fs.open(part, "rb") as fh:
-            return pq.ParquetFile(fh).metadata, ""
-    except (OSError, pa.ArrowException) as exc:
-        return None, _why(exc)
-
-
 def read_part(
-    fs: fsspec.AbstractFileSystem, part: str, columns: list[str] | None = None
-) -> tuple[pa.Table | None, str]:
-    """Read ``part`` whole with its page checksums verified: ``(the columns asked for, "")``
-    (every column is decoded and checked; only ``columns`` are kept, all when None), or
-    ``(None, why)`` when any of it does not read."""
+    fs: fsspec.AbstractFileSystem,
+    part: str,
+    columns: Callable[[pq.FileMetaData], list[str]] | None = None,
+) -> tuple[pa.Table | None, pq.FileMetaData | None, str]:
+    """Read ``part`` whole, in one open, with its page checksums verified: ``(the columns
+    kept, its footer, "")`` — every column is decoded and checked; ``columns(footer)`` says
+    which to keep (all when None) — or ``(None, None, why)`` when any of it does not read."""
     try:
         with fs.open(part, "rb") as fh:
             parquet = pq.ParquetFile(fh, page_checksum_verification=True)
-            keep = parquet.schema_arrow.names if columns is None else columns
-            kept = [c for c in keep if c in parquet.schema_arrow.names]
+            names = parquet.schema_arrow.names
+            keep = names if columns is None else columns(parquet.metadata)
+            kept = [c for c in keep if c in names]
             batches = [
                 batch.select(kept) for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS)
             ]
             schema = pa.schema([parquet.schema_arrow.field(c) for c in kept])
-            return pa.Table.from_batches(batches, schema=schema), ""
+            return pa.Table.from_batches(batches, schema=schema), parquet.metadata, ""
     except (OSError, pa.ArrowException, ValueError) as exc:
-        return None, _why(exc)
+        return None, None, _why(exc)
 
 
 def warn_damaged(part: str, why: str, what: str = "skipped") -> None:
@@ -60,7 +55,7 @@ def readable_parts(fs: fsspec.AbstractFileSystem, parts: list[str]) -> list[str]
     """The parts that read whole (footer and every page); each other one is named in a warning
     line and left out."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        found = list(pool.map(lambda p: read_part(fs, p, columns=[])[1], parts))
+        found = list(pool.map(lambda p: read_part(fs, p, lambda _: [])[2], parts))
     good = []
     for part, why in zip(parts, found, strict=True):
         if why:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vqpipe.schema import CONTENT_VERSION, ERROR, ERROR_KIND, TRANSIENT
-from vqpipe.storage.damaged import open_part, read_part
+from vqpipe.storage.damaged import read_part
 from vqpipe.storage.parts import write_part
 from vqpipe.storage.schemas import decode_schema, encode_schema
 
@@ -70,12 +70,12 @@ def scan_part(
     and the distinct ``content_version`` values of its rows (JSON; empty when damaged). Every
     page is read and its checksum verified; the error columns are kept only when the
     statistics do not already say that ``error`` is all null."""
-    meta, why = open_part(fs, part)
-    if meta is None:
-        return DAMAGED, why, "", ""
-    columns = [CONTENT_VERSION] + ([] if _error_free(meta) else [ERROR, ERROR_KIND])
-    table, why = read_part(fs, part, columns)
-    if table is None:
+
+    def columns(meta: pq.FileMetaData) -> list[str]:
+        return [CONTENT_VERSION] + ([] if _error_free(meta) else [ERROR, ERROR_KIND])
+
+    table, meta, why = read_part(fs, part, columns)
+    if table is None or meta is None:
         return DAMAGED, why, "", ""
     schema = encode_schema(meta.schema.to_arrow_schema())
     versions = (

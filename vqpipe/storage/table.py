@@ -116,14 +116,6 @@ class QualityTable:
         """Parts written under another job signature."""
         return [p for p in self.parts() if (parse_part(p) or {}).get("sig") != sig]
 
-    def uris(self, parts: list[str]) -> set[str]:
-        """The ``uri`` values of ``parts``."""
-        done: set[str] = set()
-        for part in parts:
-            with self.fs.open(part, "rb") as fh:
-                done.update(pq.ParquetFile(fh).read(columns=[URI]).column(URI).to_pylist())
-        return done
-
     def uri_versions(self, parts: list[str]) -> dict[str, str | None]:
         """URI → the ``content_version`` its row was read from (None where the part predates
         versions), over ``parts``."""
