@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from vqpipe.io.sources import list_inputs, media_type_from_name, sniff_media_type
+from vqpipe.io.media_types import media_type_from_name, sniff_media_type
+from vqpipe.io.sources import list_inputs
 
 
 def _tree(root):

@@ -548,7 +548,7 @@ examples:
       --scorer qalign:task=quality,column=qalign_quality \\
       --scorer qalign:task=aesthetics,column=qalign_aes
   vqpipe score manifest.parquet --out ./quality --include "**/*.jpg"
-  vqpipe score ./images --out ./quality --address ray://head:10001   # a running cluster
+  RAY_ADDRESS=auto vqpipe score ./images --out ./quality   # on a node of a running cluster
 
 Rerunning the same command resumes: only inputs without a row are scored. Ray's own logs go
 to Ray's log directory (/tmp/ray/session_latest/logs); --verbose shows them here.

@@ -93,8 +93,10 @@ def on_ray(args: argparse.Namespace, command: str, work: Callable[[], Any]) -> A
     output kept in its log file unless ``--verbose``."""
     from vqpipe.cli import _verbosity
     from vqpipe.console import ray_output_kept_out
+    from vqpipe.pipeline.validate import check_ray_address
     from vqpipe.rewards.table import ensure_ray
 
+    check_ray_address(args.address)
     with ray_output_kept_out(_verbosity(args), command):
         started = ensure_ray(args.address)
         try:

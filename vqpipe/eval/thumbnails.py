@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from vqpipe.io.fs import read_bytes
-from vqpipe.io.sources import media_type_from_name, sniff_media_type
+from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 
 

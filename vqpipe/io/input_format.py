@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from vqpipe.io.fs import content_version
 from vqpipe.io.media_parquet import find_media_column
+from vqpipe.io.media_types import MEDIA_EXTENSIONS
 from vqpipe.io.patterns import (
     braceexpand,
     expand_inputs_info,
@@ -35,7 +36,6 @@ from vqpipe.io.patterns import (
     peek_files,
     resolve,
 )
-from vqpipe.io.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vqpipe.io.webdataset import TAR_SUFFIXES
 
 InputFormat = Literal["files", "manifest", "webdataset", "parquet"]
@@ -71,7 +71,7 @@ def _kind(name: str) -> str | None:
         return "csv"
     if ext in (".jsonl", ".ndjson", ".json"):
         return "json"
-    if ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS:
+    if ext in MEDIA_EXTENSIONS:
         return "media"
     return None
 

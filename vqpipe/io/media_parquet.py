@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.io.records import describe, open_input
-from vqpipe.io.sources import media_type_from_name, sniff_media_type
 from vqpipe.schema import CARRIED_PREFIX
 
 IMAGE_COLUMN_NAMES = frozenset(

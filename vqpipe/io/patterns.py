@@ -23,6 +23,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from vqpipe.io.fs import url_to_fs
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*(?:::[A-Za-z][A-Za-z0-9+.\-]*)*://")
 _GLOB_CHARS = frozenset("*?[")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
@@ -141,17 +143,8 @@ def _local_fs() -> LocalFileSystem:
     return fsspec.filesystem("file")
 
 
-def resolve(
-    uri: str | os.PathLike, storage_options: dict[str, Any] | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Filesystem and path of one input URI. Scheme-less text is a plain local path (made
-    absolute); ``file://`` is local; anything else is an fsspec URL with ``storage_options``."""
-    text = os.fspath(uri)
-    if not is_url(text):
-        return _local_fs(), os.path.abspath(text)
-    if text.startswith("file://"):
-        return _local_fs(), os.path.abspath(text[len("file://") :])
-    return fsspec.core.url_to_fs(text, **(storage_options or {}))
+resolve = url_to_fs
+"""Filesystem and path of one input URI: :func:`vqpipe.io.fs.url_to_fs`, the one resolver."""
 
 
 def _is_chain(spec: str) -> bool:

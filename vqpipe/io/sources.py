@@ -10,52 +10,22 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 
-from vqpipe.io.fs import content_version, join_uri, url_to_fs
-from vqpipe.storage.names import is_job_artifact
+from vqpipe.io.fs import content_version, is_local, join_uri, url_to_fs
+from vqpipe.io.media_types import UNSUPPORTED, extension, media_type_from_name, sidecar_of
+from vqpipe.io.patterns import has_magic
+from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
     import pandas as pd
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
-)
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg"})
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
-
-
-def media_type_from_name(name: str) -> str:
-    """``"image"``, ``"video"`` or ``"unsupported"`` from the file extension."""
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
-        return "image"
-    if suffix in VIDEO_EXTENSIONS:
-        return "video"
-    return "unsupported"
-
-
-def sniff_media_type(head: bytes) -> str | None:
-    """Media type from the first bytes of a file (magic numbers); None when unknown."""
-    if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image"
-    if head[:6] in (b"GIF87a", b"GIF89a") or head.startswith(b"BM"):
-        return "image"
-    if head[:4] in (b"II*\x00", b"MM\x00*") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    if head[4:8] == b"ftyp":  # ISO BMFF: mp4 / mov / heic
-        brand = head[8:12]
-        return "image" if brand in (b"heic", b"heix", b"avif", b"mif1") else "video"
-    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
-        return "video"
-    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):  # MPEG-PS / MPEG-1
-        return "video"
-    return None
 
 
 INVALID_NAME = "invalid-name"
@@ -153,6 +123,201 @@ def _excluded(rel: str, pattern: str) -> bool:
     )
 
 
+def table_folders(rels: Iterable[str]) -> set[str]:
+    """Folders (relative, ``""`` for the listed root) that hold a quality table's record
+    (``_job.json``): inside them, and only there, a job's files are not inputs."""
+    return {posixpath.dirname(r) for r in rels if posixpath.basename(r) == JOB_RECORD}
+
+
+def in_table_folder(rel: str, tables: set[str]) -> bool:
+    """Whether ``rel`` is a job's file (:func:`is_job_artifact`) inside a table folder; a
+    ``_next/`` or ``_lock/`` anywhere else (a web site's mirror) is an input like any other."""
+    if not tables:
+        return False
+    parts = rel.split("/")
+    return any(
+        "/".join(parts[:i]) in tables and is_job_artifact("/".join(parts[i:]))
+        for i in range(len(parts))
+    )
+
+
+def confined(path: str, root: str) -> bool:
+    """Whether a local ``path`` stays inside ``root`` once symlinks are resolved."""
+    base, full = os.path.realpath(root), os.path.realpath(path)
+    return full == base or full.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def list_level(
+    fs: fsspec.AbstractFileSystem, root: str
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The files directly in ``root`` (path → listing info) and its folders, sorted. Local
+    symlinks are followed: a link to a folder is a folder (listed like any other); a link that
+    resolves to nothing (broken, or a loop such as ``a -> a``) is a file, whose read says why
+    it fails."""
+    root = root.rstrip("/")
+    files: dict[str, dict[str, Any]] = {}
+    folders: list[str] = []
+    if not is_local(fs):
+        for entry in fs.ls(root, detail=True):
+            name = entry["name"].rstrip("/")
+            if name == root:
+                continue
+            if entry.get("type") == "directory":
+                folders.append(name)
+            else:
+                files[name] = entry
+        return files, sorted(folders)
+    with os.scandir(root) as entries:
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links; False when the target cannot be read
+            except OSError:
+                is_dir = False
+            if is_dir:
+                folders.append(entry.path)
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                st = entry.stat(follow_symlinks=False)
+            files[entry.path] = {
+                "name": entry.path,
+                "size": st.st_size,
+                "type": "file",
+                "mtime": st.st_mtime,
+            }
+    return dict(sorted(files.items())), sorted(folders)
+
+
+class SymlinkLoopError(OSError):
+    """A symlinked folder that points back at a folder above it."""
+
+
+def find_local(path: str, problems: list[OSError]) -> dict[str, dict[str, Any]]:
+    """Files under a local folder, as ``fs.find(detail=True)`` lists them, symlinked folders
+    followed; what could not be listed goes to ``problems`` (an unreadable folder, a link
+    back to a folder above it: :class:`SymlinkLoopError`), each an error row for the caller.
+    fsspec's local ``find`` drops an unreadable folder without a word and does not follow
+    links."""
+    found: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(path, onerror=problems.append, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # two links to one folder: its files are listed once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in list(dirs):
+            full = os.path.join(top, name)
+            target = os.path.realpath(full)
+            if os.path.islink(full) and (real == target or real.startswith(target + os.sep)):
+                dirs.remove(name)
+                loop = SymlinkLoopError(
+                    f"symlink loop: {full} points to {target}, a folder above it"
+                )
+                loop.filename = full
+                problems.append(loop)
+        for name in names:
+            full = os.path.join(top, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a broken link: listed, the read stage says why it fails
+                st = os.lstat(full)
+            found[full] = {"name": full, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+    return found
+
+
+def _named_files(
+    fs: fsspec.AbstractFileSystem, path: str, problems: list[OSError]
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The files a single-file or glob input names (matched folders listed whole), and the
+    folder their relative paths start from (the pattern's folder before any glob character)."""
+    if not has_magic(path):
+        return posixpath.dirname(path), {path: fs.info(path)}
+    names = path.split("/")
+    first = next(i for i, n in enumerate(names) if has_magic(n))
+    base = "/".join(names[:first]) or "/"
+    found: dict[str, dict[str, Any]] = {}
+    for match, info in sorted(fs.glob(path, detail=True).items()):
+        if info.get("type") != "directory":
+            found[match] = info
+        elif is_local(fs):
+            found.update(find_local(match, problems))
+        else:
+            found.update(fs.find(match, withdirs=False, detail=True))
+    return base, found
+
+
+def canonical_input(spec: str) -> str:
+    """A local input's path with symlinks resolved (``/data/link`` and ``/data/real`` are
+    one folder, so a rerun through either spelling resumes); URIs, globs and brace patterns
+    are kept as given."""
+    text = os.fspath(spec)
+    if has_magic(text) or "{" in text:
+        return text
+    if text.startswith("file://"):
+        return "file://" + os.path.realpath(text[len("file://") :])
+    if "://" in text:
+        return text
+    return os.path.realpath(text)
+
+
+def folder_rows(
+    spec: str,
+    folder: str,
+    options: dict[str, Any],
+    storage_options: dict[str, Any] | None,
+    *,
+    top: bool = False,
+    counts: dict[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """The input rows of one folder of a ``files`` input ``spec`` (with ``top``: only the
+    files directly in it), with content versions, and one error row per folder that could
+    not be listed. ``options``: the job's listing options (``include``, ``exclude``,
+    ``since``, ``root``, ``output``: the job's own output, never an input)."""
+    fs, root = url_to_fs(spec, storage_options)
+    root = root.rstrip("/")
+    fs.invalidate_cache()  # a listing cached by an earlier job of this process is stale
+    problems: list[OSError] = []
+    path = url_to_fs(folder, storage_options)[1].rstrip("/")
+    folders: list[str] = []
+    if has_magic(root) or not fs.isdir(root):  # a single file or a glob
+        root, found = _named_files(fs, root, problems)
+    elif top:
+        found, folders = list_level(fs, root)
+    elif is_local(fs):
+        found = find_local(path, problems)
+    else:  # object stores' find raises on a listing error (the task becomes one error row)
+        found = fs.find(path, withdirs=False, detail=True)
+    root_limit = options.get("root")
+    rows = listed_rows(
+        fs,
+        root,
+        spec,
+        found,
+        options.get("include", ()),
+        options.get("exclude", ()),
+        options.get("since"),
+        versions=True,
+        folders=folders,
+        confine_to=root_limit if root_limit is not None and is_local(fs) else None,
+        counts=counts,
+    )
+    for row in rows:
+        row["error"] = None
+    for exc in problems:  # a folder the job cannot list: one error row, never a gap
+        where = printable_uri(join_uri(fs, str(getattr(exc, "filename", "") or path), spec))[0]
+        if isinstance(exc, SymlinkLoopError):
+            message = f"read: {exc}"
+        else:
+            message = f"read: cannot list directory {where}: {type(exc).__name__}: {exc}"
+        rows.append({"uri": where, "media_type": None, "bytes": None, "error": message})
+    output = options.get("output", "").rstrip("/")
+    if output:
+        rows = [r for r in rows if r["uri"] != output and not r["uri"].startswith(output + "/")]
+    return rows
+
+
 def listed_rows(
     fs: fsspec.AbstractFileSystem,
     root: str,
@@ -162,22 +327,35 @@ def listed_rows(
     exclude: Sequence[str] = (),
     since: float | None = None,
     versions: bool = False,
+    *,
+    folders: Iterable[str] = (),
+    confine_to: str | None = None,
+    counts: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Input rows (``uri``, ``media_type``, ``bytes``; ``versions``: ``content_version``, see
     :func:`~vqpipe.io.fs.content_version`) of listed files under ``root``, sorted.
 
-    Only a scoring job's own files are left out (:func:`is_job_artifact`: ``_job.json``,
-    ``_lock``, ``_next/``, ``_quarantine/``, parts); other ``_``- or ``.``-prefixed names are
-    inputs (``_DSC0001.JPG``). ``include`` / ``exclude``: globs on the path relative to
-    ``root``; an ``exclude`` glob without ``/`` also drops a path when it matches any one
-    name in it, as in ``.gitignore`` (``--exclude '.*'`` drops hidden files and folders).
-    ``since``: on the modification time."""
-    rows = []
-    for path, info in sorted(found.items()):
-        if info.get("type") == "directory":
-            continue
-        rel = path[len(root) :].lstrip("/")
-        if is_job_artifact(rel):
+    Left out: a job's own files inside a quality table's folder (:func:`in_table_folder`;
+    other ``_``- or ``.``-prefixed names are inputs: ``_DSC0001.JPG``, ``_next/``) and
+    producers' sidecars (:func:`~vqpipe.io.media_types.sidecar_of`: img2dataset's ``.json`` /
+    ``.txt`` beside each image; counted in ``counts["sidecars"]``, never error rows).
+    ``folders``: paths of the folders beside the listed files (a listing of one level).
+    ``include`` / ``exclude``: globs on the path relative to ``root``; an ``exclude`` glob
+    without ``/`` also drops a path when it matches any one name in it, as in
+    ``.gitignore`` (``--exclude '.*'`` drops hidden files and folders). ``since``: on the
+    modification time. ``confine_to`` (``--root``, local listings): a file whose real path
+    leaves it (a symlink pointing outside) is an ``outside-root`` error row, never read."""
+    files = {p: i for p, i in found.items() if i.get("type") != "directory"}
+    rels = {p: p[len(root) :].lstrip("/") for p in files}
+    tables = table_folders(rels.values())
+    media_stems = {
+        p[: len(p) - len(extension(p))] for p in files if media_type_from_name(p) != UNSUPPORTED
+    }
+    folder_set = {f.rstrip("/") for f in folders} | {posixpath.dirname(p) for p in files}
+    rows, sidecars = [], 0
+    for path, info in sorted(files.items()):
+        rel = rels[path]
+        if in_table_folder(rel, tables):
             continue
         if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
             continue
@@ -185,15 +363,21 @@ def listed_rows(
             continue
         if since is not None and modified_time(info) <= since:
             continue
+        kind = media_type_from_name(path)
+        if kind == UNSUPPORTED and sidecar_of(path, media_stems, folder_set):
+            sidecars += 1
+            continue
         uri, printable = printable_uri(join_uri(fs, path, spec))
-        row = {
-            "uri": uri,
-            "media_type": media_type_from_name(path) if printable else INVALID_NAME,
-            "bytes": int(info.get("size") or 0),
-        }
+        if not printable:
+            kind = INVALID_NAME
+        elif confine_to is not None and not confined(path, confine_to):
+            kind = OUTSIDE_ROOT
+        row = {"uri": uri, "media_type": kind, "bytes": int(info.get("size") or 0)}
         if versions:
             row["content_version"] = content_version(info)
         rows.append(row)
+    if counts is not None:
+        counts["sidecars"] = counts.get("sidecars", 0) + sidecars
     return rows
 
 

@@ -44,10 +44,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from vqpipe.io.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vqpipe.io.records import batched, describe, open_input
 
-IMAGE_MEMBERS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
-VIDEO_MEMBERS = frozenset({"mp4", "webm", "mkv", "mov", "avi", "m4v"})
+IMAGE_MEMBERS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+VIDEO_MEMBERS = frozenset(e.lstrip(".") for e in VIDEO_EXTENSIONS)
 MEDIA_MEMBERS = IMAGE_MEMBERS | VIDEO_MEMBERS
 SIDECAR_MEMBERS = frozenset({"txt", "cls", "json"})
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")

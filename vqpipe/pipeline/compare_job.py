@@ -25,7 +25,8 @@ import pyarrow as pa
 
 import vqpipe
 from vqpipe.errors import UserError
-from vqpipe.io.sources import confine, media_type_from_name
+from vqpipe.io.media_types import media_type_from_name
+from vqpipe.io.sources import confine
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline import job, runner
 from vqpipe.pipeline.config import JobConfig, ScorerOptions

@@ -15,13 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import vqpipe
 from vqpipe.errors import UserError
 from vqpipe.io.checkpoints import checkpoint_identity
-from vqpipe.io.fs import join_uri, url_to_fs
+from vqpipe.io.fs import is_local, join_uri, url_to_fs
+from vqpipe.io.patterns import has_magic
+from vqpipe.io.sources import canonical_input, list_level, listed_rows
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -59,7 +62,7 @@ from vqpipe.schema import (
     output_columns,
 )
 from vqpipe.storage import QualityTable
-from vqpipe.storage.names import is_job_artifact
+from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 from vqpipe.storage.parts import parse_part
 from vqpipe.storage.retry import Scan, drop_retryable
 
@@ -329,33 +332,45 @@ def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
     ]
 
 
-def plan_listing(config: JobConfig) -> list[dict[str, str]]:
-    """A ``files`` prefix as listing tasks: one for the files directly in it, one per
-    subdirectory (listed recursively by a Ray task, while scoring goes on). The driver reads
-    only the top level, never a row per item below it."""
+def plan_listing(config: JobConfig) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """A ``files`` input as listing tasks, and what the driver counted: for a folder, one task
+    for the files directly in it and one per subfolder (symlinked ones too; listed
+    recursively by a Ray task, while scoring goes on), the driver reading only the top level,
+    never a row per item below it; a single file or a glob is one task. The count is the top
+    level's sidecars (:func:`~vqpipe.io.sources.listed_rows`)."""
     try:
         fs, root = url_to_fs(config.input, config.storage_options)
-        is_dir = fs.isdir(root)
+        named = has_magic(root) or (not fs.isdir(root) and fs.isfile(root))
+        is_dir = named or fs.isdir(root)
     except Exception as exc:
         raise UserError(f"cannot list input {config.input}: {type(exc).__name__}: {exc}") from None
     if not is_dir:
         raise UserError(f"input is not a directory, a manifest or a shard: {config.input}")
     root = root.rstrip("/")
+    if named:
+        return [{"uri": config.input, "format": LISTING, "id": f"paths-{shard_id(root)}"}], {}
     output = _output_uri(config)
     tasks = [{"uri": config.input, "format": LISTING, "id": f"top-{shard_id(root)}"}]
-    for entry in sorted(fs.ls(root, detail=True), key=lambda e: e["name"]):
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry.get("type") != "directory" or is_job_artifact(name):
+    files, folders = list_level(fs, root)
+    counts: dict[str, int] = {}
+    listed_rows(fs, root, config.input, files, folders=folders, counts=counts)
+    table_here = JOB_RECORD in {f.rsplit("/", 1)[-1] for f in files}
+    for folder in folders:
+        name = folder.rsplit("/", 1)[-1]
+        if table_here and is_job_artifact(name):  # a quality table's own folders
             continue
-        uri = join_uri(fs, entry["name"].rstrip("/"), config.input)
+        uri = join_uri(fs, folder, config.input)
         if not _inside(uri, output):
             tasks.append({"uri": uri, "format": LISTING, "id": f"dir-{shard_id(uri)}"})
-    return tasks
+    return tasks, {"sidecars_skipped": counts["sidecars"]} if counts.get("sidecars") else {}
 
 
 def _output_uri(config: JobConfig) -> str:
-    """The output in the style listed inputs are written in (to keep it out of the input)."""
+    """The output in the style listed inputs are written in (to keep it out of the input);
+    a local one with symlinks resolved, as the input is (:func:`canonical_input`)."""
     fs, root = url_to_fs(config.output, config.storage_options)
+    if is_local(fs):
+        root = os.path.realpath(root)
     return join_uri(fs, root.rstrip("/"), config.output)
 
 
@@ -364,6 +379,7 @@ class ScoreJob(JobKind):
 
     def validate(self, config: JobConfig) -> None:
         validate_job(config, checkpoints=False)  # those load model code: only when there is work
+        config.input = canonical_input(config.input)
         self.format = resolve_format(config)
 
     def signature(self, config: JobConfig) -> dict[str, Any]:
@@ -456,16 +472,18 @@ def plan_work(
             work.shard_ids = [s.id for s in shards]
         return work
     fs = table.fs
-    source = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
+    source, counted = plan_listing(config)  # a prefix of files: resumed by an anti-join on uri
     done_parts = [p for p in parts if parse_part(p) is not None]
     # rows to score again are cut out of their parts first: their inputs are then not done
     retried = {p: drop_retryable(fs, p, config.retry_errors) for p in scan.retry if p in done_parts}
     done_parts = [p for p in done_parts if p not in retried or fs.exists(p)]
     work = Work(source, done_parts, None, {"input_format": kind, "listing_tasks": len(source)})
+    work.summary.update(counted)
     work.replacing = bool(done_parts)
     if retried:
         work.summary["rows_retried"] = sum(retried.values())
-    if len(source) == 1 and done_parts and _driver_resumable(table, done_parts):
+    single = len(source) == 1 and source[0]["id"].startswith("top-")
+    if single and done_parts and _driver_resumable(table, done_parts):
         done = table.uri_versions(done_parts)
         left = _small_listing_left(config, done)
         if left == 0:

@@ -563,6 +563,12 @@ def _record_job(
         "errors": final["errors"] - removed.new_errors,
         "files_written": files,
         "duplicates_dropped": removed.rows + sum(int(w.get("duplicates") or 0) for w in written),
+    }
+    sidecars = work.summary.get("sidecars_skipped", 0)
+    sidecars += sum(int(w.get("sidecars") or 0) for w in written)
+    if sidecars:  # producers' metadata files beside the media (img2dataset): not inputs
+        summary["sidecars_skipped"] = sidecars
+    summary |= {
         "seconds": round(seconds, 2),
         kind.rate_key: final["items_per_s"] if seconds > 0 else None,
     }

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 
 from vqpipe.io.fs import is_transient
 from vqpipe.io.input_format import PARQUET_SUFFIXES
-from vqpipe.io.sources import OUTSIDE_ROOT, confine, media_type_from_name
+from vqpipe.io.media_types import media_type_from_name
+from vqpipe.io.sources import OUTSIDE_ROOT, confine
 from vqpipe.schema import (
     BYTES,
     CARRIED_PREFIX,
@@ -55,6 +56,9 @@ DATA = "data"
 DUPLICATES = "_duplicates"
 """Column in transit: URIs a manifest listed again, dropped before this row (the writer sums
 them into its summary row; the job reports them)."""
+SIDECARS = "_sidecars"
+"""Column in transit: producers' sidecar files a listing left out (counted on the first row
+of a listing's first fragment; the writer sums them into its summary row)."""
 SHARDED_FORMATS = ("webdataset", "parquet", "manifest")
 LISTING_PART_ROWS = 50_000
 """Rows per output part of a listing of files (its commit unit: a fixed slice of one listing
@@ -380,29 +384,6 @@ def carry_columns(
     return columns
 
 
-def _local_find(path: str, unreadable: list[OSError]) -> dict[str, dict[str, Any]]:
-    """Files under a local directory, as ``fs.find(detail=True)`` lists them, and the
-    directories that could not be read (in ``unreadable``). fsspec's local ``find`` drops an
-    unreadable directory without a word (its ``walk`` does not pass ``on_error`` down)."""
-    import os
-
-    found, seen = {}, set()
-    for top, dirs, names in os.walk(path, onerror=unreadable.append, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a symlink loop: each directory is listed once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        for name in names:
-            full = os.path.join(top, name)
-            try:
-                st = os.stat(full)
-            except OSError:  # a broken link: listed, the read stage says why it fails
-                st = os.lstat(full)
-            found[full] = {"name": full, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
-    return found
-
-
 _LISTED = pa.schema(
     [
         (URI, pa.string()),
@@ -436,40 +417,13 @@ def listing_tables(
     """One directory of a ``files`` prefix, listed in a Ray task: its input rows in fragments
     of ``rows`` rows, each named by a hash of its URIs (a listing resumes by URI, so a name
     must never be reused for other files)."""
-    from vqpipe.io.fs import is_local, join_uri, url_to_fs
-    from vqpipe.io.sources import listed_rows, printable_uri
+    from vqpipe.io.sources import folder_rows
 
-    fs, root = url_to_fs(options["spec"], storage_options)
-    root = root.rstrip("/")
-    fs.invalidate_cache()  # a listing cached by an earlier job of this process is stale
-    unreadable: list[OSError] = []
-    if options.get("top"):
-        found = {e["name"]: e for e in fs.ls(root, detail=True) if e.get("type") != "directory"}
-    else:
-        path = url_to_fs(uri, storage_options)[1]
-        # object stores' find raises on a listing error (the whole task is one error row)
-        if is_local(fs):
-            found = _local_find(path, unreadable)
-        else:
-            found = fs.find(path, withdirs=False, detail=True)
-    rows = listed_rows(
-        fs,
-        root,
-        options["spec"],
-        found,
-        options["include"],
-        options["exclude"],
-        options["since"],
-        versions=True,
+    counts: dict[str, int] = {}  # the top level's sidecars are counted by the driver
+    top = bool(options.get("top"))
+    rows = folder_rows(
+        options["spec"], uri, options, storage_options, top=top, counts=None if top else counts
     )
-    for row in rows:
-        row[ERROR] = None
-    for exc in unreadable:  # a directory the job cannot read: one error row, never a gap
-        where = printable_uri(join_uri(fs, str(getattr(exc, "filename", "") or path), uri))[0]
-        message = f"read: cannot list directory {where}: {type(exc).__name__}: {exc}"
-        rows.append({URI: where, MEDIA_TYPE: None, BYTES: None, ERROR: message})
-    output = options["output"].rstrip("/")
-    rows = [r for r in rows if r[URI] != output and not r[URI].startswith(output + "/")]
     rows = _undone(rows, options.get("done") or {})
     step = options["rows"]
     for start in range(0, len(rows), step):
@@ -477,6 +431,10 @@ def listing_tables(
         digest = hashlib.sha256("\n".join(r[URI] for r in chunk).encode()).hexdigest()[:16]
         table = pa.Table.from_pylist(chunk, schema=_LISTED)
         table = table.append_column(SHARD, pa.array([uri] * len(chunk), pa.string()))
+        if start == 0 and counts.get("sidecars"):  # the writer sums them into the summary
+            skipped = np.zeros(len(chunk), np.int64)
+            skipped[0] = counts["sidecars"]
+            table = table.append_column(SIDECARS, pa.array(skipped))
         yield _tag(table, f"files_{digest}-00000-last")
 
 

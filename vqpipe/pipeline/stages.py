@@ -27,6 +27,7 @@ from vqpipe.pipeline.shards import (
     PART,
     ROW,
     ROWS,
+    SIDECARS,
     read_shards,
 )
 from vqpipe.schema import (
@@ -369,12 +370,17 @@ def write_batch(
     index, sizes = np.asarray(batch.pop(ROW), np.int64), np.asarray(batch.pop(ROWS), np.int64)
     dupes = batch.pop(DUPLICATES, None)
     dupes = np.zeros(len(parts)) if dupes is None else np.nan_to_num(np.asarray(dupes, float))
+    sidecars = batch.pop(SIDECARS, None)
+    sidecars = (
+        np.zeros(len(parts)) if sidecars is None else np.nan_to_num(np.asarray(sidecars, float))
+    )
     fs, root = url_to_fs(output, storage_options)
     summary: dict[str, list[Any]] = {
         "file": [],
         "rows": [],
         "errors": [],
         "duplicates": [],
+        "sidecars": [],
         "runtime": [],
         "schema": [],
     }
@@ -404,6 +410,7 @@ def write_batch(
             summary["rows"].append(len(table))
             summary["errors"].append(len(table) - table.column(ERROR).null_count)
             summary["duplicates"].append(int(dupes[run].sum()))
+            summary["sidecars"].append(int(sidecars[run].sum()))
             summary["runtime"].append(json.dumps(runtime, sort_keys=True))
             summary["schema"].append(encode_schema(table.schema))
     return {k: np.array(v) for k, v in summary.items()}

@@ -169,9 +169,25 @@ def check_checkpoints(config: JobConfig) -> None:
         check_checkpoint(spec, spec.scorer_class(), config.storage_options)
 
 
+def check_ray_address(address: str | None) -> None:
+    """Refuse a Ray Client address (``ray://``, from ``--address`` or ``RAY_ADDRESS``) in one
+    line: a job's driver writes the table and runs a Ray Data plan, which Ray Client cannot
+    run from outside the cluster; the driver belongs on the cluster (``ray job submit``)."""
+    given = address or os.environ.get("RAY_ADDRESS") or ""
+    if given.startswith("ray://"):
+        where = "--address" if address else "RAY_ADDRESS"
+        head = given.removeprefix("ray://").split(":", 1)[0] or "HEAD"
+        raise UserError(
+            f"{where} {given}: Ray Client cannot run a vqpipe job; run the driver on the "
+            f"cluster: ray job submit --address http://{head}:8265 --working-dir . -- "
+            "vqpipe score ... (or python pipelines/score_corpus.py ...)"
+        )
+
+
 def validate_job(config: JobConfig, checkpoints: bool = True) -> None:
     """Every check that needs no Ray; raises :class:`UserError` for the first problem.
     ``checkpoints=False`` leaves out :func:`check_checkpoints` (the caller runs it later)."""
+    check_ray_address(config.address)
     columns: dict[str, str] = {}
     classes = []
     for spec in config.scorers:

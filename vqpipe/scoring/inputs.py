@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vqpipe.io.fs import read_bytes
-from vqpipe.io.sources import media_type_from_name, sniff_media_type
+from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.pipeline.config import JobConfig
 from vqpipe.scoring._arrays import is_tensor

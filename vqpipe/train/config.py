@@ -310,7 +310,7 @@ def _check_table(
 
 def media_rows(table: Any, method: str) -> tuple[Any, Any]:
     """(rows ``method`` can take, rows it cannot) of a MOS table, by each path's media type."""
-    from vqpipe.io.sources import media_type_from_name
+    from vqpipe.io.media_types import media_type_from_name
 
     kinds = table["path"].astype(str).map(media_type_from_name)
     unreadable = kinds.isin(["image", "video"]) & ~kinds.isin(sorted(MEDIA[method]))

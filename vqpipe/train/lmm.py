@@ -185,7 +185,7 @@ def _load_visual(
     """uint8 [T, 3, S, S]: one image (T = 1), or a video's frames at 1 fps (official Q-Align
     video recipe) capped evenly at ``max_frames`` (8)."""
     from vqpipe.io.fs import read_bytes
-    from vqpipe.io.sources import media_type_from_name
+    from vqpipe.io.media_types import media_type_from_name
     from vqpipe.media.decode import decode_video, even_subset
 
     options = config.get("storage_options")
