@@ -2,12 +2,12 @@
 files apart from names, Parquet footers and the first bytes of CSV / JSONL files only.
 
 Rules (first match wins), on the first file, the glob's first matches or a bounded peek into a
-directory (``peek_files``: a few hundred names, never the whole prefix):
+directory (``peek_files``: a few hundred names, depth first, never the whole prefix):
 
-1. image or video files present → ``files`` (img2dataset's "files" layout has ``.json`` /
-   ``.txt`` beside each image: still files);
-2. ``.tar`` shards → ``webdataset`` (img2dataset writes ``.parquet`` / ``_stats.json`` beside
-   its tars: the tars win);
+1. more ``.tar`` shards than media files → ``webdataset`` (img2dataset writes ``.parquet`` /
+   ``_stats.json`` beside its tars: the tars win);
+2. image or video files present → ``files`` (img2dataset's "files" layout has ``.json`` /
+   ``.txt`` beside each image: still files; a tree of photos with one stray tar: files);
 3. tables (Parquet first, then CSV / JSONL): ``media_column`` named and present → ``parquet``;
    a ``uri_column`` column → ``manifest``; a media-bytes column (``find_media_column``) →
    ``parquet``; neither → ``ValueError`` (say ``--input-format``);
@@ -138,10 +138,11 @@ def detect_format(
     first = spec if isinstance(spec, (str, os.PathLike)) else spec[0]
     fs, files = _sample_files(os.fspath(first), storage_options, peek)
     kinds = [_kind(p) for p in files]
-    if "media" in kinds:
-        return "files"
-    if "tar" in kinds:
+    media, tars = kinds.count("media"), kinds.count("tar")
+    if tars > media:  # decided in bulk: a tree of photos with one stray tar is photos
         return "webdataset"
+    if media:
+        return "files"
     tables = [p for p, k in zip(files, kinds, strict=True) if k == "parquet"]
     tables += [p for p, k in zip(files, kinds, strict=True) if k in ("csv", "json")]
     if not tables:

@@ -139,10 +139,6 @@ def is_url(spec: str) -> bool:
     return bool(_URL.match(spec))
 
 
-def _local_fs() -> LocalFileSystem:
-    return fsspec.filesystem("file")
-
-
 resolve = url_to_fs
 """Filesystem and path of one input URI: :func:`vqpipe.io.fs.url_to_fs`, the one resolver."""
 
@@ -179,13 +175,58 @@ def _is_dir(info: dict[str, Any]) -> bool:
     return info.get("type") == "directory"
 
 
+class SymlinkLoopError(OSError):
+    """A symlinked folder that points back at a folder above it (``filename``: the link)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "symlink loop"
+
+
+def find_local(path: str, problems: list[OSError]) -> dict[str, dict[str, Any]]:
+    """Files under a local folder, as ``fs.find(detail=True)`` lists them, symlinked folders
+    followed; what could not be listed goes to ``problems`` (an unreadable folder, a link
+    back to a folder above it: :class:`SymlinkLoopError`), each an error row for the caller.
+    fsspec's local ``find`` drops an unreadable folder without a word and does not follow
+    links."""
+    found: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(path, onerror=problems.append, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # two links to one folder: its files are listed once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in list(dirs):
+            full = os.path.join(top, name)
+            target = os.path.realpath(full)
+            if os.path.islink(full) and (real == target or real.startswith(target + os.sep)):
+                dirs.remove(name)
+                loop = SymlinkLoopError(
+                    f"symlink loop: {full} points to {target}, a folder above it"
+                )
+                loop.filename = full
+                problems.append(loop)
+        for name in names:
+            full = os.path.join(top, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a broken link: listed, the read stage says why it fails
+                st = os.lstat(full)
+            found[full] = {"name": full, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+    return found
+
+
 def _find_files(
     fs: fsspec.AbstractFileSystem, root: str, suffixes: Sequence[str] | None
 ) -> dict[str, dict[str, Any]]:
     """Files under ``root`` (hidden and ``_*`` names skipped) with their listing info."""
     root = root.rstrip("/")
     out = {}
-    for path, info in fs.find(root, withdirs=False, detail=True).items():
+    if isinstance(fs, LocalFileSystem):  # links followed; a loop or a bad link does not crash
+        found = find_local(root, [])
+    else:
+        found = fs.find(root, withdirs=False, detail=True)
+    for path, info in found.items():
         rel = path[len(root) :].lstrip("/")
         if not _hidden(rel) and _suffix_ok(path, suffixes):
             out[path] = info
@@ -301,12 +342,19 @@ def _glob_files(
     return files
 
 
+def _entry_is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; a loop (``a -> a``) raises ELOOP
+    except OSError:
+        return False
+
+
 def _ls_some(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> list[dict[str, Any]]:
     """At most about ``limit`` entries of one directory, without listing all of a big prefix."""
     if isinstance(fs, LocalFileSystem):
         with os.scandir(path) as entries:
             return [
-                {"name": e.path, "type": "directory" if e.is_dir() else "file"}
+                {"name": e.path, "type": "directory" if _entry_is_dir(e) else "file"}
                 for e in islice(entries, limit)
             ]
     lsdir = getattr(fs, "_lsdir", None)
@@ -323,26 +371,29 @@ def _ls_some(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> list[dict[
 
 
 def peek_files(
-    fs: fsspec.AbstractFileSystem, root: str, *, limit: int = 256, max_dirs: int = 16
+    fs: fsspec.AbstractFileSystem, root: str, *, limit: int = 256, max_dirs: int = 64
 ) -> list[str]:
-    """Up to ``limit`` file paths under directory ``root``, breadth-first, visiting at most
-    ``max_dirs`` directories: enough to tell what a prefix holds without listing it."""
+    """Up to ``limit`` file paths under directory ``root``, visiting at most ``max_dirs``
+    directories depth first (a dated tree ``YYYY/MM/DD/*.jpg`` shows its photos, not only its
+    folders): enough to tell what a prefix holds without listing it."""
     found: list[str] = []
-    queue, visited = [root.rstrip("/")], 0
+    stack, visited = [root.rstrip("/")], 0
     base = root.rstrip("/")
-    while queue and visited < max_dirs and len(found) < limit:
-        current = queue.pop(0)
+    while stack and visited < max_dirs and len(found) < limit:
+        current = stack.pop()
         visited += 1
         try:
             entries = sorted(_ls_some(fs, current, limit), key=lambda e: e["name"])
         except (PermissionError, NotADirectoryError):
             continue  # unreadable: the job's listing gives it an error row
+        folders = []
         for entry in entries:
             name = entry["name"].rstrip("/")
             if _hidden(name[len(base) :]) or name == current:
                 continue
             if _is_dir(entry):
-                queue.append(name)
+                folders.append(name)
             else:
                 found.append(name)
+        stack.extend(reversed(folders))
     return found[:limit]

@@ -19,7 +19,7 @@ import numpy as np
 
 from vqpipe.io.fs import content_version, is_local, join_uri, url_to_fs
 from vqpipe.io.media_types import UNSUPPORTED, extension, media_type_from_name, sidecar_of
-from vqpipe.io.patterns import has_magic
+from vqpipe.io.patterns import SymlinkLoopError, find_local, has_magic
 from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
@@ -71,6 +71,45 @@ def confine(uri: str, root: str) -> tuple[str, bool]:
     full = posixpath.normpath(path)
     inside = full == base or full.startswith(base + "/")
     return f"{scheme}://{full}", inside
+
+
+def is_relative(uri: str) -> bool:
+    """A manifest entry with no scheme and no leading ``/`` (``images/a.jpg``)."""
+    return "://" not in uri and not uri.startswith("/")
+
+
+def manifest_entry(value: str, manifest: str, root: str | None) -> tuple[str, bool]:
+    r"""The URI a manifest entry names, and whether it may be read: with ``--root``,
+    :func:`confine`\ d to it (relative entries joined to the root); without, a relative entry
+    is relative to the manifest's own folder (never to the working directory of whichever
+    node reads it), an absolute one is taken as it is."""
+    if root is not None:
+        return confine(value, root)
+    if not is_relative(value):
+        return value, True
+    folder = manifest.rstrip("/").rsplit("/", 1)[0] if "/" in manifest else "."
+    scheme, _, path = folder.rpartition("://") if "://" in folder else ("", "", folder)
+    joined = posixpath.normpath(posixpath.join(path, value))
+    if not scheme:
+        return os.path.abspath(joined), True
+    return f"{scheme}://{joined.lstrip('/')}", True
+
+
+def entry_selected(
+    uri: str, base: str | None, include: Sequence[str], exclude: Sequence[str]
+) -> bool:
+    """``--include`` / ``--exclude`` on a manifest entry: the globs match its path relative to
+    ``base`` (``--root``, else the manifest's folder) when it lies below it, else the URI."""
+    if not include and not exclude:
+        return True
+    rel = uri
+    if base is not None:
+        prefix = base.rstrip("/") + "/"
+        if uri.startswith(prefix):
+            rel = uri[len(prefix) :]
+    if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
+        return False
+    return not any(_excluded(rel, pat) for pat in exclude)
 
 
 def is_manifest(spec: str) -> bool:
@@ -187,44 +226,6 @@ def list_level(
                 "mtime": st.st_mtime,
             }
     return dict(sorted(files.items())), sorted(folders)
-
-
-class SymlinkLoopError(OSError):
-    """A symlinked folder that points back at a folder above it."""
-
-
-def find_local(path: str, problems: list[OSError]) -> dict[str, dict[str, Any]]:
-    """Files under a local folder, as ``fs.find(detail=True)`` lists them, symlinked folders
-    followed; what could not be listed goes to ``problems`` (an unreadable folder, a link
-    back to a folder above it: :class:`SymlinkLoopError`), each an error row for the caller.
-    fsspec's local ``find`` drops an unreadable folder without a word and does not follow
-    links."""
-    found: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
-    for top, dirs, names in os.walk(path, onerror=problems.append, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # two links to one folder: its files are listed once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        for name in list(dirs):
-            full = os.path.join(top, name)
-            target = os.path.realpath(full)
-            if os.path.islink(full) and (real == target or real.startswith(target + os.sep)):
-                dirs.remove(name)
-                loop = SymlinkLoopError(
-                    f"symlink loop: {full} points to {target}, a folder above it"
-                )
-                loop.filename = full
-                problems.append(loop)
-        for name in names:
-            full = os.path.join(top, name)
-            try:
-                st = os.stat(full)
-            except OSError:  # a broken link: listed, the read stage says why it fails
-                st = os.lstat(full)
-            found[full] = {"name": full, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
-    return found
 
 
 def _named_files(
@@ -396,10 +397,11 @@ def list_inputs(
     ``spec``: a local directory, an fsspec URI prefix (``s3://bucket/prefix/``), or a manifest
     file (``.parquet`` / ``.csv`` / ``.jsonl``, needs a ``uri`` column). ``include`` /
     ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
-    is taken as it is. A job's own files (``_job.json``, parts, ``_next/``) are skipped.
-    ``root``: manifest entries are resolved against it and must stay inside it (``..``,
-    absolute paths or other buckets elsewhere become error rows, never reads). ``since``: a
-    prefix listing keeps only objects modified after this POSIX time (nightly incremental runs).
+    entry is selected by its path relative to ``root`` (else to the manifest's folder). A
+    quality table's own files are skipped. ``root``: manifest entries are resolved against it
+    and must stay inside it (``..``, absolute paths or other buckets elsewhere become error
+    rows, never reads); without it a relative entry is relative to the manifest's folder.
+    ``since``: a prefix listing keeps only objects modified after this POSIX time.
     """
     import pandas as pd
 
@@ -409,14 +411,16 @@ def list_inputs(
         table = table.assign(uri=table["uri"].astype(str))
         if "media_type" not in table.columns:
             table["media_type"] = table["uri"].map(media_type_from_name)
-        if root is not None:
-            resolved = [confine(u, str(root)) for u in table["uri"]]
-            # rejected entries keep the manifest's text, so the error row names what was asked
-            table["uri"] = [
-                r if ok else u for u, (r, ok) in zip(table["uri"], resolved, strict=True)
-            ]
-            outside = np.array([not ok for _, ok in resolved], dtype=bool)
-            table.loc[outside, "media_type"] = OUTSIDE_ROOT
+        base = None if root is None else str(root)
+        resolved = [manifest_entry(u, spec, base) for u in table["uri"]]
+        # rejected entries keep the manifest's text, so the error row names what was asked
+        table["uri"] = [r if ok else u for u, (r, ok) in zip(table["uri"], resolved, strict=True)]
+        outside = np.array([not ok for _, ok in resolved], dtype=bool)
+        table.loc[outside, "media_type"] = OUTSIDE_ROOT
+        if include or exclude:
+            base = base if base is not None else spec.rstrip("/").rsplit("/", 1)[0]
+            chosen = [entry_selected(u, base, include, exclude) for u in table["uri"]]
+            table = table[np.array(chosen, dtype=bool)]
         if "bytes" not in table.columns:
             table["bytes"] = pd.array([None] * len(table), dtype="Int64")
     else:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,8 @@ SIDECAR_MEMBERS = frozenset({"txt", "cls", "json"})
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_BYTES = 128 * 1024 * 1024
+LINK_HELD_BYTES = 32 * 1024 * 1024
+"""Bytes of recently read members kept for link members that name them (see _LinkTargets)."""
 
 WEBDATASET_TYPES: dict[str, pa.DataType] = {
     "uri": pa.string(),
@@ -196,6 +199,54 @@ def _record(
     return record
 
 
+def _compressed(tar: tarfile.TarFile) -> bool:
+    """Whether a stream-mode tar is compressed (then a member cannot be read by its offset)."""
+    return getattr(tar.fileobj, "comptype", "tar") != "tar"
+
+
+class _LinkTargets:
+    """The members a tar's link members can name: hard links (``tar`` writes one for a file
+    already in the archive) and symbolic links (relative to the link's folder). A stream is
+    read once: a target is taken from the members read last (at most :data:`LINK_HELD_BYTES`
+    held) or read again by its byte range (uncompressed tars: one ranged read); a target
+    that is not earlier in the tar, or gone by in a compressed one, is an error."""
+
+    def __init__(self, shard: str, storage_options: dict[str, Any] | None, compressed: bool):
+        self.shard, self.storage_options, self.compressed = shard, storage_options, compressed
+        self.where: dict[str, tuple[int, int]] = {}  # member name → (data offset, size)
+        self.held: dict[str, bytes] = {}  # the members read last, oldest first
+        self.held_bytes = 0
+
+    def hold(self, name: str, data: bytes) -> None:
+        self.held[name] = data
+        self.held_bytes += len(data)
+        while self.held_bytes > LINK_HELD_BYTES and self.held:
+            self.held_bytes -= len(self.held.pop(next(iter(self.held))))
+
+    def note(self, info: tarfile.TarInfo) -> None:
+        self.where[info.name] = (info.offset_data, info.size)
+
+    def resolve(self, info: tarfile.TarInfo) -> tuple[bytes, str | None]:
+        """The target's bytes, or why there are none."""
+        target = info.linkname
+        if info.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(info.name), target))
+        kind = "hard link" if info.islnk() else "symlink"
+        if target in self.held:
+            return self.held[target], None
+        if target not in self.where:
+            return b"", f"is a {kind} to {info.linkname!r}, not a file earlier in the tar"
+        if self.compressed:
+            return b"", f"is a {kind} to {target!r}, too far back in a compressed tar"
+        offset, size = self.where[target]
+        with open_input(self.shard, self.storage_options) as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+        if len(data) != size:
+            return b"", f"is a {kind} to {target!r}, whose data is cut short"
+        return data, None
+
+
 def _damage_record(shard: str, offset: int, message: str) -> dict[str, Any]:
     record = dict.fromkeys(WEBDATASET_TYPES)
     record.update(
@@ -247,9 +298,10 @@ def iter_webdataset(
             tarfile.open(fileobj=fh, mode="r|*", tarinfo=_TracingTarInfo) as tar_,
         ):
             tar = tar_  # kept for the error handler below (offset, why it stopped)
+            links = _LinkTargets(shard, storage_options, _compressed(tar_))
             for info in tar:
                 tar.members = []  # stream mode keeps every TarInfo otherwise (as webdataset)
-                if not info.isreg():
+                if not (info.isreg() or info.islnk() or info.issym()):
                     continue
                 current = info
                 name = info.name
@@ -283,11 +335,22 @@ def iter_webdataset(
                     if ext in SIDECAR_MEMBERS
                     else -1
                 )
+                if not info.isreg():  # a hard or symbolic link: the member it names
+                    data, why = links.resolve(info)
+                    if why is not None:
+                        sample.error = sample.error or f"read: member {name} {why}"
+                        continue
+                    sample.sizes[ext] = len(data)
+                    if limit != -1 and (limit is None or len(data) <= limit):
+                        sample.payload[ext] = data
+                    continue
+                links.note(info)
                 if limit == -1 or (limit is not None and info.size > limit):
                     continue  # not read: tarfile skips its data on the next header
                 in_data = True
                 member = tar.extractfile(info)
                 sample.payload[ext] = member.read() if member is not None else b""
+                links.hold(name, sample.payload[ext])
                 in_data = False
             stop = getattr(tar, "_vqpipe_stop", None)
             if stop is not None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import vqpipe
 from vqpipe.errors import UserError
 from vqpipe.io.media_types import media_type_from_name
-from vqpipe.io.sources import confine
+from vqpipe.io.sources import manifest_entry
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline import job, runner
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -152,11 +152,10 @@ def pair_rows(table: pa.Table, shard: Shard, start: int, root: str | None) -> pa
                 sides[side].append(None if value is None else str(value))
                 problems.append(f"read: manifest row {start + i} has no {side} ({value!r})")
                 continue
-            if root is not None:
-                resolved, inside = confine(value, root)
-                if not inside:
-                    problems.append(f"read: {side}: outside the configured input root; not read")
-                value = resolved if inside else value
+            resolved, inside = manifest_entry(value, shard.uri, root)
+            if not inside:
+                problems.append(f"read: {side}: outside the configured input root; not read")
+            value = resolved if inside else value
             sides[side].append(value)
         errors.append("; ".join(problems) or None)
     columns: dict[str, Any] = {

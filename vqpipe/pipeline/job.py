@@ -24,7 +24,7 @@ from vqpipe.errors import UserError
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import has_magic
-from vqpipe.io.sources import canonical_input, list_level, listed_rows
+from vqpipe.io.sources import canonical_input, confine, list_level, listed_rows
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -325,11 +325,23 @@ def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
         found = input_shard_versions(config.input, kind, config.storage_options)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    return [
+    output = _output_uri(config)
+    shards = [
         Shard(u, kind, shard_id(u), version)
         for u, version in found.items()
-        if not _inside(u, config.output)
+        if not _inside(u, output) and not _inside(u, config.output)
     ]
+    if not shards:  # nothing of that kind: say so before anything is written
+        raise UserError(f"--input-format {kind}: {config.input} holds no {_kind_names(kind)}")
+    return shards
+
+
+def _kind_names(kind: str) -> str:
+    from vqpipe.io.input_format import FORMAT_SUFFIXES
+
+    suffixes = ", ".join(FORMAT_SUFFIXES.get(kind) or ())
+    what = {"webdataset": "WebDataset shards", "parquet": "Parquet files"}.get(kind, "tables")
+    return f"{what} ({suffixes})"
 
 
 def plan_listing(config: JobConfig) -> tuple[list[dict[str, str]], dict[str, int]]:
@@ -381,6 +393,9 @@ class ScoreJob(JobKind):
         validate_job(config, checkpoints=False)  # those load model code: only when there is work
         config.input = canonical_input(config.input)
         self.format = resolve_format(config)
+        if self.format == "files" and config.root is not None:
+            check_inside_root(config.input, config.root)
+        self.shards = plan_shards(config, self.format) if self.format in SHARDED_FORMATS else None
 
     def signature(self, config: JobConfig) -> dict[str, Any]:
         signature = {
@@ -398,7 +413,7 @@ class ScoreJob(JobKind):
     def plan(
         self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], scan: Scan
     ) -> Work:
-        return plan_work(config, self.format, sig, parts, scan)
+        return plan_work(config, self.format, sig, parts, scan, self.shards)
 
     def prepare(self, config: JobConfig) -> None:
         check_checkpoints(config)
@@ -413,6 +428,15 @@ class ScoreJob(JobKind):
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
         return {s.column: scorer_facts(s) for s in config.scorers}
+
+
+def check_inside_root(spec: str, root: str) -> None:
+    """``--root`` with a folder, file or glob input: the input must lie inside it (each file's
+    real path is checked again as it is listed: a symlink that leaves the root is an error
+    row)."""
+    base = spec.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+    if not confine(base, root)[1]:
+        raise UserError(f"--root {root}: the input {spec} is not inside it")
 
 
 def score_settings(config: JobConfig) -> dict[str, Any]:
@@ -448,16 +472,22 @@ def run_job(
 
 
 def plan_work(
-    config: JobConfig, kind: str, sig: str, parts: list[str], scan: Scan | None = None
+    config: JobConfig,
+    kind: str,
+    sig: str,
+    parts: list[str],
+    scan: Scan | None = None,
+    shards: list[Shard] | None = None,
 ) -> Work:
     """Shards not committed yet or changed (:func:`vqpipe.pipeline.runner.plan_sharded`), or
     the listing tasks of a prefix; a listing small enough for the driver is checked against
     the written parts here (URIs and content versions), so a resume with nothing to do never
-    starts Ray. ``scan``: what the resume scan found (:mod:`vqpipe.storage.retry`)."""
+    starts Ray. ``scan``: what the resume scan found (:mod:`vqpipe.storage.retry`);
+    ``shards``: the input's, when the caller listed them already."""
     scan = scan or Scan()
     table = QualityTable(config.output, config.storage_options)
     if kind in SHARDED_FORMATS:
-        shards = plan_shards(config, kind)
+        shards = shards if shards is not None else plan_shards(config, kind)
         work = runner.plan_sharded(table, shards, sig, parts, scan)
         todo = work.source
         if kind == "manifest" and todo and len(shards) > 1:

@@ -20,7 +20,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from vqpipe.io.fs import is_transient
 from vqpipe.io.input_format import PARQUET_SUFFIXES
 from vqpipe.io.media_types import media_type_from_name
-from vqpipe.io.sources import OUTSIDE_ROOT, confine
+from vqpipe.io.sources import OUTSIDE_ROOT, entry_selected, manifest_entry
 from vqpipe.schema import (
     BYTES,
     CARRIED_PREFIX,
@@ -261,7 +261,17 @@ def _manifest_tables(
         for key, value in hive.items():  # Hive partition columns (a column of the file wins)
             if key not in chunk.column_names:
                 chunk = chunk.append_column(key, pa.array([value] * len(chunk), pa.string()))
-        table, repeats = _manifest_rows(chunk, shard, column, root, start, seen, reserved)
+        table, repeats = _manifest_rows(
+            chunk,
+            shard,
+            column,
+            root,
+            start,
+            seen,
+            reserved,
+            options.get("include", ()),
+            options.get("exclude", ()),
+        )
         dropped += repeats
         if len(table) == 0:  # only repeats: nothing to yield (an empty part never commits)
             continue
@@ -336,16 +346,29 @@ def _manifest_rows(
     start: int,
     seen: set[str],
     reserved: frozenset[str] = frozenset(),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> tuple[pa.Table, int]:
     if column not in table.column_names:
         raise ValueError(f"manifest {shard.uri} has no {column!r} column")
     raw = table.column(column).to_pylist()
+    index = list(range(len(raw)))
+    if include or exclude:  # --include / --exclude: entries left out, as a listing's files
+        base = root if root is not None else shard.uri.rsplit("/", 1)[0]
+        chosen = [
+            not isinstance(v, str)
+            or entry_selected(manifest_entry(v, shard.uri, root)[0], base, include, exclude)
+            for v in raw
+        ]
+        table = table.filter(pa.array(chosen))
+        raw = [v for v, c in zip(raw, chosen, strict=True) if c]
+        index = [i for i, c in zip(index, chosen, strict=True) if c]
     keep = [not (isinstance(v, str) and v in seen) for v in raw]
     seen.update(v for v in raw if isinstance(v, str))
     dropped = keep.count(False)
     if dropped:  # a URI listed again in the shard: scored once, its repeats counted
         table, raw = table.filter(pa.array(keep)), [v for v, k in zip(raw, keep, strict=True) if k]
-    rows = [i for i, k in enumerate(keep) if k]
+    rows = [i for i, k in zip(index, keep, strict=True) if k]
     carried = table.drop_columns([c for c in {column, URI} if c in table.column_names])
     uris, kinds, errors = [], [], []
     for i, value in zip(rows, raw, strict=True):
@@ -354,10 +377,8 @@ def _manifest_rows(
             kinds.append(None)
             errors.append(f"read: manifest row {start + i} has no {column} ({value!r})")
             continue
-        uri, kind = value, media_type_from_name(value)
-        if root is not None:
-            resolved, inside = confine(value, root)
-            uri, kind = (resolved, kind) if inside else (value, OUTSIDE_ROOT)
+        resolved, inside = manifest_entry(value, shard.uri, root)
+        uri, kind = (resolved, media_type_from_name(value)) if inside else (value, OUTSIDE_ROOT)
         uris.append(uri)
         kinds.append(kind)
         errors.append(None)
