@@ -423,7 +423,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root",
         default=None,
-        help="manifest entries must stay inside this prefix (default: no restriction)",
+        help="inputs must stay inside this prefix: manifest entries (relative ones are joined "
+        "to it), and a folder or glob with the files its symlinks reach (default: no "
+        "restriction; relative manifest entries are relative to the manifest's folder)",
     )
     parser.add_argument(
         "--rows-per-file",
@@ -440,7 +442,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--include",
         action="append",
         metavar="GLOB",
-        help="glob on relative paths, repeatable (default: every media file)",
+        help="glob on relative paths (a manifest's entries: relative to --root, else to the "
+        "manifest's folder), repeatable (default: every input)",
     )
     parser.add_argument(
         "--exclude",

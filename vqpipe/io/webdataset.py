@@ -55,8 +55,9 @@ SIDECAR_MEMBERS = frozenset({"txt", "cls", "json"})
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_BYTES = 128 * 1024 * 1024
-LINK_HELD_BYTES = 32 * 1024 * 1024
-"""Bytes of recently read members kept for link members that name them (see _LinkTargets)."""
+LINK_HELD_BYTES = 4 * 1024 * 1024
+"""Bytes of recently read members a compressed tar keeps for link members that name them
+(see ``_LinkTargets``; an uncompressed tar reads a link's target again by its byte range)."""
 
 WEBDATASET_TYPES: dict[str, pa.DataType] = {
     "uri": pa.string(),
@@ -207,9 +208,10 @@ def _compressed(tar: tarfile.TarFile) -> bool:
 class _LinkTargets:
     """The members a tar's link members can name: hard links (``tar`` writes one for a file
     already in the archive) and symbolic links (relative to the link's folder). A stream is
-    read once: a target is taken from the members read last (at most :data:`LINK_HELD_BYTES`
-    held) or read again by its byte range (uncompressed tars: one ranged read); a target
-    that is not earlier in the tar, or gone by in a compressed one, is an error."""
+    read once: a target is read again by its byte range (uncompressed tars: one ranged read)
+    or, in a compressed tar, taken from the members read last (at most
+    :data:`LINK_HELD_BYTES` held); a target that is not earlier in the tar, or gone by in a
+    compressed one, is an error."""
 
     def __init__(self, shard: str, storage_options: dict[str, Any] | None, compressed: bool):
         self.shard, self.storage_options, self.compressed = shard, storage_options, compressed
@@ -218,6 +220,8 @@ class _LinkTargets:
         self.held_bytes = 0
 
     def hold(self, name: str, data: bytes) -> None:
+        if not self.compressed or len(data) > LINK_HELD_BYTES:
+            return
         self.held[name] = data
         self.held_bytes += len(data)
         while self.held_bytes > LINK_HELD_BYTES and self.held:
