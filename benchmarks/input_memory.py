@@ -3,6 +3,7 @@ blow it up, each against a baseline job on the same input without the load.
 
     python benchmarks/input_memory.py                       # both cases, this checkout
     python benchmarks/input_memory.py --code /work/main     # the same against another checkout
+    python benchmarks/input_memory.py --quick               # a 256 MiB bomb, 64 videos
     python benchmarks/input_memory.py --json                # records for vqpipe bench
 
 (a) **Parquet bomb**: a ~35 KB Parquet file (zstd) whose row 3 is a 1 GiB cell (zeros behind a
@@ -70,15 +71,16 @@ def _mp4(seed: int, frames: int = 32, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def write_parquet(folder: Path, bomb: bool) -> Path:
-    """Six small images and, at row 3, the bomb cell (or a seventh small image)."""
+def write_parquet(folder: Path, bomb_bytes: int) -> Path:
+    """Six small images and, at row 3, a cell of ``bomb_bytes`` zeros behind a JPEG header
+    (0: a seventh small image)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
     cells = [_jpeg(i) for i in range(7)]
-    if bomb:
-        cells[3] = b"\xff\xd8\xff" + bytes(BOMB_BYTES)
+    if bomb_bytes:
+        cells[3] = b"\xff\xd8\xff" + bytes(bomb_bytes)
     kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({"image": pa.array([{"bytes": c, "path": None} for c in cells], kind)})
     path = folder / "bomb.parquet"
@@ -162,6 +164,7 @@ def case(name: str, make, extra: list[str], code: str | None, tmp: Path) -> dict
     load = run_job(load_src, tmp / f"{name}-load-out", extra, code)
     rows, errors = _rows(tmp / f"{name}-load-out") if load["rc"] == 0 else (0, 0)
     return {
+        "figure": f"input memory: {name}, peak RSS growth (target <= {TARGET_MB} MB)",
         "case": name,
         "input_bytes": sum(p.stat().st_size for p in load_src.parent.iterdir()),
         "baseline_peak_mb": round(base["peak_mb"]),
@@ -177,17 +180,23 @@ def case(name: str, make, extra: list[str], code: str | None, tmp: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--code", help="PYTHONPATH of the vqpipe checkout to measure")
+    parser.add_argument(
+        "--code",
+        default=str(Path(__file__).resolve().parents[1]),
+        help="the vqpipe checkout to measure (PYTHONPATH; default: this one)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a 256 MiB bomb and 64 videos")
     parser.add_argument("--json", action="store_true", help="print JSON records only")
     parser.add_argument("--only", choices=["bomb", "videos"], help="one case")
     args = parser.parse_args()
+    bomb, videos = (256 << 20, 64) if args.quick else (BOMB_BYTES, VIDEOS)
     cases = {
         "bomb": (
-            lambda d, load: write_parquet(d, load),
+            lambda d, load: write_parquet(d, bomb if load else 0),
             ["--scorer", "brightness", "--max-bytes", str(MAX_BYTES)],
         ),
         "videos": (
-            lambda d, load: write_videos(d, VIDEOS if load else 1),
+            lambda d, load: write_videos(d, videos if load else 1),
             ["--scorer", "brightness:size=448", "--video-fps", "8"],
         ),
     }
@@ -200,7 +209,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    print(f"code: {args.code or 'this checkout'}; target: growth ≤ {TARGET_MB} MB")
+    print(f"code: {args.code}; target: growth ≤ {TARGET_MB} MB")
     print(f"{'case':8} {'input':>10} {'baseline':>9} {'peak':>8} {'growth':>8} {'s':>6} rows")
     for r in results:
         print(

@@ -488,7 +488,9 @@ def _streamed_row_group(
         n = len(taken)
         part = rest.slice(at, n) if rest is not None else None
         if pa.types.is_struct(kind):
-            given = part.column(column).combine_chunks() if part is not None else None
+            given = None
+            if part is not None and column in part.column_names:  # the struct's other fields
+                given = part.column(column).combine_chunks()
             children = [
                 pa.array(cells, f.type) if f.name == "bytes" else given.field(f.name) for f in kind
             ]

@@ -199,7 +199,9 @@ def decode_score(
     yields) before the next block is decoded."""
     here = frozenset(spec.column for spec, _ in pools)
     inline = batch.get(DATA)
-    sizes = None if inline is None else [0 if v is None else len(v) for v in inline]
+    sizes = None
+    if inline is not None:  # media bytes carried in the rows (None / NaN: none)
+        sizes = [len(v) if isinstance(v, (bytes, np.ndarray)) else 0 for v in inline]
     for lo, hi in block_bounds(batch["media_type"], sizes, block_frames, limits.max_frames):
         piece = {k: v[lo:hi] for k, v in batch.items()}
         out = decode_batch(piece, scorers, storage_options, video_fps, limits, here)
