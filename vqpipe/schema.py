@@ -33,6 +33,20 @@ CONTENT_VERSION = "content_version"
 Parquet, manifest) for sharded inputs. A rerun reads again what changed."""
 MEDIA_COLUMNS = (WIDTH, HEIGHT, DURATION, FRAMES)
 """What the decode stage adds to every row."""
+SHARD = "shard"
+"""Sharded inputs (tar, Parquet, Arrow, manifest): the URI of the file a row was read from."""
+KEY = "key"
+"""Sharded inputs: the row's key in its shard (a key column, the sample's key, else
+``row_index`` as text)."""
+ROW_INDEX = "row_index"
+"""Sharded inputs: the row's index in its shard (int64; for an error row that stands for the
+rest of a shard, the first row not read), so ``(shard_path, row_index)`` joins back to the
+source rows: a Hugging Face dataset's Parquet or Arrow files, img2dataset's shards."""
+SHARD_PATH = "shard_path"
+"""Sharded inputs: the shard's path relative to the input (``train/data-00000-of-00002.arrow``;
+a single file input: its name), the same on every machine and bucket the input is copied to."""
+SHARD_COLUMNS = (SHARD, KEY, ROW_INDEX, SHARD_PATH)
+"""What every row of a sharded input carries besides the listing's columns."""
 
 CARRIED_PREFIX = "input_"
 """``input_<name>``: a carried input column whose name is one of the table's own columns."""

@@ -8,9 +8,10 @@ directory (``peek_files``: a few hundred names, depth first, never the whole pre
    ``_stats.json`` beside its tars: the tars win);
 2. image or video files present → ``files`` (img2dataset's "files" layout has ``.json`` /
    ``.txt`` beside each image: still files; a tree of photos with one stray tar: files);
-3. tables (Parquet first, then CSV / JSONL): ``media_column`` named and present → ``parquet``;
-   a ``uri_column`` column → ``manifest``; a media-bytes column (``find_media_column``) →
-   ``parquet``; neither → ``ValueError`` (say ``--input-format``);
+3. tables (Parquet first, then Arrow IPC — a Hugging Face ``save_to_disk`` folder, whose
+   ``.json`` files are not manifests —, then CSV / JSONL): ``media_column`` named and present
+   → ``parquet``; a ``uri_column`` column → ``manifest``; a media-bytes column
+   (``find_media_column``) → ``parquet``; neither → ``ValueError`` (say ``--input-format``);
 4. anything else → ``files``.
 """
 
@@ -24,6 +25,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vqpipe.io.fs import content_version
@@ -42,10 +44,12 @@ InputFormat = Literal["files", "manifest", "webdataset", "parquet"]
 INPUT_FORMATS: tuple[str, ...] = ("auto", "files", "manifest", "webdataset", "parquet")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".arrow",)
+"""Arrow IPC files: a Hugging Face ``save_to_disk`` folder, read as Parquet with media."""
 TABLE_SUFFIXES = (*PARQUET_SUFFIXES, ".csv", ".jsonl", ".ndjson", ".json")
 FORMAT_SUFFIXES: dict[str, tuple[str, ...] | None] = {
     "webdataset": TAR_SUFFIXES,
-    "parquet": PARQUET_SUFFIXES,
+    "parquet": (*PARQUET_SUFFIXES, *ARROW_SUFFIXES),
     "manifest": (
         *TABLE_SUFFIXES,
         *(t + c for t in TABLE_SUFFIXES[2:] for c in COMPRESSION_SUFFIXES),
@@ -67,6 +71,8 @@ def _kind(name: str) -> str | None:
     ext = posixpath.splitext(lower)[1]
     if ext in PARQUET_SUFFIXES:
         return "parquet"
+    if ext in ARROW_SUFFIXES:
+        return "arrow"
     if ext == ".csv":
         return "csv"
     if ext in (".jsonl", ".ndjson", ".json"):
@@ -88,6 +94,12 @@ def table_columns(fs, path: str) -> tuple[list[str], Any]:
     if kind == "parquet":
         with fs.open(path, "rb") as fh:
             schema = pq.ParquetFile(fh).schema_arrow
+        return list(schema.names), schema
+    if kind == "arrow":
+        with fs.open(path, "rb") as fh:  # the IPC stream format (datasets), or the file format
+            magic = fh.read(6)
+            fh.seek(0)
+            schema = (pa.ipc.open_file if magic == b"ARROW1" else pa.ipc.open_stream)(fh).schema
         return list(schema.names), schema
     text = _head_text(fs, path)
     if kind == "csv":
@@ -143,7 +155,9 @@ def detect_format(
         return "webdataset"
     if media:
         return "files"
+    # Parquet, then Arrow (a save_to_disk folder: its .json files are not manifests)
     tables = [p for p, k in zip(files, kinds, strict=True) if k == "parquet"]
+    tables += [p for p, k in zip(files, kinds, strict=True) if k == "arrow"]
     tables += [p for p, k in zip(files, kinds, strict=True) if k in ("csv", "json")]
     if not tables:
         return "files"

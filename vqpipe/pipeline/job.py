@@ -58,6 +58,7 @@ from vqpipe.schema import (
     ERROR_KIND,
     MEDIA_COLUMNS,
     MEDIA_TYPE,
+    SHARD_COLUMNS,
     URI,
     output_columns,
 )
@@ -206,7 +207,8 @@ def build_dataset(
         if config.limit is not None:
             ds = ds.limit(config.limit)
         stage = decode_stage(block, cpus)
-        ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so})
+        # a batch of `block` rows is decoded in blocks of `block` frames (videos: fewer rows)
+        ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so, "block_frames": block})
     for spec, scorer in pools:
         if scores_in_tasks(spec):
             continue
@@ -276,6 +278,7 @@ def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
         "limit": config.limit,
         "rows": rows,
         "max_bytes": config.limits.max_bytes,
+        "read_timeout_s": config.limits.read_timeout_s,
         "uri_column": config.uri_column,
         "media_column": config.media_column,
         "key_column": config.key_column,
@@ -287,8 +290,8 @@ def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
 def output_names(config: JobConfig) -> set[str]:
     """The quality table's own column names for this job (a carried column with one of them
     is kept as ``input_<name>``)."""
-    names = {URI, "shard", "key", MEDIA_TYPE, BYTES, CONTENT_VERSION, ERROR, ERROR_KIND}
-    names.update(MEDIA_COLUMNS)
+    names = {URI, MEDIA_TYPE, BYTES, CONTENT_VERSION, ERROR, ERROR_KIND}
+    names.update(MEDIA_COLUMNS, SHARD_COLUMNS)
     for spec in config.scorers:
         names.update(output_columns(spec.column, spec.scorer_class().extra_outputs))
     return names

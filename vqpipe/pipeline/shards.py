@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vqpipe.defaults import MAX_FRAMES
 from vqpipe.io.fs import is_transient
-from vqpipe.io.input_format import PARQUET_SUFFIXES
+from vqpipe.io.input_format import ARROW_SUFFIXES, PARQUET_SUFFIXES
 from vqpipe.io.media_types import media_type_from_name
 from vqpipe.io.sources import OUTSIDE_ROOT, entry_selected, manifest_entry
 from vqpipe.schema import (
@@ -38,7 +39,11 @@ from vqpipe.schema import (
     CONTENT_VERSION,
     ERROR,
     ERROR_KIND,
+    KEY,
     MEDIA_TYPE,
+    ROW_INDEX,
+    SHARD,
+    SHARD_PATH,
     TRANSIENT,
     URI,
 )
@@ -49,8 +54,6 @@ ROW = "_row"
 """Column in transit: the row's index in its fragment."""
 ROWS = "_rows"
 """Column in transit: the number of rows of the row's fragment."""
-SHARD = "shard"
-KEY = "key"
 DATA = "data"
 """Column in transit: the media bytes of rows read from inside a shard (never written)."""
 DUPLICATES = "_duplicates"
@@ -65,11 +68,16 @@ LISTING_PART_ROWS = 50_000
 task's files), unless ``--rows-per-file`` says otherwise: ~5-10 MB of score rows, so 1e9
 inputs are 2e4 parts, not 4e6."""
 SHARD_FRAGMENT_ROWS = 256
-"""Rows per fragment of a sharded input (its rows carry the media bytes, so a fragment is one
-block in memory), unless ``--rows-per-file`` says otherwise."""
+"""Rows per fragment of a sharded input (the commit unit: one output part), unless
+``--rows-per-file`` says otherwise. Its media bytes are bounded by the readers (batches of
+about 64 MiB of media), its decoding by :func:`block_bounds`."""
 BLOCK_ROWS = 256
-"""Rows per block through decode and scoring (bounds the decoded pixels a task holds); a part
-of more rows reaches the writer as pieces, merged into one part once all are in."""
+"""Frames per block through decode and scoring (an image is one frame, a video the frames it
+may be sampled to: ``--max-frames``): bounds the decoded pixels a task holds — 256 images, or
+8 videos of 32 frames, not 256 videos (4.7 GB of frames at Q-Align's 448 px). A part of more
+rows reaches the writer as pieces, merged into one part once all are in."""
+BLOCK_BYTES = 128 * 1024**2
+"""Media bytes carried in a block (cells of a tar or Parquet shard) at most, about."""
 LISTING = "listing"
 """Shard format of a listing task: one directory of a ``files`` prefix (``top``: only the
 files directly in the prefix)."""
@@ -96,7 +104,9 @@ def shard_id(uri: str) -> str:
     """A file-name-safe id: the shard's name (``00042.tar`` → ``00042``) and a hash of its
     whole URI (two ``00042.tar`` in different folders stay apart)."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    stem = re.sub(r"\.(tar(\.gz|\.bz2|\.xz)?|tgz|parquet|pq|csv|jsonl|ndjson|json)$", "", name)
+    stem = re.sub(
+        r"\.(tar(\.gz|\.bz2|\.xz)?|tgz|parquet|pq|arrow|csv|jsonl|ndjson|json)$", "", name
+    )
     stem = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", stem)[:80] or "shard"
     return f"{stem}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
 
@@ -114,31 +124,45 @@ def _error_table(shard: Shard, at: int, message: str, transient: bool = False) -
     )
 
 
-def _fragments(tables: Iterator[pa.Table], shard: Shard, final: bool = True) -> Iterator[pa.Table]:
+def _fragments(
+    tables: Iterator[pa.Table], shard: Shard, final: bool = True, path: str | None = None
+) -> Iterator[pa.Table]:
     """Each table with its fragment name; the last one's name ends in ``-last`` (one table of
     look-ahead) unless ``final`` is False (a ``--limit`` run may stop inside a shard, which
     must then not look committed). A shard without any row yields one error row, so it
     leaves a trace; a reader that fails part-way yields one error row after the rows it
-    read."""
+    read. With ``path`` (the shard's path relative to the input) every row also gets it as
+    ``shard_path`` and a ``row_index``: the reader's, else the running count of the shard's
+    rows (an error row: the first row not read)."""
     previous: pa.Table | None = None
-    seq, rows = 0, 0
+    seq, rows, first = 0, 0, 0
+
+    def done(table: pa.Table, start: int, part: str) -> pa.Table:
+        table = _versioned(table, shard.version)
+        if path is not None:
+            if ROW_INDEX not in table.column_names:  # a WebDataset sample's ordinal
+                index = np.arange(start, start + len(table), dtype=np.int64)
+                table = table.append_column(ROW_INDEX, pa.array(index))
+            table = _located(table, path)
+        return _tag(table, part)
+
     try:
         for table in tables:
             if previous is not None:
-                yield _tag(_versioned(previous, shard.version), f"{shard.id}-{seq:05d}")
+                yield done(previous, first, f"{shard.id}-{seq:05d}")
                 seq += 1
-            previous = table
+            previous, first = table, rows
             rows += len(table)
     except Exception as exc:
         if previous is not None:
-            yield _tag(_versioned(previous, shard.version), f"{shard.id}-{seq:05d}")
+            yield done(previous, first, f"{shard.id}-{seq:05d}")
             seq += 1
         message = f"read: shard {shard.uri} after {rows} rows: {type(exc).__name__}: {exc}"
-        previous = _error_table(shard, rows, message, is_transient(exc))
+        previous, first = _error_table(shard, rows, message, is_transient(exc)), rows
     if previous is None:
-        previous = _error_table(shard, 0, "read: the shard holds no samples")
+        previous, first = _error_table(shard, 0, "read: the shard holds no samples"), 0
     last = f"{shard.id}-{seq:05d}" + ("-last" if final else "")
-    yield _tag(_versioned(previous, shard.version), last)
+    yield done(previous, first, last)
 
 
 def _versioned(table: pa.Table, version: str | None) -> pa.Table:
@@ -146,6 +170,66 @@ def _versioned(table: pa.Table, version: str | None) -> pa.Table:
     if CONTENT_VERSION in table.column_names:
         return table
     return table.append_column(CONTENT_VERSION, pa.array([version] * len(table), pa.string()))
+
+
+def _located(table: pa.Table, path: str) -> pa.Table:
+    """``table`` with its shard's path relative to the input (:data:`SHARD_PATH`)."""
+    if SHARD_PATH in table.column_names:
+        return table
+    return table.append_column(SHARD_PATH, pa.array([path] * len(table), pa.string()))
+
+
+def shard_path(uri: str, spec: Any) -> str:
+    """``uri`` relative to the input spec that holds it (a folder, a glob's folder, a brace
+    pattern's; a list: the first that holds it), else its file name. The same whatever the
+    machine or bucket the input sits in, so ``(shard_path, row_index)`` joins runs of copies."""
+    import os
+
+    from vqpipe.io.patterns import braceexpand, has_magic
+
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or [])
+    local = "://" not in uri
+    for one in specs:
+        for text in braceexpand(os.fspath(one)):
+            base = text
+            if has_magic(base):  # the folder above the first wildcard
+                cut = min(base.find(c) for c in "*?[" if c in base)
+                base = base[:cut].rsplit("/", 1)[0] if "/" in base[:cut] else ""
+            if local and "://" not in base:
+                base = os.path.abspath(base) if base else os.getcwd()
+            base = base.rstrip("/")
+            if uri == base:
+                return uri.rsplit("/", 1)[-1]
+            if base and uri.startswith(base + "/"):
+                return uri[len(base) + 1 :]
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def block_bounds(
+    media_types: Any,
+    data_sizes: Any = None,
+    block_frames: int = BLOCK_ROWS,
+    max_frames: int = MAX_FRAMES,
+    block_bytes: int = BLOCK_BYTES,
+) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive rows cut into decode blocks of at most ``block_frames``
+    frames — an image costs one, a video its frame budget ``max_frames`` (each sampled frame is
+    decoded and preprocessed like an image) — and ``block_bytes`` of media carried in the rows
+    (``data_sizes``: the cells' lengths, None / NaN for none); at least one row a block."""
+    kinds = list(media_types)
+    sizes = [0] * len(kinds) if data_sizes is None else list(data_sizes)
+    bounds, start, frames, held = [], 0, 0, 0
+    for i, (kind, size) in enumerate(zip(kinds, sizes, strict=True)):
+        cost = max(1, max_frames) if kind == "video" else 1
+        size = int(size) if size is not None and size == size and size > 0 else 0
+        if i > start and (frames + cost > block_frames or held + size > block_bytes):
+            bounds.append((start, i))
+            start, frames, held = i, 0, 0
+        frames += cost
+        held += size
+    if start < len(kinds):
+        bounds.append((start, len(kinds)))
+    return bounds
 
 
 def _tag(table: pa.Table, part: str) -> pa.Table:
@@ -388,6 +472,7 @@ def _manifest_rows(
         BYTES: pa.array([None] * len(uris), pa.int64()),
         SHARD: pa.array([shard.uri] * len(uris), pa.string()),
         KEY: pa.array([str(start + i) for i in rows], pa.string()),
+        ROW_INDEX: pa.array([start + i for i in rows], pa.int64()),
         ERROR: pa.array(errors, pa.string()),
     }
     return pa.table(carry_columns(columns, carried, reserved)), dropped
@@ -469,9 +554,18 @@ def _shard_tables(
             shard.uri, storage_options, batch_rows=options["rows"], max_bytes=options["max_bytes"]
         )
     if shard.format == "parquet":
-        from vqpipe.io.media_parquet import iter_parquet_media_batches
+        from vqpipe.io.hf_arrow import iter_arrow_media_batches
+        from vqpipe.io.media_parquet import MediaPaths, iter_parquet_media_batches
 
-        return iter_parquet_media_batches(
+        arrow = shard.uri.lower().endswith(ARROW_SUFFIXES)  # a save_to_disk folder's files
+        reader = iter_arrow_media_batches if arrow else iter_parquet_media_batches
+        paths = MediaPaths(  # HF Image cells that name a file ({bytes: null, path})
+            root=options.get("root"),
+            storage_options=storage_options,
+            max_bytes=options["max_bytes"],
+            timeout_s=options.get("read_timeout_s"),
+        )
+        return reader(
             shard.uri,
             storage_options,
             media_column=options.get("media_column"),
@@ -479,6 +573,7 @@ def _shard_tables(
             batch_rows=options["rows"],
             max_bytes=options["max_bytes"],
             reserved=frozenset(options.get("reserved", ())),
+            paths=paths,
         )
     return _manifest_tables(shard, options, storage_options)
 
@@ -507,4 +602,5 @@ def read_shards(
         if "types" in batch:  # column types fixed for every manifest shard of the job
             where["types"] = json.loads(str(batch["types"][i]))
         tables = _shard_tables(shard, where, storage_options)
-        yield from _fragments(tables, shard, final=options.get("limit") is None)
+        path = shard_path(shard.uri, options.get("spec"))
+        yield from _fragments(tables, shard, final=options.get("limit") is None, path=path)

@@ -22,12 +22,15 @@ from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.shards import (
+    BLOCK_BYTES,
+    BLOCK_ROWS,
     DATA,
     DUPLICATES,
     PART,
     ROW,
     ROWS,
     SIDECARS,
+    block_bounds,
     read_shards,
 )
 from vqpipe.schema import (
@@ -187,15 +190,26 @@ def decode_score(
     video_fps: float,
     limits: MediaLimits,
     pools: list[tuple[ScorerOptions, str | None]] = (),  # type: ignore[assignment]
-) -> dict[str, np.ndarray]:
-    """:func:`decode_batch`, then the pools that score in the decode tasks (``pools``: each
-    pool's options and checkpoint fingerprint; see :func:`scores_in_tasks`), each as its
-    actor would (:class:`ScoreStage`, one per worker process)."""
+    block_frames: int = BLOCK_ROWS,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The batch in blocks of at most ``block_frames`` frames (:func:`block_bounds`: a video
+    counts as its ``--max-frames``), each through :func:`decode_batch`, then the pools that
+    score in the decode tasks (``pools``: each pool's options and checkpoint fingerprint; see
+    :func:`scores_in_tasks`), each as its actor would (:class:`ScoreStage`, one per worker
+    process). A generator: a block's frames are handed on (Ray Data makes blocks of what it
+    yields) before the next block is decoded."""
     here = frozenset(spec.column for spec, _ in pools)
-    out = decode_batch(batch, scorers, storage_options, video_fps, limits, here)
-    for spec, fingerprint in pools:
-        out = task_scorer(spec, storage_options, fingerprint)(out)
-    return out
+    inline = batch.get(DATA)
+    sizes = None
+    if inline is not None:  # media bytes carried in the rows (None / NaN: none)
+        sizes = [len(v) if isinstance(v, (bytes, np.ndarray)) else 0 for v in inline]
+    for lo, hi in block_bounds(batch["media_type"], sizes, block_frames, limits.max_frames):
+        piece = {k: v[lo:hi] for k, v in batch.items()}
+        out = decode_batch(piece, scorers, storage_options, video_fps, limits, here)
+        del piece
+        for spec, fingerprint in pools:
+            out = task_scorer(spec, storage_options, fingerprint)(out)
+        yield out
 
 
 def read_decode(
@@ -207,15 +221,23 @@ def read_decode(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read and decode in one task (a generator; one shard per call): each table of
     :func:`~vqpipe.pipeline.shards.read_shards`, cut into blocks of at most ``block_rows``
-    rows, through :func:`decode_score` (``decode``: its arguments). One Ray Data operator
-    instead of two: a shard's media bytes never travel between processes, and a job starts
-    no worker processes for a separate read stage."""
+    frames (:func:`~vqpipe.pipeline.shards.block_bounds`: a video counts as its frame budget),
+    through :func:`decode_score` (``decode``: its arguments). One Ray Data operator instead of
+    two: a shard's media bytes never travel between processes, and a job starts no worker
+    processes for a separate read stage."""
+    import pyarrow.compute as pc
     from ray.data.block import BlockAccessor
 
+    decode = {**decode, "block_frames": block_rows}
+    max_frames = decode["limits"].max_frames
     for table in read_shards(batch, options, storage_options):
-        for start in range(0, table.num_rows, block_rows):
-            chunk = BlockAccessor.for_block(table.slice(start, block_rows))
-            yield decode_score(
+        kinds = table.column("media_type").to_pylist()
+        sizes = None
+        if DATA in table.column_names:
+            sizes = pc.fill_null(pc.binary_length(table.column(DATA)), 0).to_pylist()
+        for lo, hi in block_bounds(kinds, sizes, block_rows, max_frames):
+            chunk = BlockAccessor.for_block(table.slice(lo, hi - lo))
+            yield from decode_score(
                 chunk.to_batch_format("numpy"), storage_options=storage_options, **decode
             )
 
@@ -461,8 +483,14 @@ TASK_CPUS = 1.0
 READ_CPUS = 0.0
 # A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
-# its request, so the request covers that plus a few decoded full-size images.
-DECODE_MEMORY = 1024 * 1024**2
+# its request, so the request covers that plus what one block holds: its frames preprocessed
+# (twice: the arrays and their .npy bytes), the media bytes it carries, and the item being
+# decoded (a full-size image, a video's frames before resizing).
+WORKER_MEMORY = 530 * 1024**2
+FRAME_BYTES = 448 * 448 * 3
+"""One frame preprocessed at Q-Align's 448 px (uint8), the largest input of our scorers."""
+DECODING_MEMORY = 128 * 1024**2
+DECODE_MEMORY = WORKER_MEMORY + 2 * BLOCK_ROWS * FRAME_BYTES + BLOCK_BYTES + DECODING_MEMORY
 DECODE_RETRIES = 3
 """Attempts after the first for a decode task whose worker died (Ray Data's default retries
 forever). Native decoders run in a subprocess (:mod:`vqpipe.media.isolated`), so a worker that
