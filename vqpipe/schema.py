@@ -52,6 +52,11 @@ CARRIED_PREFIX = "input_"
 """``input_<name>``: a carried input column whose name is one of the table's own columns."""
 INPUT_PREFIX = "_input_"
 """``_input_<column>``: a scorer's preprocessed arrays in transit (never written)."""
+DATA = "data"
+"""Column in transit: the media bytes of rows read from inside a shard (never written)."""
+DUPLICATES = "_duplicates"
+"""Column in transit: URIs a manifest listed again, dropped before this row (the writer sums
+them into its summary row; the job reports them)."""
 RUNTIME_PREFIX = "_runtime_"
 """``_runtime_<column>``: the device and dtype a scorer actor ran with (into part metadata)."""
 

@@ -30,7 +30,13 @@ import pyarrow.parquet as pq
 
 from vqpipe.io.fs import content_version
 from vqpipe.io.media_parquet import find_media_column
-from vqpipe.io.media_types import MEDIA_EXTENSIONS
+from vqpipe.io.media_types import (
+    ARROW_SUFFIXES,
+    COMPRESSION_SUFFIXES,
+    MEDIA_EXTENSIONS,
+    PARQUET_SUFFIXES,
+    TAR_SUFFIXES,
+)
 from vqpipe.io.patterns import (
     braceexpand,
     expand_inputs_info,
@@ -38,23 +44,12 @@ from vqpipe.io.patterns import (
     peek_files,
     resolve,
 )
-from vqpipe.io.webdataset import TAR_SUFFIXES
+from vqpipe.io.readers import READERS
 
 InputFormat = Literal["files", "manifest", "webdataset", "parquet"]
 INPUT_FORMATS: tuple[str, ...] = ("auto", "files", "manifest", "webdataset", "parquet")
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-ARROW_SUFFIXES = (".arrow",)
-"""Arrow IPC files: a Hugging Face ``save_to_disk`` folder, read as Parquet with media."""
-TABLE_SUFFIXES = (*PARQUET_SUFFIXES, ".csv", ".jsonl", ".ndjson", ".json")
 FORMAT_SUFFIXES: dict[str, tuple[str, ...] | None] = {
-    "webdataset": TAR_SUFFIXES,
-    "parquet": (*PARQUET_SUFFIXES, *ARROW_SUFFIXES),
-    "manifest": (
-        *TABLE_SUFFIXES,
-        *(t + c for t in TABLE_SUFFIXES[2:] for c in COMPRESSION_SUFFIXES),
-    ),
-    "files": None,
+    kind: reader.suffixes for kind, reader in READERS.items()
 }
 """Which names a directory or glob contributes as shards of each format."""
 HEAD_BYTES = 64 * 1024

@@ -1,4 +1,5 @@
-"""What a name or the first bytes say a file is: the one table of media extensions.
+"""What a name or the first bytes say a file is: the one table of media extensions (and of
+the suffixes of shard files).
 
 Every reader takes its answer from here: a listed file (``photo.JPEG``), a WebDataset tar
 member (``000.jpg``), a Parquet column named like a format (``jpg``, ``mp4``), a manifest
@@ -17,6 +18,19 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", "
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 SIDECAR_EXTENSIONS = frozenset({".json", ".txt", ".cls", ".parquet", ".csv", ".jsonl", ".xml"})
 """Metadata a producer writes beside its media (see :func:`sidecar_of`)."""
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+"""WebDataset shards."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".arrow",)
+"""Arrow IPC files (a Hugging Face ``save_to_disk`` folder's shards)."""
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+TABLE_SUFFIXES = (*PARQUET_SUFFIXES, ".csv", ".jsonl", ".ndjson", ".json")
+MANIFEST_SUFFIXES = (
+    *TABLE_SUFFIXES,
+    *(t + c for t in TABLE_SUFFIXES[2:] for c in COMPRESSION_SUFFIXES),
+)
+"""Manifests: tables, text ones also compressed."""
 
 IMAGE = "image"
 VIDEO = "video"

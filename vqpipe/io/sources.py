@@ -25,6 +25,8 @@ from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
     import pandas as pd
 
+    from vqpipe.io.readers import ReadOptions
+
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
@@ -266,7 +268,7 @@ def canonical_input(spec: str) -> str:
 def folder_rows(
     spec: str,
     folder: str,
-    options: dict[str, Any],
+    options: ReadOptions,
     storage_options: dict[str, Any] | None,
     *,
     top: bool = False,
@@ -274,8 +276,8 @@ def folder_rows(
 ) -> list[dict[str, Any]]:
     """The input rows of one folder of a ``files`` input ``spec`` (with ``top``: only the
     files directly in it), with content versions, and one error row per folder that could
-    not be listed. ``options``: the job's listing options (``include``, ``exclude``,
-    ``since``, ``root``, ``output``: the job's own output, never an input)."""
+    not be listed. ``options``: ``include``, ``exclude``, ``since``, ``root``, ``output``
+    (the job's own output, never an input)."""
     fs, root = url_to_fs(spec, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache()  # a listing cached by an earlier job of this process is stale
@@ -290,15 +292,15 @@ def folder_rows(
         found = find_local(path, problems)
     else:  # object stores' find raises on a listing error (the task becomes one error row)
         found = fs.find(path, withdirs=False, detail=True)
-    root_limit = options.get("root")
+    root_limit = options.root
     rows = listed_rows(
         fs,
         root,
         spec,
         found,
-        options.get("include", ()),
-        options.get("exclude", ()),
-        options.get("since"),
+        options.include,
+        options.exclude,
+        options.since,
         versions=True,
         folders=folders,
         confine_to=root_limit if root_limit is not None and is_local(fs) else None,
@@ -313,7 +315,7 @@ def folder_rows(
         else:
             message = f"read: cannot list directory {where}: {type(exc).__name__}: {exc}"
         rows.append({"uri": where, "media_type": None, "bytes": None, "error": message})
-    output = options.get("output", "").rstrip("/")
+    output = options.output.rstrip("/")
     if output:
         rows = [r for r in rows if r["uri"] != output and not r["uri"].startswith(output + "/")]
     return rows

@@ -52,7 +52,6 @@ IMAGE_MEMBERS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 VIDEO_MEMBERS = frozenset(e.lstrip(".") for e in VIDEO_EXTENSIONS)
 MEDIA_MEMBERS = IMAGE_MEMBERS | VIDEO_MEMBERS
 SIDECAR_MEMBERS = frozenset({"txt", "cls", "json"})
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_BYTES = 128 * 1024 * 1024
 LINK_HELD_BYTES = 4 * 1024 * 1024

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vqpipe.io.input_format import PARQUET_SUFFIXES
-from vqpipe.pipeline.shards import Shard, carried_schema, manifest_chunks
+from vqpipe.io.manifest import carried_schema, manifest_chunks
+from vqpipe.io.media_types import PARQUET_SUFFIXES
+from vqpipe.pipeline.shards import Shard
 
 
 def _shard_types(

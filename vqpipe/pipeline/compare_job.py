@@ -25,6 +25,7 @@ import pyarrow as pa
 
 import vqpipe
 from vqpipe.errors import UserError
+from vqpipe.io.manifest import carry_columns, manifest_chunks
 from vqpipe.io.media_types import media_type_from_name
 from vqpipe.io.sources import manifest_entry
 from vqpipe.media.decode import MediaLimits
@@ -36,8 +37,6 @@ from vqpipe.pipeline.shards import (
     SHARD,
     Shard,
     _fragments,
-    carry_columns,
-    manifest_chunks,
 )
 from vqpipe.pipeline.stages import (
     DECODE_CPUS,

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
-from vqpipe.io.input_format import PARQUET_SUFFIXES
+from vqpipe.io.media_types import PARQUET_SUFFIXES
 from vqpipe.pipeline.config import JobConfig
 from vqpipe.pipeline.shards import Shard, signature_hash
 from vqpipe.pipeline.stages import DeviceUnavailableError, actor_cpus

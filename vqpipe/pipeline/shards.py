@@ -17,25 +17,19 @@ the shard is read again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vqpipe.defaults import MAX_FRAMES
 from vqpipe.io.fs import is_transient
-from vqpipe.io.input_format import ARROW_SUFFIXES, PARQUET_SUFFIXES
-from vqpipe.io.media_types import media_type_from_name
-from vqpipe.io.sources import OUTSIDE_ROOT, entry_selected, manifest_entry
+from vqpipe.io.readers import LISTED, FilesReader, ReadOptions, read_tables
 from vqpipe.schema import (
-    BYTES,
-    CARRIED_PREFIX,
     CONTENT_VERSION,
     ERROR,
     ERROR_KIND,
@@ -54,11 +48,6 @@ ROW = "_row"
 """Column in transit: the row's index in its fragment."""
 ROWS = "_rows"
 """Column in transit: the number of rows of the row's fragment."""
-DATA = "data"
-"""Column in transit: the media bytes of rows read from inside a shard (never written)."""
-DUPLICATES = "_duplicates"
-"""Column in transit: URIs a manifest listed again, dropped before this row (the writer sums
-them into its summary row; the job reports them)."""
 SIDECARS = "_sidecars"
 """Column in transit: producers' sidecar files a listing left out (counted on the first row
 of a listing's first fragment; the writer sums them into its summary row)."""
@@ -239,268 +228,6 @@ def _tag(table: pa.Table, part: str) -> pa.Table:
     return table.append_column(ROWS, pa.array(np.full(n, n, np.int64)))
 
 
-def hive_columns(path: str) -> dict[str, str]:
-    """Hive partition columns of a file from its directories (``…/date=2026-11-30/part-0.parquet``
-    → ``{"date": "2026-11-30"}``, values URL-decoded, as strings), by Ray Data's own parser with
-    its ``read_parquet`` default: every ``key=value`` directory of the path."""
-    from ray.data.datasource.partitioning import Partitioning, PathPartitionParser
-
-    return PathPartitionParser(Partitioning("hive"))(path)
-
-
-def manifest_chunks(
-    uri: str,
-    rows: int,
-    storage_options: dict[str, Any] | None,
-    *,
-    uri_column: str | None = None,
-    types: dict[str, str] | None = None,
-) -> Iterator[tuple[int, pa.Table]]:
-    """A Parquet / CSV / JSONL manifest file in tables of ``rows`` rows, each with the index
-    of its first row (empty tables skipped), with one schema for the whole file: all-null
-    columns typed as strings, JSON lines whose types drift read by :func:`_json_lines`,
-    ``types`` (the columns the driver fixed for every shard, see :func:`_force_types`)
-    applied.
-
-    Read with pyarrow per shard rather than Ray Data's readers: each shard must become
-    fragments with stable sequence numbers (the commit unit), and a bad row must become an
-    error row instead of failing the read task."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    from vqpipe.io.patterns import resolve
-
-    fs, path = resolve(uri, storage_options)
-    lower = path.lower()
-    with fs.open(path, "rb") as fh:
-        if lower.endswith(PARQUET_SUFFIXES):
-            parquet = pq.ParquetFile(fh)
-            schema = carried_schema(parquet.schema_arrow)
-            start = 0
-            for batch in parquet.iter_batches(batch_size=rows, columns=schema.names):
-                chunk = _force_types(pa.Table.from_batches([batch]).cast(schema), types, uri_column)
-                if len(chunk):
-                    yield start, chunk
-                start += len(chunk)
-            return
-        if lower.endswith(".csv"):
-            whole = pcsv.read_csv(fh)
-        else:
-            data = fh.read()
-            try:
-                whole = pjson.read_json(io.BytesIO(data))
-            except pa.ArrowInvalid:  # types that drift between rows, or a broken line
-                whole = _json_lines(data, uri_column)
-    whole = _force_types(whole.cast(carried_schema(whole.schema)), types, uri_column)
-    for start in range(0, len(whole), rows):
-        yield start, whole.slice(start, rows)
-
-
-def _force_types(table: pa.Table, types: dict[str, str] | None, uri_column: str | None) -> pa.Table:
-    """Columns whose types differ between the job's manifest shards, in the one type the
-    driver fixed for all of them (``types``: ``string`` or ``double``; see
-    :func:`vqpipe.storage.repeats.unified_types`)."""
-    for name, kind in (types or {}).items():
-        if name not in table.column_names or name == uri_column:
-            continue
-        column = table.column(name)
-        target = pa.float64() if kind == "double" else pa.string()
-        if column.type == target:
-            continue
-        try:
-            values = column.cast(target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            values = pa.array(
-                [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()],
-                pa.string(),
-            )
-        table = table.set_column(table.column_names.index(name), name, values)
-    return table
-
-
-def _manifest_tables(
-    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
-) -> Iterator[pa.Table]:
-    """A manifest shard in tables of ``rows`` rows: ``uri`` from ``uri_column``, media type
-    from the name, ``--root`` confinement, ``key`` = the row index; other columns carried, and
-    the Hive partition columns of its path (:func:`hive_columns`; a column of the file wins). A
-    URI listed again in the shard is scored once: its repeats are dropped and counted (repeats
-    of other shards are removed once they are written: :mod:`vqpipe.storage.repeats`).
-
-    Read with pyarrow per shard rather than Ray Data's readers: each shard must become
-    fragments with stable sequence numbers (the commit unit), and a null ``uri`` must become
-    an error row instead of failing the read task."""
-    column, root = options["uri_column"], options.get("root")
-    reserved = frozenset(options.get("reserved", ()))
-    seen: set[str] = set()  # the shard's URIs: a repeated one is scored once (bounded by a shard)
-    from vqpipe.io.patterns import resolve
-
-    hive = hive_columns(resolve(shard.uri, storage_options)[1])
-    held, dropped = None, 0
-    chunks = manifest_chunks(
-        shard.uri, options["rows"], storage_options, uri_column=column, types=options.get("types")
-    )
-    for start, chunk in chunks:
-        for key, value in hive.items():  # Hive partition columns (a column of the file wins)
-            if key not in chunk.column_names:
-                chunk = chunk.append_column(key, pa.array([value] * len(chunk), pa.string()))
-        table, repeats = _manifest_rows(
-            chunk,
-            shard,
-            column,
-            root,
-            start,
-            seen,
-            reserved,
-            options.get("include", ()),
-            options.get("exclude", ()),
-        )
-        dropped += repeats
-        if len(table) == 0:  # only repeats: nothing to yield (an empty part never commits)
-            continue
-        if held is not None:
-            yield held
-        held, dropped = _count_duplicates(table, dropped), 0
-    if held is not None:  # one table of look-ahead: repeats after it are counted on it
-        yield _count_duplicates(held, dropped)
-
-
-def _count_duplicates(table: pa.Table, dropped: int) -> pa.Table:
-    """``table`` with the number of repeated URIs dropped before it (the writer sums them)."""
-    if DUPLICATES in table.column_names:
-        dropped += int(pc.sum(table.column(DUPLICATES)).as_py() or 0)
-        table = table.drop_columns([DUPLICATES])
-    if not dropped:
-        return table
-    counts = np.zeros(len(table), np.int64)
-    counts[0] = dropped
-    return table.append_column(DUPLICATES, pa.array(counts))
-
-
-def carried_schema(schema: pa.Schema) -> pa.Schema:
-    """A manifest's schema with all-null columns typed as strings (the type every later part
-    of a text column has), so that every part of the shard is written with one schema."""
-    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
-
-
-def _json_lines(data: bytes, column: str) -> pa.Table:
-    """JSON lines whose types drift (a column mixing ints and strings) or with broken lines,
-    which pyarrow's reader refuses as a whole: a column whose values are not all of one kind
-    becomes strings (objects and lists as JSON text); a line that is not a JSON object is a
-    row without a URI (an error row). The URI column keeps only strings."""
-    records: list[dict[str, Any]] = []
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            value = None
-        records.append(value if isinstance(value, dict) else {})
-    names = list(dict.fromkeys(k for r in records for k in r))
-    columns = {}
-    for name in names:
-        values = [r.get(name) for r in records]
-        if name == column:
-            columns[name] = pa.array(
-                [v if isinstance(v, str) else None for v in values], pa.string()
-            )
-            continue
-        kinds = {type(v) for v in values if v is not None}
-        try:
-            if len(kinds) > 1 and kinds != {int, float}:
-                raise pa.ArrowInvalid("mixed")
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = pa.array(
-                [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
-                pa.string(),
-            )
-    if column is not None and column not in columns and records:
-        columns[column] = pa.array([None] * len(records), pa.string())
-    return pa.table(columns) if columns else pa.table({"_empty": pa.nulls(len(records))})
-
-
-def _manifest_rows(
-    table: pa.Table,
-    shard: Shard,
-    column: str,
-    root: str | None,
-    start: int,
-    seen: set[str],
-    reserved: frozenset[str] = frozenset(),
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-) -> tuple[pa.Table, int]:
-    if column not in table.column_names:
-        raise ValueError(f"manifest {shard.uri} has no {column!r} column")
-    raw = table.column(column).to_pylist()
-    index = list(range(len(raw)))
-    if include or exclude:  # --include / --exclude: entries left out, as a listing's files
-        base = root if root is not None else shard.uri.rsplit("/", 1)[0]
-        chosen = [
-            not isinstance(v, str)
-            or entry_selected(manifest_entry(v, shard.uri, root)[0], base, include, exclude)
-            for v in raw
-        ]
-        table = table.filter(pa.array(chosen))
-        raw = [v for v, c in zip(raw, chosen, strict=True) if c]
-        index = [i for i, c in zip(index, chosen, strict=True) if c]
-    keep = [not (isinstance(v, str) and v in seen) for v in raw]
-    seen.update(v for v in raw if isinstance(v, str))
-    dropped = keep.count(False)
-    if dropped:  # a URI listed again in the shard: scored once, its repeats counted
-        table, raw = table.filter(pa.array(keep)), [v for v, k in zip(raw, keep, strict=True) if k]
-    rows = [i for i, k in zip(index, keep, strict=True) if k]
-    carried = table.drop_columns([c for c in {column, URI} if c in table.column_names])
-    uris, kinds, errors = [], [], []
-    for i, value in zip(rows, raw, strict=True):
-        if not isinstance(value, str) or not value.strip():
-            uris.append(f"{shard.uri}#{start + i}")
-            kinds.append(None)
-            errors.append(f"read: manifest row {start + i} has no {column} ({value!r})")
-            continue
-        resolved, inside = manifest_entry(value, shard.uri, root)
-        uri, kind = (resolved, media_type_from_name(value)) if inside else (value, OUTSIDE_ROOT)
-        uris.append(uri)
-        kinds.append(kind)
-        errors.append(None)
-    columns = {
-        URI: pa.array(uris, pa.string()),
-        MEDIA_TYPE: pa.array(kinds, pa.string()),
-        BYTES: pa.array([None] * len(uris), pa.int64()),
-        SHARD: pa.array([shard.uri] * len(uris), pa.string()),
-        KEY: pa.array([str(start + i) for i in rows], pa.string()),
-        ROW_INDEX: pa.array([start + i for i in rows], pa.int64()),
-        ERROR: pa.array(errors, pa.string()),
-    }
-    return pa.table(carry_columns(columns, carried, reserved)), dropped
-
-
-def carry_columns(
-    columns: dict[str, Any], carried: pa.Table, reserved: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """``columns`` plus the carried input columns; a carried name that is ours (in
-    ``columns``, in ``reserved`` — the job's output columns — or in transit) is kept as
-    ``input_<name>``."""
-    for name in carried.column_names:
-        taken = name in columns or name in reserved or name in (DATA, PART) or name[0] == "_"
-        columns[CARRIED_PREFIX + name if taken else name] = carried.column(name)
-    return columns
-
-
-_LISTED = pa.schema(
-    [
-        (URI, pa.string()),
-        (MEDIA_TYPE, pa.string()),
-        (BYTES, pa.int64()),
-        (ERROR, pa.string()),
-        (CONTENT_VERSION, pa.string()),
-    ]
-)
-
-
 def _undone(rows: list[dict[str, Any]], done: Any) -> list[dict[str, Any]]:
     """Listed rows not in the table yet: a URI the table holds is done unless its version
     differs from the listed one (a file replaced in place: scored again; the job then drops
@@ -523,59 +250,22 @@ def listing_tables(
     """One directory of a ``files`` prefix, listed in a Ray task: its input rows in fragments
     of ``rows`` rows, each named by a hash of its URIs (a listing resumes by URI, so a name
     must never be reused for other files)."""
-    from vqpipe.io.sources import folder_rows
-
     counts: dict[str, int] = {}  # the top level's sidecars are counted by the driver
     top = bool(options.get("top"))
-    rows = folder_rows(
-        options["spec"], uri, options, storage_options, top=top, counts=None if top else counts
-    )
+    reader = FilesReader(top=top, counts=None if top else counts)
+    rows = next(iter(reader.tables(uri, ReadOptions.of(options), storage_options))).to_pylist()
     rows = _undone(rows, options.get("done") or {})
     step = options["rows"]
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         digest = hashlib.sha256("\n".join(r[URI] for r in chunk).encode()).hexdigest()[:16]
-        table = pa.Table.from_pylist(chunk, schema=_LISTED)
+        table = pa.Table.from_pylist(chunk, schema=LISTED)
         table = table.append_column(SHARD, pa.array([uri] * len(chunk), pa.string()))
         if start == 0 and counts.get("sidecars"):  # the writer sums them into the summary
             skipped = np.zeros(len(chunk), np.int64)
             skipped[0] = counts["sidecars"]
             table = table.append_column(SIDECARS, pa.array(skipped))
         yield _tag(table, f"files_{digest}-00000-last")
-
-
-def _shard_tables(
-    shard: Shard, options: dict[str, Any], storage_options: dict[str, Any] | None
-) -> Iterator[pa.Table]:
-    if shard.format == "webdataset":
-        from vqpipe.io.webdataset import iter_webdataset_batches
-
-        return iter_webdataset_batches(
-            shard.uri, storage_options, batch_rows=options["rows"], max_bytes=options["max_bytes"]
-        )
-    if shard.format == "parquet":
-        from vqpipe.io.hf_arrow import iter_arrow_media_batches
-        from vqpipe.io.media_parquet import MediaPaths, iter_parquet_media_batches
-
-        arrow = shard.uri.lower().endswith(ARROW_SUFFIXES)  # a save_to_disk folder's files
-        reader = iter_arrow_media_batches if arrow else iter_parquet_media_batches
-        paths = MediaPaths(  # HF Image cells that name a file ({bytes: null, path})
-            root=options.get("root"),
-            storage_options=storage_options,
-            max_bytes=options["max_bytes"],
-            timeout_s=options.get("read_timeout_s"),
-        )
-        return reader(
-            shard.uri,
-            storage_options,
-            media_column=options.get("media_column"),
-            key_column=options.get("key_column"),
-            batch_rows=options["rows"],
-            max_bytes=options["max_bytes"],
-            reserved=frozenset(options.get("reserved", ())),
-            paths=paths,
-        )
-    return _manifest_tables(shard, options, storage_options)
 
 
 def read_shards(
@@ -601,6 +291,6 @@ def read_shards(
         where = dict(options)
         if "types" in batch:  # column types fixed for every manifest shard of the job
             where["types"] = json.loads(str(batch["types"][i]))
-        tables = _shard_tables(shard, where, storage_options)
+        tables = read_tables(shard.format, shard.uri, where, storage_options)
         path = shard_path(shard.uri, options.get("spec"))
         yield from _fragments(tables, shard, final=options.get("limit") is None, path=path)

@@ -24,8 +24,6 @@ from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
     BLOCK_ROWS,
-    DATA,
-    DUPLICATES,
     PART,
     ROW,
     ROWS,
@@ -35,6 +33,8 @@ from vqpipe.pipeline.shards import (
 )
 from vqpipe.schema import (
     BYTES,
+    DATA,
+    DUPLICATES,
     DURATION,
     ERROR,
     ERROR_KIND,
