@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vqpipe.io.fs import is_transient
 from vqpipe.io.records import describe, open_input
 from vqpipe.io.sources import media_type_from_name, sniff_media_type
 from vqpipe.schema import CARRIED_PREFIX
@@ -268,6 +269,8 @@ def iter_parquet_media_batches(
                 row += batch.num_rows
                 yield table
     except Exception as exc:
+        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
+            raise
         message = f"read: parquet file unreadable at row {row}: {describe(exc)}"
         yield _error_table(shard, row, message, carried)
 

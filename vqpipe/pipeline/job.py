@@ -273,6 +273,7 @@ def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
         "limit": config.limit,
         "rows": rows,
         "max_bytes": config.limits.max_bytes,
+        "read_timeout_s": config.limits.read_timeout_s,
         "uri_column": config.uri_column,
         "media_column": config.media_column,
         "key_column": config.key_column,
