@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.fs import is_local, is_transient, url_to_fs
 from vqpipe.io.media_parquet import READ_BATCH_BYTES, MediaPaths, MediaRows
 from vqpipe.io.records import describe, open_input
 
@@ -105,4 +105,6 @@ def iter_arrow_media_batches(
                 for piece in _pieces(batch, column, batch_rows):
                     yield from rows.tables(piece)
     except Exception as exc:
+        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
+            raise
         yield rows.error(f"read: arrow file unreadable at row {rows.row}: {describe(exc)}")

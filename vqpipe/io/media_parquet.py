@@ -36,8 +36,6 @@ records read before it.
 
 from __future__ import annotations
 
-import os
-import posixpath
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -46,11 +44,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vqpipe.io.fs import is_transient
 from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.io.parquet_pages import Refused, chunk_values, largest_page
 from vqpipe.io.records import describe, open_input
-from vqpipe.io.sources import confine
-from vqpipe.schema import CARRIED_PREFIX, ROW_INDEX
+from vqpipe.io.sources import manifest_entry
+from vqpipe.schema import CARRIED_PREFIX, ERROR_KIND, ROW_INDEX, TRANSIENT
 
 IMAGE_COLUMN_NAMES = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "image", "img", "image_bytes"}
@@ -170,37 +169,34 @@ class MediaPaths:
     timeout_s: float | None = None
 
     def resolve(self, path: str, shard: str) -> tuple[str, bool]:
-        """(the file's URI, whether it may be read)."""
-        if self.root is not None:
-            return confine(path, self.root)
-        if "://" in path or os.path.isabs(path):
-            return path, True
-        folder = shard.rsplit("/", 1)[0] if "/" in shard else "."
-        if "://" in folder:
-            scheme, _, rest = folder.partition("://")
-            return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}", True
-        return os.path.normpath(os.path.join(folder, path)), True
+        """(the file's URI, whether it may be read): as a manifest entry
+        (:func:`~vqpipe.io.sources.manifest_entry`)."""
+        return manifest_entry(path, shard, self.root)
 
-    def read(self, path: str, shard: str) -> tuple[bytes | None, str | None]:
-        """(the bytes, None) or (None, the row's error)."""
-        from vqpipe.io.reading import ReadError, read_input
+    def read(self, path: str, shard: str) -> tuple[bytes | None, str | None, bool]:
+        """(the bytes, None, False) or (None, the row's error, whether it is transient: a store
+        outage or a read past its deadline, scored again by the next run)."""
+        from vqpipe.io.reading import ReadError, ReadTimeoutError, read_input
 
         uri, inside = self.resolve(path, shard)
         if not inside:
-            return None, f"read: media path {path!r} is outside the configured input root; not read"
+            message = f"read: media path {path!r} is outside the configured input root; not read"
+            return None, message, False
         try:
             data = read_input(
                 uri, self.storage_options, max_bytes=self.max_bytes, timeout_s=self.timeout_s
             )
+        except ReadTimeoutError as exc:
+            return None, f"read: media path {path!r}: {exc}", True
         except ReadError as exc:
-            return None, f"read: media path {path!r}: {exc}"
+            return None, f"read: media path {path!r}: {exc}", False
         except FileNotFoundError:
-            return None, f"read: media path {path!r}: not found ({uri})"
+            return None, f"read: media path {path!r}: not found ({uri})", False
         except PermissionError as exc:
-            return None, f"read: media path {path!r}: access denied: {exc}"
+            return None, f"read: media path {path!r}: access denied: {exc}", False
         except Exception as exc:
-            return None, f"read: media path {path!r}: {describe(exc)}"
-        return data, None
+            return None, f"read: media path {path!r}: {describe(exc)}", is_transient(exc)
+        return data, None, False
 
 
 def _error_table(shard: str, row: int, message: str, carried: list[pa.Field]) -> pa.Table:
@@ -224,10 +220,12 @@ def _convert(
     reserved: Collection[str],
     sizes: list[int | None] | None = None,
     errors_in: list[str | None] | None = None,
+    transient_in: list[bool] | None = None,
 ) -> pa.Table:
     """Records of one batch. ``sizes``: the real length of cells whose ``data`` holds only
     their first bytes (refused unread, over ``max_bytes``); ``errors_in``: errors found before
-    (a named file that could not be read)."""
+    (a named file that could not be read), ``transient_in``: which of them are transient
+    (then the records get an ``error_kind`` column)."""
     n = batch.num_rows
     media = batch.column(column)
     if pa.types.is_struct(media.type):
@@ -292,6 +290,8 @@ def _convert(
         "error": pa.array(errors, pa.string()),
         ROW_INDEX: pa.array(range(start, start + n), pa.int64()),
     }
+    if transient_in is not None and any(transient_in):
+        columns[ERROR_KIND] = pa.array([TRANSIENT if t else None for t in transient_in])
     for name, out in _carried(batch.schema, column, key_column, reserved):
         columns[out] = batch.column(name)
     return pa.table(columns)
@@ -338,7 +338,7 @@ class MediaRows:
         self, batch: pa.Table | pa.RecordBatch, sizes: list[int | None] | None = None
     ) -> Iterator[pa.Table]:
         """The records of a batch of rows (the next ones of the file)."""
-        for piece, piece_sizes, errors in self._with_files(batch, sizes):
+        for piece, piece_sizes, errors, transient in self._with_files(batch, sizes):
             table = _convert(
                 piece,
                 shard=self.shard,
@@ -350,6 +350,7 @@ class MediaRows:
                 reserved=self.reserved,
                 sizes=piece_sizes,
                 errors_in=errors,
+                transient_in=transient,
             )
             self.row += piece.num_rows
             yield table
@@ -367,16 +368,20 @@ class MediaRows:
             )
             named = missing if pc.any(missing).as_py() else None
         if named is None:
-            yield batch, sizes, None
+            yield batch, sizes, None, None
             return
         for at in range(0, batch.num_rows, PATH_BATCH_ROWS):
             piece = batch.slice(at, PATH_BATCH_ROWS)
             flags = named.slice(at, PATH_BATCH_ROWS).to_pylist()
-            piece, errors = self._read_files(piece, flags)
-            yield piece, None if sizes is None else sizes[at : at + PATH_BATCH_ROWS], errors
+            piece, errors, transient = self._read_files(piece, flags)
+            part_sizes = None if sizes is None else sizes[at : at + PATH_BATCH_ROWS]
+            yield piece, part_sizes, errors, transient
 
-    def _read_files(self, piece: Any, flags: list[bool]) -> tuple[pa.Table, list[str | None]]:
-        """``piece`` with the bytes of the files its flagged cells name; each row's error."""
+    def _read_files(
+        self, piece: Any, flags: list[bool]
+    ) -> tuple[pa.Table, list[str | None], list[bool]]:
+        """``piece`` with the bytes of the files its flagged cells name; each row's error and
+        whether it is transient."""
         assert self.paths is not None
         if isinstance(piece, pa.RecordBatch):
             piece = pa.Table.from_batches([piece])
@@ -384,9 +389,10 @@ class MediaRows:
         values = pc.struct_field(media, "bytes").to_pylist()
         names = pc.struct_field(media, "path").to_pylist()
         errors: list[str | None] = [None] * len(values)
+        transient = [False] * len(values)
         for i, flagged in enumerate(flags):
             if flagged:
-                values[i], errors[i] = self.paths.read(names[i], self.shard)
+                values[i], errors[i], transient[i] = self.paths.read(names[i], self.shard)
         kind = media.type
         children = [
             pa.array(values, kind.field("bytes").type) if f.name == "bytes" else media.field(f.name)
@@ -394,7 +400,7 @@ class MediaRows:
         ]
         rebuilt = pa.StructArray.from_arrays(children, fields=list(kind), mask=pc.is_null(media))
         index = piece.schema.get_field_index(self.column)
-        return piece.set_column(index, self.column, rebuilt), errors
+        return piece.set_column(index, self.column, rebuilt), errors, transient
 
     def error(self, message: str) -> pa.Table:
         """The record that stands for the rest of a file that cannot be read."""
@@ -538,6 +544,8 @@ def iter_parquet_media_batches(
                 for batch, sizes in _parquet_batches(parquet, pages, column, batch_rows, max_bytes):
                     yield from rows.tables(batch, sizes)
     except Exception as exc:
+        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
+            raise
         yield rows.error(f"read: parquet file unreadable at row {rows.row}: {describe(exc)}")
 
 

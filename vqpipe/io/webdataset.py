@@ -45,6 +45,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from vqpipe.io.fs import is_transient
 from vqpipe.io.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vqpipe.io.records import batched, describe, open_input
 
@@ -363,6 +364,8 @@ def iter_webdataset(
                 count += 1
             return
     except Exception as exc:
+        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
+            raise
         damage = exc
     # Where it broke: inside a member's data (that sample is cut), or at a header.
     message = describe(damage)

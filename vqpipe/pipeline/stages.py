@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from vqpipe.defaults import READ_TIMEOUT_S
 from vqpipe.errors import JobError
 from vqpipe.io.fs import is_transient, url_to_fs
 from vqpipe.io.reading import ReadError, read_input
+from vqpipe.io.records import read_timeout
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
@@ -151,10 +153,14 @@ def decode_batch(
         except ReadError as exc:
             errors[i] = f"read: {exc}"
             kinds[i] = TRANSIENT if is_transient(exc) else None
-        except FileNotFoundError as exc:
-            errors[i] = f"read: not found: {exc}"
-        except PermissionError as exc:
-            errors[i] = f"read: access denied: {exc}"
+        except (FileNotFoundError, PermissionError) as exc:
+            if is_transient(exc):  # fsspec's HTTP filesystem: "not found" for a refused connection
+                errors[i] = f"read: {_cause_text(exc)}"
+                kinds[i] = TRANSIENT
+            elif isinstance(exc, FileNotFoundError):
+                errors[i] = f"read: not found: {exc}"
+            else:
+                errors[i] = f"read: access denied: {exc}"
         except MediaError as exc:
             errors[i] = f"decode: {exc}"
         except Exception as exc:  # network, permissions, anything else: keep the row
@@ -181,6 +187,15 @@ def decode_batch(
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
         out[BYTES] = np.array([_int_or_missing(v) for v in out[BYTES]], np.int64)
     return out
+
+
+def _cause_text(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` and of the transient error under it (what was refused)."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not is_transient(cause):
+        cause = cause.__cause__ or cause.__context__
+    return text if cause is None else f"{text} ({type(cause).__name__}: {cause})"
 
 
 def decode_score(
@@ -212,6 +227,28 @@ def decode_score(
         yield out
 
 
+def _within_read_timeout(tables: Iterator[Any], timeout_s: float | None) -> Iterator[Any]:
+    """``tables``, each pulled with the shard readers' read calls bounded by ``timeout_s`` (the
+    job's ``--read-timeout``: :func:`vqpipe.io.records.read_timeout`), set only while they run —
+    a generator is suspended between its yields, and other code runs then."""
+    while True:
+        with read_timeout(timeout_s):
+            table = next(tables, None)
+        if table is None:
+            return
+        yield table
+
+
+def read_shards_within(
+    batch: dict[str, np.ndarray], options: dict[str, Any], storage_options: dict[str, Any]
+) -> Iterator[Any]:
+    """:func:`~vqpipe.pipeline.shards.read_shards` with each read call of the shard readers
+    bounded by the job's ``--read-timeout`` (``options["read_timeout_s"]``; when the options
+    do not say, :data:`vqpipe.defaults.READ_TIMEOUT_S`)."""
+    timeout = options.get("read_timeout_s", READ_TIMEOUT_S)
+    yield from _within_read_timeout(read_shards(batch, options, storage_options), timeout)
+
+
 def read_decode(
     batch: dict[str, np.ndarray],
     options: dict[str, Any],
@@ -229,13 +266,14 @@ def read_decode(
     from ray.data.block import BlockAccessor
 
     decode = {**decode, "block_frames": block_rows}
-    max_frames = decode["limits"].max_frames
-    for table in read_shards(batch, options, storage_options):
+    limits: MediaLimits = decode["limits"]
+    tables = read_shards(batch, options, storage_options)
+    for table in _within_read_timeout(tables, limits.read_timeout_s):
         kinds = table.column("media_type").to_pylist()
         sizes = None
         if DATA in table.column_names:
             sizes = pc.fill_null(pc.binary_length(table.column(DATA)), 0).to_pylist()
-        for lo, hi in block_bounds(kinds, sizes, block_rows, max_frames):
+        for lo, hi in block_bounds(kinds, sizes, block_rows, limits.max_frames):
             chunk = BlockAccessor.for_block(table.slice(lo, hi - lo))
             yield from decode_score(
                 chunk.to_batch_format("numpy"), storage_options=storage_options, **decode
@@ -555,7 +593,7 @@ def read_stage() -> Stage:
     """One shard or listing task per call. Reading waits on I/O: no CPU reserved (its memory
     request bounds how many run at once); a read task blocked by back-pressure while holding
     CPU could starve the decode tasks it waits for on a small machine."""
-    return Stage(read_shards, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None)
+    return Stage(read_shards_within, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None)
 
 
 def decode_stage(block_rows: int, cpus: float = DECODE_CPUS) -> Stage:
