@@ -206,3 +206,22 @@ def test_img2dataset_files_layout_scores_images_and_counts_sidecars(ray_local, t
     table = read_quality_table(tmp_path / "q")
     assert sorted(table.loc[table["error"].isna(), "uri"]) == sorted(images)
     assert table["error"].notna().sum() == 1 and table["uri"].str.endswith("notes.md").any()
+
+
+def test_globs_single_objects_and_sidecars_on_s3(ray_local, s3_server, s3_bucket, capsys):
+    bucket, fs = s3_bucket
+    for i in range(3):
+        for kind in ("ref", "dist"):
+            fs.pipe(f"{bucket}/d/{i}_{kind}.png", image_bytes(i, "PNG"))
+        fs.pipe(f"{bucket}/d/{i}_ref.json", b"{}")  # a sidecar of its image
+    options = ["--storage-options", json.dumps(s3_server)]
+    out = f"s3://{bucket}/q"
+    _score(capsys, f"s3://{bucket}/d/*_ref.png", "--out", out, *options)
+    table = read_quality_table(out, s3_server)
+    assert sorted(table["uri"]) == [f"s3://{bucket}/d/{i}_ref.png" for i in range(3)]
+    one = f"s3://{bucket}/d/0_dist.png"
+    _score(capsys, one, "--out", f"s3://{bucket}/q1", *options)
+    assert read_quality_table(f"s3://{bucket}/q1", s3_server)["uri"].tolist() == [one]
+    summary = _score(capsys, f"s3://{bucket}/d/", "--out", f"s3://{bucket}/q2", *options)
+    assert summary["sidecars_skipped"] == 3
+    assert read_quality_table(f"s3://{bucket}/q2", s3_server)["error"].isna().all()

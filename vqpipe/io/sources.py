@@ -321,6 +321,21 @@ def folder_rows(
     return rows
 
 
+def sidecars(files: Iterable[str], folders: Iterable[str] = ()) -> set[str]:
+    """The producers' sidecars among listed files (:func:`~vqpipe.io.media_types.sidecar_of`);
+    ``folders``: the folders beside them, when the listing is of one level."""
+    files = list(files)
+    media_stems = {
+        p[: len(p) - len(extension(p))] for p in files if media_type_from_name(p) != UNSUPPORTED
+    }
+    folder_set = {f.rstrip("/") for f in folders} | {posixpath.dirname(p) for p in files}
+    return {
+        p
+        for p in files
+        if media_type_from_name(p) == UNSUPPORTED and sidecar_of(p, media_stems, folder_set)
+    }
+
+
 def listed_rows(
     fs: fsspec.AbstractFileSystem,
     root: str,
@@ -351,11 +366,8 @@ def listed_rows(
     files = {p: i for p, i in found.items() if i.get("type") != "directory"}
     rels = {p: p[len(root) :].lstrip("/") for p in files}
     tables = table_folders(rels.values())
-    media_stems = {
-        p[: len(p) - len(extension(p))] for p in files if media_type_from_name(p) != UNSUPPORTED
-    }
-    folder_set = {f.rstrip("/") for f in folders} | {posixpath.dirname(p) for p in files}
-    rows, sidecars = [], 0
+    sidecars_here = sidecars(files, folders)
+    rows, skipped = [], 0
     for path, info in sorted(files.items()):
         rel = rels[path]
         if in_table_folder(rel, tables):
@@ -366,10 +378,10 @@ def listed_rows(
             continue
         if since is not None and modified_time(info) <= since:
             continue
-        kind = media_type_from_name(path)
-        if kind == UNSUPPORTED and sidecar_of(path, media_stems, folder_set):
-            sidecars += 1
+        if path in sidecars_here:
+            skipped += 1
             continue
+        kind = media_type_from_name(path)
         uri, printable = printable_uri(join_uri(fs, path, spec))
         if not printable:
             kind = INVALID_NAME
@@ -380,7 +392,7 @@ def listed_rows(
             row["content_version"] = content_version(info)
         rows.append(row)
     if counts is not None:
-        counts["sidecars"] = counts.get("sidecars", 0) + sidecars
+        counts["sidecars"] = counts.get("sidecars", 0) + skipped
     return rows
 
 

@@ -24,7 +24,7 @@ from vqpipe.errors import UserError
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import has_magic
-from vqpipe.io.sources import canonical_input, confine, list_level, listed_rows
+from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
@@ -367,8 +367,7 @@ def plan_listing(config: JobConfig) -> tuple[list[dict[str, str]], dict[str, int
     output = _output_uri(config)
     tasks = [{"uri": config.input, "format": LISTING, "id": f"top-{shard_id(root)}"}]
     files, folders = list_level(fs, root)
-    counts: dict[str, int] = {}
-    listed_rows(fs, root, config.input, files, folders=folders, counts=counts)
+    skipped = len(sidecars(files, folders))
     table_here = JOB_RECORD in {f.rsplit("/", 1)[-1] for f in files}
     for folder in folders:
         name = folder.rsplit("/", 1)[-1]
@@ -377,7 +376,7 @@ def plan_listing(config: JobConfig) -> tuple[list[dict[str, str]], dict[str, int
         uri = join_uri(fs, folder, config.input)
         if not _inside(uri, output):
             tasks.append({"uri": uri, "format": LISTING, "id": f"dir-{shard_id(uri)}"})
-    return tasks, {"sidecars_skipped": counts["sidecars"]} if counts.get("sidecars") else {}
+    return tasks, {"sidecars_skipped": skipped} if skipped else {}
 
 
 def _output_uri(config: JobConfig) -> str:
