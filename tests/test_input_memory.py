@@ -215,7 +215,12 @@ def test_save_to_disk_folders_are_detected_and_scored(ray_local, saved, tmp_path
     table = read_quality_table(str(out)).sort_values(["shard_path", "row_index"])
     assert len(table) == 6 and table["error"].isna().all()
     assert table["caption"].tolist() == [f"caption {i}" for i in range(6)]
-    assert table["row_index"].tolist() == [0, 1, 2, 0, 1, 2]
+    # row_index is the dataset's own: over its files, as load_from_disk numbers the rows
+    assert table["row_index"].tolist() == list(range(6))
+    from datasets import load_from_disk
+
+    source = load_from_disk(str(saved / "saved")).remove_columns("image")
+    assert [source[int(i)]["caption"] for i in table["row_index"]] == table["caption"].tolist()
     out = tmp_path / "dict"
     assert main(["score", str(saved / "dict"), "--out", str(out), "--scorer", "brightness"]) == 0
     table = read_quality_table(str(out))

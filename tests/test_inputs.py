@@ -225,3 +225,38 @@ def test_globs_single_objects_and_sidecars_on_s3(ray_local, s3_server, s3_bucket
     summary = _score(capsys, f"s3://{bucket}/d/", "--out", f"s3://{bucket}/q2", *options)
     assert summary["sidecars_skipped"] == 3
     assert read_quality_table(f"s3://{bucket}/q2", s3_server)["error"].isna().all()
+
+
+def test_row_index_numbers_a_datasets_rows_and_follows_a_file_added_before(
+    ray_local, tmp_path, capsys
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def write(name: str, first: int, n: int) -> None:
+        images = [image_bytes(first + i, "PNG") for i in range(n)]
+        captions = [f"c{first + i}" for i in range(n)]
+        pq.write_table(pa.table({"image": images, "caption": captions}), data / name)
+
+    write("train-00001-of-00002.parquet", 2, 3)
+    write("test-00000-of-00001.parquet", 100, 2)
+    out = str(tmp_path / "q")
+    _score(capsys, str(data), "--out", out)
+    table = read_quality_table(out)
+    train = table[table["shard_path"].str.startswith("train")]
+    assert sorted(train["row_index"]) == [0, 1, 2]  # the only train file so far
+    test = table[table["shard_path"].str.startswith("test")].sort_values("row_index")
+    assert test["row_index"].tolist() == [0, 1] and test["caption"].tolist() == ["c100", "c101"]
+
+    write("train-00000-of-00002.parquet", 0, 2)  # the split's first file arrives
+    _score(capsys, str(data), "--out", out)
+    table = read_quality_table(out)
+    assert len(table) == 7 and table["uri"].is_unique and table["error"].isna().all()
+    train = table[table["shard_path"].str.startswith("train")].sort_values("row_index")
+    assert train["row_index"].tolist() == list(range(5))
+    assert train["caption"].tolist() == [f"c{i}" for i in range(5)]  # as datasets numbers them
+    test = table[table["shard_path"].str.startswith("test")]
+    assert sorted(test["row_index"]) == [0, 1]

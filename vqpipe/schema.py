@@ -39,9 +39,10 @@ KEY = "key"
 """Sharded inputs: the row's key in its shard (a key column, the sample's key, else
 ``row_index`` as text)."""
 ROW_INDEX = "row_index"
-"""Sharded inputs: the row's index in its shard (int64; for an error row that stands for the
-rest of a shard, the first row not read), so ``(shard_path, row_index)`` joins back to the
-source rows: a Hugging Face dataset's Parquet or Arrow files, img2dataset's shards."""
+"""Sharded inputs: the row's index (int64) — Parquet / Arrow: in its dataset, the files of one
+folder and split (``train-00000-of-00004.parquet`` …) numbered in URI order as ``datasets``
+numbers them; a manifest: in its file; a tar: the sample's ordinal in it. An error row that
+stands for the rest of a shard: the first row not read."""
 SHARD_PATH = "shard_path"
 """Sharded inputs: the shard's path relative to the input (``train/data-00000-of-00002.arrow``;
 a single file input: its name), the same on every machine and bucket the input is copied to."""

@@ -24,7 +24,6 @@ from vqpipe.io.fs import is_local, is_transient, url_to_fs
 from vqpipe.io.media_parquet import READ_BATCH_BYTES, MediaPaths, MediaRows
 from vqpipe.io.records import describe, open_input
 
-ARROW_SUFFIXES = (".arrow",)
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 """Files of a ``save_to_disk`` folder (``dataset_dict.json``: a ``DatasetDict``'s)."""
 _FILE_MAGIC = b"ARROW1"
@@ -48,6 +47,12 @@ def arrow_schema(uri: str, storage_options: dict[str, Any] | None = None) -> pa.
     """The schema of an Arrow IPC file (its first message only)."""
     with ExitStack() as stack:
         return open_arrow(stack, uri, storage_options).schema
+
+
+def arrow_rows(uri: str, storage_options: dict[str, Any] | None = None) -> int:
+    """The rows of an Arrow IPC file (a local one memory-mapped: its batches are not copied)."""
+    with ExitStack() as stack:
+        return sum(batch.num_rows for batch in _batches(open_arrow(stack, uri, storage_options)))
 
 
 def _batches(reader: Any) -> Iterator[pa.RecordBatch]:

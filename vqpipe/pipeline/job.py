@@ -12,10 +12,12 @@ scorers, versions or checkpoints refuse a resume. ``_lock`` keeps a second job o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -336,7 +338,43 @@ def plan_shards(config: JobConfig, kind: str) -> list[Shard]:
     ]
     if not shards:  # nothing of that kind: say so before anything is written
         raise UserError(f"--input-format {kind}: {config.input} holds no {_kind_names(kind)}")
-    return shards
+    return with_offsets(shards, config.storage_options) if kind == "parquet" else shards
+
+
+def with_offsets(shards: list[Shard], storage_options: dict[str, Any]) -> list[Shard]:
+    """Parquet / Arrow shards with the rows before each in its dataset (:func:`dataset_of`),
+    so ``row_index`` numbers a dataset's rows over its files in URI order, as
+    ``datasets.load_dataset`` / ``load_from_disk`` do. The offset is part of the shard's
+    version: a file added before it moves its rows' indexes, so they are written again. When
+    a file cannot be counted (its reading task gives it an error row), every shard indexes
+    within its own file."""
+    from vqpipe.io.input_format import shard_rows
+
+    try:
+        counts = shard_rows([s.uri for s in shards], storage_options)
+    except Exception as exc:  # a shard that cannot be read: indexes within each file
+        log.warning("row_index within each file: cannot count rows (%s)", exc)
+        return shards
+    out, offsets = [], {}
+    for shard, count in zip(shards, counts, strict=True):
+        group = dataset_of(shard.uri)
+        offset = offsets.get(group, 0)
+        version = None if shard.version is None else f"{shard.version};rows-before:{offset}"
+        out.append(dataclasses.replace(shard, version=version, offset=offset))
+        offsets[group] = offset + count
+    return out
+
+
+_SPLIT_FILE = re.compile(r"^(.*?)-\d+-of-\d+\.[^/]*$")
+
+
+def dataset_of(uri: str) -> tuple[str, str]:
+    """The dataset (one split) a Parquet / Arrow file belongs to, as ``datasets`` groups files:
+    its folder and, for files named ``<split>-00000-of-00004.parquet``, the split
+    (``train-…`` and ``test-…`` beside each other are two)."""
+    folder, _, name = uri.rpartition("/")
+    match = _SPLIT_FILE.match(name)
+    return folder, match.group(1) if match else ""
 
 
 def _kind_names(kind: str) -> str:

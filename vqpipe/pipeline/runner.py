@@ -369,6 +369,7 @@ def plan_sharded(
         table.fs.rm(path)
     todo = [
         {"uri": s.uri, "format": s.format, "id": s.id, "version": s.version}
+        | ({} if s.offset is None else {"offset": s.offset})
         for s in shards
         if s.id not in done
     ]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vqpipe.defaults import MAX_FRAMES
 from vqpipe.io.fs import is_transient
@@ -81,6 +82,9 @@ class Shard:
     id: str
     version: str | None = None
     """The shard's content version (from the listing); written with each of its rows."""
+    offset: int | None = None
+    """Rows of the input's shards before this one (Parquet / Arrow inputs, in URI order): its
+    rows' ``row_index`` counts from there, as ``datasets`` numbers the rows of those files."""
 
 
 def signature_hash(signature: dict[str, Any]) -> str:
@@ -132,6 +136,10 @@ def _fragments(
             if ROW_INDEX not in table.column_names:  # a WebDataset sample's ordinal
                 index = np.arange(start, start + len(table), dtype=np.int64)
                 table = table.append_column(ROW_INDEX, pa.array(index))
+            if shard.offset:  # an index over the whole input, not the file
+                at = table.column_names.index(ROW_INDEX)
+                index = pc.add(table.column(ROW_INDEX), pa.scalar(shard.offset, pa.int64()))
+                table = table.set_column(at, ROW_INDEX, index)
             table = _located(table, path)
         return _tag(table, part)
 
@@ -278,7 +286,14 @@ def read_shards(
         zip(batch["uri"], batch["format"], batch["id"], strict=True)
     ):
         version = batch["version"][i] if "version" in batch else None
-        shard = Shard(str(uri), str(fmt), str(sid), None if version is None else str(version))
+        offset = batch["offset"][i] if "offset" in batch else None
+        shard = Shard(
+            str(uri),
+            str(fmt),
+            str(sid),
+            None if version is None else str(version),
+            None if offset is None or offset != offset else int(offset),  # NaN: none
+        )
         if shard.format == LISTING:  # fragments already named; a listing error is one row
             try:
                 top = {**options, "top": shard.id.startswith("top-")}
