@@ -433,8 +433,8 @@ class ScoreJob(JobKind):
         validate_job(config, checkpoints=False)  # those load model code: only when there is work
         config.input = canonical_input(config.input)
         self.format = resolve_format(config)
-        if self.format == "files" and config.root is not None:
-            check_inside_root(config.input, config.root)
+        if self.format != "manifest" and config.root is not None:  # a manifest's entries are
+            check_inside_root(config.input, config.root)  # confined as they are read
         self.shards = plan_shards(config, self.format) if self.format in SHARDED_FORMATS else None
 
     def signature(self, config: JobConfig) -> dict[str, Any]:
@@ -471,9 +471,9 @@ class ScoreJob(JobKind):
 
 
 def check_inside_root(spec: str, root: str) -> None:
-    """``--root`` with a folder, file or glob input: the input must lie inside it (each file's
-    real path is checked again as it is listed: a symlink that leaves the root is an error
-    row)."""
+    """``--root`` with an input that is not a manifest (a folder, file or glob of media, tars
+    or Parquet): the input must lie inside it (a listing checks each file's real path again:
+    a symlink that leaves the root is an error row)."""
     base = spec.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
     if not confine(base, root)[1]:
         raise UserError(f"--root {root}: the input {spec} is not inside it")
