@@ -1,8 +1,10 @@
-"""Job inputs: a local dir, an fsspec URI prefix with glob filters, or a manifest table.
+"""The ``files`` reader: a folder (symlinks followed), a single file or a glob, local or on any
+fsspec store, listed into input rows; and how manifest entries resolve (:func:`manifest_entry`).
 
-Every listed input becomes exactly one row (``uri``, ``media_type``, ``bytes`` and any carried
-manifest columns); inputs that cannot be scored (unsupported extension) are still listed, with
-``media_type="unsupported"``, so that the job writes a row with an ``error`` for them.
+Every listed input becomes exactly one row (``uri``, ``media_type``, ``bytes``); inputs that
+cannot be scored (unsupported extension, a symlink loop, a folder that cannot be read) are
+still rows, with an ``error``; producers' sidecars are counted, not listed.
+:func:`list_inputs` is the same listing as a pandas table, for library users.
 """
 
 from __future__ import annotations
