@@ -16,7 +16,12 @@ from typing import Any
 
 from vqpipe.commands import COMMANDS
 from vqpipe.commands._common import add_media_limits, media_limits
-from vqpipe.errors import JobError, UserError
+from vqpipe.errors import (
+    JobError,
+    UserError,
+    clear_interrupts,
+    note_interrupt,
+)
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -178,30 +183,27 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-class Interrupted(KeyboardInterrupt):
-    """A signal that ends a job as Ctrl-C does (``signum``: the exit code is 128 + it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises :class:`Interrupted` in the main thread while the block runs (the job
-    keeps that handler over ``ray.init``'s own, see ``vqpipe.pipeline.job``)."""
+    """SIGTERM and Ctrl-C raise :class:`Interrupted` in the main thread while the block runs,
+    and are recorded, so the job's loop stops at its next step even if a library caught the
+    first exception (the job keeps the SIGTERM handler over ``ray.init``'s own, see
+    ``vqpipe.pipeline.job``)."""
 
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
+        note_interrupt(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    clear_interrupts()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        clear_interrupts()
 
 
 def _shutdown_ray() -> None:

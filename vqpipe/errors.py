@@ -8,3 +8,32 @@ class UserError(Exception):
 class JobError(Exception):
     """A job that cannot go on for a reason outside the inputs (a node without CUDA, ...): the
     CLI prints it as one line `vqpipe: error: …` and exits 1."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that ends a job as Ctrl-C does (``signum``: the exit code is 128 + it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_INTERRUPTS: list[int] = []
+"""Signals received while a job runs (:func:`note_interrupt`), newest last."""
+
+
+def note_interrupt(signum: int) -> None:
+    """Record a Ctrl-C / SIGTERM, then raise :class:`Interrupted` where the main thread is."""
+    _INTERRUPTS.append(signum)
+    raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal came while the job ran: a library that caught
+    the first ``KeyboardInterrupt`` (Ray Data's output iterators may) cannot swallow it."""
+    if _INTERRUPTS:
+        raise Interrupted(_INTERRUPTS[-1])
+
+
+def clear_interrupts() -> None:
+    _INTERRUPTS.clear()

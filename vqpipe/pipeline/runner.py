@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vqpipe.errors import UserError
+from vqpipe.errors import UserError, check_interrupted
 from vqpipe.io.media_types import PARQUET_SUFFIXES
 from vqpipe.pipeline.config import JobConfig
 from vqpipe.pipeline.shards import Shard, signature_hash
@@ -259,6 +259,7 @@ def execute(
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_pieces)
     try:
         for row in ds.iter_rows():
+            check_interrupted()  # a Ctrl-C that Ray Data's iterator caught still stops the job
             if lock.lost.is_set():
                 lock.check()
             text = row.pop("schema", None)
