@@ -4,6 +4,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,9 @@ def test_gpu_suite_dry_run_has_every_section_with_finite_numbers(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        # the script runs `python`: this interpreter (CI runs the slow tests without activating
+        # the venv, so `python` on PATH would be another one)
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     done = subprocess.run(
         ["bash", str(root / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(tmp_path)],
