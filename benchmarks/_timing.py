@@ -40,16 +40,20 @@ def print_records(records: list[dict[str, Any]]) -> None:
         )
 
 
-def count_flops(fn: Callable[[], Any]) -> float:
-    """FLOPs of one call, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> float:
+    """FLOPs of one call, counted by torch's FlopCounterMode (matmuls, convs, attention) under
+    ``no_grad`` with the scorers' ``inference_mode`` swapped for it (the counter fails under
+    inference mode) and ``model``'s parameters frozen (its module tracker asserts on a
+    parameter that requires grad passed as an input). A failure is printed, and NaN returned."""
+    import sys
 
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            fn()
-    except Exception:  # counting is informative only; never fail the benchmark over it
+    from _gpu_suite import count_flops as counted
+
+    flops, error = counted(fn, model)
+    if error is not None:
+        print(f"count_flops: {error}", file=sys.stderr)
         return float("nan")
-    return float(counter.get_total_flops())
+    return float(flops)
 
 
 def mfu(

@@ -57,7 +57,7 @@ def run(quick: bool, device: str, dtype: str, batch: int, repeats: int) -> list[
     m = len(scorer.anchor_pixels)
     pixels = rng.integers(0, 255, (batch, 3, size, size), dtype=np.uint8)
     fast_s = best_time(lambda: scorer.predict({"pixels": pixels}), dev, repeats)
-    flops = count_flops(lambda: scorer.comparison_logits(pixels[:1]))
+    flops = count_flops(lambda: scorer.comparison_logits(pixels[:1]), model)
 
     ids = torch.tensor([scorer.prompt_ids], device=dev)
     anchor_in = scorer.to_input(scorer.anchor_pixels)

@@ -37,7 +37,7 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
     records = []
 
     fused = best_time(lambda: scorer.predict(pixels), dev, repeats)
-    flops = count_flops(lambda: scorer.predict({"pixels": pixels["pixels"][:1]}))
+    flops = count_flops(lambda: scorer.predict({"pixels": pixels["pixels"][:1]}), scorer.model)
     single = {"pixels": pixels["pixels"][:1]}
     n_naive = max(4, batch // 8)
     naive = (

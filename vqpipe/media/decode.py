@@ -23,7 +23,7 @@ from vqpipe.defaults import (
     MAX_PIXELS,
     READ_TIMEOUT_S,
 )
-from vqpipe.media.image import to_rgb
+from vqpipe.media.image import Draft, to_rgb, upright_size
 
 
 class MediaError(ValueError):
@@ -65,8 +65,14 @@ def _check_bytes(data: bytes, limits: MediaLimits) -> None:
         raise MediaError(f"file has {len(data)} bytes, over the limit of {limits.max_bytes}")
 
 
-def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> tuple[Image.Image, ImageInfo]:
-    """Bytes → upright 8-bit RGB image (first frame of animations) and its size."""
+def decode_image(
+    data: bytes, limits: MediaLimits = MediaLimits(), draft: Draft | None = None
+) -> tuple[Image.Image, ImageInfo]:
+    """Bytes → upright 8-bit RGB image (first frame of animations) and its size.
+
+    ``draft``: downscale-on-decode (JPEG only; see :class:`~vqpipe.media.image.Draft`): the
+    image comes back smaller, but the :class:`ImageInfo` is always the full upright size.
+    """
     _check_bytes(data, limits)
     try:
         with warnings.catch_warnings():
@@ -80,6 +86,9 @@ def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> tuple[Imag
                 )
             if getattr(image, "is_animated", False):
                 image = next(ImageSequence.Iterator(image))
+            info = ImageInfo(*upright_size(image))  # before the draft shrinks image.size
+            if draft is not None and image.format == "JPEG":  # must come before load()
+                image.draft("RGB", draft.request(width, height))
             image.load()
             rgb = to_rgb(image)
     except MediaError:
@@ -88,7 +97,9 @@ def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> tuple[Imag
         raise MediaError(f"decompression bomb: {exc}") from None
     except Exception as exc:
         raise MediaError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return rgb, ImageInfo(width=rgb.width, height=rgb.height)
+    if draft is None:
+        info = ImageInfo(width=rgb.width, height=rgb.height)  # the exact path, as it always was
+    return rgb, info
 
 
 def frame_indices(n_frames: int, fps: float, sample_fps: float, max_frames: int) -> list[int]:

@@ -162,6 +162,15 @@ class ScorerOptions:
         return data
 
 
+def exact_preprocessing(cls: type, kwargs: dict[str, Any]) -> bool | None:
+    """The ``exact_preprocessing`` a scorer gets from ``kwargs`` (its own default when they do
+    not set it); None for a scorer without the option."""
+    param = inspect.signature(cls.__init__).parameters.get("exact_preprocessing")
+    if param is None:
+        return None
+    return bool(kwargs.get("exact_preprocessing", param.default))
+
+
 def accepts_keyword(cls: type, name: str) -> bool:
     """Whether ``cls(...)`` takes the keyword ``name`` (explicitly or through ``**kwargs``)."""
     params = inspect.signature(cls.__init__).parameters

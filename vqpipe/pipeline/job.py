@@ -29,7 +29,7 @@ from vqpipe.io.patterns import has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
-from vqpipe.pipeline.config import JobConfig, ScorerOptions
+from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
@@ -92,6 +92,11 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
         except FileNotFoundError as exc:
             raise UserError(f"scorer {spec.column}: {exc}") from None
     options = {k: v for k, v in spec.options.items() if k not in ("device", "storage_options")}
+    # Downscale-on-decode changes scores slightly: a job resumed with the other setting must not
+    # mix the two. Recorded only when on, so jobs on the exact path keep their old signature.
+    options.pop("exact_preprocessing", None)
+    if exact_preprocessing(cls, kwargs) is False:
+        options["exact_preprocessing"] = False
     return {
         "name": spec.name,
         "version": cls.version,

@@ -110,11 +110,16 @@ def decode_batch(
             preprocessors[spec.column] = build_preprocessor(spec, storage_options)
         except Exception as exc:
             preprocessors[spec.column] = exc
+    # Downscale-on-decode (a preprocessor's ``draft``; None: exact): an image is decoded once
+    # per distinct draft its scorers ask for, so a scorer's input never depends on which other
+    # scorers share the job (a draft decode costs a fraction of the full one).
+    drafts = {column: getattr(prep, "draft", None) for column, prep in preprocessors.items()}
+    wanted = list(dict.fromkeys(drafts.values())) or [None]
     for i in range(n):
         uri, kind = str(batch["uri"][i]), batch["media_type"][i]
         if not isinstance(kind, str):  # None / NaN: a member or cell of no known media type
             kind = "unsupported"
-        items = []
+        decoded: dict[Any, list[Any]] = {}  # draft → the item's images or frames
         errors[i] = error_text(given[i]) if given is not None else None
         try:
             if errors[i] is not None:  # the read stage already said why: nothing to decode
@@ -139,10 +144,13 @@ def decode_batch(
                         timeout_s=limits.read_timeout_s,
                     )
                 if kind == "image":
-                    image, info = decode_image(data, limits)
-                    items, width[i], height[i], frames[i] = [image], info.width, info.height, 1
+                    for draft in wanted:
+                        image, info = decode_image(data, limits, draft)
+                        decoded[draft] = [image]
+                    width[i], height[i], frames[i] = info.width, info.height, 1  # full size
                 else:
                     items, vinfo = video_decoder().decode(data, video_fps, limits)
+                    decoded = dict.fromkeys(wanted, items)
                     width[i], height[i], duration[i], frames[i] = (
                         vinfo.width,
                         vinfo.height,
@@ -172,7 +180,7 @@ def decode_batch(
                 try:
                     if isinstance(prep, Exception):
                         raise prep
-                    arrays = [prep(item)["pixels"] for item in items]
+                    arrays = [prep(item)["pixels"] for item in decoded.get(drafts[column], [])]
                 except Exception as exc:
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
             inputs[column].append(np.stack(arrays) if arrays else None)

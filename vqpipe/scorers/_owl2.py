@@ -12,6 +12,7 @@ import numpy as np
 
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
+from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
 from vqpipe.scoring.base import Scorer
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
@@ -57,13 +58,23 @@ def checkpoint_processor(
 
 
 class Owl2Preprocessor:
-    """CPU half: one PIL image (or video frame) → ``{"pixels": uint8 [3, S, S]}``."""
+    """CPU half: one PIL image (or video frame) → ``{"pixels": uint8 [3, S, S]}``.
 
-    def __init__(self, processor: MPLUGOwl2ImageProcessor) -> None:
+    ``exact_preprocessing=False`` (opt-in for Q-Align and Compare2Score): JPEGs decode at ≥ 2S
+    on the long side (the side that the pad-to-square resize scales by) and the resize uses
+    Pillow's ``reducing_gap``. Opt-in, not the default as for Gamma: the issue allows it by
+    default only if scores move by ≤ 0.005 on 1–5, and the only checkpoints the tests can run
+    are tiny random ones with a 28 px input (measured: ≤ 0.0025, a 2× margin at a size unlike
+    448; ``tests/test_downscale_decode.py``), which cannot vouch for the 7B models."""
+
+    def __init__(self, processor: MPLUGOwl2ImageProcessor, exact_preprocessing: bool = True):
         self.processor = processor
+        self.exact = check_exact(exact_preprocessing)
+        self.reducing_gap = None if self.exact else REDUCING_GAP
+        self.draft = draft_for(self.exact, processor.size, "long")
 
     def __call__(self, image: Any) -> dict[str, np.ndarray]:
-        return {"pixels": self.processor.to_uint8(image)}
+        return {"pixels": self.processor.to_uint8(image, self.reducing_gap)}
 
 
 class Owl2Scorer(Scorer):
@@ -78,6 +89,7 @@ class Owl2Scorer(Scorer):
         dtype: str | torch.dtype | None = None,
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
+        exact_preprocessing: bool = True,
     ) -> None:
         from vqpipe.models.mplug_owl2 import (
             MPLUGOwl2ForCausalLM,
@@ -101,21 +113,28 @@ class Owl2Scorer(Scorer):
         self.processor = MPLUGOwl2ImageProcessor.from_pretrained(
             self.directory, default_size=config.vision.image_size
         )
+        self.preprocessor = Owl2Preprocessor(self.processor, exact_preprocessing)
 
     @classmethod
     def default_checkpoint(cls) -> str:
         return cls.default_hub_id
 
     @classmethod
+    def check_options(cls, exact_preprocessing: bool = True, **_: Any) -> None:
+        check_exact(exact_preprocessing)
+
+    @classmethod
     def make_preprocessor(
         cls,
         checkpoint: str | os.PathLike | None = None,
         storage_options: dict[str, Any] | None = None,
+        exact_preprocessing: bool = True,
         **_: Any,
     ) -> Owl2Preprocessor:
         """Per-frame CPU preprocessing for ``checkpoint``, reading only its JSON files."""
         source = checkpoint if checkpoint is not None else cls.default_hub_id
-        return Owl2Preprocessor(checkpoint_processor(source, storage_options))
+        processor = checkpoint_processor(source, storage_options)
+        return Owl2Preprocessor(processor, exact_preprocessing)
 
     def word_ids(self, words: tuple[str, ...], single: bool = False) -> torch.Tensor:
         """The official ids of ``words``: each word's first piece (``single``: assert the word

@@ -194,7 +194,9 @@ class AnchorComparison:
 class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     """Compare2Score on the native mPLUG-Owl2. ``anchors``: an anchor-set directory (default:
     the bundled synthetic set); ``anchor_matrix``: a precomputed ``P_a`` (else computed once
-    per checkpoint and anchor set, cached under ``$VQPIPE_CACHE/compare2score``)."""
+    per checkpoint and anchor set, cached under ``$VQPIPE_CACHE/compare2score``);
+    ``exact_preprocessing`` (default True; False: downscale-on-decode for the test images, see
+    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`; the anchors are always exact)."""
 
     name = "compare2score"
     default_hub_id = DEFAULT_CHECKPOINT
@@ -212,12 +214,13 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         cache_dir: str | os.PathLike | None = None,
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
+        exact_preprocessing: bool = True,
     ) -> None:
         import torch
 
         from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
 
-        super().__init__(checkpoint, device, dtype, storage_options, model)
+        super().__init__(checkpoint, device, dtype, storage_options, model, exact_preprocessing)
         self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
         self.prefix_cache = prefix_cache
         ids = self.tokenizer.encode_prompt(COMPARE_PROMPT)
@@ -348,7 +351,7 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     def preprocess(self, item: Any) -> dict[str, np.ndarray]:
         """An image → uint8 [1, 3, S, S] (a frame list: its frames, scored and averaged)."""
         frames = list(item) if isinstance(item, (list, tuple)) else [item]
-        return {"pixels": np.stack([self.processor.to_uint8(f) for f in frames])}
+        return {"pixels": np.stack([self.preprocessor(f)["pixels"] for f in frames])}
 
     def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {"pixels": np.concatenate([np.asarray(it["pixels"]) for it in items])}

@@ -13,7 +13,15 @@ import numpy as np
 from PIL import Image
 
 from vqpipe.io.checkpoints import checkpoint_identity, read_safetensors_metadata
-from vqpipe.media.image import is_extreme, resize_crop_bounded, to_rgb
+from vqpipe.media.image import (
+    REDUCING_GAP,
+    check_exact,
+    draft_for,
+    is_extreme,
+    resize_crop_bounded,
+    resized_size,
+    to_rgb,
+)
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.inputs import Item
@@ -26,12 +34,19 @@ if TYPE_CHECKING:  # torch, open_clip and torchvision load where a model is buil
 
 class GammaPreprocessor:
     """CPU half of the scorer: PIL image → uint8 [3, S, S], open_clip's eval geometry
-    (shortest side → S, bicubic, centre crop). Picklable, no model needed."""
+    (shortest side → S, bicubic, centre crop). Picklable, no model needed.
 
-    def __init__(self, image_size: int) -> None:
+    ``exact_preprocessing=False`` (the scorer's default): the pipeline decodes JPEGs at ≥ 2S on
+    the short side (``draft``) and the resize first box-reduces larger inputs to ≥ 2S (Pillow's
+    ``reducing_gap``); within ~1/255 on average of the exact path, 4-6× faster on 12 MP photos.
+    """
+
+    def __init__(self, image_size: int, exact_preprocessing: bool = True) -> None:
         from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
         self.image_size = int(image_size)
+        self.exact = check_exact(exact_preprocessing)
+        self.draft = draft_for(self.exact, self.image_size, "short")
         self._resize = Resize(self.image_size, interpolation=InterpolationMode.BICUBIC)
         self._crop = CenterCrop(self.image_size)
 
@@ -39,8 +54,12 @@ class GammaPreprocessor:
         image = to_rgb(item)
         if is_extreme(*image.size):  # a thin strip: crop before resizing (bounded memory)
             image = resize_crop_bounded(image, self.image_size, Image.Resampling.BICUBIC)
-        else:
+        elif self.exact:
             image = self._crop(self._resize(image))
+        else:  # torchvision's Resize geometry, with Pillow's reducing_gap
+            size = resized_size(*image.size, self.image_size)
+            resample = Image.Resampling.BICUBIC
+            image = self._crop(image.resize(size, resample, reducing_gap=REDUCING_GAP))
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
         return {"pixels": np.ascontiguousarray(pixels)}
 
@@ -76,8 +95,10 @@ class GammaScorer(Scorer):
 
     Options: ``scene`` (default prompts for every item; ``score_details(items, scene=[...])``
     sets them per item), ``compile`` (``torch.compile`` the model), ``fused_experts`` (MoAE
-    experts as two wide matmuls instead of a loop), ``storage_options`` for fsspec URIs.
-    ``checkpoint=None`` loads the bundled demo checkpoint.
+    experts as two wide matmuls instead of a loop), ``storage_options`` for fsspec URIs,
+    ``exact_preprocessing`` (default False: downscale-on-decode, see :class:`GammaPreprocessor`;
+    True: open_clip's transform bit for bit). ``checkpoint=None`` loads the bundled demo
+    checkpoint.
     """
 
     name = "gamma"
@@ -96,6 +117,7 @@ class GammaScorer(Scorer):
         fused_experts: bool = False,
         storage_options: dict[str, Any] | None = None,
         model: GammaModel | None = None,
+        exact_preprocessing: bool = False,
     ) -> None:
         import torch
 
@@ -119,7 +141,7 @@ class GammaScorer(Scorer):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size = self.model.image_size
         # Same geometry as open_clip's eval transform: shortest side → size (bicubic), centre crop.
-        self.preprocessor = GammaPreprocessor(self.image_size)
+        self.preprocessor = GammaPreprocessor(self.image_size, exact_preprocessing)
         self._forward = torch.compile(self.model) if compile else self.model
 
     @property
@@ -137,18 +159,23 @@ class GammaScorer(Scorer):
         return demo_checkpoint()
 
     @classmethod
-    def check_options(cls, scene: str | None = "natural-quality", **_: Any) -> None:
+    def check_options(
+        cls, scene: str | None = "natural-quality", exact_preprocessing: bool = False, **_: Any
+    ) -> None:
         scene_prompts(scene)
+        check_exact(exact_preprocessing)
 
     @classmethod
     def make_preprocessor(
         cls,
         checkpoint: str | os.PathLike | None = None,
         storage_options: dict[str, Any] | None = None,
+        exact_preprocessing: bool = False,
         **_: Any,
     ) -> GammaPreprocessor:
         """The CPU preprocessing for ``checkpoint``, without loading the model."""
-        return GammaPreprocessor(checkpoint_image_size(checkpoint, storage_options))
+        size = checkpoint_image_size(checkpoint, storage_options)
+        return GammaPreprocessor(size, exact_preprocessing)
 
     def preprocess(self, item: Image.Image) -> dict[str, np.ndarray]:
         """PIL image → uint8 [3, S, S] (normalisation happens on the device, 4× less to move)."""

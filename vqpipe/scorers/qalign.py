@@ -54,8 +54,10 @@ class QAlignScorer(Owl2Scorer):
 
     Options: ``max_frames`` (frames per video sequence; default what fits in the context,
     ~31 for 2048 positions, evenly thinned beyond it), ``prefix_cache`` (share the prompt
-    prefix's KV cache; off = the same math without it), ``storage_options`` for fsspec URIs.
-    ``checkpoint=None`` uses ``q-future/one-align`` (needs the hub, or a local copy).
+    prefix's KV cache; off = the same math without it), ``storage_options`` for fsspec URIs,
+    ``exact_preprocessing`` (default True, the official path; False: downscale-on-decode, see
+    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`). ``checkpoint=None`` uses
+    ``q-future/one-align`` (needs the hub, or a local copy).
     """
 
     name = "qalign"
@@ -75,12 +77,13 @@ class QAlignScorer(Owl2Scorer):
         prefix_cache: bool = True,
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
+        exact_preprocessing: bool = True,
     ) -> None:
         import torch
 
         from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
 
-        super().__init__(checkpoint, device, dtype, storage_options, model)
+        super().__init__(checkpoint, device, dtype, storage_options, model, exact_preprocessing)
         self.task = task
         self.prompt = qalign_prompt(task)
         config = self.model.config
@@ -100,8 +103,9 @@ class QAlignScorer(Owl2Scorer):
         self._cache: KVCache | None = None
 
     @classmethod
-    def check_options(cls, task: str = "quality", **_: Any) -> None:
+    def check_options(cls, task: str = "quality", **options: Any) -> None:
         qalign_prompt(task)
+        super().check_options(**options)
 
     # ------------------------------------------------------------------ CPU side
     def preprocess(self, item: Any) -> dict[str, np.ndarray]:
@@ -110,7 +114,7 @@ class QAlignScorer(Owl2Scorer):
         if not frames:
             raise ValueError("a video item needs at least one frame")
         frames = [frames[i] for i in even_subset(len(frames), self.max_frames)]
-        return {"pixels": np.stack([self.processor.to_uint8(f) for f in frames])}
+        return {"pixels": np.stack([self.preprocessor(f)["pixels"] for f in frames])}
 
     def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Frames of all items in one array + ``frames`` per item (ragged videos)."""

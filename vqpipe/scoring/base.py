@@ -238,7 +238,8 @@ class Scorer(abc.ABC):
     ) -> tuple[dict[str, np.ndarray], bool]:
         if storage_options is None:
             storage_options = self.storage_options
-        items, single = as_items(x, storage_options)
+        draft = getattr(getattr(self, "preprocessor", None), "draft", None)  # as the pipeline
+        items, single = as_items(x, storage_options, draft=draft)
         return self.score_items(items, **options), single
 
     def metadata(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from PIL import Image
 from vqpipe.io.fs import read_bytes
 from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
+from vqpipe.media.image import Draft
 from vqpipe.pipeline.config import JobConfig
 from vqpipe.scoring._arrays import is_tensor
 
@@ -53,11 +54,14 @@ def as_items(
     storage_options: dict[str, Any] | None = None,
     video_fps: float = DEFAULT_VIDEO_FPS,
     limits: MediaLimits | None = None,
+    draft: Draft | None = None,
 ) -> tuple[list[Item], bool]:
     """``(items, single)``: ``x`` as a list of PIL images / frame lists, and whether ``x`` was
     one item. Wrong types raise one :class:`TypeError` naming what is accepted; paths that
-    cannot be decoded raise :class:`~vqpipe.media.decode.MediaError` naming the path."""
-    load = _Loader(storage_options, video_fps, limits or MediaLimits())
+    cannot be decoded raise :class:`~vqpipe.media.decode.MediaError` naming the path.
+    ``draft``: images read from paths are decoded downscaled, as the pipeline decodes them
+    for a scorer with ``exact_preprocessing=False``."""
+    load = _Loader(storage_options, video_fps, limits or MediaLimits(), draft)
     if _is_path(x) or isinstance(x, Image.Image) or _is_array(x, (2, 3)):
         return [load.item(x)], True
     if _is_array(x, (4,)):  # N×H×W×C array / N×C×H×W tensor: a batch of images
@@ -68,10 +72,17 @@ def as_items(
 
 
 class _Loader:
-    def __init__(self, storage_options: dict[str, Any] | None, fps: float, limits: MediaLimits):
+    def __init__(
+        self,
+        storage_options: dict[str, Any] | None,
+        fps: float,
+        limits: MediaLimits,
+        draft: Draft | None = None,
+    ):
         self.storage_options = storage_options
         self.fps = float(fps)
         self.limits = limits
+        self.draft = draft
 
     def item(self, x: Any, where: str = "input") -> Item:
         if _is_path(x):
@@ -108,7 +119,7 @@ class _Loader:
             if kind == "video":
                 frames, _ = decode_video(data, self.fps, self.limits)
                 return frames
-            image, _ = decode_image(data, self.limits)
+            image, _ = decode_image(data, self.limits, self.draft)
         except MediaError as exc:
             raise MediaError(f"{uri}: {exc}") from None
         return image

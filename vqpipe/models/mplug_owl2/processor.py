@@ -91,15 +91,16 @@ class MPLUGOwl2ImageProcessor:
             resample=cfg.get("resample", Image.Resampling.BICUBIC),
         )
 
-    def to_uint8(self, image: Image.Image) -> np.ndarray:
-        """RGB, expand to square, resize, centre crop → uint8 [3, S, S]."""
+    def to_uint8(self, image: Image.Image, reducing_gap: float | None = None) -> np.ndarray:
+        """RGB, expand to square, resize, centre crop → uint8 [3, S, S]. ``reducing_gap``:
+        Pillow's (None, the official path: one resampling from the full image)."""
         image = shrink_before_padding(to_rgb(image), PAD_MAX_SIDE, self.resample)
         image = expand2square(image, self.background)
         width, height = image.size
         short, long = min(width, height), max(width, height)
         new_short, new_long = self.size, int(self.size * long / short)
         new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-        image = image.resize((new_w, new_h), resample=self.resample)
+        image = image.resize((new_w, new_h), resample=self.resample, reducing_gap=reducing_gap)
         pixels = np.asarray(image, dtype=np.uint8)
         crop = self.crop_size
         if crop > new_h or crop > new_w:
