@@ -162,6 +162,14 @@ def has_magic(path: str) -> bool:
     return any(c in _GLOB_CHARS for c in path)
 
 
+def glob_base(path: str) -> str:
+    """The folder of a glob before its first glob character (``d/*/x.jpg`` → ``d``); a path
+    without one is its own base."""
+    names = path.split("/")
+    first = next((i for i, n in enumerate(names) if has_magic(n)), None)
+    return path if first is None else "/".join(names[:first]) or "/"
+
+
 def _hidden(rel: str) -> bool:
     """Hidden files and our own job outputs (``.x``, ``_job.json``, ``_SUCCESS``) are skipped."""
     return any(part.startswith((".", "_")) for part in rel.split("/") if part)

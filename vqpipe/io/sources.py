@@ -21,7 +21,7 @@ import numpy as np
 
 from vqpipe.io.fs import content_version, is_local, join_uri, url_to_fs
 from vqpipe.io.media_types import UNSUPPORTED, extension, media_type_from_name, sidecar_of
-from vqpipe.io.patterns import SymlinkLoopError, find_local, has_magic
+from vqpipe.io.patterns import SymlinkLoopError, find_local, glob_base, has_magic
 from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 
 if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
@@ -239,9 +239,7 @@ def _named_files(
     folder their relative paths start from (the pattern's folder before any glob character)."""
     if not has_magic(path):
         return posixpath.dirname(path), {path: fs.info(path)}
-    names = path.split("/")
-    first = next(i for i, n in enumerate(names) if has_magic(n))
-    base = "/".join(names[:first]) or "/"
+    base = glob_base(path)
     found: dict[str, dict[str, Any]] = {}
     for match, info in sorted(fs.glob(path, detail=True).items()):
         if info.get("type") != "directory":

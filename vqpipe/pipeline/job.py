@@ -25,7 +25,7 @@ import vqpipe
 from vqpipe.errors import UserError
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
-from vqpipe.io.patterns import has_magic
+from vqpipe.io.patterns import glob_base, has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import runner
 from vqpipe.pipeline.column_types import unified_types
@@ -479,8 +479,7 @@ def check_inside_root(spec: str, root: str) -> None:
     """``--root`` with an input that is not a manifest (a folder, file or glob of media, tars
     or Parquet): the input must lie inside it (a listing checks each file's real path again:
     a symlink that leaves the root is an error row)."""
-    base = spec.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-    if not confine(base, root)[1]:
+    if not confine(glob_base(spec), root)[1]:
         raise UserError(f"--root {root}: the input {spec} is not inside it")
 
 
