@@ -257,8 +257,11 @@ def _median_s(fn: Callable[[], Any], repeats: int, warm_up: bool = True) -> floa
 
 
 # --------------------------------------------------------------------------- scorers
-def build_scorer(name: str, dry_run: bool, device: str, dtype: str, tmp: str) -> tuple[Any, str]:
-    """The scorer with random weights: tiny configs in a dry run, the real shapes on a GPU."""
+def build_scorer(
+    name: str, dry_run: bool, device: str, dtype: str, tmp: str, config: Any = None
+) -> tuple[Any, str]:
+    """The scorer with random weights: tiny configs in a dry run, the real shapes on a GPU
+    (``config``: another mPLUG-Owl2 config for the LMMs)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -281,7 +284,7 @@ def build_scorer(name: str, dry_run: bool, device: str, dtype: str, tmp: str) ->
     from vqpipe.models.mplug_owl2.tiny import bench_config, train_tiny_tokenizer
 
     train_tiny_tokenizer(tmp)  # prompt ids only; the model's vocabulary is its own
-    cfg = bench_config() if dry_run else MPLUGOwl2Config()
+    cfg = config or (bench_config() if dry_run else MPLUGOwl2Config())
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
     model = MPLUGOwl2ForCausalLM.from_config(cfg, dtype=torch_dtype, device=device)
     cfg.save_pretrained(tmp)
