@@ -104,7 +104,7 @@ def lmm_flops(name: str) -> dict[str, float]:
     return {"total": total, **{f"per_{k}_layer": v for k, v in per_layer.items()}}
 
 
-def run(rounds: int) -> dict[str, Any]:
+def run(rounds: int) -> list[dict[str, Any]]:
     from decode_throughput import run as decode_run
 
     flops = {
@@ -115,7 +115,14 @@ def run(rounds: int) -> dict[str, Any]:
     peak = PEAK_TFLOPS * 1e12
     per_gpu = {name: MFU * peak / f for name, f in flops.items()}
     decode = decode_run(rounds=rounds, per_round_s=0.3)
-    rows = []
+    rows = [
+        {
+            "figure": f"{name}: FLOPs per image (measured), images/s per GPU (projected)",
+            "flops_per_image": f,
+            "projected_images_per_s_per_gpu": per_gpu[name],
+        }
+        for name, f in flops.items()
+    ]
     for record in decode:
         geometry = "gamma" if record["model"].startswith("Gamma") else "qalign"
         size = record["figure"].split(" JPEG")[0].removeprefix("decode+preprocess ")
@@ -127,6 +134,7 @@ def run(rounds: int) -> dict[str, Any]:
             ):
                 rows.append(
                     {
+                        "figure": f"cores per GPU: {scorer}, {size} JPEG, {path} decode",
                         "scorer": scorer,
                         "jpeg": size,
                         "path": path,
@@ -135,12 +143,9 @@ def run(rounds: int) -> dict[str, Any]:
                         "cores_per_gpu": per_gpu[scorer] / rate,
                     }
                 )
-    return {
-        "flops_per_image": flops,
-        "assumptions": {"peak_tflops_bf16": PEAK_TFLOPS, "mfu": MFU},
-        "projected_images_per_s_per_gpu": per_gpu,
-        "rows": rows,
-    }
+    for row in rows:
+        row.update(peak_tflops_bf16=PEAK_TFLOPS, mfu=MFU)
+    return rows
 
 
 def main() -> None:
@@ -148,16 +153,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 decode rounds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    report = run(rounds=3 if args.quick else 9)
+    records = run(rounds=3 if args.quick else 9)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(records, indent=2))
         return
     print(f"projected at {MFU:.0%} MFU of {PEAK_TFLOPS:g} TFLOP/s (arithmetic, not measured):")
-    for name, f in report["flops_per_image"].items():
-        rate = report["projected_images_per_s_per_gpu"][name]
-        print(f"  {name}: {f / 1e9:.1f} GFLOP/image (measured) → {rate:,.0f} images/s per GPU")
+    for r in records:
+        if "flops_per_image" in r:
+            print(
+                f"  {r['figure'].split(':')[0]}: {r['flops_per_image'] / 1e9:.1f} GFLOP/image "
+                f"(measured) → {r['projected_images_per_s_per_gpu']:,.0f} images/s per GPU"
+            )
     print("cores per GPU (projected rate ÷ measured decode images/s per core):")
-    for r in report["rows"]:
+    for r in (r for r in records if "cores_per_gpu" in r):
         print(
             f"  {r['scorer']:<14} {r['jpeg']:>6} {r['path']:<5} "
             f"{r['decode_images_per_s_per_core']:7.1f} images/s/core → "

@@ -136,6 +136,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                 result = f"{r['pipeline_images_per_s']:.1f} images/s"
             elif "seconds" in r and "target_s" in r:
                 result = f"{r['seconds']:.1f} s (target <= {r['target_s']:g} s)"
+            elif "cores_per_gpu" in r:
+                result = f"{r['cores_per_gpu']:.0f} cores per GPU (projected)"
+            elif "projected_images_per_s_per_gpu" in r:
+                result = f"{r['projected_images_per_s_per_gpu']:,.0f} images/s per GPU (projected)"
             elif "srcc" in r:
                 result = f"SRCC {r['srcc']:.3f} in {r['minutes']} min"
             ratio = _ratio(r)
