@@ -31,6 +31,7 @@ OPTION_NOTES = {
     "compile": "torch.compile the model",
     "fused_experts": "MoAE experts as two wide matmuls",
     "task": "quality / aesthetics / video",
+    "tasks": "several, one visual encoding: quality,aesthetics → <column>_<task>_score",
     "max_frames": "frames per video sequence (task=video)",
     "prefix_cache": "reuse the prompt's KV cache across a batch",
     "anchors": "anchor set (default: the bundled one)",

@@ -117,6 +117,8 @@ def scorer_facts(spec: ScorerOptions) -> dict[str, Any]:
         "higher_better": cls.higher_better,
         "prob_labels": list(cls.prob_labels),
         "extra_outputs": list(cls.extra_outputs),
+        "outputs": spec.outputs(),  # output → float | probs, in <column>_<output>
+        "columns": output_columns(spec.column, spec.outputs()),
         "media": sorted(cls.media),
         "checkpoint": BUNDLED_DEMO
         if _uses_bundled(spec)
@@ -300,7 +302,7 @@ def output_names(config: JobConfig) -> set[str]:
     names = {URI, MEDIA_TYPE, BYTES, CONTENT_VERSION, ERROR, ERROR_KIND}
     names.update(MEDIA_COLUMNS, SHARD_COLUMNS)
     for spec in config.scorers:
-        names.update(output_columns(spec.column, spec.scorer_class().extra_outputs))
+        names.update(output_columns(spec.column, spec.outputs()))
     return names
 
 
