@@ -30,7 +30,7 @@ OPTION_NOTES = {
     "scene": "prompt set of the scene (README: Gamma)",
     "compile": "torch.compile the model",
     "fused_experts": "MoAE experts as two wide matmuls",
-    "task": "quality / aesthetics / video",
+    "task": "quality / aesthetics / video (none: quality, unless tasks= is given)",
     "tasks": "several, one visual encoding: quality,aesthetics → <column>_<task>_score",
     "max_frames": "frames per video sequence (task=video)",
     "prefix_cache": "reuse the prompt's KV cache across a batch",
