@@ -136,6 +136,14 @@ def test_outputs_names_and_checks(quality, qalign_checkpoint):
     assert "tasks" not in quality.metadata()
 
 
+def test_default_outputs_keep_the_column_order_of_older_tables():
+    """Extras, then score and probs, as ScoreStage always wrote them (a resumed table's parts
+    keep one column order: no rewrite)."""
+    from vqpipe.scorers.compare2score import Compare2ScoreScorer
+
+    assert list(Compare2ScoreScorer.outputs()) == ["thurstone", "score_100", "score", "probs"]
+
+
 def test_scorer_option_lists_parse():
     spec = ScorerOptions.parse("qalign:checkpoint=/m,tasks=quality,aesthetics,batch_size=8")
     assert spec.options == {"checkpoint": "/m", "tasks": "quality,aesthetics"}

@@ -153,9 +153,10 @@ class Scorer:
     def outputs(cls, **options: Any) -> dict[str, str]:
         """The per-item outputs of :meth:`predict_items` for these scorer options, name →
         ``"float"`` or ``"probs"`` (a row over :attr:`prob_labels`); a pool writes each to the
-        column ``<column>_<name>``. Cheap (no weights). Default: ``score``, ``probs`` and
-        :attr:`extra_outputs`."""
-        return {"score": "float", "probs": "probs", **dict.fromkeys(cls.extra_outputs, "float")}
+        column ``<column>_<name>``, in this order. Cheap (no weights). Default:
+        :attr:`extra_outputs`, ``score`` and ``probs`` (the column order of every table so
+        far)."""
+        return {**dict.fromkeys(cls.extra_outputs, "float"), "score": "float", "probs": "probs"}
 
     def preprocess(self, frame: Any) -> dict[str, np.ndarray]:
         """One image or video frame → its arrays (CPU): the scorer's :attr:`preprocessor`."""
