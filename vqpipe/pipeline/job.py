@@ -117,12 +117,21 @@ def scorer_facts(spec: ScorerOptions) -> dict[str, Any]:
         "higher_better": cls.higher_better,
         "prob_labels": list(cls.prob_labels),
         "extra_outputs": list(cls.extra_outputs),
-        "outputs": spec.outputs(),  # output → float | probs, in <column>_<output>
-        "columns": output_columns(spec.column, spec.outputs()),
         "media": sorted(cls.media),
         "checkpoint": BUNDLED_DEMO
         if _uses_bundled(spec)
         else (str(checkpoint) if checkpoint else None),
+    }
+
+
+def pool_facts(spec: ScorerOptions) -> dict[str, Any]:
+    """A scoring job's pool: :func:`scorer_facts` plus its outputs (name → ``float`` |
+    ``probs``) and the columns they are written to (Q-Align ``tasks=``: per task)."""
+    outputs = spec.outputs()
+    return {
+        **scorer_facts(spec),
+        "outputs": outputs,
+        "columns": output_columns(spec.column, outputs),
     }
 
 
@@ -233,7 +242,7 @@ def build_dataset(
     write = {
         "output": output,
         "storage_options": so,
-        "metadata": {**signature, "outputs": {s.column: scorer_facts(s) for s in config.scorers}},
+        "metadata": {**signature, "outputs": {s.column: pool_facts(s) for s in config.scorers}},
         "scorer_columns": [s.column for s in config.scorers],
         "sig": sig,
         "fence": fence,
@@ -474,7 +483,7 @@ class ScoreJob(JobKind):
         return build_dataset(*sources, fence=run.fence, **run.resume)
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
-        return {s.column: scorer_facts(s) for s in config.scorers}
+        return {s.column: pool_facts(s) for s in config.scorers}
 
 
 def check_inside_root(spec: str, root: str) -> None:
