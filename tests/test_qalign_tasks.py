@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vqpipe.cli import main
+from vqpipe.cli import _score_outputs, main
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.schema import METADATA_KEY
 from vqpipe.scorers.qalign import QAlignScorer, check_tasks
@@ -156,6 +156,9 @@ def test_scorer_option_lists_parse():
     ]
     as_json = ScorerOptions.parse('qalign:tasks=["quality","aesthetics"]')
     assert as_json.outputs() == spec.outputs()
+    # --calibration may map the per-task score columns
+    assert _score_outputs(spec) == ["quality_score", "aesthetics_score"]
+    assert _score_outputs(ScorerOptions.parse("qalign")) == ["score"]
 
 
 @pytest.fixture
