@@ -33,7 +33,7 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
     images = [
         Image.fromarray(rng.integers(0, 255, (size + 32, size + 48, 3), dtype=np.uint8))
     ] * batch
-    pixels = scorer.collate([scorer.preprocess(im) for im in images])
+    pixels = {"pixels": np.stack([scorer.preprocess(im)["pixels"] for im in images])}
     records = []
 
     fused = best_time(lambda: scorer.predict(pixels), dev, repeats)

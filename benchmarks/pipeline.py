@@ -88,12 +88,12 @@ def run(
         pending, scores = [], []
         for uri in listing["uri"]:
             image, _ = decode_image(Path(uri).read_bytes())
-            pending.append(scorer.preprocess(image))
+            pending.append(scorer.preprocess(image)["pixels"][None])  # [T = 1, ...]
             if len(pending) == batch_size:
-                scores.append(scorer.predict(scorer.collate(pending))["score"])
+                scores.append(scorer.predict_items(pending, batch_size)["score"])
                 pending = []
         if pending:
-            scores.append(scorer.predict(scorer.collate(pending))["score"])
+            scores.append(scorer.predict_items(pending, batch_size)["score"])
         loop_s = time.perf_counter() - start
         assert sum(len(s) for s in scores) == n
 

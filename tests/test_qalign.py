@@ -134,10 +134,12 @@ def test_default_frame_cap_fits_the_context(qalign_checkpoint, video_scorer):
 def test_preprocessor_needs_no_model_and_matches_the_scorer(qalign_checkpoint, scorer):
     prep = QAlignScorer.make_preprocessor(checkpoint=str(qalign_checkpoint))
     im = images(1)[0]
-    np.testing.assert_array_equal(prep(im)["pixels"], scorer.preprocess(im)["pixels"][0])
-    batch = scorer.collate([{"pixels": prep(im)["pixels"][None]} for im in images(2)])
-    assert batch["frames"].tolist() == [1, 1]
-    np.testing.assert_allclose(scorer.predict(batch)["score"], scorer.score(images(2)), atol=1e-5)
+    np.testing.assert_array_equal(prep(im)["pixels"], scorer.preprocess(im)["pixels"])
+    inputs = [prep(im)["pixels"][None] for im in images(2)]  # as the decode stage hands them on
+    assert [len(x) for x in inputs] == [1, 1]
+    np.testing.assert_allclose(
+        scorer.predict_items(inputs)["score"], scorer.score(images(2)), atol=1e-5
+    )
 
 
 def test_metadata_names_scale_task_and_fingerprint(scorer):

@@ -131,11 +131,23 @@ def _calibration(args: argparse.Namespace, specs: list[Any]) -> dict[str, Any] |
     if not getattr(args, "calibration", None):
         return None
     from vqpipe.rewards.calibrate import check_columns, load_calibration
-    from vqpipe.schema import score_column
+    from vqpipe.schema import extra_column
 
     record = load_calibration(args.calibration, _storage_options(args.storage_options))
-    check_columns(record, [score_column(s.column) for s in specs], "this job's scorers write")
+    scores = [extra_column(s.column, key) for s in specs for key in _score_outputs(s)]
+    check_columns(record, scores, "this job's scorers write")
     return record
+
+
+def _score_outputs(spec: Any) -> list[str]:
+    """A pool's score outputs: ``score``, or per task ``<task>_score`` (Q-Align ``tasks=``).
+    A pool whose scorer or options are wrong counts as ``score``: the job's checks, which
+    run next, say what is wrong with it."""
+    try:
+        outputs = spec.outputs()
+    except Exception:
+        return ["score"]
+    return [key for key in outputs if key == "score" or key.endswith("_score")]
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

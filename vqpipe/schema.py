@@ -85,14 +85,22 @@ def probs_column(column: str) -> str:
 
 
 def extra_column(column: str, key: str) -> str:
+    """``<column>_<key>``: a pool's output ``key`` (``score``, ``probs``, extras, per-task
+    outputs) or what a later step derives from it."""
     return f"{column}_{key}"
 
 
-def output_columns(column: str, extra_outputs: Iterable[str] = ()) -> list[str]:
-    """The columns one scorer adds: score, probs and its extra outputs."""
-    return [score_column(column), probs_column(column)] + [
-        extra_column(column, key) for key in extra_outputs
-    ]
+def output_columns(column: str, outputs: Iterable[str] = ("score", "probs")) -> list[str]:
+    """The columns one scorer pool adds: ``<column>_<output>`` for each of its outputs
+    (:meth:`~vqpipe.scoring.Scorer.outputs`: ``score``, ``probs`` and extras; Q-Align with
+    ``tasks``: ``<task>_score``, ``<task>_probs``)."""
+    return [extra_column(column, key) for key in outputs]
+
+
+def is_probs_column(name: str, column: str) -> bool:
+    """Whether ``name`` is a probabilities row (list<float32>) of the pool ``column``:
+    ``<column>_probs``, or a per-task ``<column>_<task>_probs``."""
+    return name.startswith(f"{column}_") and name.endswith("_probs")
 
 
 CALIBRATED = "calibrated"
@@ -198,7 +206,7 @@ def to_arrow(
     scored = dict(typed or {})
     for column in scorer_columns:
         for name in batch:
-            if name == probs_column(column):
+            if is_probs_column(name, column):
                 scored[name] = "probs"
             elif name.startswith(f"{column}_"):
                 scored[name] = "float"

@@ -93,24 +93,31 @@ class ScorerOptions:
         """``"gamma"`` or ``"gamma:checkpoint=s3://m/g.pth,scene=face-quality,batch_size=128"``.
 
         The keys of :data:`POOL_KEYS` configure the pool; every other key goes to the scorer
-        (values parsed as JSON when they are JSON, else strings). ``defaults`` (the job's
-        global flags: ``batch_size``, ``num_gpus``, ``actors``) apply to the pool keys the text
-        does not set: per-scorer keys win.
+        (values parsed as JSON when they are JSON, else strings; a part without ``=`` after a
+        scorer option continues its value: ``tasks=quality,aesthetics`` is one option).
+        ``defaults`` (the job's global flags: ``batch_size``, ``num_gpus``, ``actors``) apply to
+        the pool keys the text does not set: per-scorer keys win.
         """
         name, _, rest = text.partition(":")
         if not name.strip():
             raise UserError(f"--scorer {text!r}: no scorer name before ':'")
         pool: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
-        options: dict[str, Any] = {}
+        raw: dict[str, str] = {}
+        last = None
         for part in filter(None, (p.strip() for p in split_options(rest))):
             key, sep, value = part.partition("=")
             key = key.strip()
+            if not sep and last is not None and last not in POOL_KEYS:
+                raw[last] += f",{part}"  # a list value: tasks=quality,aesthetics
+                continue
             if not sep or not key:
                 raise UserError(f"--scorer {text!r}: option {part!r} is not key=value")
             if key in POOL_KEYS:
                 pool[key] = value.strip()
             else:
-                options[key] = _parse_value(value)
+                raw[key] = value
+            last = key
+        options = {key: _parse_value(value) for key, value in raw.items()}
         spec = cls(name=name.strip(), options=options)
         if "batch_size" in pool:
             spec.batch_size = _number("batch_size", pool["batch_size"], int, 1)
@@ -134,6 +141,12 @@ class ScorerOptions:
         from vqpipe.scoring import get_scorer_spec
 
         return get_scorer_spec(self.name).load()
+
+    def outputs(self) -> dict[str, str]:
+        """The pool's per-item outputs, name → ``float`` | ``probs`` (the scorer's
+        :meth:`~vqpipe.scoring.Scorer.outputs` for its options); each is written to the
+        column ``<column>_<name>``."""
+        return self.scorer_class().outputs(**self.options)
 
     def scorer_kwargs(self, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The scorer's constructor arguments: registry defaults, its options, and the job's

@@ -124,6 +124,17 @@ def scorer_facts(spec: ScorerOptions) -> dict[str, Any]:
     }
 
 
+def pool_facts(spec: ScorerOptions) -> dict[str, Any]:
+    """A scoring job's pool: :func:`scorer_facts` plus its outputs (name → ``float`` |
+    ``probs``) and the columns they are written to (Q-Align ``tasks=``: per task)."""
+    outputs = spec.outputs()
+    return {
+        **scorer_facts(spec),
+        "outputs": outputs,
+        "columns": output_columns(spec.column, outputs),
+    }
+
+
 def demo_notice(config: JobConfig) -> list[str]:
     """One console line per pool that scores with a bundled demo checkpoint."""
     return [
@@ -231,7 +242,7 @@ def build_dataset(
     write = {
         "output": output,
         "storage_options": so,
-        "metadata": {**signature, "outputs": {s.column: scorer_facts(s) for s in config.scorers}},
+        "metadata": {**signature, "outputs": {s.column: pool_facts(s) for s in config.scorers}},
         "scorer_columns": [s.column for s in config.scorers],
         "sig": sig,
         "fence": fence,
@@ -300,7 +311,7 @@ def output_names(config: JobConfig) -> set[str]:
     names = {URI, MEDIA_TYPE, BYTES, CONTENT_VERSION, ERROR, ERROR_KIND}
     names.update(MEDIA_COLUMNS, SHARD_COLUMNS)
     for spec in config.scorers:
-        names.update(output_columns(spec.column, spec.scorer_class().extra_outputs))
+        names.update(output_columns(spec.column, spec.outputs()))
     return names
 
 
@@ -472,7 +483,7 @@ class ScoreJob(JobKind):
         return build_dataset(*sources, fence=run.fence, **run.resume)
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
-        return {s.column: scorer_facts(s) for s in config.scorers}
+        return {s.column: pool_facts(s) for s in config.scorers}
 
 
 def check_inside_root(spec: str, root: str) -> None:

@@ -50,8 +50,6 @@ from vqpipe.schema import (
     WIDTH,
     error_text,
     extra_column,
-    probs_column,
-    score_column,
     to_arrow,
 )
 from vqpipe.storage.names import part_suffix
@@ -356,28 +354,21 @@ class ScoreStage:
         column = self.spec.column
         inputs = [_from_bytes(b) for b in batch.pop(INPUT_PREFIX + column)]
         n = len(inputs)
-        k = max(len(self.scorer.prob_labels), 1)
-        scores = np.full(n, np.nan, np.float32)  # NaN in transit; null once written
-        probs = np.full((n, k), np.nan, np.float32)
+        # each output of the pool → <column>_<output>; NaN in transit, null once written
+        outputs = self.scorer.empty_outputs(n, **self.spec.options)
         errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
-        extra: dict[str, np.ndarray] = {}
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
             try:
                 out = self.scorer.predict_items([inputs[i] for i in todo], self.spec.batch_size)
-                scores[todo] = out["score"]
-                probs[todo] = out["probs"]
-                for key, values in out.items():  # further per-item numbers → own columns
-                    if key not in ("score", "probs") and np.ndim(values) == 1:
-                        extra[key] = np.full(n, np.nan, np.float32)
-                        extra[key][todo] = values
+                scored = {key: out[key] for key in outputs}
+                for key, values in scored.items():
+                    outputs[key][todo] = values
             except Exception as exc:
                 for i in todo:
                     errors[i] = f"score[{column}]: {type(exc).__name__}: {exc}"
-        for key in getattr(self.scorer, "extra_outputs", ()):
-            batch[extra_column(column, key)] = extra.get(key, np.full(n, np.nan, np.float32))
-        batch[score_column(column)] = scores
-        batch[probs_column(column)] = probs
+        for key, values in outputs.items():
+            batch[extra_column(column, key)] = values
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
         return batch

@@ -22,6 +22,7 @@ from typing import Any
 from vqpipe.errors import UserError
 from vqpipe.io.fs import is_local, url_to_fs
 from vqpipe.pipeline.config import POOL_KEYS, JobConfig, ScorerOptions
+from vqpipe.schema import output_columns
 
 _NOT_OPTIONS = ("self", "model")  # constructor parameters a job cannot set from the CLI
 
@@ -189,6 +190,7 @@ def validate_job(config: JobConfig, checkpoints: bool = True) -> None:
     ``checkpoints=False`` leaves out :func:`check_checkpoints` (the caller runs it later)."""
     check_ray_address(config.address)
     columns: dict[str, str] = {}
+    written: dict[str, str] = {}  # output column → the pool writing it
     classes = []
     for spec in config.scorers:
         classes.append(check_scorer(spec, config.storage_options))
@@ -198,6 +200,13 @@ def validate_job(config: JobConfig, checkpoints: bool = True) -> None:
                 f"{spec.name}); give one of them column=NAME"
             )
         columns[spec.column] = spec.name
+        for name in output_columns(spec.column, spec.outputs()):  # qalign_quality_score, ...
+            if name in written:
+                raise UserError(
+                    f"scorer pools {written[name]!r} and {spec.column!r} both write {name!r}; "
+                    "give one of them another column=NAME"
+                )
+            written[name] = spec.column
     limits = config.limits
     for name, value in (
         ("--max-frames", limits.max_frames),

@@ -65,9 +65,6 @@ class BrightnessScorer(Scorer):
     def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:
         return BrightnessPreprocessor(size)
 
-    def preprocess(self, item: Image.Image) -> dict[str, np.ndarray]:
-        return self.preprocessor(item)
-
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.latency_s > 0:
             time.sleep(self.latency_s)

@@ -174,13 +174,6 @@ class AnchorComparison:
         """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
         return self.scores_from_probs(self.comparison_probs(batch["pixels"]))
 
-    def score_items(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
-        """Scores of test images (a frame list: its frames, scored and averaged)."""
-        items = list(items)
-        if not items:
-            return {"score": np.zeros(0, np.float32)}
-        return self.predict_items([self.preprocess(it)["pixels"] for it in items])
-
     def anchor_metadata(self) -> dict[str, Any]:
         return {
             "output": self.output,
@@ -346,15 +339,6 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
             anchors = self.model.encode_images(self.to_input(self.anchor_pixels))  # [m, T, D]
             self._cache = self._prefix_cache(anchors)
         return self._cache
-
-    # ------------------------------------------------------------------ Scorer protocol
-    def preprocess(self, item: Any) -> dict[str, np.ndarray]:
-        """An image → uint8 [1, 3, S, S] (a frame list: its frames, scored and averaged)."""
-        frames = list(item) if isinstance(item, (list, tuple)) else [item]
-        return {"pixels": np.stack([self.preprocessor(f)["pixels"] for f in frames])}
-
-    def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {"pixels": np.concatenate([np.asarray(it["pixels"]) for it in items])}
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), **self.anchor_metadata()}

@@ -118,13 +118,6 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     def make_preprocessor(cls, **_: Any) -> RGBArray:
         return RGBArray()
 
-    def preprocess(self, item: Any) -> dict[str, np.ndarray]:
-        frames = list(item) if isinstance(item, (list, tuple)) else [item]
-        return {"pixels": [self.preprocessor(f)["pixels"] for f in frames]}
-
-    def stack_frames(self, frames: Sequence[Any]) -> list[np.ndarray]:
-        return list(frames)  # images keep their own sizes; the processor resizes them
-
     def anchor_inputs(self) -> list[Image.Image]:
         return self._anchor_images
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.io.checkpoints import checkpoint_identity, read_safetensors_metadata
 from vqpipe.media.image import (
     REDUCING_GAP,
@@ -24,7 +25,6 @@ from vqpipe.media.image import (
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
 from vqpipe.scoring.base import Scorer
-from vqpipe.scoring.inputs import Item
 
 if TYPE_CHECKING:  # torch, open_clip and torchvision load where a model is built or run
     import torch
@@ -177,10 +177,6 @@ class GammaScorer(Scorer):
         size = checkpoint_image_size(checkpoint, storage_options)
         return GammaPreprocessor(size, exact_preprocessing)
 
-    def preprocess(self, item: Image.Image) -> dict[str, np.ndarray]:
-        """PIL image → uint8 [3, S, S] (normalisation happens on the device, 4× less to move)."""
-        return self.preprocessor(item)
-
     def pixels_to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] → normalised float input on the scorer's device."""
         import torch
@@ -210,31 +206,23 @@ class GammaScorer(Scorer):
             "probs": out["probs"].float().cpu().numpy(),
         }
 
-    def score_items(
-        self, items: Sequence[Item], scene: str | Sequence[str] | None = None
+    def predict_items(
+        self,
+        inputs: Sequence[np.ndarray],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        scene: str | Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Scores and level probabilities; ``scene`` overrides the default (one or per item).
-        A video (a frame list) gets the mean over its frames, as in the pipeline."""
-        items = list(items)
-        if not items:
-            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
-        frames = [f for it in items for f in (it if isinstance(it, list) else [it])]
-        counts = [len(it) if isinstance(it, list) else 1 for it in items]
-        batch = self.collate([self.preprocess(f) for f in frames])
-        if scene is not None:
-            scenes = [scene] * len(items) if isinstance(scene, str) else list(scene)
-            if len(scenes) != len(items):
-                raise ValueError(f"got {len(scenes)} scenes for {len(items)} items")
-            for s in set(scenes):
-                scene_prompts(s)
-            batch["scene"] = np.repeat(np.asarray(scenes), counts)
-        out = self.predict(batch)
-        if len(frames) == len(items):
-            return out
-        owner = np.repeat(np.arange(len(items)), counts)
-        return {
-            k: np.stack([v[owner == i].mean(0) for i in range(len(items))]) for k, v in out.items()
-        }
+        """Scores and level probabilities, a video's the mean over its frames; ``scene``
+        overrides the scorer's (one for every item, or one per item)."""
+        if scene is None:
+            return self.frames_averaged(inputs, batch_size)
+        scenes = [scene] * len(inputs) if isinstance(scene, str) else list(scene)
+        if len(scenes) != len(inputs):
+            raise ValueError(f"got {len(scenes)} scenes for {len(inputs)} items")
+        for s in set(scenes):
+            scene_prompts(s)
+        per_frame = np.repeat(np.asarray(scenes), [len(x) for x in inputs])
+        return self.frames_averaged(inputs, batch_size, {"scene": per_frame})
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "scene": self.scene, "image_size": self.image_size}

@@ -71,7 +71,7 @@ def compare_pairs(
     """Both orders of the pairs ``(images[a[n]], images[b[n]])``, in one ``pair_logits`` call.
 
     ``images``: each distinct image once, in the form the scorer's CPU half gives
-    (``scorer.preprocess(item)["pixels"][0]``); ``a``, ``b``: indices into it, one per pair.
+    (``scorer.preprocess(image)["pixels"]``); ``a``, ``b``: indices into it, one per pair.
     """
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     n = len(a)
@@ -106,6 +106,6 @@ def compare_images(
     if storage_options is None:
         storage_options = getattr(scorer, "storage_options", None)
     loaded, _ = as_items(distinct, storage_options)
-    images = [scorer.preprocess(item)["pixels"][0] for item in loaded]
+    images = [scorer.preprocess(item)["pixels"] for item in loaded]
     n = len(items_a)
     return compare_pairs(scorer, images, index[:n], index[n:])

@@ -1,22 +1,25 @@
-"""The Scorer protocol: one shape for every quality method.
+"""The Scorer protocol: one shape for every quality method, and one path through it.
 
-A scorer splits its work so the pipeline can run each half where it belongs:
-
-* :meth:`Scorer.preprocess` — CPU side, one item (a PIL image, or a list of frames for video)
-  → a dict of numpy arrays. Runs in the decode stage of the pipeline.
-* :meth:`Scorer.collate` — stack per-item dicts into one batch dict.
-* :meth:`Scorer.predict` — accelerator side, one batch dict → ``{"score": (B,), "probs":
-  (B, K), ...}``. Runs in a GPU actor pool.
+* :meth:`Scorer.make_preprocessor` — the CPU half: a picklable callable, one image or video
+  frame → ``{"pixels": array}``, built without the model. The pipeline runs it in its decode
+  tasks, frame by frame, and stacks an item's frames into one ``[T, ...]`` array (T = 1 for
+  an image). A built scorer holds the same kind of object as :attr:`Scorer.preprocessor`.
+* :meth:`Scorer.predict_items` — the accelerator half: those ``[T, ...]`` arrays → per-item
+  outputs (:meth:`Scorer.outputs` names them: ``score`` [N], ``probs`` [N, K], extras).
 
 Library users call the scorer (``scorer(x)`` is ``scorer.score(x)``) or
 :meth:`Scorer.score_details`: they take one item or a batch of paths, URIs, PIL images, arrays,
-tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), and chain the three steps in
-:meth:`Scorer.score_items`, the one method a scorer overrides to score differently.
+tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), run the preprocessor on every
+frame and hand the stacked frames to :meth:`Scorer.predict_items` — the pipeline's path.
+
+A scorer provides its preprocessor (or overrides :meth:`Scorer.preprocess`, one frame → arrays)
+and either :meth:`Scorer.predict` (a batch of frames → per-frame outputs; the default
+:meth:`Scorer.predict_items` scores every frame as an image and averages over each item's
+frames, :func:`average_frames`) or its own :meth:`Scorer.predict_items` (video-native models).
 """
 
 from __future__ import annotations
 
-import abc
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -79,8 +82,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(aliases)}") from None
 
 
-class Scorer(abc.ABC):
-    """Base class of all scorers. Subclasses set the class attributes and the three steps."""
+class Scorer:
+    """Base class of all scorers. Subclasses set the class attributes, a preprocessor (or
+    :meth:`preprocess`) and :meth:`predict` or :meth:`predict_items`."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "0"
@@ -90,6 +94,7 @@ class Scorer(abc.ABC):
     prob_labels: ClassVar[tuple[str, ...]] = ()
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
     storage_options: dict[str, Any] | None = None  # fsspec options for inputs given as URIs
+    preprocessor: Any = None  # the CPU half, as make_preprocessor builds it (set by __init__)
     uses_torch: ClassVar[bool] = True
     """False for a scorer that runs on the CPU with numpy only: its ``device`` and ``dtype``
     are then the strings ``"cpu"`` and ``"float32"`` (what a torch scorer's record as text),
@@ -137,76 +142,85 @@ class Scorer(abc.ABC):
 
     @classmethod
     def make_preprocessor(cls, **options: Any) -> Any:
-        """A picklable ``item -> dict[str, np.ndarray]`` for CPU workers (the pipeline's decode
-        stage). The default builds the scorer on the CPU; scorers override it to skip loading
+        """A picklable ``frame -> dict[str, np.ndarray]`` for CPU workers (the pipeline's decode
+        stage): one image or video frame in, its ``pixels`` out. The default builds the scorer
+        on the CPU and hands back its :meth:`preprocess`; scorers override it to skip loading
         weights."""
         options = {k: v for k, v in options.items() if k not in ("device", "dtype")}
         return cls(device="cpu", **options).preprocess
 
-    @abc.abstractmethod
-    def preprocess(self, item: Item) -> dict[str, np.ndarray]:
-        """Turn one input (image or frame list) into model-ready arrays (CPU)."""
+    @classmethod
+    def outputs(cls, **options: Any) -> dict[str, str]:
+        """The per-item outputs of :meth:`predict_items` for these scorer options, name →
+        ``"float"`` or ``"probs"`` (a row over :attr:`prob_labels`); a pool writes each to the
+        column ``<column>_<name>``, in this order. Cheap (no weights). Default:
+        :attr:`extra_outputs`, ``score`` and ``probs`` (the column order of every table so
+        far)."""
+        return {**dict.fromkeys(cls.extra_outputs, "float"), "score": "float", "probs": "probs"}
 
-    @abc.abstractmethod
-    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score one collated batch; returns at least ``score`` (B,) and ``probs`` (B, K)."""
+    def preprocess(self, frame: Any) -> dict[str, np.ndarray]:
+        """One image or video frame → its arrays (CPU): the scorer's :attr:`preprocessor`."""
+        if self.preprocessor is None:
+            raise NotImplementedError(f"{self.name}: set self.preprocessor or override preprocess")
+        return self.preprocessor(frame)
 
-    def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Stack per-item arrays along a new batch axis (override for ragged inputs)."""
-        if not items:
-            raise ValueError(f"{self.name}: cannot collate an empty batch")
-        return {key: np.stack([it[key] for it in items]) for key in items[0]}
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Score a batch of frames (``pixels``: [B, ...]) as images; returns per-frame
+        ``score`` (B,), ``probs`` (B, K), ... (the default :meth:`predict_items`' model call)."""
+        raise NotImplementedError(f"{self.name}: override predict or predict_items")
 
     def predict_items(
-        self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+        self, inputs: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> dict[str, np.ndarray]:
         """Score preprocessed items, each a [T, ...] array of frames (T = 1 for an image).
 
         The default scores every frame as an image and averages every output over each item's
-        frames (video scored by an image model); video-native scorers override it.
+        frames (:meth:`frames_averaged`: video scored by an image model); video-native
+        scorers override it.
         """
-        n = len(inputs)
-        k = max(len(self.prob_labels), 1)
-        if n == 0:
-            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
+        return self.frames_averaged(inputs, batch_size)
+
+    def frames_averaged(
+        self,
+        inputs: Sequence[Any],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        per_frame: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every frame of ``inputs`` through :meth:`predict`, ``batch_size`` frames at a time,
+        with ``per_frame`` (arrays of one row per frame) beside ``pixels`` in each batch; each
+        output averaged over its item's frames (:func:`average_frames`)."""
+        counts = [len(x) for x in inputs]
         frames = [f for x in inputs for f in x]
-        outs = [
-            self.predict({"pixels": self.stack_frames(frames[i : i + batch_size])})
-            for i in range(0, len(frames), batch_size)
-        ]
+        if not frames:
+            return self.empty_outputs(len(inputs))
+        outs = []
+        for i in range(0, len(frames), batch_size):
+            batch = {key: v[i : i + batch_size] for key, v in (per_frame or {}).items()}
+            outs.append(self.predict({**batch, "pixels": frames_batch(frames[i : i + batch_size])}))
         merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
-        counts = np.array([len(x) for x in inputs])
-        if (counts == 1).all():  # images: one frame each, nothing to average
-            return {key: v.astype(np.float32) for key, v in merged.items()}
-        owner = np.repeat(np.arange(n), counts)
-        out = {}
-        for key, v in merged.items():  # per-item sums in one pass (a mask per item was O(n²))
-            sums = np.zeros((n, *v.shape[1:]), np.float64)
-            np.add.at(sums, owner, v)
-            with np.errstate(invalid="ignore", divide="ignore"):  # no frames: NaN, as before
-                out[key] = (sums / counts.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.float32)
-        return out
+        return average_frames(merged, counts)
 
-    def stack_frames(self, frames: Sequence[Any]) -> Any:
-        """One ``pixels`` batch from single frames (scorers with ragged inputs override it)."""
-        return np.stack([np.asarray(f) for f in frames])
+    def empty_outputs(self, n: int = 0, **options: Any) -> dict[str, np.ndarray]:
+        """``n`` rows of NaN for every output of :meth:`outputs` (``options``) — an empty
+        batch when ``n`` is 0."""
+        k = max(len(self.prob_labels), 1)
+        return {
+            key: np.full((n, k) if kind == "probs" else n, np.nan, np.float32)
+            for key, kind in self.outputs(**options).items()
+        }
 
-    def score_items(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
-        """Scores plus per-item details of normalised items (PIL images; a list of PIL frames
-        is one video, scored as the pipeline scores it: :meth:`predict_items` over its
-        frames)."""
-        items = list(items)
-        if not items:
-            k = max(len(self.prob_labels), 1)
-            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
-        if any(isinstance(it, list) for it in items):
-            return self.predict_items([self.frames_input(it) for it in items])
-        return self.predict(self.collate([self.preprocess(it) for it in items]))
-
-    def frames_input(self, item: Item) -> np.ndarray:
-        """One item as :meth:`predict_items` takes it: its frames' ``pixels``, [T, ...]."""
+    def item_input(self, item: Item) -> np.ndarray:
+        """One normalised item (an image, or a video's frames) as :meth:`predict_items` takes
+        it: each frame through the preprocessor, stacked [T, ...] — what the decode stage
+        hands the scorer actor."""
         frames = item if isinstance(item, list) else [item]
         return np.stack([self.preprocess(f)["pixels"] for f in frames])
+
+    def score_items(self, items: Sequence[Item], **options: Any) -> dict[str, np.ndarray]:
+        """Scores plus per-item details of normalised items (PIL images; a list of PIL frames
+        is one video): :meth:`item_input` then :meth:`predict_items` (``options`` go to it),
+        as the pipeline scores them."""
+        return self.predict_items([self.item_input(it) for it in items], **options)
 
     def score_details(
         self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
@@ -214,7 +228,7 @@ class Scorer(abc.ABC):
         """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...) of one item
         or a batch (see :mod:`vqpipe.scoring.inputs`). A batch gives arrays with one row per
         item; one item gives that row (``score`` a float). ``storage_options`` (default: the
-        scorer's) are for URIs; ``options`` go to :meth:`score_items`."""
+        scorer's) are for URIs; ``options`` go to :meth:`predict_items`."""
         out, single = self._score(x, storage_options, options)
         if not single:
             return out
@@ -225,6 +239,10 @@ class Scorer(abc.ABC):
     ) -> float | np.ndarray:
         """One item → its score (a float); a batch → one score per item, shape (N,)."""
         out, single = self._score(x, storage_options, options)
+        if "score" not in out:
+            raise ValueError(
+                f"{self.name} scores several outputs ({', '.join(out)}): use score_details"
+            )
         return float(out["score"][0]) if single else np.asarray(out["score"])
 
     def __call__(
@@ -238,7 +256,7 @@ class Scorer(abc.ABC):
     ) -> tuple[dict[str, np.ndarray], bool]:
         if storage_options is None:
             storage_options = self.storage_options
-        draft = getattr(getattr(self, "preprocessor", None), "draft", None)  # as the pipeline
+        draft = getattr(self.preprocessor, "draft", None)  # decoded as the pipeline decodes
         items, single = as_items(x, storage_options, draft=draft)
         return self.score_items(items, **options), single
 
@@ -259,3 +277,29 @@ class Scorer(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(checkpoint={self.checkpoint!r}, device={self.device})"
+
+
+def frames_batch(frames: Sequence[Any]) -> Any:
+    """Frames as one model batch: one array when they share a shape (every fixed-size
+    preprocessor), else the list (a scorer that resizes inside its model, compare2score-lmm)."""
+    shapes = {np.shape(f) for f in frames}
+    return np.stack([np.asarray(f) for f in frames]) if len(shapes) == 1 else list(frames)
+
+
+def average_frames(values: dict[str, np.ndarray], counts: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-frame outputs (rows in item order) → per-item means over each item's ``counts``
+    frames, float32; the one place frames are averaged (video scored by an image model).
+    Images (one frame each) pass through; an item of no frames gives NaN."""
+    counts = np.asarray(counts, np.int64)
+    if (counts == 1).all():  # images: one frame each, nothing to average
+        return {key: np.asarray(v, np.float32) for key, v in values.items()}
+    n = len(counts)
+    owner = np.repeat(np.arange(n), counts)
+    out = {}
+    for key, v in values.items():  # per-item sums in one pass (a mask per item was O(n²))
+        v = np.asarray(v)
+        sums = np.zeros((n, *v.shape[1:]), np.float64)
+        np.add.at(sums, owner, v)
+        with np.errstate(invalid="ignore", divide="ignore"):  # no frames: NaN
+            out[key] = (sums / counts.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.float32)
+    return out
