@@ -4,9 +4,11 @@ One forward per batch, no ``generate``: the text before the image placeholder is
 and its KV cache shared by every sequence of every batch; a batch holds the visual tokens of
 all its images (or all frames of each video, spliced at one placeholder) followed by the text
 after the placeholder; only the last position goes through the final norm, and only the five
-level rows of the LM head are computed. Sequences of different length (videos) are padded
-between the cached prefix and the visual tokens, with the mask and positions skipping the
-padding, so a batched result equals the one-by-one result.
+level rows of the LM head are computed. The vision tower runs ``vision_chunk`` frames per call.
+Videos are batched by frame count, so a forward holds sequences of one length and passes no
+mask tensor (flash-eligible); sequences of different length given to :meth:`level_logits`
+are padded between the cached prefix and the visual tokens, with the mask and positions
+skipping the padding, so a batched result equals the one-by-one result.
 
 ``score`` is on Q-Align's 1..5 scale (Σ p_i · i over bad..excellent); the older GitHub scorer's
 0..1 scale is ``(score − 1) / 4``.
@@ -49,6 +51,20 @@ def qalign_prompt(task: str) -> str:
     )
 
 
+def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by length, each group cut into batches of at most ``batch_size``
+    (groups in order of length, indices in input order within a group)."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(int(n), []).append(i)
+    step = max(1, int(batch_size))
+    return [
+        group[start : start + step]
+        for _, group in sorted(groups.items())
+        for start in range(0, len(group), step)
+    ]
+
+
 class QAlignScorer(Owl2Scorer):
     """Q-Align / OneAlign: ``task`` = quality | aesthetics (images) | video.
 
@@ -56,7 +72,8 @@ class QAlignScorer(Owl2Scorer):
     ~31 for 2048 positions, evenly thinned beyond it), ``prefix_cache`` (share the prompt
     prefix's KV cache; off = the same math without it), ``storage_options`` for fsspec URIs,
     ``exact_preprocessing`` (default True, the official path; False: downscale-on-decode, see
-    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`). ``checkpoint=None`` uses
+    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`), ``vision_chunk`` and ``compile`` (see
+    :class:`~vqpipe.scorers._owl2.Owl2Scorer`). ``checkpoint=None`` uses
     ``q-future/one-align`` (needs the hub, or a local copy).
     """
 
@@ -78,12 +95,23 @@ class QAlignScorer(Owl2Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
         exact_preprocessing: bool = True,
+        vision_chunk: int | None = None,
+        compile: bool | str = False,
     ) -> None:
         import torch
 
         from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
 
-        super().__init__(checkpoint, device, dtype, storage_options, model, exact_preprocessing)
+        super().__init__(
+            checkpoint,
+            device,
+            dtype,
+            storage_options,
+            model,
+            exact_preprocessing,
+            vision_chunk=vision_chunk,
+            compile=compile,
+        )
         self.task = task
         self.prompt = qalign_prompt(task)
         config = self.model.config
@@ -144,20 +172,28 @@ class QAlignScorer(Owl2Scorer):
         self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> dict[str, np.ndarray]:
         """Video task: each item's frames are one sequence; image tasks: frames are scored as
-        images and averaged per item."""
+        images and averaged per item.
+
+        Videos are grouped by frame count: each forward holds up to ``batch_size`` sequences
+        of one length, so none is padded and no mask tensor is built (SDPA may use its flash
+        kernels); the outputs come back in input order."""
         if self.task != "video":
             return super().predict_items(inputs, batch_size)
-        outs = []
-        for start in range(0, len(inputs), batch_size):
-            chunk = [self._cap(np.asarray(x)) for x in inputs[start : start + batch_size]]
-            outs.append(
-                self.predict(
-                    {"pixels": np.concatenate(chunk), "frames": np.array([len(x) for x in chunk])}
-                )
+        videos = [self._cap(np.asarray(x)) for x in inputs]
+        outs = {
+            "score": np.zeros(len(videos), np.float32),
+            "probs": np.zeros((len(videos), 5), np.float32),
+        }
+        for group in equal_length_batches([len(v) for v in videos], batch_size):
+            out = self.predict(
+                {
+                    "pixels": np.concatenate([videos[i] for i in group]),
+                    "frames": np.array([len(videos[i]) for i in group]),
+                }
             )
-        if not outs:
-            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
-        return {key: np.concatenate([o[key] for o in outs]) for key in ("score", "probs")}
+            for key, values in outs.items():
+                values[group] = out[key]
+        return outs
 
     def score_items(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """Scores and level probabilities; a frame list is one video item."""
@@ -174,7 +210,7 @@ class QAlignScorer(Owl2Scorer):
         import torch
 
         model, device = self.model, self.device
-        feats = model.encode_images(self.to_input(pixels))  # [N, tokens, D]
+        feats = self.encode_images(pixels)  # [N, tokens, D]
         per_item = [f.flatten(0, 1) for f in feats.split(list(frames), dim=0)]
         lengths = [len(f) for f in per_item]
         b, visual_len, d = len(per_item), max(lengths), feats.shape[-1]
