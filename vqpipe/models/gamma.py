@@ -272,13 +272,18 @@ class GammaModel(nn.Module):
 
         The head runs in float32 even under autocast: cosines in bf16 (2⁻⁹ steps) times the
         logit scale (100) would move the logits by ~0.2 and the score by ~0.002."""
-        feats = self.image_features(images)  # [B, D]
+        return self.head(self.image_features(images), scenes)
+
+    def head(
+        self, feats: torch.Tensor, scenes: str | Sequence[str | None] | None = "natural-quality"
+    ) -> dict[str, torch.Tensor]:
+        """Scores from image features [B, D] (:meth:`image_features`), in float32."""
         index = None
         if scenes is None or isinstance(scenes, str):
             text = self.text_features(scenes)  # [5, D]
         else:
-            if len(scenes) != len(images):
-                raise ValueError(f"got {len(scenes)} scenes for {len(images)} images")
+            if len(scenes) != len(feats):
+                raise ValueError(f"got {len(scenes)} scenes for {len(feats)} images")
             unique = list(dict.fromkeys(scenes))
             text = torch.stack([self.text_features(s) for s in unique])  # [U, 5, D]
             index = torch.tensor([unique.index(s) for s in scenes], device=feats.device)

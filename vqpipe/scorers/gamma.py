@@ -115,8 +115,8 @@ class GammaScorer(Scorer):
     """Gamma image assessment; ``score`` = Σ softmax(level logits) · score_level (≈ 0.2..1).
 
     Options: ``scene`` (default prompts for every item; ``score_details(items, scene=[...])``
-    sets them per item), ``compile`` (``torch.compile`` the model, at one fixed batch shape:
-    the first batch's, later shorter ones padded; a string names the mode, e.g.
+    sets them per item), ``compile`` (``torch.compile`` the vision tower, at one fixed batch
+    shape: the first batch's, later shorter ones padded; a string names the mode, e.g.
     ``"reduce-overhead"``), ``fused_experts`` (MoAE
     experts as two wide matmuls instead of a loop), ``storage_options`` for fsspec URIs,
     ``exact_preprocessing`` (default False: downscale-on-decode, see :class:`GammaPreprocessor`;
@@ -168,10 +168,12 @@ class GammaScorer(Scorer):
         self.image_size = self.model.image_size
         # Same geometry as open_clip's eval transform: shortest side → size (bicubic), centre crop.
         self.preprocessor = GammaPreprocessor(self.image_size, exact_preprocessing)
-        # compile: one fixed batch shape (the last partial batch padded, its outputs sliced).
+        # compile: the vision tower at one batch shape (the last partial batch padded, its
+        # outputs sliced); the head stays eager (scene prompts are tokenised on first use).
         self.compile = compile
-        forward = compile_model(self.model, compile)
-        self._forward = ChunkedCall(forward, fixed=bool(compile))
+        self._vision = ChunkedCall(
+            compile_model(self.model.image_features, compile), fixed=bool(compile)
+        )
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -233,7 +235,7 @@ class GammaScorer(Scorer):
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None),
         ):
-            out = self._forward(x, scenes)
+            out = self.model.head(self._vision(x), scenes)
         return {
             "score": out["score"].float().cpu().numpy(),
             "probs": out["probs"].float().cpu().numpy(),
