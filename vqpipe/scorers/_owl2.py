@@ -131,8 +131,8 @@ class Owl2Scorer(Scorer):
         self.preprocessor = Owl2Preprocessor(self.processor, exact_preprocessing)
         self.vision_chunk = int(vision_chunk) if vision_chunk else VISION_CHUNK
         self.compile = compile
-        encode = compile_model(self.model.encode_images, compile)
-        self._vision = ChunkedCall(encode, self.vision_chunk, fixed=bool(compile))
+        self._encode = compile_model(self.model.encode_images, compile)
+        self._vision = ChunkedCall(self._encode_chunk, self.vision_chunk, fixed=bool(compile))
 
     @classmethod
     def default_checkpoint(cls) -> str:
@@ -170,8 +170,11 @@ class Owl2Scorer(Scorer):
 
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 pixels [N, 3, S, S] → visual tokens [N, 65, D], ``vision_chunk`` frames per
-        vision-tower call."""
-        return self._vision(self.to_input(pixels))
+        vision-tower call (each chunk normalised on the device only when its turn comes)."""
+        return self._vision(pixels)
+
+    def _encode_chunk(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self._encode(self.to_input(pixels))
 
     def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""
