@@ -306,3 +306,35 @@ def test_a_job_without_batch_size_records_the_tables(ray_local, qalign_checkpoin
     assert main(["score", str(corpus), "--out", str(out), "--scorer", scorer]) == 0
     job = json.loads((out / "_job.json").read_text())
     assert [s["batch_size"] for s in job["config"]["scorers"]] == [8]  # CPU Q-Align, not 64
+
+
+# ---------------------------------------------------------------------- on a GPU
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_gamma_on_cuda_holds_bf16_weights_and_scores_like_fp32():
+    items = images(6)
+    gpu = GammaScorer(device="cuda")  # bf16 by default on CUDA
+    cpu = GammaScorer(device="cpu")
+    visual = gpu.model.clip_model.visual
+    assert visual.conv1.weight.dtype == torch.bfloat16
+    assert gpu.model.score_level.dtype == torch.float32
+    np.testing.assert_allclose(gpu.score(items), cpu.score(items), atol=5e-3)
+
+
+@pytest.mark.gpu
+@cuda
+def test_mask_free_forward_after_a_prefix_on_cuda(qalign_checkpoint):
+    scorer = QAlignScorer(qalign_checkpoint, device="cuda", dtype="bfloat16")
+    decoder = scorer.model.model
+    d = decoder.config.hidden_size
+    with torch.inference_mode():
+        prefix = torch.randn(1, 8, d, device="cuda", dtype=torch.bfloat16)
+        _, cache = decoder.decode(prefix, 0, use_cache=True)
+        new = torch.randn(4, 70, d, device="cuda", dtype=torch.bfloat16)
+        free, _ = decoder.decode(new, 1, past_key_values=cache)
+        ones = torch.ones(4, 78, dtype=torch.bool, device="cuda")
+        masked, _ = decoder.decode(new, 1, attention_mask=ones, past_key_values=cache)
+    torch.testing.assert_close(free.float(), masked.float(), atol=3e-2, rtol=0)
