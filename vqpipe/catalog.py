@@ -14,7 +14,8 @@ from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.errors import UserError
 
 POOL_DEFAULTS = {
-    "batch_size": f"--batch-size, else {DEFAULT_BATCH_SIZE}",
+    "batch_size": f"--batch-size, else per scorer and device (DEFAULT_BATCH_SIZES), else "
+    f"{DEFAULT_BATCH_SIZE}",
     "num_gpus": "--num-gpus-per-actor, else 0",
     "num_cpus": "1 with a GPU, else 0.5",
     "actors": "--actors, else 1",
@@ -28,7 +29,8 @@ OPTION_NOTES = {
     "dtype": "bfloat16 / float16 / float32; auto: bf16 on CUDA, fp32 on CPU",
     "storage_options": "fsspec options for the checkpoint (over --storage-options)",
     "scene": "prompt set of the scene (README: Gamma)",
-    "compile": "torch.compile the model",
+    "compile": "torch.compile the vision tower (Gamma: the model) at one batch shape",
+    "vision_chunk": "frames per vision-tower call (default 64)",
     "fused_experts": "MoAE experts as two wide matmuls",
     "task": "quality / aesthetics / video (none: quality, unless tasks= is given)",
     "tasks": "several, one visual encoding: quality,aesthetics → <column>_<task>_score",

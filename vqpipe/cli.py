@@ -412,7 +412,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="model inputs per forward pass for pools without batch_size= "
+        help="model inputs per forward pass for pools without batch_size=; per scorer and "
+        "device from vqpipe.defaults.DEFAULT_BATCH_SIZES: gamma 512 on a GPU / 64 on CPU, qalign "
+        "64 / 8 (videos 8 / 2), compare2score 16 / 4; any other scorer "
         f"(default: {DEFAULT_BATCH_SIZE})",
     )
     parser.add_argument(

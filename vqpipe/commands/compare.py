@@ -53,7 +53,8 @@ def add_parser(sub: Any) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="pairs per actor call for a --scorer without batch_size= (default: 64)",
+        help="pairs per actor call for a --scorer without batch_size= (default: per scorer "
+        "and device: compare2score 16 on a GPU, 4 on CPU)",
     )
     parser.add_argument(
         "--num-gpus-per-actor",

@@ -268,21 +268,34 @@ class GammaModel(nn.Module):
     def forward(
         self, images: torch.Tensor, scenes: str | Sequence[str | None] | None = "natural-quality"
     ) -> dict[str, torch.Tensor]:
-        """Scores for a batch; ``scenes`` is one scene for all images or one per image."""
-        feats = self.image_features(images)  # [B, D]
+        """Scores for a batch; ``scenes`` is one scene for all images or one per image.
+
+        The head runs in float32 even under autocast: cosines in bf16 (2⁻⁹ steps) times the
+        logit scale (100) would move the logits by ~0.2 and the score by ~0.002."""
+        return self.head(self.image_features(images), scenes)
+
+    def head(
+        self, feats: torch.Tensor, scenes: str | Sequence[str | None] | None = "natural-quality"
+    ) -> dict[str, torch.Tensor]:
+        """Scores from image features [B, D] (:meth:`image_features`), in float32."""
+        index = None
         if scenes is None or isinstance(scenes, str):
-            text = self.text_features(scenes).to(feats.dtype)  # [5, D]
-            cos = feats @ text.T  # [B, 5]
+            text = self.text_features(scenes)  # [5, D]
         else:
-            if len(scenes) != len(images):
-                raise ValueError(f"got {len(scenes)} scenes for {len(images)} images")
+            if len(scenes) != len(feats):
+                raise ValueError(f"got {len(scenes)} scenes for {len(feats)} images")
             unique = list(dict.fromkeys(scenes))
-            table = torch.stack([self.text_features(s) for s in unique]).to(feats.dtype)
+            text = torch.stack([self.text_features(s) for s in unique])  # [U, 5, D]
             index = torch.tensor([unique.index(s) for s in scenes], device=feats.device)
-            cos = torch.einsum("bd,bkd->bk", feats, table[index])  # [B, 5]
-        logits = self.clip_model.logit_scale.exp() * cos
-        probs = torch.softmax(logits.float(), dim=-1)
-        return {"score": probs @ self.score_level.float(), "probs": probs, "logits": logits}
+        with torch.autocast(feats.device.type, enabled=False):
+            feats, text = feats.float(), text.float()
+            if index is None:
+                cos = feats @ text.T  # [B, 5]
+            else:
+                cos = torch.einsum("bd,bkd->bk", feats, text[index])  # [B, 5]
+            logits = self.clip_model.logit_scale.float().exp() * cos
+            probs = torch.softmax(logits, dim=-1)
+            return {"score": probs @ self.score_level.float(), "probs": probs, "logits": logits}
 
 
 def create_clip(config: GammaConfig) -> nn.Module:

@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vqpipe.defaults import DEFAULT_BATCH_SIZE
+from vqpipe.defaults import default_batch_size
 from vqpipe.errors import UserError
 from vqpipe.media.decode import MediaLimits
 
@@ -78,7 +78,7 @@ class ScorerOptions:
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = None  # type: ignore[assignment]  # None: the scorer's and device's default
     num_gpus: float = 0.0
     actors: tuple[int, int] = (1, 1)
     num_cpus: float | None = None  # per actor; None: 1 with a GPU, else a share of one CPU
@@ -87,6 +87,17 @@ class ScorerOptions:
     def __post_init__(self) -> None:
         self.column = self.column or self.name.lower().replace("-", "_")
         self.actors = tuple(self.actors)  # type: ignore[assignment]
+        if self.batch_size is None:
+            self.batch_size = self.default_batch_size()
+
+    def default_batch_size(self) -> int:
+        """The batch size of :data:`vqpipe.defaults.DEFAULT_BATCH_SIZES` for this scorer (and
+        task) on the pool's device: ``device=`` when the options set it, else CUDA when the
+        pool asks for GPUs."""
+        device = str(self.options.get("device") or "auto")
+        if not device.startswith(("cuda", "cpu")):
+            device = "cuda" if self.num_gpus else "cpu"
+        return default_batch_size(self.name, device, self.options.get("task"))
 
     @classmethod
     def parse(cls, text: str, **defaults: Any) -> ScorerOptions:
@@ -119,10 +130,12 @@ class ScorerOptions:
             last = key
         options = {key: _parse_value(value) for key, value in raw.items()}
         spec = cls(name=name.strip(), options=options)
-        if "batch_size" in pool:
-            spec.batch_size = _number("batch_size", pool["batch_size"], int, 1)
         if "num_gpus" in pool:
             spec.num_gpus = _number("num_gpus", pool["num_gpus"], float, 0)
+        if "batch_size" in pool:
+            spec.batch_size = _number("batch_size", pool["batch_size"], int, 1)
+        else:  # the device is known now
+            spec.batch_size = spec.default_batch_size()
         if "num_cpus" in pool:
             spec.num_cpus = _number("num_cpus", pool["num_cpus"], float, 0, strict=True)
         if "actors" in pool:

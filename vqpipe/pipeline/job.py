@@ -79,6 +79,11 @@ def _uses_bundled(spec: ScorerOptions) -> bool:
     return bundled is not None and (given is None or str(given) == str(bundled))
 
 
+RUNTIME_OPTIONS = ("device", "storage_options", "vision_chunk", "compile")
+"""Scorer options that change where or how fast scores are computed, not the scores: out of
+the job signature, so a job resumed with them changed keeps its committed parts."""
+
+
 def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> dict[str, Any]:
     """What makes scores comparable: scorer name and version, output column, options and the
     checkpoint's identity (computed without downloading it: see ``checkpoint_identity``)."""
@@ -91,7 +96,7 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
             digest = checkpoint_identity(checkpoint, kwargs.get("storage_options"))
         except FileNotFoundError as exc:
             raise UserError(f"scorer {spec.column}: {exc}") from None
-    options = {k: v for k, v in spec.options.items() if k not in ("device", "storage_options")}
+    options = {k: v for k, v in spec.options.items() if k not in RUNTIME_OPTIONS}
     # Downscale-on-decode changes scores slightly: a job resumed with the other setting must not
     # mix the two. Recorded only when on, so jobs on the exact path keep their old signature.
     options.pop("exact_preprocessing", None)

@@ -14,6 +14,7 @@ from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
 from vqpipe.scoring.base import Scorer
+from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch
@@ -77,8 +78,20 @@ class Owl2Preprocessor:
         return {"pixels": self.processor.to_uint8(image, self.reducing_gap)}
 
 
+VISION_CHUNK = 64
+"""Frames (or images) per vision-tower call by default. ViT-L/14 at 448 px is 1,025 tokens a
+frame; its MLP's [1025, 4096] activations and the QuickGELU temporaries peak near 28 MB a
+frame in bf16, so 64 frames need ~1.8 GB, while a batch of 64 videos × 31 frames in one call
+needed ~54 GiB (more than an H100 has). 64 frames × 1,025 tokens keeps the GEMMs large."""
+
+
 class Owl2Scorer(Scorer):
-    """Base of the scorers that run the native mPLUG-Owl2."""
+    """Base of the scorers that run the native mPLUG-Owl2.
+
+    ``vision_chunk``: frames per vision-tower call (default :data:`VISION_CHUNK`);
+    ``compile``: ``torch.compile`` the vision tower + abstractor (a mode name such as
+    ``"reduce-overhead"`` picks that mode), called at one fixed batch shape (see
+    :class:`~vqpipe.scoring.chunked.ChunkedCall`)."""
 
     default_hub_id: str = ""
 
@@ -90,6 +103,8 @@ class Owl2Scorer(Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
         exact_preprocessing: bool = True,
+        vision_chunk: int | None = None,
+        compile: bool | str = False,
     ) -> None:
         from vqpipe.models.mplug_owl2 import (
             MPLUGOwl2ForCausalLM,
@@ -114,6 +129,11 @@ class Owl2Scorer(Scorer):
             self.directory, default_size=config.vision.image_size
         )
         self.preprocessor = Owl2Preprocessor(self.processor, exact_preprocessing)
+        self.vision_chunk = int(vision_chunk) if vision_chunk else VISION_CHUNK
+        self.compile = compile
+        # compiled once here; uncompiled, the model's method is looked up at each call
+        self._compiled = compile_model(self.model.encode_images, compile) if compile else None
+        self._vision = ChunkedCall(self._encode_chunk, self.vision_chunk, fixed=bool(compile))
 
     @classmethod
     def default_checkpoint(cls) -> str:
@@ -148,6 +168,15 @@ class Owl2Scorer(Scorer):
                 raise ValueError(f"{word!r} is {len(pieces)} pieces in this tokenizer, not one")
             ids.append(self.tokenizer.first_piece(word))
         return torch.tensor(ids, device=self.device)
+
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [N, 3, S, S] → visual tokens [N, 65, D], ``vision_chunk`` frames per
+        vision-tower call (each chunk normalised on the device only when its turn comes)."""
+        return self._vision(pixels)
+
+    def _encode_chunk(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        encode = self._compiled or self.model.encode_images
+        return encode(self.to_input(pixels))
 
     def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""

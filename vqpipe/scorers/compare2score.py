@@ -208,12 +208,23 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         storage_options: dict[str, Any] | None = None,
         model: MPLUGOwl2ForCausalLM | None = None,
         exact_preprocessing: bool = True,
+        vision_chunk: int | None = None,
+        compile: bool | str = False,
     ) -> None:
         import torch
 
         from vqpipe.models.mplug_owl2 import IMAGE_TOKEN_INDEX
 
-        super().__init__(checkpoint, device, dtype, storage_options, model, exact_preprocessing)
+        super().__init__(
+            checkpoint,
+            device,
+            dtype,
+            storage_options,
+            model,
+            exact_preprocessing,
+            vision_chunk=vision_chunk,
+            compile=compile,
+        )
         self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
         self.prefix_cache = prefix_cache
         ids = self.tokenizer.encode_prompt(COMPARE_PROMPT)
@@ -240,14 +251,13 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         """Logits of the five comparison words for every (test image, anchor) pair, [B, m, 5]
         (test image second, anchor first, as the official prompt)."""
         m = len(self.anchor_pixels)
-        test = self.model.encode_images(self.to_input(pixels))  # [B, T, D] — once per test image
+        test = self.encode_images(pixels)  # [B, T, D] — once per test image
         b = test.shape[0]
         second = test.repeat_interleave(m, 0)  # [B·m, T, D]: pair (b, j) at row b·m + j
-        if self.prefix_cache:
-            past = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in self._anchor_cache()]
-            logits = self._logits_after_prefix(past, second)
+        if self.prefix_cache:  # the m anchor caches, shared (tiled) by the B·m rows, no copy
+            logits = self._logits_after_prefix(self._anchor_cache(), second)
         else:  # full two-image sequences, nothing shared (the official path, batched)
-            anchors = self.model.encode_images(self.to_input(self.anchor_pixels))
+            anchors = self.encode_images(self.anchor_pixels)
             logits = self._logits_of_pairs(anchors.repeat(b, 1, 1), second)
         return logits.view(b, m, -1)
 
@@ -261,7 +271,7 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
         prefix KV cache (``[BOS] USER: <first> ␣``) is computed once per distinct first image."""
         import torch
 
-        feats = self.model.encode_images(self.to_input(np.stack(images)))  # [U, T, D]
+        feats = self.encode_images(np.stack(images))  # [U, T, D]
         idx_first = torch.as_tensor(np.asarray(first, np.int64), device=self.device)
         idx_second = torch.as_tensor(np.asarray(second, np.int64), device=self.device)
         if not self.prefix_cache:
@@ -287,7 +297,8 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
 
     def _logits_after_prefix(self, past: KVCache, second: torch.Tensor) -> torch.Tensor:
         """Word logits [R, 5] of ``<second image> tail`` after the prefix caches ``past`` (one
-        per row of ``second`` [R, T, D])."""
+        per row of ``second`` [R, T, D], or P < R caches tiled over the rows: row r continues
+        cache r mod P, see :func:`~vqpipe.models.mplug_owl2.llama.after_prefix`)."""
         import torch
 
         rows, t, _ = second.shape
@@ -336,7 +347,7 @@ class Compare2ScoreScorer(AnchorComparison, Owl2Scorer):
     def _anchor_cache(self) -> KVCache:
         """KV cache of ``[BOS] USER: <anchor_j> ␣`` for every anchor (batch m), made once."""
         if self._cache is None:
-            anchors = self.model.encode_images(self.to_input(self.anchor_pixels))  # [m, T, D]
+            anchors = self.encode_images(self.anchor_pixels)  # [m, T, D]
             self._cache = self._prefix_cache(anchors)
         return self._cache
 

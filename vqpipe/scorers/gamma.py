@@ -25,6 +25,7 @@ from vqpipe.media.image import (
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
 from vqpipe.scoring.base import Scorer
+from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
 if TYPE_CHECKING:  # torch, open_clip and torchvision load where a model is built or run
     import torch
@@ -85,6 +86,26 @@ def checkpoint_image_size(
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
+def half_weights(model: GammaModel, dtype: torch.dtype) -> GammaModel:
+    """Hold the vision tower's matmul weights (Linear, Conv2d, attention in-projections) in
+    ``dtype`` (bf16 / fp16), in place: most of its memory, and exactly what autocast casts
+    them to on every call, so scores stay those of float32 weights under autocast. Norms,
+    embeddings, the head (float32: 2⁻⁹ steps in bf16 would move ``exp(logit_scale)`` ≈ 100
+    by ~1 %) and the text tower (run once per scene, cached) stay float32; a text tower in
+    bf16 would also switch open_clip's text residual stream to bf16."""
+    import torch
+    from torch import nn
+
+    for module in model.clip_model.visual.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.to(dtype)
+        for name in ("in_proj_weight", "in_proj_bias"):
+            param = getattr(module, name, None)
+            if isinstance(param, torch.nn.Parameter):
+                param.data = param.data.to(dtype)
+    return model
+
+
 def demo_checkpoint() -> Path:
     """The bundled demo checkpoint (a small CLIP+MoAE trained on synthetic data)."""
     return Path(str(resources.files("vqpipe") / "assets" / "gamma-demo.safetensors"))
@@ -94,11 +115,14 @@ class GammaScorer(Scorer):
     """Gamma image assessment; ``score`` = Σ softmax(level logits) · score_level (≈ 0.2..1).
 
     Options: ``scene`` (default prompts for every item; ``score_details(items, scene=[...])``
-    sets them per item), ``compile`` (``torch.compile`` the model), ``fused_experts`` (MoAE
+    sets them per item), ``compile`` (``torch.compile`` the vision tower, at one fixed batch
+    shape: the first batch's, later shorter ones padded; a string names the mode, e.g.
+    ``"reduce-overhead"``), ``fused_experts`` (MoAE
     experts as two wide matmuls instead of a loop), ``storage_options`` for fsspec URIs,
     ``exact_preprocessing`` (default False: downscale-on-decode, see :class:`GammaPreprocessor`;
     True: open_clip's transform bit for bit). ``checkpoint=None`` loads the bundled demo
-    checkpoint.
+    checkpoint. On CUDA with a half dtype (bf16 by default) the weights are held in that dtype
+    (:func:`half_weights`) and the forward runs under autocast.
     """
 
     name = "gamma"
@@ -113,7 +137,7 @@ class GammaScorer(Scorer):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         scene: str | None = "natural-quality",
-        compile: bool = False,
+        compile: bool | str = False,
         fused_experts: bool = False,
         storage_options: dict[str, Any] | None = None,
         model: GammaModel | None = None,
@@ -139,10 +163,17 @@ class GammaScorer(Scorer):
                 module.fused = fused_experts
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+            if self.autocast_dtype is not None:  # half the weight memory, no per-call casts
+                half_weights(self.model, self.autocast_dtype)
         self.image_size = self.model.image_size
         # Same geometry as open_clip's eval transform: shortest side → size (bicubic), centre crop.
         self.preprocessor = GammaPreprocessor(self.image_size, exact_preprocessing)
-        self._forward = torch.compile(self.model) if compile else self.model
+        # compile: the vision tower at one batch shape (the last partial batch padded, its
+        # outputs sliced); the head stays eager (scene prompts are tokenised on first use).
+        self.compile = compile
+        self._vision = ChunkedCall(
+            compile_model(self.model.image_features, compile), fixed=bool(compile)
+        )
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -200,7 +231,7 @@ class GammaScorer(Scorer):
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None),
         ):
-            out = self._forward(x, scenes)
+            out = self.model.head(self._vision(x), scenes)
         return {
             "score": out["score"].float().cpu().numpy(),
             "probs": out["probs"].float().cpu().numpy(),

@@ -4,9 +4,11 @@ One forward per batch, no ``generate``: the text before the image placeholder is
 and its KV cache shared by every sequence of every batch; a batch holds the visual tokens of
 all its images (or all frames of each video, spliced at one placeholder) followed by the text
 after the placeholder; only the last position goes through the final norm, and only the five
-level rows of the LM head are computed. Sequences of different length (videos) are padded
-between the cached prefix and the visual tokens, with the mask and positions skipping the
-padding, so a batched result equals the one-by-one result.
+level rows of the LM head are computed. The vision tower runs ``vision_chunk`` frames per call.
+Videos are batched by frame count, so a forward holds sequences of one length and passes no
+mask tensor (flash-eligible); sequences of different length given to :meth:`level_logits`
+are padded between the cached prefix and the visual tokens, with the mask and positions
+skipping the padding, so a batched result equals the one-by-one result.
 
 Several tasks (``tasks=("quality", "aesthetics")``) share one visual encoding: each frame goes
 through the vision tower and abstractor once (:meth:`QAlignScorer.encode`, about 44% of an
@@ -77,6 +79,20 @@ def qalign_prompt(task: str) -> str:
     )
 
 
+def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by length, each group cut into batches of at most ``batch_size``
+    (groups in order of length, indices in input order within a group)."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(int(n), []).append(i)
+    step = max(1, int(batch_size))
+    return [
+        group[start : start + step]
+        for _, group in sorted(groups.items())
+        for start in range(0, len(group), step)
+    ]
+
+
 @dataclass
 class TaskPrompt:
     """One task's prompt, cut at its image placeholder, and its prefix's KV cache."""
@@ -103,7 +119,8 @@ class QAlignScorer(Owl2Scorer):
     it), ``prefix_cache`` (share the prompt prefix's KV cache; off = the same math without
     it), ``storage_options`` for fsspec URIs, ``exact_preprocessing`` (default True, the
     official path; False: downscale-on-decode, see
-    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`). ``checkpoint=None`` uses
+    :class:`~vqpipe.scorers._owl2.Owl2Preprocessor`), ``vision_chunk`` and ``compile`` (see
+    :class:`~vqpipe.scorers._owl2.Owl2Scorer`). ``checkpoint=None`` uses
     ``q-future/one-align`` (needs the hub, or a local copy).
     """
 
@@ -126,10 +143,21 @@ class QAlignScorer(Owl2Scorer):
         model: MPLUGOwl2ForCausalLM | None = None,
         exact_preprocessing: bool = True,
         tasks: str | Sequence[str] | None = None,
+        vision_chunk: int | None = None,
+        compile: bool | str = False,
     ) -> None:
         self.tasks = check_tasks(task, tasks)
         self.per_task = tasks is not None  # outputs named <task>_score, <task>_probs
-        super().__init__(checkpoint, device, dtype, storage_options, model, exact_preprocessing)
+        super().__init__(
+            checkpoint,
+            device,
+            dtype,
+            storage_options,
+            model,
+            exact_preprocessing,
+            vision_chunk=vision_chunk,
+            compile=compile,
+        )
         self.prompts = {t: self._task_prompt(t) for t in self.tasks}
         self.task = "video" if "video" in self.tasks else self.tasks[0]
         first = self.prompts[self.task]  # the (video) task's prompt: the attributes of old
@@ -181,13 +209,19 @@ class QAlignScorer(Owl2Scorer):
         sequence, its outputs averaged per item (:func:`average_frames`); video: each item's
         frames, evenly thinned to ``max_frames`` (here only), are one sequence.
 
-        Chunks: ``batch_size`` frames for image tasks alone; ``batch_size`` items with the
-        video task (a sequence is never split)."""
+        Chunks: ``batch_size`` frames for image tasks alone; with the video task, up to
+        ``batch_size`` items of one thinned frame count (:func:`equal_length_batches`: no
+        sequence is padded, so no mask tensor is built and SDPA may use its flash kernels; a
+        sequence is never split), outputs back in input order."""
         import torch
 
         inputs = [np.asarray(x) for x in inputs]
-        if "video" in self.tasks:  # whole items
-            chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+        order = np.arange(len(inputs))
+        if "video" in self.tasks:  # whole items, grouped by their thinned frame count
+            kept = [min(len(x), self.max_frames) for x in inputs]
+            groups = equal_length_batches(kept, batch_size)
+            order = np.array([i for g in groups for i in g], np.int64)
+            chunks = [[inputs[i] for i in g] for g in groups]
         else:  # frames, each an item of its own: averaged per item at the end
             frames = [x[t : t + 1] for x in inputs for t in range(len(x))]
             chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
@@ -195,6 +229,8 @@ class QAlignScorer(Owl2Scorer):
         for chunk in chunks:
             for task, part in self._chunk_logits(chunk).items():
                 logits[task].append(part)
+        restore = np.empty_like(order)  # rows computed in ``order`` → input order
+        restore[order] = np.arange(len(order))
         out: dict[str, np.ndarray] = {}
         for task in self.tasks:
             if not logits[task]:
@@ -202,8 +238,8 @@ class QAlignScorer(Owl2Scorer):
             else:
                 rows = self._level_outputs(torch.cat(logits[task]))
             if task != "video":
-                rows = average_frames(rows, [len(x) for x in inputs])
-            out.update({self.output_name(task, k): v for k, v in rows.items()})
+                rows = average_frames(rows, [len(inputs[i]) for i in order])
+            out.update({self.output_name(task, k): v[restore] for k, v in rows.items()})
         return out
 
     def _chunk_logits(self, chunk: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -246,7 +282,7 @@ class QAlignScorer(Owl2Scorer):
     def encode(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Visual tokens of each frame, [N, tokens, D] (vision tower + abstractor): what every
         task's decode reads."""
-        return self.model.encode_images(self.to_input(pixels))
+        return self.encode_images(pixels)
 
     @inference_mode
     def level_logits(

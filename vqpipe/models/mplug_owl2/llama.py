@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaRMSNorm,
@@ -84,9 +85,8 @@ class MPLUGOwl2Attention(nn.Module):
         k = self.k_proj(x, modality).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x, modality).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *rope)
-        if past is not None:  # a shared prefix cache may have batch 1
-            k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
-            v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+        if past is not None:
+            k, v = after_prefix(past[0], k), after_prefix(past[1], v)
         present = (k, v)
         groups = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
@@ -94,6 +94,25 @@ class MPLUGOwl2Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None and past is None and t > 1
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), present
+
+
+def after_prefix(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Cached keys (or values) [P, H, L, D] followed by the new ones [B, H, T, D].
+
+    A cache of batch P < B is shared, tiled over the rows: row r continues cache row r mod P
+    (P = 1: one prefix for all; Compare2Score: m anchors under B·m rows). It is written once,
+    straight into this layer's result, so a caller never repeats a cache per row (that kept
+    a copy for every layer at once)."""
+    b, p = new.shape[0], past.shape[0]
+    if p == b:
+        return torch.cat([past, new], dim=2)
+    if p == 0 or b % p:
+        raise ValueError(f"a cache of batch {p} cannot be shared by {b} rows")
+    n = past.shape[2]
+    out = new.new_empty(b, new.shape[1], n + new.shape[2], new.shape[3])
+    out.view(b // p, p, *out.shape[1:])[..., :n, :] = past
+    out[:, :, n:] = new
+    return out
 
 
 class MPLUGOwl2DecoderLayer(nn.Module):
@@ -122,18 +141,25 @@ class MPLUGOwl2DecoderLayer(nn.Module):
 def attention_mask_4d(
     key_mask: torch.Tensor | None, q_len: int, past_len: int, batch: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Boolean [B, 1, q_len, past_len + q_len]: causal and not padding. Every query also sees
-    its own position, so fully padded rows stay finite (their outputs are never read).
-    ``None`` when plain causal attention suffices."""
-    if key_mask is None and past_len == 0:
-        return None
+    """What ``attn_mask`` SDPA gets: causal and not padding.
+
+    Without padding (``key_mask`` None) no tensor is built, so SDPA may pick its flash or
+    memory-efficient kernels: ``None`` without a cached prefix (the layer passes
+    ``is_causal``, top-left aligned, right when query and key lengths are equal) or for one
+    query after a prefix (it sees every key); a :func:`causal_lower_right` bias for several
+    queries after a prefix (SDPA's ``is_causal`` would align them top-left; the bias runs the
+    flash / efficient kernels' bottom-right causal mode on CUDA and materialises only where
+    neither applies). With padding: a boolean [B, 1, q_len, past_len + q_len], where every
+    query also sees its own position so fully padded rows stay finite (never read)."""
+    if key_mask is None:
+        if past_len == 0 or q_len == 1:
+            return None
+        return causal_lower_right(q_len, past_len + q_len)
     total = past_len + q_len
     q_pos = torch.arange(past_len, total, device=device)[:, None]
     k_pos = torch.arange(total, device=device)[None, :]
-    allowed = (k_pos <= q_pos)[None]
-    if key_mask is not None:
-        allowed = allowed & key_mask.bool()[:, None, :]
-        allowed = allowed | (k_pos == q_pos)[None]
+    allowed = (k_pos <= q_pos)[None] & key_mask.bool()[:, None, :]
+    allowed = allowed | (k_pos == q_pos)[None]
     return allowed.expand(batch, -1, -1)[:, None]
 
 
@@ -173,7 +199,9 @@ class MPLUGOwl2Decoder(nn.Module):
         last_only: bool = False,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Run the layers on embeddings. ``attention_mask`` [B, past + T] marks real tokens
-        (None: no padding); ``last_only`` returns only the last position's hidden state."""
+        (None: no padding, and no mask tensor reaches SDPA, see :func:`attention_mask_4d`);
+        ``past_key_values`` of batch P < B are shared, row r continuing cache row r mod P
+        (:func:`after_prefix`); ``last_only`` returns only the last position's hidden state."""
         b, t, _ = inputs_embeds.shape
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
