@@ -19,7 +19,7 @@ header imports neither.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -196,7 +196,7 @@ def device_header(data: bytes, limits: MediaLimits) -> JpegHeader | None:
     decompression-bomb limit (the CPU path refuses those with its own message), not an
     extreme aspect ratio (the CPU preprocessors bound those specially). None: decode on the
     CPU."""
-    if not is_jpeg(data):
+    if not is_jpeg(data) or (limits.max_bytes is not None and len(data) > limits.max_bytes):
         return None
     header = parse_jpeg_header(data)
     if header is None or not header.device_decodable:
@@ -211,10 +211,14 @@ def device_header(data: bytes, limits: MediaLimits) -> JpegHeader | None:
 
 
 def decode_jpegs(
-    datas: Sequence[bytes], device: str | torch.device = "cpu"
+    datas: Sequence[bytes],
+    device: str | torch.device = "cpu",
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor | None], list[str | None]]:
-    """Decode JPEGs on ``device``: uint8 [3, H, W] tensors, upright by their EXIF orientation,
-    and per item the reason it could not be decoded there (its tensor then None).
+    """Decode JPEGs on ``device``: uint8 [3, H, W] tensors, upright by their EXIF orientation
+    (then through ``transform``, batch by batch, so that only one batch of full-size images is
+    held at a time), and per item the reason it could not be decoded there (its tensor then
+    None).
 
     Items whose header is not :attr:`~JpegHeader.device_decodable` are refused unread. The rest
     are decoded in batches of at most :data:`DEVICE_BATCH_PIXELS` (one torchvision call each:
@@ -257,7 +261,12 @@ def decode_jpegs(
                     f"decoded {tuple(image.shape)}, header says {header.width}x{header.height}"
                 )
                 continue
-            images[i] = orient(image, header.orientation)
+            try:
+                image = orient(image, header.orientation)
+                images[i] = image if transform is None else transform(image)
+            except Exception as exc:  # e.g. out of device memory for one big image
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        del decoded
     return images, errors
 
 
