@@ -314,10 +314,16 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """float [1, C, H, W] → [1, C, height, width], one axis at a time as Pillow does (width
-    first, rounded and clipped to 8 bits in between): bicubic with antialias, torch's port of
-    Pillow's filter (a = -0.5, support widened by the reduction factor)."""
-    x = _resize_axis(x, x.shape[-2], width)
+    """float [1, C, H, W] → [1, C, height, width], one axis at a time as Pillow does, rounded
+    and clipped to 8 bits in between: bicubic with antialias, torch's port of Pillow's filter
+    (a = -0.5, support widened by the reduction factor). Pillow 13 shrinks an image more than
+    twice as tall as wide height first (its own cost rule; measured on the shrinks our
+    preprocessors make, where ``H > 2W`` splits its choice exactly), others width first."""
+    rows, cols = x.shape[-2:]
+    if height < rows and rows > 2 * cols:
+        x = _resize_axis(x, height, cols)
+    if x.shape[-1] != width:
+        x = _resize_axis(x if x.shape[-2] == rows else _to_levels(x), x.shape[-2], width)
     if x.shape[-2] != height:
         x = _resize_axis(_to_levels(x), height, width)
     return x

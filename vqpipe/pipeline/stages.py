@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -379,7 +380,9 @@ class ScoreStage:
         self.limits = limits or MediaLimits()  # for the JPEGs it decodes (decode=gpu)
         self.device_preprocessor = None
         if spec.decode != "cpu":
-            self.device_preprocessor = build_preprocessor(spec, storage_options or {})
+            # one the decode tasks cannot build either sends no JPEG here
+            with contextlib.suppress(Exception):
+                self.device_preprocessor = build_preprocessor(spec, storage_options or {})
         kwargs = spec.scorer_kwargs(storage_options)
         kwargs.setdefault("device", actor_device(spec))
         self.scorer = create_scorer(spec.name, **kwargs)

@@ -65,9 +65,9 @@ class GammaPreprocessor:
 
     def device_geometry(self, image: torch.Tensor) -> torch.Tensor:
         """The same geometry for a decoded uint8 [3, H, W] tensor, on its device
-        (``decode=gpu``): the exact path's, within 1 level of 255 except for portraits over
-        2:1, where Pillow switches to its vertical pass first (``tests/test_device_decode.py``).
-        The pipeline sends no extreme aspect ratios here (the CPU bounds those)."""
+        (``decode=gpu``): the exact path's within 1-2 levels of 255, no draft or reducing gap
+        (``tests/test_device_decode.py``). The pipeline sends no extreme aspect ratios here
+        (the CPU bounds those)."""
         from vqpipe.media.device_decode import resize_crop
 
         return resize_crop(image, self.image_size)
