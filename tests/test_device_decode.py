@@ -327,6 +327,7 @@ def _corpus(root: Path) -> Path:
     _scene(24, (128, 96)).save(root / "lossless.png")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "no_tables.jpg").write_bytes(_without(_jpeg(_scene(25, (64, 48))), 0xDB))
+    (root / "large.jpg").write_bytes(_jpeg(_scene(6, (2000, 1125))))  # drafted on the CPU path
     return root
 
 
@@ -354,9 +355,20 @@ def test_score_with_gpu_decode_on_cpu_equals_cpu_decode(ray_local, tmp_path, cap
         assert gpu.loc[name, "error"].startswith("decode: cannot decode image")
         assert gpu.loc[name, "error"] == cpu.loc[name, "error"]
     ok = gpu["error"].isna()
-    assert ok.sum() == 5 and (cpu["error"].isna() == ok).all()
+    assert ok.sum() == 6 and (cpu["error"].isna() == ok).all()
     for column in ("width", "height"):
         assert (gpu.loc[ok, column] == cpu.loc[ok, column]).all()
     assert tuple(gpu.loc["rotated.jpg", ["width", "height"]]) == (240, 320)
-    np.testing.assert_allclose(gpu.loc[ok, "gamma_score"], cpu.loc[ok, "gamma_score"], atol=5e-3)
+    small = ok & (gpu.index != "large.jpg")  # no draft at their size: both paths decode in full
+    np.testing.assert_allclose(
+        gpu.loc[small, "gamma_score"], cpu.loc[small, "gamma_score"], atol=5e-4
+    )
     assert gpu.loc["lossless.png", "gamma_score"] == cpu.loc["lossless.png", "gamma_score"]
+    # the route each took: the device decodes the large JPEG in full (no draft), as the exact path
+    scorer, large = GammaScorer(device="cpu"), (corpus / "large.jpg").read_bytes()
+    for exact, table in ((True, gpu), (False, cpu)):
+        prep = GammaPreprocessor(scorer.image_size, exact)
+        pixels = prep(decode_image(large, draft=prep.draft)[0])["pixels"]
+        expected = scorer.predict_items([pixels[None]])["score"][0]
+        assert table.loc["large.jpg", "gamma_score"] == pytest.approx(expected, abs=5e-4)
+    assert abs(gpu.loc["large.jpg", "gamma_score"] - cpu.loc["large.jpg", "gamma_score"]) > 1e-3
