@@ -318,6 +318,16 @@ def test_bad_decode_value_is_one_line_before_ray(tmp_path, capsys):
     assert "gpu, cpu" in err[0] or "cpu, gpu" in err[0]
 
 
+def test_gpu_decode_for_a_scorer_without_it_is_one_line(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(_jpeg(_scene(1, (32, 24))))
+    args = ["score", str(tmp_path / "in"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--scorer", "brightness:decode=gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vqpipe: error: scorer brightness: decode=gpu")
+    assert not (tmp_path / "o").exists()
+
+
 def _corpus(root: Path) -> Path:
     root.mkdir()
     (root / "plain.jpg").write_bytes(_jpeg(_scene(20, (256, 192))))
@@ -372,3 +382,20 @@ def test_score_with_gpu_decode_on_cpu_equals_cpu_decode(ray_local, tmp_path, cap
         expected = scorer.predict_items([pixels[None]])["score"][0]
         assert table.loc["large.jpg", "gamma_score"] == pytest.approx(expected, abs=5e-4)
     assert abs(gpu.loc["large.jpg", "gamma_score"] - cpu.loc["large.jpg", "gamma_score"]) > 1e-3
+
+
+def test_a_block_sends_at_most_its_budget_of_jpeg_bytes(tmp_path, monkeypatch):
+    from vqpipe.pipeline import stages
+
+    datas = [_jpeg(_scene(14 + k, (64, 48))) for k in range(3)]
+    for k, data in enumerate(datas):
+        (tmp_path / f"{k}.jpg").write_bytes(data)
+    monkeypatch.setattr(stages, "DEVICE_BLOCK_BYTES", len(datas[0]) + len(datas[1]))
+    batch = {
+        "uri": np.array([str(tmp_path / f"{k}.jpg") for k in range(3)], dtype=object),
+        "media_type": np.array(["image"] * 3, dtype=object),
+    }
+    spec = ScorerOptions("gamma", {"device": "cpu"}, decode="gpu")
+    out = decode_batch(batch, [spec], {}, 1.0, MediaLimits())
+    assert list(out["_jpeg_gamma"]) == [datas[0], datas[1], b""]  # the third: decoded here
+    assert [len(b) > 0 for b in out["_input_gamma"]] == [False, False, True]

@@ -131,11 +131,15 @@ def decode_batch(
     # scorers share the job (a draft decode costs a fraction of the full one).
     drafts = {column: getattr(prep, "draft", None) for column, prep in preprocessors.items()}
     wanted = list(dict.fromkeys(drafts.values())) or [None]
-    jpegs = {  # the pools that decode JPEGs on their device: the bytes they get
-        spec.column: np.full(n, b"", dtype=object)
-        for spec in scorers
-        if spec.column not in in_process and decodes_on_device(spec, preprocessors[spec.column])
-    }
+    device = _DeviceJpegs(
+        [
+            spec.column
+            for spec in scorers
+            if spec.column not in in_process and decodes_on_device(spec, preprocessors[spec.column])
+        ],
+        n,
+    )
+    jpegs = device.columns
     cpu_wanted = list(dict.fromkeys(d for c, d in drafts.items() if c not in jpegs))
     for i in range(n):
         uri, kind = str(batch["uri"][i]), batch["media_type"][i]
@@ -166,7 +170,7 @@ def decode_batch(
                         timeout_s=limits.read_timeout_s,
                     )
                 if kind == "image":
-                    header = _device_decoded_jpeg(data, limits, jpegs, i)
+                    header = device.take(data, limits, i)
                     for draft in wanted if header is None else cpu_wanted:
                         image, info = decode_image(data, limits, draft)
                         decoded[draft] = [image]
@@ -199,6 +203,8 @@ def decode_batch(
         except Exception as exc:  # network, permissions, anything else: keep the row
             errors[i] = f"read: {type(exc).__name__}: {exc}"
             kinds[i] = TRANSIENT if is_transient(exc) else None
+        if errors[i] is not None:
+            device.drop(i)
         for column, prep in preprocessors.items():
             arrays = []
             if errors[i] is None and not (column in jpegs and jpegs[column][i]):
@@ -224,19 +230,36 @@ def decode_batch(
     return out
 
 
-def _device_decoded_jpeg(
-    data: bytes, limits: MediaLimits, jpegs: dict[str, np.ndarray], row: int
-) -> Any:
-    """When pools decode on their device (``jpegs``: their bytes columns) and ``data`` is a
-    JPEG they can take, its bytes into their columns at ``row`` and its header (upright size
-    for the width and height columns); else None (decoded here, for every pool)."""
-    if not jpegs:
-        return None
-    header = device_header(data, limits)
-    if header is not None:
-        for column in jpegs.values():
-            column[row] = data
-    return header
+DEVICE_BLOCK_BYTES = 512 * 1024**2
+"""JPEG bytes a decode block sends to the pools that decode on their device, at most (an
+Arrow binary column holds < 2 GiB; the decode task holds them all): the block's further JPEGs
+are decoded in the task."""
+
+
+class _DeviceJpegs:
+    """The JPEG bytes of a block for the pools that decode on their device (``columns``:
+    ``_jpeg_<column>`` each, empty where the row is decoded in the task)."""
+
+    def __init__(self, columns: list[str], n: int) -> None:
+        self.columns = {column: np.full(n, b"", dtype=object) for column in columns}
+        self.left = DEVICE_BLOCK_BYTES
+
+    def take(self, data: bytes, limits: MediaLimits, row: int) -> Any:
+        """``data``'s header when it goes to those pools (a plain JPEG within the limits and
+        the budget: :func:`~vqpipe.media.device_decode.device_header`), else None."""
+        if not self.columns or len(data) > self.left:
+            return None
+        header = device_header(data, limits)
+        if header is not None:
+            self.left -= len(data)
+            for column in self.columns.values():
+                column[row] = data
+        return header
+
+    def drop(self, row: int) -> None:
+        """An error row: nothing to send."""
+        for column in self.columns.values():
+            column[row] = b""
 
 
 def _cause_text(exc: BaseException) -> str:
@@ -450,9 +473,15 @@ class ScoreStage:
         if geometry is not None:
             datas = [bytes(jpegs[i]) for i in rows]
             images, _ = decode_jpegs(datas, getattr(self.scorer, "device", "cpu"), geometry)
+        done = [k for k, image in enumerate(images) if image is not None]
+        if done:  # one copy to the host for the batch (the model takes host arrays today)
+            import torch
+
+            pixels = torch.stack([images[k] for k in done]).cpu().numpy()  # [N, 3, S, S]
+            for k, array in zip(done, pixels, strict=True):
+                inputs[rows[k]] = array[None]
         for i, image in zip(rows, images, strict=True):
             if image is not None:
-                inputs[i] = image.cpu().numpy()[None]
                 continue
             try:
                 item, _ = decode_image(bytes(jpegs[i]), self.limits, getattr(prep, "draft", None))
