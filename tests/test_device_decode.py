@@ -422,3 +422,18 @@ def test_a_block_sends_at_most_its_budget_of_jpeg_bytes(tmp_path, monkeypatch):
     out = decode_batch(batch, [spec], {}, 1.0, MediaLimits())
     assert list(out["_jpeg_gamma"]) == [datas[0], datas[1], b""]  # the third: decoded here
     assert [len(b) > 0 for b in out["_input_gamma"]] == [False, False, True]
+
+
+@pytest.mark.slow
+def test_qalign_pools_with_device_and_cpu_decode_agree(ray_local, qalign_checkpoint, tmp_path):
+    corpus = _corpus(tmp_path / "in")
+    base = f"qalign:checkpoint={qalign_checkpoint}"
+    pools = ["--scorer", f"{base},decode=gpu,column=dev", "--scorer", f"{base},column=cpu"]
+    out = tmp_path / "out"
+    assert main(["score", str(corpus), "--out", str(out), *pools, "--batch-size", "4"]) == 0
+    table = _table(out)
+    ok = table["error"].isna()
+    assert ok.sum() == 6 and table.loc["corrupt.jpg", "error"].startswith("decode: ")
+    np.testing.assert_allclose(table.loc[ok, "dev_score"], table.loc[ok, "cpu_score"], atol=2e-3)
+    recorded = json.loads((out / "_job.json").read_text())["signature"]["scorers"]
+    assert [s.get("decode") for s in recorded] == ["device", None]
