@@ -240,6 +240,7 @@ def decode_jpegs(
             headers[i] = header
             todo.append(i)
     for chunk in _chunks(todo, [headers[i] for i in todo]):
+        # a copy: a tensor over read-only bytes warns, and silencing warnings is not thread-safe
         tensors = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in chunk]
         try:
             decoded = _decode(tensors, device)
