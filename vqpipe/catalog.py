@@ -20,6 +20,7 @@ POOL_DEFAULTS = {
     "num_cpus": "1 with a GPU, else 0.5",
     "actors": "--actors, else 1",
     "column": "the scorer's name",
+    "decode": "cpu",
 }
 """The default of each pool key (:data:`vqpipe.pipeline.config.POOL_KEYS`)."""
 

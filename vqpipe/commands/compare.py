@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from vqpipe.commands._common import add_media_limits, media_limits
+from vqpipe.errors import UserError
 
 EPILOG = """\
 examples:
@@ -28,6 +29,7 @@ def add_parser(sub: Any) -> None:
     from vqpipe.cli import _add_console_flags
     from vqpipe.pipeline.config import POOL_KEYS
 
+    pool_keys = ", ".join(k for k in POOL_KEYS if k not in ("column", "decode"))
     parser = sub.add_parser(
         "compare",
         help="P(b better than a) for image pairs with a Compare2Score LMM",
@@ -46,7 +48,7 @@ def add_parser(sub: Any) -> None:
         default="compare2score",
         metavar="NAME[:KEY=VALUE,...]",
         help="the comparison model: compare2score or compare2score-lmm with their keys "
-        f"(default: %(default)s); pool keys: {', '.join(k for k in POOL_KEYS if k != 'column')}; "
+        f"(default: %(default)s); pool keys: {pool_keys}; "
         "batch_size = pairs per actor call (both orders run in one forward)",
     )
     parser.add_argument(
@@ -109,6 +111,8 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
         num_gpus=args.num_gpus_per_actor,
         actors=parse_actors(args.actors) if args.actors else None,
     )
+    if spec.decode != "cpu":
+        raise UserError(f"--scorer {args.scorer!r}: vqpipe compare decodes on the CPU only")
     return JobConfig(
         input=args.input,
         output=args.out,

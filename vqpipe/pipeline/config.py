@@ -18,10 +18,14 @@ POOL_KEYS = {
     "num_cpus": "CPUs per actor",
     "actors": "actors in the pool: N or MIN-MAX (autoscaling)",
     "column": "prefix of this pool's output columns (default: the scorer's name)",
+    "decode": "where JPEGs are decoded: cpu (decode tasks), gpu (the actor's device), auto "
+    "(gpu for GPU pools whose scorer can)",
 }
 """``--scorer`` keys that configure the pool rather than the scorer."""
 
 _COLUMN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+DECODES = ("cpu", "gpu", "auto")
+"""Values of the ``decode`` pool key."""
 
 
 def parse_actors(text: str) -> tuple[int, int]:
@@ -83,6 +87,7 @@ class ScorerOptions:
     actors: tuple[int, int] = (1, 1)
     num_cpus: float | None = None  # per actor; None: 1 with a GPU, else a share of one CPU
     column: str = ""
+    decode: str = "cpu"  # cpu | gpu | auto: see :func:`vqpipe.pipeline.stages.decodes_on_device`
 
     def __post_init__(self) -> None:
         self.column = self.column or self.name.lower().replace("-", "_")
@@ -148,6 +153,10 @@ class ScorerOptions:
                     "a letter"
                 )
             spec.column = pool["column"]
+        if "decode" in pool:
+            if pool["decode"] not in DECODES:
+                raise UserError(f"decode={pool['decode']!r}: use {', '.join(DECODES)}")
+            spec.decode = pool["decode"]
         return spec
 
     def scorer_class(self) -> type:

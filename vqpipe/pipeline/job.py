@@ -43,8 +43,10 @@ from vqpipe.pipeline.shards import (
 )
 from vqpipe.pipeline.stages import (
     Stage,
+    build_preprocessor,
     decode_cpus,
     decode_stage,
+    decodes_on_device,
     follow_stage,
     read_decode_stage,
     read_stage,
@@ -102,13 +104,23 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
     options.pop("exact_preprocessing", None)
     if exact_preprocessing(cls, kwargs) is False:
         options["exact_preprocessing"] = False
-    return {
+    signature = {
         "name": spec.name,
         "version": cls.version,
         "column": spec.column,
         "options": options,
         "checkpoint_fingerprint": digest,
     }
+    # JPEGs decoded and resized on the device differ from Pillow's by a level here and there:
+    # recorded only when on, like downscale-on-decode
+    if spec.decode != "cpu":
+        try:
+            on_device = decodes_on_device(spec, build_preprocessor(spec, storage_options))
+        except Exception:  # its preprocessing cannot be built: check_checkpoints says why
+            on_device = False
+        if on_device:
+            signature["decode"] = "device"
+    return signature
 
 
 def scorer_facts(spec: ScorerOptions) -> dict[str, Any]:
@@ -235,7 +247,7 @@ def build_dataset(
     for spec, scorer in pools:
         if scores_in_tasks(spec):
             continue
-        pool = {"spec": spec, "storage_options": so}
+        pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
         ds = stage.apply(ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -20,7 +21,8 @@ from vqpipe.io.fs import is_transient, url_to_fs
 from vqpipe.io.reading import ReadError, read_input
 from vqpipe.io.records import read_timeout
 from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
-from vqpipe.media.decode import MediaError, MediaLimits, decode_image
+from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
+from vqpipe.media.device_decode import decode_jpegs, device_header
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.shards import (
@@ -44,6 +46,7 @@ from vqpipe.schema import (
     HEIGHT,
     INPUT_PREFIX,
     INT_MISSING,
+    JPEG_PREFIX,
     METADATA_KEY,
     RUNTIME_PREFIX,
     TRANSIENT,
@@ -70,6 +73,16 @@ def build_preprocessor(spec: ScorerOptions, storage_options: dict[str, Any]) -> 
     return _preprocessor(spec.name, json.dumps(kwargs, sort_keys=True, default=str))
 
 
+def decodes_on_device(spec: ScorerOptions, preprocessor: Any) -> bool:
+    """Whether the pool's actors decode its JPEGs on their device (``decode=gpu``; ``auto``:
+    when the pool has GPUs), rather than the decode tasks: only for a scorer whose CPU
+    preprocessing has a ``device_geometry`` (uint8 [3, H, W] tensor → uint8 [3, S, S] on the
+    tensor's device). A CPU actor then decodes with torchvision on the CPU: the same code."""
+    if spec.decode == "cpu" or not hasattr(preprocessor, "device_geometry"):
+        return False
+    return spec.decode == "gpu" or bool(spec.num_gpus)
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     scorers: list[ScorerOptions],
@@ -87,7 +100,10 @@ def decode_batch(
     ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
     sampled frames for a video) as ``.npy`` bytes, empty after an error; for the columns in
     ``in_process`` (pools that score in this same task) the arrays themselves, None after an
-    error: they never leave the process.
+    error: they never leave the process. For the pools that decode on their device
+    (:func:`decodes_on_device`), a plain JPEG (:func:`~vqpipe.media.device_decode.device_header`)
+    is not decoded here: its bytes go on in ``_jpeg_<column>`` (its ``_input_<column>`` empty),
+    its width and height from its header.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items() if k != DATA}
@@ -113,6 +129,16 @@ def decode_batch(
     # scorers share the job (a draft decode costs a fraction of the full one).
     drafts = {column: getattr(prep, "draft", None) for column, prep in preprocessors.items()}
     wanted = list(dict.fromkeys(drafts.values())) or [None]
+    device = _DeviceJpegs(
+        [
+            spec.column
+            for spec in scorers
+            if spec.column not in in_process and decodes_on_device(spec, preprocessors[spec.column])
+        ],
+        n,
+    )
+    jpegs = device.columns
+    cpu_wanted = list(dict.fromkeys(d for c, d in drafts.items() if c not in jpegs))
     for i in range(n):
         uri, kind = str(batch["uri"][i]), batch["media_type"][i]
         if not isinstance(kind, str):  # None / NaN: a member or cell of no known media type
@@ -142,9 +168,12 @@ def decode_batch(
                         timeout_s=limits.read_timeout_s,
                     )
                 if kind == "image":
-                    for draft in wanted:
+                    header = device.take(data, limits, i)
+                    for draft in wanted if header is None else cpu_wanted:
                         image, info = decode_image(data, limits, draft)
                         decoded[draft] = [image]
+                    if header is not None:
+                        info = ImageInfo(*header.upright_size)
                     width[i], height[i], frames[i] = info.width, info.height, 1  # full size
                 else:
                     items, vinfo = video_decoder().decode(data, video_fps, limits)
@@ -172,9 +201,11 @@ def decode_batch(
         except Exception as exc:  # network, permissions, anything else: keep the row
             errors[i] = f"read: {type(exc).__name__}: {exc}"
             kinds[i] = TRANSIENT if is_transient(exc) else None
+        if errors[i] is not None:
+            device.drop(i)
         for column, prep in preprocessors.items():
             arrays = []
-            if errors[i] is None:
+            if errors[i] is None and not (column in jpegs and jpegs[column][i]):
                 try:
                     if isinstance(prep, Exception):
                         raise prep
@@ -188,11 +219,45 @@ def decode_batch(
             out[INPUT_PREFIX + column][:] = arrays
         else:
             out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
+    for column, data in jpegs.items():
+        out[JPEG_PREFIX + column] = data
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
         out[BYTES] = np.array([_int_or_missing(v) for v in out[BYTES]], np.int64)
     return out
+
+
+DEVICE_BLOCK_BYTES = 512 * 1024**2
+"""JPEG bytes a decode block sends to the pools that decode on their device, at most (an
+Arrow binary column holds < 2 GiB; the decode task holds them all): the block's further JPEGs
+are decoded in the task."""
+
+
+class _DeviceJpegs:
+    """The JPEG bytes of a block for the pools that decode on their device (``columns``:
+    ``_jpeg_<column>`` each, empty where the row is decoded in the task)."""
+
+    def __init__(self, columns: list[str], n: int) -> None:
+        self.columns = {column: np.full(n, b"", dtype=object) for column in columns}
+        self.left = DEVICE_BLOCK_BYTES
+
+    def take(self, data: bytes, limits: MediaLimits, row: int) -> Any:
+        """``data``'s header when it goes to those pools (a plain JPEG within the limits and
+        the budget: :func:`~vqpipe.media.device_decode.device_header`), else None."""
+        if not self.columns or len(data) > self.left:
+            return None
+        header = device_header(data, limits)
+        if header is not None:
+            self.left -= len(data)
+            for column in self.columns.values():
+                column[row] = data
+        return header
+
+    def drop(self, row: int) -> None:
+        """An error row: nothing to send."""
+        for column in self.columns.values():
+            column[row] = b""
 
 
 def _cause_text(exc: BaseException) -> str:
@@ -326,12 +391,19 @@ class ScoreStage:
         spec: ScorerOptions,
         storage_options: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        limits: MediaLimits | None = None,
     ) -> None:
         import ray
 
         from vqpipe.scoring import create_scorer
 
         self.spec = spec
+        self.limits = limits or MediaLimits()  # for the JPEGs it decodes (decode=gpu)
+        self.device_preprocessor = None
+        if spec.decode != "cpu":
+            # one the decode tasks cannot build either sends no JPEG here
+            with contextlib.suppress(Exception):
+                self.device_preprocessor = build_preprocessor(spec, storage_options or {})
         kwargs = spec.scorer_kwargs(storage_options)
         kwargs.setdefault("device", actor_device(spec))
         self.scorer = create_scorer(spec.name, **kwargs)
@@ -357,6 +429,9 @@ class ScoreStage:
         # each output of the pool → <column>_<output>; NaN in transit, null once written
         outputs = self.scorer.empty_outputs(n, **self.spec.options)
         errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
+        jpegs = batch.pop(JPEG_PREFIX + column, None)
+        if jpegs is not None:
+            self._decode_jpegs(jpegs, inputs, errors)
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
             try:
@@ -372,6 +447,40 @@ class ScoreStage:
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
         return batch
+
+    def _decode_jpegs(self, jpegs: np.ndarray, inputs: list[Any], errors: np.ndarray) -> None:
+        """The rows whose JPEG bytes came with the batch (``decode=gpu``) into ``inputs``
+        (uint8 [1, 3, S, S]): decoded on the scorer's device in batches and resized there by
+        the preprocessing's ``device_geometry``. A row the device cannot take goes through
+        Pillow and the CPU preprocessing as in the decode tasks, so that its pixels, or its
+        error (``decode: ...``), are the CPU path's."""
+        rows = [i for i, data in enumerate(jpegs) if data is not None and len(data)]
+        rows = [i for i in rows if errors[i] is None]
+        if not rows:
+            return
+        prep = self.device_preprocessor
+        geometry = getattr(prep, "device_geometry", None)
+        images: list[Any] = [None] * len(rows)
+        if geometry is not None:
+            datas = [bytes(jpegs[i]) for i in rows]
+            images, _ = decode_jpegs(datas, getattr(self.scorer, "device", "cpu"), geometry)
+        done = [k for k, image in enumerate(images) if image is not None]
+        if done:  # one copy to the host for the batch (the model takes host arrays today)
+            import torch
+
+            pixels = torch.stack([images[k] for k in done]).cpu().numpy()  # [N, 3, S, S]
+            for k, array in zip(done, pixels, strict=True):
+                inputs[rows[k]] = array[None]
+        for i, image in zip(rows, images, strict=True):
+            if image is not None:
+                continue
+            try:
+                item, _ = decode_image(bytes(jpegs[i]), self.limits, getattr(prep, "draft", None))
+                inputs[i] = np.stack([prep(item)["pixels"]])  # type: ignore[misc]
+            except MediaError as exc:
+                errors[i] = f"decode: {exc}"
+            except Exception as exc:
+                errors[i] = f"preprocess[{self.spec.column}]: {type(exc).__name__}: {exc}"
 
 
 _TASK_SCORERS: dict[str, ScoreStage] = {}

@@ -112,11 +112,16 @@ def check_checkpoint(spec: ScorerOptions, cls: type, storage_options: dict[str, 
         except Exception as exc:
             raise storage_error(exc, where) from None
     try:
-        build_preprocessor(spec, storage_options)
+        preprocessor = build_preprocessor(spec, storage_options)
     except Exception as exc:
         raise UserError(
             f"scorer {spec.column}: cannot prepare its preprocessing ({type(exc).__name__}: {exc})"
         ) from None
+    if spec.decode == "gpu" and not hasattr(preprocessor, "device_geometry"):
+        raise UserError(
+            f"scorer {spec.column}: decode=gpu: {spec.name} cannot decode on the device; use "
+            "decode=cpu or auto"
+        )
 
 
 def check_input(config: JobConfig) -> None:

@@ -77,6 +77,18 @@ class Owl2Preprocessor:
     def __call__(self, image: Any) -> dict[str, np.ndarray]:
         return {"pixels": self.processor.to_uint8(image, self.reducing_gap)}
 
+    def device_geometry(self, image: torch.Tensor) -> torch.Tensor:
+        """:meth:`~MPLUGOwl2ImageProcessor.to_uint8`'s geometry for a decoded uint8 [3, H, W]
+        tensor, on its device (``decode=gpu``; within 1-2 levels of 255 of the exact path)."""
+        from PIL import Image
+
+        from vqpipe.media.device_decode import pad_resize_crop
+
+        p = self.processor
+        if p.resample != Image.Resampling.BICUBIC:  # the device path has bicubic only
+            raise ValueError(f"device decoding resizes bicubic only, not resample={p.resample}")
+        return pad_resize_crop(image, p.size, p.crop_size, p.background)
+
 
 VISION_CHUNK = 64
 """Frames (or images) per vision-tower call by default. ViT-L/14 at 448 px is 1,025 tokens a

@@ -64,6 +64,15 @@ class GammaPreprocessor:
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
         return {"pixels": np.ascontiguousarray(pixels)}
 
+    def device_geometry(self, image: torch.Tensor) -> torch.Tensor:
+        """The same geometry for a decoded uint8 [3, H, W] tensor, on its device
+        (``decode=gpu``): the exact path's within 1-2 levels of 255, no draft or reducing gap
+        (``tests/test_device_decode.py``). The pipeline sends no extreme aspect ratios here
+        (the CPU bounds those)."""
+        from vqpipe.media.device_decode import resize_crop
+
+        return resize_crop(image, self.image_size)
+
 
 def checkpoint_image_size(
     checkpoint: str | os.PathLike | None, storage_options: dict[str, Any] | None = None
