@@ -23,6 +23,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
     BLOCK_ROWS,
@@ -54,6 +55,7 @@ from vqpipe.schema import (
     score_column,
     to_arrow,
 )
+from vqpipe.scoring.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
 from vqpipe.storage.schemas import encode_schema
@@ -86,10 +88,10 @@ def decode_batch(
     ``max_bytes``, within ``read_timeout_s``); videos are decoded in a sacrificial subprocess
     (:mod:`vqpipe.media.isolated`), so a decoder that crashes or hangs costs its own row only.
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
-    ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
-    sampled frames for a video) as ``.npy`` bytes, empty after an error; for the columns in
-    ``in_process`` (pools that score in this same task) the arrays themselves, None after an
-    error: they never leave the process.
+    ``_input_<column>`` column: an object array of the items' preprocessed frames [T, ...] (T = 1
+    for an image, the sampled frames for a video), None after an error. :func:`decode_score`
+    hands the columns of actor pools on as tensor columns (:mod:`vqpipe.pipeline.pixels`); the
+    columns in ``in_process`` (pools that score in this same task) never leave the process.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items() if k != DATA}
@@ -103,7 +105,7 @@ def decode_batch(
     errors = np.full(n, None, dtype=object)
     # transient (a store outage: a rerun scores the row again) or None (written: permanent)
     kinds = np.array(batch.get(ERROR_KIND, np.full(n, None, dtype=object)), dtype=object)
-    inputs: dict[str, list[np.ndarray]] = {s.column: [] for s in scorers}
+    inputs: dict[str, list[np.ndarray | None]] = {s.column: [] for s in scorers}
     preprocessors: dict[str, Any] = {}
     for spec in scorers:  # a preprocessor that cannot be built is every row's error, not a crash
         try:
@@ -183,13 +185,10 @@ def decode_batch(
                     arrays = [prep(item)["pixels"] for item in decoded.get(drafts[column], [])]
                 except Exception as exc:
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
-            inputs[column].append(np.stack(arrays) if arrays else None)
-    for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
-        if column in in_process:
-            out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
-            out[INPUT_PREFIX + column][:] = arrays
-        else:
-            out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
+            inputs[column].append(item_frames(arrays))
+    for column, arrays in inputs.items():
+        out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
+        out[INPUT_PREFIX + column][:] = arrays
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
@@ -220,8 +219,10 @@ def decode_score(
     score in the decode tasks (``pools``: each pool's options and checkpoint fingerprint; see
     :func:`scores_in_tasks`), each as its actor would (:class:`ScoreStage`, one per worker
     process). A generator: a block's frames are handed on (Ray Data makes blocks of what it
-    yields) before the next block is decoded."""
+    yields) before the next block is decoded; the actor pools' pixels as tensor columns
+    (:func:`~vqpipe.pipeline.pixels.to_block`)."""
     here = frozenset(spec.column for spec, _ in pools)
+    sent = [INPUT_PREFIX + spec.column for spec in scorers if spec.column not in here]
     inline = batch.get(DATA)
     sizes = None
     if inline is not None:  # media bytes carried in the rows (None / NaN: none)
@@ -232,7 +233,7 @@ def decode_score(
         del piece
         for spec, fingerprint in pools:
             out = task_scorer(spec, storage_options, fingerprint)(out)
-        yield out
+        yield to_block(out, sent)
 
 
 def _within_read_timeout(tables: Iterator[Any], timeout_s: float | None) -> Iterator[Any]:
@@ -315,8 +316,12 @@ def actor_device(spec: ScorerOptions) -> str:
 
 
 class ScoreStage:
-    """Actor stage: load one scorer once, score the rows without an error (each row's frames
-    go to :meth:`Scorer.predict_items`), pass every row through.
+    """Actor stage: load one scorer once, score the rows without an error, pass every row
+    through. The rows' frames are stacked into a reused pinned buffer, copied to the device on
+    a stream of their own and scored (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool
+    runs :data:`CALLS_PER_ACTOR` calls at once, so one batch is stacked and copied while
+    another runs (a scorer whose frames do not stack goes through
+    :meth:`Scorer.predict_items`).
 
     The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
     pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
@@ -351,10 +356,13 @@ class ScoreStage:
             },
             sort_keys=True,
         )
+        self.runner: BatchRunner | None = None
+        if getattr(self.scorer, "stacks_frames", False):
+            self.runner = BatchRunner(self.scorer, self.spec.batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         column = self.spec.column
-        inputs = [_from_bytes(b) for b in batch.pop(INPUT_PREFIX + column)]
+        inputs = column_items(batch.pop(INPUT_PREFIX + column))
         n = len(inputs)
         k = max(len(self.scorer.prob_labels), 1)
         scores = np.full(n, np.nan, np.float32)  # NaN in transit; null once written
@@ -364,7 +372,7 @@ class ScoreStage:
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
             try:
-                out = self.scorer.predict_items([inputs[i] for i in todo], self.spec.batch_size)
+                out = self._predict([inputs[i] for i in todo])
                 scores[todo] = out["score"]
                 probs[todo] = out["probs"]
                 for key, values in out.items():  # further per-item numbers → own columns
@@ -381,6 +389,15 @@ class ScoreStage:
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
         return batch
+
+    def _predict(self, items: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-item outputs of ``items`` (frames [T, ...] each): stacked and overlapped
+        (:attr:`runner`) when the scorer takes stacked frames and the items' frames have one
+        shape, else :meth:`Scorer.predict_items`."""
+        shapes = {(x.shape[1:], x.dtype) for x in items}
+        if self.runner is None or len(shapes) != 1:
+            return self.scorer.predict_items(items, self.spec.batch_size)
+        return self.runner(items)
 
 
 _TASK_SCORERS: dict[str, ScoreStage] = {}
@@ -509,6 +526,7 @@ def _int_or_missing(value: Any) -> int:
 
 
 def _to_bytes(array: np.ndarray | None) -> bytes:
+    """An item's arrays as ``.npy`` bytes (the compare job's pairs travel so)."""
     if array is None:
         return b""
     buffer = io.BytesIO()
@@ -518,7 +536,7 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
 
 def _from_bytes(data: bytes | np.ndarray | None) -> np.ndarray | None:
     """An item's arrays from their ``.npy`` bytes (as they come from another process), or as
-    they are (decoded in the same task: see ``decode_batch(in_process=...)``)."""
+    they are (decoded in the same task)."""
     if data is None or isinstance(data, np.ndarray):
         return data
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
@@ -530,8 +548,8 @@ READ_CPUS = 0.0
 # A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
 # its request, so the request covers that plus what one block holds: its frames preprocessed
-# (twice: the arrays and their .npy bytes), the media bytes it carries, and the item being
-# decoded (a full-size image, a video's frames before resizing).
+# (twice: the arrays and the tensor column they are copied into), the media bytes it carries,
+# and the item being decoded (a full-size image, a video's frames before resizing).
 WORKER_MEMORY = 530 * 1024**2
 FRAME_BYTES = 448 * 448 * 3
 """One frame preprocessed at Q-Align's 448 px (uint8), the largest input of our scorers."""
@@ -557,6 +575,7 @@ class Stage:
     actors: tuple[int, int] | None = None
     batch_format: str | None = "numpy"
     max_retries: int | None = None
+    calls_per_actor: int = 1
 
     def apply(self, ds: Any, **kwargs: Any) -> Any:
         """``ds.map_batches`` with this stage's requests; ``kwargs``: ``fn_kwargs`` or
@@ -570,7 +589,13 @@ class Stage:
             asks["memory"] = self.memory
         if self.actors:
             low, high = self.actors
-            asks["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+            concurrent: dict[str, Any] = {}
+            if self.calls_per_actor > 1:  # the actor serialises its device work itself
+                concurrent = {
+                    "max_concurrent_calls_per_actor": self.calls_per_actor,
+                    "enable_true_multi_threading": True,
+                }
+            asks["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high, **concurrent)
         if self.batch_format:
             asks["batch_format"] = self.batch_format
         if self.max_retries is None:
@@ -638,9 +663,23 @@ def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
 
 
 def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
-    """One actor pool per scorer: the pool's batch size, GPUs and CPUs per actor."""
+    """One actor pool per scorer: the pool's batch size, GPUs and CPUs per actor, and
+    :data:`CALLS_PER_ACTOR` batches in flight per actor."""
     cpus = actor_cpus(spec, scorers)
-    return Stage(ScoreStage, spec.batch_size, cpus, num_gpus=spec.num_gpus, actors=spec.actors)
+    return Stage(
+        ScoreStage,
+        spec.batch_size,
+        cpus,
+        num_gpus=spec.num_gpus,
+        actors=spec.actors,
+        calls_per_actor=CALLS_PER_ACTOR,
+    )
+
+
+CALLS_PER_ACTOR = 2
+"""Batches in flight per scorer actor: one on the device while the next is stacked into its
+pinned buffer and copied (:class:`~vqpipe.scoring.transfer.BatchRunner`); more would only
+hold more batches in the actor's memory."""
 
 
 def write_stage(upstream: Stage | None = None) -> Stage:

@@ -24,7 +24,7 @@ from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
 from vqpipe.prompts import QALIGN_TASKS
 from vqpipe.scorers._owl2 import Owl2Scorer
-from vqpipe.scoring.base import inference_mode
+from vqpipe.scoring.base import concat_outputs, inference_mode
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
@@ -131,14 +131,39 @@ class QAlignScorer(Owl2Scorer):
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``pixels`` uint8 [N, 3, S, S] and optional ``frames`` [B] (Σ = N; default one frame
         per sequence) → ``score`` [B] on 1..5 and ``probs`` [B, 5] (bad..excellent)."""
+        return {key: v.cpu().numpy() for key, v in self.predict_tensors(batch).items()}
+
+    def predict_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """:meth:`predict`'s outputs on the device, not yet copied to the host."""
         pixels = batch["pixels"]
         frames = batch.get("frames")
         counts = [1] * len(pixels) if frames is None else [int(f) for f in frames]
         logits = self.level_logits(pixels, counts).float()
-        return {
-            "score": level_score(logits).cpu().numpy(),
-            "probs": level_probs(logits).cpu().numpy(),
-        }
+        return {"score": level_score(logits), "probs": level_probs(logits)}
+
+    def predict_stacked(self, pixels: Any, counts: Any, batch_size: int) -> dict[str, Any]:
+        """Video task: each item's frames (evenly thinned to ``max_frames``) are one sequence,
+        ``batch_size`` items per forward; image tasks: as :meth:`Scorer.predict_stacked`."""
+        if self.task != "video":
+            return super().predict_stacked(pixels, counts, batch_size)
+        counts = np.asarray(counts, np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        outs = []
+        for lo in range(0, len(counts), batch_size):
+            hi = min(lo + batch_size, len(counts))
+            keep = [
+                starts[i] + np.array(even_subset(int(counts[i]), self.max_frames), np.int64)
+                for i in range(lo, hi)
+            ]
+            kept = np.array([len(k) for k in keep], np.int64)
+            if kept.sum() == starts[hi] - starts[lo]:  # nothing thinned: a view, no gather
+                chunk = pixels[starts[lo] : starts[hi]]
+            else:
+                chunk = pixels[_index_like(np.concatenate(keep), pixels)]
+            outs.append(self.predict_tensors({"pixels": chunk, "frames": kept}))
+        if not outs:
+            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
+        return {key: concat_outputs([o[key] for o in outs]) for key in ("score", "probs")}
 
     def predict_items(
         self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
@@ -235,3 +260,12 @@ class QAlignScorer(Owl2Scorer):
             "max_frames": self.max_frames,
             "score_scale": "1..5 (sum of p_i * i over bad..excellent)",
         }
+
+
+def _index_like(index: np.ndarray, pixels: Any) -> Any:
+    """``index`` for indexing ``pixels``: a tensor on its device (a tensor), else as is."""
+    if getattr(pixels, "is_cuda", False):
+        import torch
+
+        return torch.from_numpy(index).pin_memory().to(pixels.device, non_blocking=True)
+    return index

@@ -89,6 +89,10 @@ class Scorer(abc.ABC):
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     prob_labels: ClassVar[tuple[str, ...]] = ()
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
+    stacks_frames: ClassVar[bool] = True
+    """Whether :meth:`predict` takes ``pixels`` as one array of same-shaped frames (numpy or a
+    tensor on the scorer's device): the pipeline then stacks them in a reused pinned buffer
+    and calls :meth:`predict_stacked`. False: frames of their own sizes (a list)."""
     storage_options: dict[str, Any] | None = None  # fsspec options for inputs given as URIs
     uses_torch: ClassVar[bool] = True
     """False for a scorer that runs on the CPU with numpy only: its ``device`` and ``dtype``
@@ -187,6 +191,32 @@ class Scorer(abc.ABC):
                 out[key] = (sums / counts.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.float32)
         return out
 
+    def predict_tensors(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`predict` without the copy of its outputs to the host: a torch scorer returns
+        tensors on its device, its kernels queued (no sync), so the caller can start the next
+        batch first. Default: :meth:`predict` (numpy)."""
+        return self.predict(batch)
+
+    @inference_mode
+    def predict_stacked(self, pixels: Any, counts: Any, batch_size: int) -> dict[str, Any]:
+        """:meth:`predict_items` of frames already stacked: ``pixels`` [N, ...] (numpy, or a
+        tensor on the scorer's device), item i owning the next ``counts[i]`` frames. Outputs
+        per item, as tensors on the device where :meth:`predict_tensors` gives them (else
+        numpy): every frame scored as an image, outputs averaged over each item's frames."""
+        counts = np.asarray(counts, np.int64)
+        total = len(pixels)
+        outs = [
+            self.predict_tensors({"pixels": pixels[i : i + batch_size]})
+            for i in range(0, total, batch_size)
+        ]
+        if not outs:
+            k = max(len(self.prob_labels), 1)
+            return {"score": np.zeros(0, np.float32), "probs": np.zeros((0, k), np.float32)}
+        merged = {key: concat_outputs([o[key] for o in outs]) for key in outs[0]}
+        if (counts == 1).all():
+            return merged
+        return {key: mean_per_item(v, counts) for key, v in merged.items()}
+
     def stack_frames(self, frames: Sequence[Any]) -> Any:
         """One ``pixels`` batch from single frames (scorers with ragged inputs override it)."""
         return np.stack([np.asarray(f) for f in frames])
@@ -259,3 +289,40 @@ class Scorer(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(checkpoint={self.checkpoint!r}, device={self.device})"
+
+
+def concat_outputs(parts: Sequence[Any]) -> Any:
+    """One output from its batches' pieces (torch tensors stay on their device)."""
+    if len(parts) == 1:
+        return parts[0]
+    if hasattr(parts[0], "is_cuda"):
+        import torch
+
+        return torch.cat(list(parts))
+    return np.concatenate(parts)
+
+
+def mean_per_item(values: Any, counts: np.ndarray) -> Any:
+    """Per-item means of per-frame ``values`` [N, ...] (item i: the next ``counts[i]`` rows),
+    summed in float64 as :meth:`Scorer.predict_items` does, returned as float32; an item of no
+    frames gets NaN. Tensors stay on their device (no sync)."""
+    n = len(counts)
+    if hasattr(values, "is_cuda"):
+        import torch
+
+        def put(array: np.ndarray) -> torch.Tensor:  # pinned + non_blocking: no stream sync
+            host = torch.from_numpy(array)
+            if values.is_cuda:
+                host = host.pin_memory()
+            return host.to(values.device, non_blocking=True)
+
+        owner = put(np.repeat(np.arange(n), counts))
+        sums = values.new_zeros((n, *values.shape[1:]), dtype=torch.float64)
+        sums.index_add_(0, owner, values.double())
+        div = put(counts.astype(np.float64)).reshape((-1,) + (1,) * (values.dim() - 1))
+        return (sums / div).float()
+    owner = np.repeat(np.arange(n), counts)
+    sums = np.zeros((n, *np.shape(values)[1:]), np.float64)
+    np.add.at(sums, owner, values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts.reshape((-1,) + (1,) * (np.ndim(values) - 1))).astype(np.float32)
