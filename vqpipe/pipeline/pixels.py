@@ -65,27 +65,17 @@ def pixel_array(items: Sequence[np.ndarray | None]) -> Any:
     return ArrowVariableShapedTensorType(value_type, ndim).wrap_array(storage)
 
 
-def to_block(batch: dict[str, Any], pixel_columns: Sequence[str]) -> Any:
-    """The batch as the Arrow block Ray Data would make of it, with ``pixel_columns`` (object
-    arrays of [T, ...] arrays or None) as variable-shaped tensor columns; the batch as it is
-    when it has none of them, or when Ray Data would not make it an Arrow block."""
-    names = [c for c in pixel_columns if c in batch]
-    if not names:
-        return batch
-    from ray.data.block import BlockAccessor
+def to_transit(batch: dict[str, Any], pixel_columns: Sequence[str]) -> dict[str, Any]:
+    """The batch with ``pixel_columns`` (object arrays of [T, ...] arrays or None) as
+    variable-shaped tensor columns: Arrow chunked arrays, which Ray Data puts in the block as
+    they are (a plain extension array it would rebuild as a struct)."""
+    import pyarrow as pa
 
-    rest = {k: v for k, v in batch.items() if k not in names}
-    block = BlockAccessor.batch_to_block(rest) if rest else None
-    arrays = {name: pixel_array(list(batch[name])) for name in names}
-    if block is None:
-        import pyarrow as pa
-
-        return pa.table(arrays)
-    if not hasattr(block, "append_column"):  # a pandas block: Ray Data converts the columns
-        return batch
-    for name, array in arrays.items():
-        block = block.append_column(name, array)
-    return block
+    out = dict(batch)
+    for name in pixel_columns:
+        if name in out:
+            out[name] = pa.chunked_array([pixel_array(list(out[name]))])
+    return out
 
 
 def column_items(values: Any) -> list[np.ndarray | None]:

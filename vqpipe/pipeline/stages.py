@@ -23,7 +23,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.pixels import column_items, item_frames, to_block
+from vqpipe.pipeline.pixels import column_items, item_frames, to_transit
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
     BLOCK_ROWS,
@@ -220,7 +220,7 @@ def decode_score(
     :func:`scores_in_tasks`), each as its actor would (:class:`ScoreStage`, one per worker
     process). A generator: a block's frames are handed on (Ray Data makes blocks of what it
     yields) before the next block is decoded; the actor pools' pixels as tensor columns
-    (:func:`~vqpipe.pipeline.pixels.to_block`)."""
+    (:func:`~vqpipe.pipeline.pixels.to_transit`)."""
     here = frozenset(spec.column for spec, _ in pools)
     sent = [INPUT_PREFIX + spec.column for spec in scorers if spec.column not in here]
     inline = batch.get(DATA)
@@ -233,7 +233,7 @@ def decode_score(
         del piece
         for spec, fingerprint in pools:
             out = task_scorer(spec, storage_options, fingerprint)(out)
-        yield to_block(out, sent)
+        yield to_transit(out, sent)
 
 
 def _within_read_timeout(tables: Iterator[Any], timeout_s: float | None) -> Iterator[Any]:
