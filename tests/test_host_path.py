@@ -2,6 +2,9 @@
 and 2): one stable column type, frames stacked once into a reused buffer, two batches in
 flight in one actor, and the same scores as the library API."""
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -150,6 +153,28 @@ def test_two_batches_in_flight_in_one_actor(corpus):
     uris = np.concatenate([results[i]["uri"] for i in range(2)])
     expected = create_scorer("gamma", device="cpu").score(list(uris))
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_numpy_scorer_scores_stacked_frames_without_torch():
+    """The same stacked path for a numpy scorer (an actor, or in the decode tasks) on plain
+    memory, importing no torch (its workers start without it)."""
+    code = """
+import sys
+import numpy as np
+from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.pipeline.pixels import pixel_array
+from vqpipe.pipeline.stages import ScoreStage
+stage = ScoreStage(ScorerOptions.parse("brightness:latency_s=0.01"))
+items = [np.full((t, 3, 4, 4), v, np.uint8) for t, v in ((1, 0), (2, 255), (1, 51))]
+out = stage({"error": np.full(3, None, object), "_input_brightness": pixel_array(items)})
+assert np.allclose(out["brightness_score"], [0, 1, 0.2]), out["brightness_score"]
+assert stage.runner.buffers.allocated == 1 and not stage.runner.buffers.pinned
+assert "torch" not in sys.modules
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_score_pools_run_two_calls_per_actor():

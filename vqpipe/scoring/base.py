@@ -197,12 +197,12 @@ class Scorer(abc.ABC):
         batch first. Default: :meth:`predict` (numpy)."""
         return self.predict(batch)
 
-    @inference_mode
     def predict_stacked(self, pixels: Any, counts: Any, batch_size: int) -> dict[str, Any]:
         """:meth:`predict_items` of frames already stacked: ``pixels`` [N, ...] (numpy, or a
         tensor on the scorer's device), item i owning the next ``counts[i]`` frames. Outputs
         per item, as tensors on the device where :meth:`predict_tensors` gives them (else
-        numpy): every frame scored as an image, outputs averaged over each item's frames."""
+        numpy): every frame scored as an image, outputs averaged over each item's frames.
+        Imports no torch for a numpy scorer."""
         counts = np.asarray(counts, np.int64)
         total = len(pixels)
         outs = [
@@ -316,11 +316,12 @@ def mean_per_item(values: Any, counts: np.ndarray) -> Any:
                 host = host.pin_memory()
             return host.to(values.device, non_blocking=True)
 
-        owner = put(np.repeat(np.arange(n), counts))
-        sums = values.new_zeros((n, *values.shape[1:]), dtype=torch.float64)
-        sums.index_add_(0, owner, values.double())
-        div = put(counts.astype(np.float64)).reshape((-1,) + (1,) * (values.dim() - 1))
-        return (sums / div).float()
+        with torch.inference_mode():
+            owner = put(np.repeat(np.arange(n), counts))
+            sums = values.new_zeros((n, *values.shape[1:]), dtype=torch.float64)
+            sums.index_add_(0, owner, values.double())
+            div = put(counts.astype(np.float64)).reshape((-1,) + (1,) * (values.dim() - 1))
+            return (sums / div).float()
     owner = np.repeat(np.arange(n), counts)
     sums = np.zeros((n, *np.shape(values)[1:]), np.float64)
     np.add.at(sums, owner, values)
