@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import machine_name, sync
 from ray.data.block import BlockAccessor
 
-from vqpipe.pipeline.pixels import column_items, item_frames, to_transit
+from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.stages import _from_bytes, _to_bytes
 from vqpipe.scoring.transfer import StagingBuffers
 
@@ -68,7 +68,7 @@ def _new(
     start = time.perf_counter()
     cells = np.empty(len(frames), dtype=object)
     cells[:] = [item_frames([f]) for f in frames]
-    block = BlockAccessor.batch_to_block(to_transit({COLUMN: cells}, [COLUMN]))
+    block = to_block({COLUMN: cells}, [COLUMN])
     middle = time.perf_counter()
     batch = BlockAccessor.for_block(block).to_batch_format("numpy")
     staged = buffers.stage(column_items(batch[COLUMN]))

@@ -15,7 +15,7 @@ from vqpipe.cli import main
 from vqpipe.data import make_image_dataset, make_video_dataset
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.pixels import column_items, pixel_array, to_transit
+from vqpipe.pipeline.pixels import column_items, pixel_array, to_block
 from vqpipe.pipeline.stages import CALLS_PER_ACTOR, ScoreStage, decode_score, score_stage
 from vqpipe.scoring import create_scorer
 from vqpipe.scoring.transfer import StagingBuffers
@@ -37,7 +37,7 @@ def test_pixel_column_has_one_type_and_round_trips_through_ray_batches():
     mixed = [_frames(1, 5), None, _frames(3, 6)]  # an image, an error row, a video
     a = {"uri": np.array(["a", "b", "c"], object), "_in": _obj(images)}
     b = {"uri": np.array(["d", "e", "f"], object), "_in": _obj(mixed)}
-    a, b = (BlockAccessor.batch_to_block(to_transit(x, ["_in"])) for x in (a, b))  # as Ray
+    a, b = (to_block(x, ["_in"]) for x in (a, b))
     assert a.schema.field("_in").type == b.schema.field("_in").type  # images only or not
     assert isinstance(a.schema.field("_in").type, ArrowVariableShapedTensorType)
     for block, expected in ((a, images), (b, mixed), (concat([a, b]), images + mixed)):
@@ -99,8 +99,7 @@ def _batches(files: list[str], spec: ScorerOptions, per_batch: int) -> list[dict
     for lo in range(0, len(files), per_batch):
         batch = {"uri": np.array(files[lo : lo + per_batch], object), "media_type": kinds[lo:]}
         batch["media_type"] = batch["media_type"][: len(batch["uri"])]
-        for block in decode_score(batch, [spec], {}, 1.0, MediaLimits()):
-            block = BlockAccessor.batch_to_block(block)  # what Ray Data makes of the output
+        for block in decode_score(batch, [spec], {}, 1.0, MediaLimits(), arrow=True):
             out.append(BlockAccessor.for_block(block).to_batch_format("numpy"))
     return out
 

@@ -179,6 +179,7 @@ def build_dataset(
         "video_fps": config.video_fps,
         "limits": config.limits,
         "pools": in_tasks,
+        "arrow": True,  # pixels as tensor columns (vqpipe.pipeline.pixels)
     }
     options = {**_read_options(config, rows), "done": done_set or {}}
     stage: Stage | None

@@ -65,17 +65,28 @@ def pixel_array(items: Sequence[np.ndarray | None]) -> Any:
     return ArrowVariableShapedTensorType(value_type, ndim).wrap_array(storage)
 
 
-def to_transit(batch: dict[str, Any], pixel_columns: Sequence[str]) -> dict[str, Any]:
-    """The batch with ``pixel_columns`` (object arrays of [T, ...] arrays or None) as
-    variable-shaped tensor columns: Arrow chunked arrays, which Ray Data puts in the block as
-    they are (a plain extension array it would rebuild as a struct)."""
+def to_block(batch: dict[str, Any], pixel_columns: Sequence[str]) -> Any:
+    """The batch as the Arrow block Ray Data would make of it, with ``pixel_columns`` (object
+    arrays of [T, ...] arrays or None) as variable-shaped tensor columns. An Arrow table, not a
+    dict: Ray Data makes a fixed-shape column of same-shaped arrays, and a chunked extension
+    array in a dict goes through Python objects (0.4 s for 32 images). The batch as it is when
+    it has none of those columns, or when Ray Data would not make it an Arrow block."""
+    names = [c for c in pixel_columns if c in batch]
+    if not names:
+        return batch
     import pyarrow as pa
+    from ray.data.block import BlockAccessor
 
-    out = dict(batch)
-    for name in pixel_columns:
-        if name in out:
-            out[name] = pa.chunked_array([pixel_array(list(out[name]))])
-    return out
+    rest = {k: v for k, v in batch.items() if k not in names}
+    arrays = {name: pixel_array(list(batch[name])) for name in names}
+    if not rest:
+        return pa.table(arrays)
+    block = BlockAccessor.batch_to_block(rest)
+    if not isinstance(block, pa.Table):  # a pandas block: let Ray Data convert the columns
+        return batch
+    for name, array in arrays.items():
+        block = block.append_column(name, array)
+    return block
 
 
 def column_items(values: Any) -> list[np.ndarray | None]:

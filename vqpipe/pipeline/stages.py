@@ -23,7 +23,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.pixels import column_items, item_frames, to_transit
+from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
     BLOCK_ROWS,
@@ -213,14 +213,16 @@ def decode_score(
     limits: MediaLimits,
     pools: list[tuple[ScorerOptions, str | None]] = (),  # type: ignore[assignment]
     block_frames: int = BLOCK_ROWS,
-) -> Iterator[dict[str, np.ndarray]]:
+    arrow: bool = False,
+) -> Iterator[Any]:
     """The batch in blocks of at most ``block_frames`` frames (:func:`block_bounds`: a video
     counts as its ``--max-frames``), each through :func:`decode_batch`, then the pools that
     score in the decode tasks (``pools``: each pool's options and checkpoint fingerprint; see
     :func:`scores_in_tasks`), each as its actor would (:class:`ScoreStage`, one per worker
     process). A generator: a block's frames are handed on (Ray Data makes blocks of what it
-    yields) before the next block is decoded; the actor pools' pixels as tensor columns
-    (:func:`~vqpipe.pipeline.pixels.to_transit`)."""
+    yields) before the next block is decoded. ``arrow`` (what a job passes): blocks that carry
+    the actor pools' pixels as variable-shaped tensor columns
+    (:func:`~vqpipe.pipeline.pixels.to_block`), else dicts with them as object columns."""
     here = frozenset(spec.column for spec, _ in pools)
     sent = [INPUT_PREFIX + spec.column for spec in scorers if spec.column not in here]
     inline = batch.get(DATA)
@@ -233,7 +235,7 @@ def decode_score(
         del piece
         for spec, fingerprint in pools:
             out = task_scorer(spec, storage_options, fingerprint)(out)
-        yield to_transit(out, sent)
+        yield to_block(out, sent) if arrow else out
 
 
 def _within_read_timeout(tables: Iterator[Any], timeout_s: float | None) -> Iterator[Any]:
