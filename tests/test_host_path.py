@@ -219,3 +219,31 @@ def test_mixed_job_through_the_cli_scores_as_the_library(ray_local, corpus, tmp_
     assert (table.loc[ok, "media_type"] == "video").sum() == 2
     expected = create_scorer("gamma", device="cpu").score(ok)
     np.testing.assert_allclose(table.loc[ok, "gamma_score"].to_numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_path_pins_copies_on_its_stream_and_scores_as_the_cpu(corpus):
+    """On a GPU: the buffers are pinned, the frames reach the device on the copy stream, two
+    batches in flight score as one batch at a time on the CPU (float32 on both)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    files = [f for f in _media(corpus) if not f.endswith("broken.jpg")]
+    gpu = ScorerOptions("gamma", {"device": "cuda", "dtype": "fp32"}, batch_size=4)
+    cpu = ScorerOptions("gamma", {"device": "cpu"}, batch_size=4)
+    batches = _batches(files, gpu, (len(files) + 1) // 2)
+    stage = ScoreStage(gpu)
+    results: dict[int, dict] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, stage(dict(batches[i]))))
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert stage.runner.buffers.pinned and stage.runner.buffers.copy_stream("cuda") is not None
+    reference = ScoreStage(cpu)
+    for i in range(2):
+        expected = reference(dict(batches[i]))
+        np.testing.assert_allclose(results[i]["gamma_score"], expected["gamma_score"], atol=1e-4)
