@@ -203,11 +203,12 @@ def test_qalign_video_frames_stacked_score_as_predict_items(qalign_checkpoint):
 
 @pytest.mark.slow
 def test_mixed_job_through_the_cli_scores_as_the_library(ray_local, corpus, tmp_path):
-    """Images, videos and a broken file through ``vqpipe score``: the tensor columns and the
-    two-call actors give the library API's scores; the broken file stays a row."""
+    """Images, videos and a broken file through ``vqpipe score`` with two actor pools (the
+    second one's pixels pass through the first): the tensor columns and the two-call actors
+    give the library API's scores; the broken file stays a row."""
     out = tmp_path / "out"
-    code = main(["-q", "score", str(corpus), "--out", str(out), "--scorer", "gamma:device=cpu"])
-    assert code == 0
+    pools = ["--scorer", "gamma:device=cpu", "--scorer", "brightness:latency_s=0.001"]
+    assert main(["-q", "score", str(corpus), "--out", str(out), *pools]) == 0
     table = read_quality_table(str(out)).set_index("uri")
     media = _media(corpus)
     assert set(media) <= set(table.index) and table.index.is_unique
@@ -217,8 +218,9 @@ def test_mixed_job_through_the_cli_scores_as_the_library(ray_local, corpus, tmp_
     ok = [u for u in media if u != broken]
     assert table.loc[ok, "error"].isna().all()
     assert (table.loc[ok, "media_type"] == "video").sum() == 2
-    expected = create_scorer("gamma", device="cpu").score(ok)
-    np.testing.assert_allclose(table.loc[ok, "gamma_score"].to_numpy(), expected, atol=1e-5)
+    for name in ("gamma", "brightness"):
+        expected = create_scorer(name, device="cpu").score(ok)
+        np.testing.assert_allclose(table.loc[ok, f"{name}_score"].to_numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.gpu

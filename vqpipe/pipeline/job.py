@@ -223,7 +223,8 @@ def build_dataset(
         pool = {"spec": spec, "storage_options": so}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
-        ds = stage.apply(ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint})
+        pool.update(fingerprint=fingerprint, arrow=True)  # later pools' pixels: tensor columns
+        ds = stage.apply(ds, fn_constructor_kwargs=pool)
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 

@@ -327,7 +327,9 @@ class ScoreStage:
 
     The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
     pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
-    the job signature; an actor that loads anything else refuses to score.
+    the job signature; an actor that loads anything else refuses to score. ``arrow`` (an
+    actor of a job): the batch goes on as an Arrow block, the pixel columns of the pools after
+    this one as variable-shaped tensor columns (:func:`~vqpipe.pipeline.pixels.to_block`).
     """
 
     def __init__(
@@ -335,6 +337,7 @@ class ScoreStage:
         spec: ScorerOptions,
         storage_options: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        arrow: bool = False,
     ) -> None:
         import ray
 
@@ -358,11 +361,12 @@ class ScoreStage:
             },
             sort_keys=True,
         )
+        self.arrow = arrow
         self.runner: BatchRunner | None = None
         if getattr(self.scorer, "stacks_frames", False):
             self.runner = BatchRunner(self.scorer, self.spec.batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         column = self.spec.column
         inputs = column_items(batch.pop(INPUT_PREFIX + column))
         n = len(inputs)
@@ -390,6 +394,8 @@ class ScoreStage:
         batch[probs_column(column)] = probs
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
+        if self.arrow:
+            return to_block(batch, [c for c in batch if c.startswith(INPUT_PREFIX)])
         return batch
 
     def _predict(self, items: list[np.ndarray]) -> dict[str, np.ndarray]:
