@@ -323,7 +323,7 @@ def test_decode_stage_sends_plain_jpegs_on_as_bytes(tmp_path):
     out = decode_batch(batch, scorers, {}, 1.0, MediaLimits())
     assert list(out["_jpeg_dev"]) == [rotated, b"", b""]  # CMYK and PNG: decoded here
     assert "_jpeg_cpu" not in out
-    assert [len(b) > 0 for b in out["_input_dev"]] == [False, True, True]
+    assert [b is not None and len(b) > 0 for b in out["_input_dev"]] == [False, True, True]
     assert all(len(b) > 0 for b in out["_input_cpu"])
     assert list(out["width"]) == [48, 64, 64] and list(out["height"]) == [64, 48, 48]  # upright
     assert list(out["error"]) == [None] * 3
@@ -422,7 +422,7 @@ def test_a_block_sends_at_most_its_budget_of_jpeg_bytes(tmp_path, monkeypatch):
     spec = ScorerOptions("gamma", {"device": "cpu"}, decode="gpu")
     out = decode_batch(batch, [spec], {}, 1.0, MediaLimits())
     assert list(out["_jpeg_gamma"]) == [datas[0], datas[1], b""]  # the third: decoded here
-    assert [len(b) > 0 for b in out["_input_gamma"]] == [False, False, True]
+    assert [b is not None and len(b) > 0 for b in out["_input_gamma"]] == [False, False, True]
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ from vqpipe.pipeline.stages import (
     ScoreStage,
     Stage,
     _from_bytes,
+    _to_bytes,
     actor_cpus,
     decode_batch,
     write_stage,
@@ -235,7 +236,7 @@ def decode_pairs(
             if found[slot] is not None:
                 problems.append(_side_error(found[slot], side))
             else:
-                inputs[column][i] = arrays[slot]
+                inputs[column][i] = _to_bytes(arrays[slot])  # pairs travel as .npy bytes
         if problems:
             errors[i] = "; ".join(problems)
             inputs[INPUT_A][i] = inputs[INPUT_B][i] = b""

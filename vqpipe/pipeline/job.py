@@ -207,6 +207,7 @@ def build_dataset(
         "video_fps": config.video_fps,
         "limits": config.limits,
         "pools": in_tasks,
+        "arrow": True,  # pixels as tensor columns (vqpipe.pipeline.pixels)
     }
     options = {**_read_options(config, rows), "done": done_set or {}}
     stage: Stage | None
@@ -250,7 +251,8 @@ def build_dataset(
         pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
-        ds = stage.apply(ds, fn_constructor_kwargs={**pool, "fingerprint": fingerprint})
+        pool.update(fingerprint=fingerprint, arrow=True)  # later pools' pixels: tensor columns
+        ds = stage.apply(ds, fn_constructor_kwargs=pool)
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 

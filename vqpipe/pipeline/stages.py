@@ -25,6 +25,7 @@ from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
 from vqpipe.media.device_decode import decode_jpegs, device_header
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
     BLOCK_ROWS,
@@ -55,6 +56,7 @@ from vqpipe.schema import (
     extra_column,
     to_arrow,
 )
+from vqpipe.scoring.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
 from vqpipe.storage.schemas import encode_schema
@@ -97,13 +99,13 @@ def decode_batch(
     ``max_bytes``, within ``read_timeout_s``); videos are decoded in a sacrificial subprocess
     (:mod:`vqpipe.media.isolated`), so a decoder that crashes or hangs costs its own row only.
     Adds ``width``, ``height``, ``duration_s``, ``frames``, ``error`` and, per scorer, an
-    ``_input_<column>`` column: the item's preprocessed arrays [T, ...] (T = 1 for an image, the
-    sampled frames for a video) as ``.npy`` bytes, empty after an error; for the columns in
-    ``in_process`` (pools that score in this same task) the arrays themselves, None after an
-    error: they never leave the process. For the pools that decode on their device
-    (:func:`decodes_on_device`), a plain JPEG (:func:`~vqpipe.media.device_decode.device_header`)
-    is not decoded here: its bytes go on in ``_jpeg_<column>`` (its ``_input_<column>`` empty),
-    its width and height from its header.
+    ``_input_<column>`` column: an object array of the items' preprocessed frames [T, ...] (T = 1
+    for an image, the sampled frames for a video), None after an error. :func:`decode_score`
+    hands the columns of actor pools on as tensor columns (:mod:`vqpipe.pipeline.pixels`); the
+    columns in ``in_process`` (pools that score in this same task) never leave the process.
+    For the pools that decode on their device (:func:`decodes_on_device`), a plain JPEG
+    (:func:`~vqpipe.media.device_decode.device_header`) is not decoded here: its bytes go on in
+    ``_jpeg_<column>`` (its ``_input_<column>`` empty), its width and height from its header.
     """
     n = len(batch["uri"])
     out = {k: v for k, v in batch.items() if k != DATA}
@@ -117,7 +119,7 @@ def decode_batch(
     errors = np.full(n, None, dtype=object)
     # transient (a store outage: a rerun scores the row again) or None (written: permanent)
     kinds = np.array(batch.get(ERROR_KIND, np.full(n, None, dtype=object)), dtype=object)
-    inputs: dict[str, list[np.ndarray]] = {s.column: [] for s in scorers}
+    inputs: dict[str, list[np.ndarray | None]] = {s.column: [] for s in scorers}
     preprocessors: dict[str, Any] = {}
     for spec in scorers:  # a preprocessor that cannot be built is every row's error, not a crash
         try:
@@ -212,13 +214,10 @@ def decode_batch(
                     arrays = [prep(item)["pixels"] for item in decoded.get(drafts[column], [])]
                 except Exception as exc:
                     errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
-            inputs[column].append(np.stack(arrays) if arrays else None)
-    for column, arrays in inputs.items():  # ragged [T, ...] arrays travel as .npy bytes
-        if column in in_process:
-            out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
-            out[INPUT_PREFIX + column][:] = arrays
-        else:
-            out[INPUT_PREFIX + column] = np.array([_to_bytes(a) for a in arrays], dtype=object)
+            inputs[column].append(item_frames(arrays))
+    for column, arrays in inputs.items():
+        out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
+        out[INPUT_PREFIX + column][:] = arrays
     for column, data in jpegs.items():
         out[JPEG_PREFIX + column] = data
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
@@ -277,14 +276,18 @@ def decode_score(
     limits: MediaLimits,
     pools: list[tuple[ScorerOptions, str | None]] = (),  # type: ignore[assignment]
     block_frames: int = BLOCK_ROWS,
-) -> Iterator[dict[str, np.ndarray]]:
+    arrow: bool = False,
+) -> Iterator[Any]:
     """The batch in blocks of at most ``block_frames`` frames (:func:`block_bounds`: a video
     counts as its ``--max-frames``), each through :func:`decode_batch`, then the pools that
     score in the decode tasks (``pools``: each pool's options and checkpoint fingerprint; see
     :func:`scores_in_tasks`), each as its actor would (:class:`ScoreStage`, one per worker
     process). A generator: a block's frames are handed on (Ray Data makes blocks of what it
-    yields) before the next block is decoded."""
+    yields) before the next block is decoded. ``arrow`` (what a job passes): blocks that carry
+    the actor pools' pixels as variable-shaped tensor columns
+    (:func:`~vqpipe.pipeline.pixels.to_block`), else dicts with them as object columns."""
     here = frozenset(spec.column for spec, _ in pools)
+    sent = [INPUT_PREFIX + spec.column for spec in scorers if spec.column not in here]
     inline = batch.get(DATA)
     sizes = None
     if inline is not None:  # media bytes carried in the rows (None / NaN: none)
@@ -295,7 +298,7 @@ def decode_score(
         del piece
         for spec, fingerprint in pools:
             out = task_scorer(spec, storage_options, fingerprint)(out)
-        yield out
+        yield to_block(out, sent) if arrow else out
 
 
 def _within_read_timeout(tables: Iterator[Any], timeout_s: float | None) -> Iterator[Any]:
@@ -378,12 +381,18 @@ def actor_device(spec: ScorerOptions) -> str:
 
 
 class ScoreStage:
-    """Actor stage: load one scorer once, score the rows without an error (each row's frames
-    go to :meth:`Scorer.predict_items`), pass every row through.
+    """Actor stage: load one scorer once, score the rows without an error, pass every row
+    through. The rows' frames are stacked into a reused pinned buffer, copied to the device on
+    a stream of their own and scored (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool
+    runs :data:`CALLS_PER_ACTOR` calls at once, so one batch is stacked and copied while
+    another runs (a scorer whose frames do not stack goes through
+    :meth:`Scorer.predict_items`).
 
     The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
     pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
-    the job signature; an actor that loads anything else refuses to score.
+    the job signature; an actor that loads anything else refuses to score. ``arrow`` (an
+    actor of a job): the batch goes on as an Arrow block, the pixel columns of the pools after
+    this one as variable-shaped tensor columns (:func:`~vqpipe.pipeline.pixels.to_block`).
     """
 
     def __init__(
@@ -392,6 +401,7 @@ class ScoreStage:
         storage_options: dict[str, Any] | None = None,
         fingerprint: str | None = None,
         limits: MediaLimits | None = None,
+        arrow: bool = False,
     ) -> None:
         import ray
 
@@ -421,10 +431,14 @@ class ScoreStage:
             },
             sort_keys=True,
         )
+        self.arrow = arrow
+        self.runner: BatchRunner | None = None
+        if getattr(self.scorer, "stacks_frames", False):
+            self.runner = BatchRunner(self.scorer, self.spec.batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         column = self.spec.column
-        inputs = [_from_bytes(b) for b in batch.pop(INPUT_PREFIX + column)]
+        inputs = column_items(batch.pop(INPUT_PREFIX + column))
         n = len(inputs)
         # each output of the pool → <column>_<output>; NaN in transit, null once written
         outputs = self.scorer.empty_outputs(n, **self.spec.options)
@@ -435,7 +449,7 @@ class ScoreStage:
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
         if todo:
             try:
-                out = self.scorer.predict_items([inputs[i] for i in todo], self.spec.batch_size)
+                out = self._predict([inputs[i] for i in todo])
                 scored = {key: out[key] for key in outputs}
                 for key, values in scored.items():
                     outputs[key][todo] = values
@@ -446,6 +460,8 @@ class ScoreStage:
             batch[extra_column(column, key)] = values
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
+        if self.arrow:
+            return to_block(batch, [c for c in batch if c.startswith(INPUT_PREFIX)])
         return batch
 
     def _decode_jpegs(self, jpegs: np.ndarray, inputs: list[Any], errors: np.ndarray) -> None:
@@ -481,6 +497,15 @@ class ScoreStage:
                 errors[i] = f"decode: {exc}"
             except Exception as exc:
                 errors[i] = f"preprocess[{self.spec.column}]: {type(exc).__name__}: {exc}"
+
+    def _predict(self, items: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-item outputs of ``items`` (frames [T, ...] each): stacked and overlapped
+        (:attr:`runner`) when the scorer takes stacked frames and the items' frames have one
+        shape, else :meth:`Scorer.predict_items`."""
+        shapes = {(x.shape[1:], x.dtype) for x in items}
+        if self.runner is None or len(shapes) != 1:
+            return self.scorer.predict_items(items, self.spec.batch_size)
+        return self.runner(items)
 
 
 _TASK_SCORERS: dict[str, ScoreStage] = {}
@@ -609,6 +634,7 @@ def _int_or_missing(value: Any) -> int:
 
 
 def _to_bytes(array: np.ndarray | None) -> bytes:
+    """An item's arrays as ``.npy`` bytes (the compare job's pairs travel so)."""
     if array is None:
         return b""
     buffer = io.BytesIO()
@@ -618,7 +644,7 @@ def _to_bytes(array: np.ndarray | None) -> bytes:
 
 def _from_bytes(data: bytes | np.ndarray | None) -> np.ndarray | None:
     """An item's arrays from their ``.npy`` bytes (as they come from another process), or as
-    they are (decoded in the same task: see ``decode_batch(in_process=...)``)."""
+    they are (decoded in the same task)."""
     if data is None or isinstance(data, np.ndarray):
         return data
     return np.load(io.BytesIO(data), allow_pickle=False) if data else None
@@ -630,8 +656,8 @@ READ_CPUS = 0.0
 # A decode worker's resident memory is ~530 MiB before any image (Python, numpy, PIL, the
 # scorers' preprocessors); Ray Data's memory issue detector warns when a task's peak exceeds
 # its request, so the request covers that plus what one block holds: its frames preprocessed
-# (twice: the arrays and their .npy bytes), the media bytes it carries, and the item being
-# decoded (a full-size image, a video's frames before resizing).
+# (twice: the arrays and the tensor column they are copied into), the media bytes it carries,
+# and the item being decoded (a full-size image, a video's frames before resizing).
 WORKER_MEMORY = 530 * 1024**2
 FRAME_BYTES = 448 * 448 * 3
 """One frame preprocessed at Q-Align's 448 px (uint8), the largest input of our scorers."""
@@ -657,6 +683,7 @@ class Stage:
     actors: tuple[int, int] | None = None
     batch_format: str | None = "numpy"
     max_retries: int | None = None
+    calls_per_actor: int = 1
 
     def apply(self, ds: Any, **kwargs: Any) -> Any:
         """``ds.map_batches`` with this stage's requests; ``kwargs``: ``fn_kwargs`` or
@@ -670,7 +697,13 @@ class Stage:
             asks["memory"] = self.memory
         if self.actors:
             low, high = self.actors
-            asks["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+            concurrent: dict[str, Any] = {}
+            if self.calls_per_actor > 1:  # the actor serialises its device work itself
+                concurrent = {
+                    "max_concurrent_calls_per_actor": self.calls_per_actor,
+                    "enable_true_multi_threading": True,
+                }
+            asks["compute"] = ray.data.ActorPoolStrategy(min_size=low, max_size=high, **concurrent)
         if self.batch_format:
             asks["batch_format"] = self.batch_format
         if self.max_retries is None:
@@ -738,9 +771,23 @@ def actor_cpus(spec: ScorerOptions, scorers: list[ScorerOptions]) -> float:
 
 
 def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
-    """One actor pool per scorer: the pool's batch size, GPUs and CPUs per actor."""
+    """One actor pool per scorer: the pool's batch size, GPUs and CPUs per actor, and
+    :data:`CALLS_PER_ACTOR` batches in flight per actor."""
     cpus = actor_cpus(spec, scorers)
-    return Stage(ScoreStage, spec.batch_size, cpus, num_gpus=spec.num_gpus, actors=spec.actors)
+    return Stage(
+        ScoreStage,
+        spec.batch_size,
+        cpus,
+        num_gpus=spec.num_gpus,
+        actors=spec.actors,
+        calls_per_actor=CALLS_PER_ACTOR,
+    )
+
+
+CALLS_PER_ACTOR = 2
+"""Batches in flight per scorer actor: one on the device while the next is stacked into its
+pinned buffer and copied (:class:`~vqpipe.scoring.transfer.BatchRunner`); more would only
+hold more batches in the actor's memory."""
 
 
 def write_stage(upstream: Stage | None = None) -> Stage:

@@ -195,6 +195,6 @@ class Owl2Scorer(Scorer):
         import torch
 
         x = torch.as_tensor(pixels)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
+            x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
         return self.processor.normalize(x.to(self.device)).to(self.model.dtype)

@@ -55,6 +55,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
     """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model."""
 
     name = "compare2score-lmm"
+    stacks_frames = False  # images of their own sizes, as PIL images to the processor
 
     def __init__(
         self,

@@ -222,14 +222,18 @@ class GammaScorer(Scorer):
         import torch
 
         x = torch.as_tensor(pixels)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
+            x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
         x = self.model.normalize(x.to(self.device))
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {key: v.cpu().numpy() for key, v in self.predict_tensors(batch).items()}
+
+    def predict_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """:meth:`predict`'s outputs on the device (float32), not yet copied to the host."""
         import torch
 
         x = self.pixels_to_input(batch["pixels"])
@@ -241,10 +245,7 @@ class GammaScorer(Scorer):
             torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None),
         ):
             out = self.model.head(self._vision(x), scenes)
-        return {
-            "score": out["score"].float().cpu().numpy(),
-            "probs": out["probs"].float().cpu().numpy(),
-        }
+        return {"score": out["score"].float(), "probs": out["probs"].float()}
 
     def predict_items(
         self,

@@ -202,12 +202,18 @@ class QAlignScorer(Owl2Scorer):
         return {f"{t}_{k}": kind for t in check_tasks(task, tasks) for k, kind in kinds.items()}
 
     # ------------------------------------------------------------------ accelerator side
-    def predict_items(
-        self, inputs: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> dict[str, np.ndarray]:
-        """Every task from one visual encoding per frame. Image tasks: each frame is a
-        sequence, its outputs averaged per item (:func:`average_frames`); video: each item's
-        frames, evenly thinned to ``max_frames`` (here only), are one sequence.
+    def predict_stacked(
+        self,
+        pixels: Any,
+        counts: Any,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        per_frame: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
+        """Every task from one visual encoding per frame; ``pixels`` [N, 3, S, S] (numpy, or a
+        tensor on the device), item i owning the next ``counts[i]`` frames. Image tasks: each
+        frame is a sequence, its outputs averaged per item (:func:`average_frames`); video:
+        each item's frames, evenly thinned to ``max_frames`` (here only), are one sequence.
+        Outputs are tensors on the device (no sync; :meth:`predict_items` gives numpy).
 
         Chunks: ``batch_size`` frames for image tasks alone; with the video task, up to
         ``batch_size`` items of one thinned frame count (:func:`equal_length_batches`: no
@@ -215,64 +221,70 @@ class QAlignScorer(Owl2Scorer):
         sequence is never split), outputs back in input order."""
         import torch
 
-        inputs = [np.asarray(x) for x in inputs]
-        order = np.arange(len(inputs))
+        counts = np.asarray(counts, np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        order = np.arange(len(counts))
         if "video" in self.tasks:  # whole items, grouped by their thinned frame count
-            kept = [min(len(x), self.max_frames) for x in inputs]
-            groups = equal_length_batches(kept, batch_size)
+            groups = equal_length_batches(np.minimum(counts, self.max_frames), batch_size)
             order = np.array([i for g in groups for i in g], np.int64)
-            chunks = [[inputs[i] for i in g] for g in groups]
+            chunks = [
+                (g, np.concatenate([np.arange(starts[i], starts[i + 1]) for i in g]))
+                for g in groups
+            ]
         else:  # frames, each an item of its own: averaged per item at the end
-            frames = [x[t : t + 1] for x in inputs for t in range(len(x))]
-            chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
+            chunks = [
+                (None, np.arange(i, min(i + batch_size, len(pixels))))
+                for i in range(0, len(pixels), batch_size)
+            ]
         logits: dict[str, list[torch.Tensor]] = {t: [] for t in self.tasks}
-        for chunk in chunks:
-            for task, part in self._chunk_logits(chunk).items():
+        for items, rows in chunks:
+            for task, part in self._chunk_logits(pixels, rows, counts, items).items():
                 logits[task].append(part)
-        restore = np.empty_like(order)  # rows computed in ``order`` → input order
-        restore[order] = np.arange(len(order))
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {}
         for task in self.tasks:
             if not logits[task]:
-                rows = {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
+                rows_out = {"score": np.zeros(0, np.float32), "probs": np.zeros((0, 5), np.float32)}
             else:
-                rows = self._level_outputs(torch.cat(logits[task]))
+                rows_out = self._level_outputs(torch.cat(logits[task]))
             if task != "video":
-                rows = average_frames(rows, [len(inputs[i]) for i in order])
-            out.update({self.output_name(task, k): v[restore] for k, v in rows.items()})
+                rows_out = average_frames(rows_out, counts[order])
+            if not (order == np.arange(len(order))).all():  # computed in ``order`` → input order
+                restore = np.empty_like(order)
+                restore[order] = np.arange(len(order))
+                rows_out = {k: v[_index_like(restore, v)] for k, v in rows_out.items()}
+            out.update({self.output_name(task, k): v for k, v in rows_out.items()})
         return out
 
-    def _chunk_logits(self, chunk: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Each task's level logits of a chunk of items ([T, ...] frames each), every frame
-        through the vision tower once: image tasks per frame, video per item."""
-        import torch
-
+    def _chunk_logits(
+        self, pixels: Any, rows: np.ndarray, counts: np.ndarray, items: list[int] | None
+    ) -> dict[str, torch.Tensor]:
+        """Each task's level logits of a chunk: ``rows`` of ``pixels`` (every frame through the
+        vision tower once); image tasks per frame, video per item of ``items``."""
         image_tasks = [t for t in self.tasks if t != "video"]
         out = {}
+        chunk = _rows_of(pixels, rows)
         if image_tasks:
-            feats = self.encode(np.concatenate(chunk))
+            feats = self.encode(chunk)
             for task in image_tasks:
                 out[task] = self.logits_from_features(feats, [1] * len(feats), task)
         if "video" in self.tasks:
-            keep = [np.asarray(even_subset(len(x), self.max_frames), np.int64) for x in chunk]
+            assert items is not None
+            keep = [
+                np.asarray(even_subset(int(counts[i]), self.max_frames), np.int64) for i in items
+            ]
+            offsets = np.concatenate([[0], np.cumsum([counts[i] for i in items])[:-1]])
+            local = np.concatenate([o + k for o, k in zip(offsets, keep, strict=True)])
             if image_tasks:  # the kept frames' features, already encoded
-                starts = np.cumsum([0] + [len(x) for x in chunk[:-1]])
-                rows = np.concatenate([s + k for s, k in zip(starts, keep, strict=True)])
-                video = feats[torch.as_tensor(rows, device=feats.device)]
+                video = feats[_index_like(local, feats)]
             else:  # only the kept frames go through the vision tower
-                video = self.encode(
-                    np.concatenate([x[k] for x, k in zip(chunk, keep, strict=True)])
-                )
+                video = self.encode(_rows_of(chunk, local))
             out["video"] = self.logits_from_features(video, [len(k) for k in keep], "video")
         return out
 
     @staticmethod
-    def _level_outputs(logits: torch.Tensor) -> dict[str, np.ndarray]:
+    def _level_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = logits.float()
-        return {
-            "score": level_score(logits).cpu().numpy(),
-            "probs": level_probs(logits).cpu().numpy(),
-        }
+        return {"score": level_score(logits), "probs": level_probs(logits)}
 
     def output_name(self, task: str, key: str) -> str:
         """``score`` / ``probs`` of ``task`` as :meth:`predict_items` names it."""
@@ -363,3 +375,19 @@ class QAlignScorer(Owl2Scorer):
             "max_frames": self.max_frames,
             "score_scale": "1..5 (sum of p_i * i over bad..excellent)",
         }
+
+
+def _index_like(index: np.ndarray, pixels: Any) -> Any:
+    """``index`` for indexing ``pixels``: a tensor on its device (a tensor), else as is."""
+    if getattr(pixels, "is_cuda", False):
+        import torch
+
+        return torch.from_numpy(index).pin_memory().to(pixels.device, non_blocking=True)
+    return index
+
+
+def _rows_of(pixels: Any, rows: np.ndarray) -> Any:
+    """``pixels[rows]``: a view when the rows are one consecutive run, else a gather."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+        return pixels[int(rows[0]) : int(rows[-1]) + 1]
+    return pixels[_index_like(rows, pixels)]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
+from vqpipe.scoring._arrays import is_tensor
 from vqpipe.scoring.inputs import Item, as_items
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ class Scorer:
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     prob_labels: ClassVar[tuple[str, ...]] = ()
     extra_outputs: ClassVar[tuple[str, ...]] = ()  # further per-item outputs of predict_items
+    stacks_frames: ClassVar[bool] = True
+    """Whether :meth:`predict` takes ``pixels`` as one array of same-shaped frames (numpy or a
+    tensor on the scorer's device): the pipeline then stacks them in a reused pinned buffer
+    and calls :meth:`predict_stacked`. False: frames of their own sizes (a list)."""
     storage_options: dict[str, Any] | None = None  # fsspec options for inputs given as URIs
     preprocessor: Any = None  # the CPU half, as make_preprocessor builds it (set by __init__)
     uses_torch: ClassVar[bool] = True
@@ -186,13 +191,17 @@ class Scorer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         per_frame: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Every frame of ``inputs`` through :meth:`predict`, ``batch_size`` frames at a time,
-        with ``per_frame`` (arrays of one row per frame) beside ``pixels`` in each batch; each
-        output averaged over its item's frames (:func:`average_frames`)."""
+        """Items' frames ([T, ...] each) through :meth:`predict_stacked` — the path of the
+        pipeline's actors — as numpy; ``per_frame``: arrays of one row per frame. Frames of
+        different shapes (:attr:`stacks_frames` False: a scorer that resizes inside its model)
+        go to :meth:`predict` as lists, ``batch_size`` at a time, averaged the same way."""
         counts = [len(x) for x in inputs]
         frames = [f for x in inputs for f in x]
         if not frames:
             return self.empty_outputs(len(inputs))
+        stacked = frames_batch(frames)
+        if self.stacks_frames and not isinstance(stacked, list):
+            return as_numpy(self.predict_stacked(stacked, counts, batch_size, per_frame))
         outs = []
         for i in range(0, len(frames), batch_size):
             batch = {key: v[i : i + batch_size] for key, v in (per_frame or {}).items()}
@@ -208,6 +217,35 @@ class Scorer:
             key: np.full((n, k) if kind == "probs" else n, np.nan, np.float32)
             for key, kind in self.outputs(**options).items()
         }
+
+    def predict_tensors(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`predict` without the copy of its outputs to the host: a torch scorer returns
+        tensors on its device, its kernels queued (no sync), so the caller can start the next
+        batch first. Default: :meth:`predict` (numpy)."""
+        return self.predict(batch)
+
+    def predict_stacked(
+        self,
+        pixels: Any,
+        counts: Any,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        per_frame: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`predict_items` of frames already stacked: ``pixels`` [N, ...] (numpy, or a
+        tensor on the scorer's device), item i owning the next ``counts[i]`` frames;
+        ``per_frame``: arrays of one row per frame beside ``pixels`` in each batch. Every frame
+        scored as an image, ``batch_size`` at a time, outputs averaged over each item's frames
+        (:func:`average_frames`); tensors on the device where :meth:`predict_tensors` gives
+        them (no sync), else numpy. Imports no torch for a numpy scorer."""
+        counts = np.asarray(counts, np.int64)
+        outs = []
+        for i in range(0, len(pixels), batch_size):
+            batch = {key: v[i : i + batch_size] for key, v in (per_frame or {}).items()}
+            outs.append(self.predict_tensors({**batch, "pixels": pixels[i : i + batch_size]}))
+        if not outs:
+            return self.empty_outputs(len(counts))
+        merged = {key: concat_outputs([o[key] for o in outs]) for key in outs[0]}
+        return average_frames(merged, counts)
 
     def item_input(self, item: Item) -> np.ndarray:
         """One normalised item (an image, or a video's frames) as :meth:`predict_items` takes
@@ -286,20 +324,60 @@ def frames_batch(frames: Sequence[Any]) -> Any:
     return np.stack([np.asarray(f) for f in frames]) if len(shapes) == 1 else list(frames)
 
 
-def average_frames(values: dict[str, np.ndarray], counts: Sequence[int]) -> dict[str, np.ndarray]:
+def concat_outputs(parts: Sequence[Any]) -> Any:
+    """One output from its batches' pieces (torch tensors stay on their device)."""
+    if len(parts) == 1:
+        return parts[0]
+    if is_tensor(parts[0]):
+        import torch
+
+        return torch.cat(list(parts))
+    return np.concatenate(parts)
+
+
+def as_numpy(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Outputs with any tensors copied to the host as numpy (float32 stays float32)."""
+    return {k: v.cpu().numpy() if is_tensor(v) else np.asarray(v) for k, v in outputs.items()}
+
+
+def average_frames(values: dict[str, Any], counts: Sequence[int]) -> dict[str, Any]:
     """Per-frame outputs (rows in item order) → per-item means over each item's ``counts``
-    frames, float32; the one place frames are averaged (video scored by an image model).
-    Images (one frame each) pass through; an item of no frames gives NaN."""
+    frames, summed in float64, float32 out; the one place frames are averaged (video scored
+    by an image model). Images (one frame each) pass through; an item of no frames gives NaN.
+    Numpy in, numpy out; tensors stay on their device (no sync)."""
     counts = np.asarray(counts, np.int64)
     if (counts == 1).all():  # images: one frame each, nothing to average
-        return {key: np.asarray(v, np.float32) for key, v in values.items()}
+        return {
+            k: v.float() if is_tensor(v) else np.asarray(v, np.float32) for k, v in values.items()
+        }
     n = len(counts)
     owner = np.repeat(np.arange(n), counts)
     out = {}
     for key, v in values.items():  # per-item sums in one pass (a mask per item was O(n²))
+        if is_tensor(v):
+            out[key] = _average_tensor(v, owner, counts)
+            continue
         v = np.asarray(v)
         sums = np.zeros((n, *v.shape[1:]), np.float64)
         np.add.at(sums, owner, v)
         with np.errstate(invalid="ignore", divide="ignore"):  # no frames: NaN
             out[key] = (sums / counts.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.float32)
     return out
+
+
+def _average_tensor(values: torch.Tensor, owner: np.ndarray, counts: np.ndarray) -> torch.Tensor:
+    """:func:`average_frames` of one tensor, on its device: the indices go over pinned memory
+    without blocking (no stream sync)."""
+    import torch
+
+    def put(array: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(array)
+        if values.is_cuda:
+            host = host.pin_memory()
+        return host.to(values.device, non_blocking=True)
+
+    with torch.inference_mode():
+        sums = values.new_zeros((len(counts), *values.shape[1:]), dtype=torch.float64)
+        sums.index_add_(0, put(owner), values.double())
+        div = put(counts.astype(np.float64)).reshape((-1,) + (1,) * (values.dim() - 1))
+        return (sums / div).float()

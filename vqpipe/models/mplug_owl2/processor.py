@@ -113,10 +113,19 @@ class MPLUGOwl2ImageProcessor:
         """uint8 [..., 3, S, S] → float32 CLIP-normalised, on the input's device."""
         x = torch.as_tensor(pixels)
         x = (x.to(torch.float64) * (1 / 255)).to(torch.float32)
-        shape = (3, 1, 1)
-        mean = torch.tensor(self.image_mean, dtype=torch.float32, device=x.device).view(shape)
-        std = torch.tensor(self.image_std, dtype=torch.float32, device=x.device).view(shape)
+        mean, std = self._mean_std(x.device)
         return (x - mean) / std
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std [3, 1, 1] on ``device``, made once per device: a tensor made from a
+        list on a GPU is a synchronous copy, which would wait for every queued batch."""
+        cache = self.__dict__.setdefault("_mean_std_cache", {})
+        if device not in cache:
+            shape = (3, 1, 1)
+            mean = torch.tensor(self.image_mean, dtype=torch.float32).view(shape).to(device)
+            std = torch.tensor(self.image_std, dtype=torch.float32).view(shape).to(device)
+            cache[device] = (mean, std)
+        return cache[device]
 
     def __call__(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """PIL image(s) → float32 [B, 3, S, S], the official ``pixel_values``."""
