@@ -144,7 +144,9 @@ def test_two_batches_in_flight_in_one_actor(corpus):
     for t in threads:
         t.join(120)
     assert overlapped == [True] and runner.max_in_flight == 2 and runner.in_flight == 0
-    assert runner.buffers.allocated == 2  # one buffer per batch in flight, then reused
+    # on the CPU both batches are rows of one block each: scored in place, nothing staged
+    # (a pinned buffer per batch in flight on CUDA: test_staging_reuses_its_buffer...)
+    assert runner.buffers.allocated == 0
     for i in range(2):
         np.testing.assert_allclose(results[i]["gamma_score"], serial[i]["gamma_score"], atol=1e-6)
         np.testing.assert_allclose(results[i]["gamma_probs"], serial[i]["gamma_probs"], atol=1e-6)
@@ -167,7 +169,7 @@ stage = ScoreStage(ScorerOptions.parse("brightness:latency_s=0.01"))
 items = [np.full((t, 3, 4, 4), v, np.uint8) for t, v in ((1, 0), (2, 255), (1, 51))]
 out = stage({"error": np.full(3, None, object), "_input_brightness": pixel_array(items)})
 assert np.allclose(out["brightness_score"], [0, 1, 0.2]), out["brightness_score"]
-assert stage.runner.buffers.allocated == 1 and not stage.runner.buffers.pinned
+assert stage.runner.buffers.allocated == 0 and not stage.runner.buffers.pinned  # in place
 assert "torch" not in sys.modules
 """
     root = Path(__file__).resolve().parents[1]
@@ -249,3 +251,28 @@ def test_cuda_path_pins_copies_on_its_stream_and_scores_as_the_cpu(corpus):
     for i in range(2):
         expected = reference(dict(batches[i]))
         np.testing.assert_allclose(results[i]["gamma_score"], expected["gamma_score"], atol=1e-4)
+
+
+def test_rows_of_one_block_are_scored_in_place_on_the_cpu():
+    """On the CPU (no device copy) a batch cut from one block of the pixel column is one view
+    of the block's buffer, not a copy; arrays of their own are stacked into the buffer."""
+    from ray.data.block import BlockAccessor
+
+    from vqpipe.scoring.transfer import back_to_back
+
+    items = [_frames(1, 0), _frames(2, 1), None, _frames(1, 2)]
+    block = to_block({"uri": np.array(list("abcd"), object), "_in": _obj(items)}, ["_in"])
+    batch = BlockAccessor.for_block(block.slice(1, 3)).to_batch_format("numpy")
+    rows = [x for x in column_items(batch["_in"]) if x is not None]  # the error row: no bytes
+    buffers = StagingBuffers()
+    staged = buffers.stage(rows)
+    assert np.array_equal(staged.pixels, np.concatenate([items[1], items[3]]))
+    assert np.shares_memory(staged.pixels, rows[0]) and buffers.allocated == 0
+    assert not staged.pixels.flags.writeable
+    staged.release()
+    own = [_frames(1, 5), _frames(1, 6)]  # separate arrays, even if adjacent in memory
+    assert back_to_back(own) is None
+    assert back_to_back([rows[1], rows[0]]) is None  # out of order: a copy
+    copied = buffers.stage([rows[1], rows[0]])
+    assert np.array_equal(copied.pixels, np.concatenate([items[3], items[1]]))
+    assert buffers.allocated == 1

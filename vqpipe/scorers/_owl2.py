@@ -13,6 +13,7 @@ import numpy as np
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
+from vqpipe.scoring._arrays import input_tensor
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
@@ -192,9 +193,8 @@ class Owl2Scorer(Scorer):
 
     def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""
-        import torch
 
-        x = torch.as_tensor(pixels)
+        x = input_tensor(pixels)
         if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
             x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
         return self.processor.normalize(x.to(self.device)).to(self.model.dtype)

@@ -24,6 +24,7 @@ from vqpipe.media.image import (
     to_rgb,
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
+from vqpipe.scoring._arrays import input_tensor
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
@@ -221,7 +222,7 @@ class GammaScorer(Scorer):
         """uint8 [B, 3, S, S] → normalised float input on the scorer's device."""
         import torch
 
-        x = torch.as_tensor(pixels)
+        x = input_tensor(pixels)
         if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
             x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
         x = self.model.normalize(x.to(self.device))

@@ -44,3 +44,18 @@ def like_input(result: torch.Tensor, original: Any) -> Any:
             out_dtype = torch.float32
         return result.to(device=original.device, dtype=out_dtype)
     return result.detach().cpu().numpy()
+
+
+def input_tensor(x: Any) -> torch.Tensor:
+    """``torch.as_tensor(x)`` for model inputs, which are only read: a read-only numpy view
+    (the pixel column's Arrow buffer, shared without a copy) is wrapped without torch's
+    warning about non-writable arrays."""
+    import warnings
+
+    import torch
+
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(x)
+    return torch.as_tensor(x)

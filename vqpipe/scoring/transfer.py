@@ -87,6 +87,10 @@ class StagingBuffers:
         shape, dtype = first.shape[1:], first.dtype
         counts = np.array([len(x) for x in items], np.int64)
         total = int(counts.sum())
+        if not self.pinned:  # no device copy follows: rows back to back need no stacking
+            view = back_to_back(items)
+            if view is not None:
+                return Staged(self, None, view, counts)
         nbytes = total * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         buffer = self._take(nbytes)
         flat = buffer.numpy() if self.pinned else buffer
@@ -129,6 +133,46 @@ class StagingBuffers:
             torch = _torch()
             return torch.empty(size, dtype=torch.uint8, pin_memory=True)
         return np.empty(size, np.uint8)
+
+
+def back_to_back(items: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The items' frames as one read-only [Σ T_i, ...] view when they already lie back to back
+    in one buffer (the rows of one Arrow block of the pixel column: a batch that is a slice of a
+    block), else None. No copy: what the CPU path scores, where a staging copy would only
+    move the bytes to where they already are."""
+    first = np.asarray(items[0])
+    owner = _owner(first)
+    if owner is None or not first.flags.c_contiguous:  # views of one buffer only
+        return None
+    frame, at = first[0].nbytes if len(first) else 0, first.ctypes.data
+    for item in items:
+        item = np.asarray(item)
+        if (
+            _owner(item) is not owner
+            or item.ctypes.data != at
+            or not item.flags.c_contiguous
+            or item.shape[1:] != first.shape[1:]
+            or item.dtype != first.dtype
+        ):
+            return None
+        at += item.nbytes
+    total = sum(len(x) for x in items)
+    if frame == 0 or total == 0:
+        return None
+    view = np.lib.stride_tricks.as_strided(
+        first, shape=(total, *first.shape[1:]), strides=first.strides, writeable=False
+    )
+    return view
+
+
+def _owner(array: np.ndarray) -> Any:
+    """The object that owns ``array``'s memory (an Arrow buffer, a bigger array), or None when
+    the array owns it: a view of several arrays is only safe within one owner, which the view
+    keeps alive."""
+    base = array.base
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base
 
 
 def _size(buffer: Any) -> int:
