@@ -276,3 +276,29 @@ def test_rows_of_one_block_are_scored_in_place_on_the_cpu():
     copied = buffers.stage([rows[1], rows[0]])
     assert np.array_equal(copied.pixels, np.concatenate([items[3], items[1]]))
     assert buffers.allocated == 1
+
+
+def test_frames_decoded_on_the_device_join_the_staged_ones_in_item_order():
+    """decode=gpu rows reach the runner as tensors on the scorer's device: stacked there with
+    the staged host rows in item order (no round trip through the host), scored as all-host."""
+    import torch
+
+    from vqpipe.scoring.transfer import BatchRunner
+
+    class Mean:  # per-frame mean pixel, then frames averaged per item
+        device, stacks_frames = torch.device("cpu"), True
+
+        def predict_stacked(self, pixels, counts, batch_size):
+            from vqpipe.scoring.base import average_frames
+
+            x = torch.as_tensor(pixels).double()
+            frames = {"score": x.flatten(1).mean(1), "first": x[:, 0, 0, 0]}
+            return average_frames(frames, counts)
+
+    items = [_frames(1, 0), _frames(2, 1), _frames(1, 2), _frames(3, 3)]
+    mixed = [torch.from_numpy(items[0]), items[1], torch.from_numpy(items[2]), items[3]]
+    runner = BatchRunner(Mean(), batch_size=4)
+    expected, got = runner(items), runner(mixed)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert got["first"][0] == items[0][0, 0, 0, 0] and got["first"][2] == items[2][0, 0, 0, 0]

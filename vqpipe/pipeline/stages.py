@@ -56,6 +56,7 @@ from vqpipe.schema import (
     extra_column,
     to_arrow,
 )
+from vqpipe.scoring._arrays import is_tensor
 from vqpipe.scoring.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
@@ -466,10 +467,10 @@ class ScoreStage:
 
     def _decode_jpegs(self, jpegs: np.ndarray, inputs: list[Any], errors: np.ndarray) -> None:
         """The rows whose JPEG bytes came with the batch (``decode=gpu``) into ``inputs``
-        (uint8 [1, 3, S, S]): decoded on the scorer's device in batches and resized there by
-        the preprocessing's ``device_geometry``. A row the device cannot take goes through
-        Pillow and the CPU preprocessing as in the decode tasks, so that its pixels, or its
-        error (``decode: ...``), are the CPU path's."""
+        (uint8 [1, 3, S, S] tensors on the scorer's device): decoded there in batches and
+        resized by the preprocessing's ``device_geometry``. A row the device cannot take goes
+        through Pillow and the CPU preprocessing as in the decode tasks, so that its pixels, or
+        its error (``decode: ...``), are the CPU path's."""
         rows = [i for i, data in enumerate(jpegs) if data is not None and len(data)]
         rows = [i for i in rows if errors[i] is None]
         if not rows:
@@ -480,13 +481,9 @@ class ScoreStage:
         if geometry is not None:
             datas = [bytes(jpegs[i]) for i in rows]
             images, _ = decode_jpegs(datas, getattr(self.scorer, "device", "cpu"), geometry)
-        done = [k for k, image in enumerate(images) if image is not None]
-        if done:  # one copy to the host for the batch (the model takes host arrays today)
-            import torch
-
-            pixels = torch.stack([images[k] for k in done]).cpu().numpy()  # [N, 3, S, S]
-            for k, array in zip(done, pixels, strict=True):
-                inputs[rows[k]] = array[None]
+        for k, image in enumerate(images):  # stays on the device: the runner stacks it there
+            if image is not None:
+                inputs[rows[k]] = image[None]
         for i, image in zip(rows, images, strict=True):
             if image is not None:
                 continue
@@ -498,13 +495,15 @@ class ScoreStage:
             except Exception as exc:
                 errors[i] = f"preprocess[{self.spec.column}]: {type(exc).__name__}: {exc}"
 
-    def _predict(self, items: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Per-item outputs of ``items`` (frames [T, ...] each): stacked and overlapped
+    def _predict(self, items: list[Any]) -> dict[str, np.ndarray]:
+        """Per-item outputs of ``items`` (frames [T, ...] each: host arrays, or tensors on the
+        scorer's device from :meth:`_decode_jpegs`): stacked and overlapped
         (:attr:`runner`) when the scorer takes stacked frames and the items' frames have one
         shape, else :meth:`Scorer.predict_items`."""
-        shapes = {(x.shape[1:], x.dtype) for x in items}
+        shapes = {(tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")) for x in items}
         if self.runner is None or len(shapes) != 1:
-            return self.scorer.predict_items(items, self.spec.batch_size)
+            host = [x.cpu().numpy() if is_tensor(x) else x for x in items]
+            return self.scorer.predict_items(host, self.spec.batch_size)
         return self.runner(items)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from vqpipe.scoring._arrays import input_tensor, is_tensor
+
 
 def _torch() -> Any:
     import torch
@@ -135,6 +137,22 @@ class StagingBuffers:
         return np.empty(size, np.uint8)
 
 
+def in_item_order(items: Sequence[Any], host_pixels: Any) -> Any:
+    """One [Σ T_i, ...] tensor of the items' frames in item order, on the device of the items
+    that are tensors: host items' frames come from ``host_pixels`` (their staged frames, in
+    order, already on that device or on the CPU), the rest are the items themselves."""
+    torch = _torch()
+    device = next(x.device for x in items if is_tensor(x))
+    pieces, at = [], 0
+    for x in items:
+        if is_tensor(x):
+            pieces.append(x.to(device))
+        else:
+            pieces.append(input_tensor(host_pixels[at : at + len(x)]).to(device))
+            at += len(x)
+    return torch.cat(pieces)
+
+
 def back_to_back(items: Sequence[np.ndarray]) -> np.ndarray | None:
     """The items' frames as one read-only [Σ T_i, ...] view when they already lie back to back
     in one buffer (the rows of one Arrow block of the pixel column: a batch that is a slice of a
@@ -229,20 +247,27 @@ class BatchRunner:
         self._count_lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
 
-    def __call__(self, items: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Per-item outputs of ``items``: host arrays [T, ...] (staged), or tensors already on
+        the scorer's device (JPEGs it decoded: ``decode=gpu``), in item order."""
         with self._counted():
-            staged = self.buffers.stage(items)
+            host = [x for x in items if not is_tensor(x)]
+            staged = self.buffers.stage(host) if host else None
             try:
-                pixels = staged.to_device(self.device)
+                pixels = staged.to_device(self.device) if staged is not None else None
                 with self._device_lock:
-                    if self.device is not None:
+                    if staged is not None and self.device is not None:
                         staged.ready_on(pixels)
-                    out = self.scorer.predict_stacked(pixels, staged.counts, self.batch_size)
+                    if len(host) < len(items):
+                        pixels = in_item_order(items, pixels)
+                    counts = np.array([len(x) for x in items], np.int64)
+                    out = self.scorer.predict_stacked(pixels, counts, self.batch_size)
                     done = to_host_async(out)
                     del pixels
                 return done()
             finally:
-                staged.release()
+                if staged is not None:
+                    staged.release()
 
     @contextmanager
     def _counted(self) -> Any:
