@@ -211,6 +211,30 @@ def frozen(model: Any) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def materialised_causal_bias() -> Iterator[None]:
+    """The mPLUG-Owl2 decoder's lower-right causal bias (a tensor subclass, which cannot be
+    made under FlopCounterMode's dispatch) as the boolean mask it stands for, while counting:
+    SDPA's FLOPs are the same for either."""
+    import torch
+
+    from vqpipe.models.mplug_owl2 import llama
+
+    original = llama.attention_mask_4d
+
+    def materialised(key_mask: Any, q_len: int, past_len: int, batch: int, device: Any) -> Any:
+        if key_mask is None and past_len and q_len > 1:  # causal_lower_right, as a tensor
+            ones = torch.ones(q_len, past_len + q_len, dtype=torch.bool, device=device)
+            return ones.tril(past_len)
+        return original(key_mask, q_len, past_len, batch, device)
+
+    llama.attention_mask_4d = materialised
+    try:
+        yield
+    finally:
+        llama.attention_mask_4d = original
+
+
 def count_flops(fn: Callable[[], Any], model: Any) -> tuple[float | None, str | None]:
     """FLOPs of one call (FlopCounterMode: matmuls, convs, attention) and the error, if any:
     a failure is reported, never swallowed."""
@@ -220,6 +244,7 @@ def count_flops(fn: Callable[[], Any], model: Any) -> tuple[float | None, str | 
         with (
             frozen(model),
             no_grad_for_inference_mode(),
+            materialised_causal_bias(),
             FlopCounterMode(display=False) as counter,
         ):
             fn()

@@ -6,7 +6,7 @@
 
 Two halves, each labelled as what it is:
 
-* **measured**: FLOPs per image of each scorer's ``predict`` at its real shape
+* **measured**: FLOPs per image of each scorer's ``predict_stacked`` at its real shape
   (``FlopCounterMode``, the counter of ``benchmarks/gpu_suite.sh``). Gamma (CLIP ViT-B/16 +
   MoAE) is counted whole; the 7B LMMs are counted with 1 and 2 layers of each stack (vision
   tower, abstractor, LLM) at the real widths, and extended to the real depths (every layer of a
@@ -45,15 +45,19 @@ def _gamma_flops() -> float:
 
     scorer = GammaScorer(model=GammaModel(GammaConfig()).eval(), device="cpu", dtype="fp32")
     pixels = np.zeros((BATCH, 3, scorer.image_size, scorer.image_size), np.uint8)
-    scorer.predict({"pixels": pixels})  # scene-prompt features cached, as in an actor
-    flops, error = count_flops(lambda: scorer.predict({"pixels": pixels}), scorer.model)
+    scorer.predict_stacked(
+        pixels, [1] * BATCH, BATCH
+    )  # scene-prompt features cached, as in an actor
+    flops, error = count_flops(
+        lambda: scorer.predict_stacked(pixels, [1] * BATCH, BATCH), scorer.model
+    )
     if flops is None:
         raise RuntimeError(error)
     return flops / BATCH
 
 
 def _lmm_flops(name: str, vision: int, abstractor: int, llm: int) -> float:
-    """FLOPs per image of ``name``'s ``predict`` with the given depths at the real widths."""
+    """FLOPs per image of ``name``'s ``predict_stacked``, given depths, real widths."""
     import numpy as np
     import torch
     from _gpu_suite import build_scorer, count_flops
@@ -76,8 +80,12 @@ def _lmm_flops(name: str, vision: int, abstractor: int, llm: int) -> float:
         scorer, _ = build_scorer(name, False, "cpu", "fp32", tmp, config=shallow)
         size = scorer.model.config.vision.image_size
         pixels = np.zeros((BATCH, 3, size, size), np.uint8)
-        scorer.predict({"pixels": pixels})  # prefix / anchor caches built, as in an actor
-        flops, error = count_flops(lambda: scorer.predict({"pixels": pixels}), scorer.model)
+        scorer.predict_stacked(
+            pixels, [1] * BATCH, BATCH
+        )  # prefix / anchor caches built, as in an actor
+        flops, error = count_flops(
+            lambda: scorer.predict_stacked(pixels, [1] * BATCH, BATCH), scorer.model
+        )
     if flops is None:
         raise RuntimeError(error)
     return flops / BATCH
