@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def find_benchmarks(directory: str | os.PathLike | None = None) -> Path:
@@ -74,14 +74,20 @@ def run_benchmarks(
     quick: bool = False,
     only: Sequence[str] | None = None,
     timeout_s: float = 3600,
+    progress: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Run the scripts (``only``: names without ``.py``) and return the collected record."""
+    """Run the scripts (``only``: names without ``.py``) and return the collected record;
+    ``progress``: a stream for a line per script (``[3/18] host_path.py …``)."""
+    from vqpipe.console import Progress
+
     bench_dir = find_benchmarks(directory)
     scripts = sorted(p for p in bench_dir.glob("*.py") if not p.name.startswith("_"))
     if only:
         scripts = [p for p in scripts if p.stem in set(only)]
     results = []
-    for script in scripts:
+    shown = Progress("bench", len(scripts), "scripts", progress, every_s=0, quiet=not progress)
+    for i, script in enumerate(scripts, 1):
+        shown.step(f"[{i}/{len(scripts)}] {script.name} …")
         cmd = [sys.executable, str(script), "--json"] + (["--quick"] if quick else [])
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout_s, cwd=bench_dir.parent
@@ -93,6 +99,10 @@ def run_benchmarks(
             data = _parse_json(proc.stdout)
             entry["records"] = data if isinstance(data, list) else [data]
         results.append(entry)
+        shown.advance(
+            1, f"[{i}/{len(scripts)}] {script.name} " + ("failed" if "error" in entry else "ok")
+        )
+    shown.close()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(bench_dir.parent),

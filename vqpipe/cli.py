@@ -191,7 +191,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
             flush=True,
         )
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from vqpipe.console import summary_table
+
+        print(summary_table(summary, config.output))
     return 0
 
 
@@ -279,7 +284,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vqpipe.bench import run_benchmarks, write_bench
 
-    report = run_benchmarks(args.dir, quick=args.quick, only=args.only)
+    report = run_benchmarks(args.dir, quick=args.quick, only=args.only, progress=sys.stderr)
     _, markdown = write_bench(report, args.out)
     print(markdown.read_text())
     return 1 if any("error" in b for b in report["benchmarks"]) else 0
@@ -680,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="status line interval when stderr is not a terminal (default: %(default)g; on a "
         "terminal the line updates in place)",
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help="print the job's summary as JSON on stdout (default: a short table)",
     )
     _add_console_flags(score, on_subcommand=True)
     score.set_defaults(func=_cmd_score)

@@ -12,6 +12,7 @@ Ray's output on the terminal; ``--quiet`` shows neither Ray's output nor vqpipe'
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -194,3 +195,199 @@ class StatusLine:
                 self.stream.write("\r\033[K" if failed else "\n")
                 self.stream.flush()
                 self._drawn = False
+
+
+class RateMeter:
+    """Items per second after warm-up, steady under bursts: the first commit starts the clock
+    (its items were made during start-up and do not count), and the rate is an exponentially
+    weighted count of the items since then over the equally weighted time, so a burst of parts
+    committed together adds its items (``n / tau`` at most) instead of ``n / dt``; no rate
+    before ``warmup_s`` seconds have passed since the first commit.
+
+    Hand-written: a sliding window of ``items / dt`` samples reads a burst as a spike.
+    """
+
+    def __init__(self, tau_s: float = 60.0, warmup_s: float = 5.0) -> None:
+        self.tau_s = tau_s
+        self.warmup_s = warmup_s
+        self.first: float | None = None
+        self._weighted = 0.0
+        self._at = 0.0
+
+    def add(self, items: float, t: float) -> None:
+        """``items`` committed at time ``t`` (seconds, non-decreasing)."""
+        if self.first is None:
+            self.first = self._at = t
+            return
+        self._weighted = self._weighted * math.exp(-(t - self._at) / self.tau_s) + items
+        self._at = max(self._at, t)
+
+    def rate(self, t: float) -> float | None:
+        """Items per second at time ``t``; None during warm-up."""
+        if self.first is None or t - self.first < self.warmup_s:
+            return None
+        span = t - self.first
+        weighted = self._weighted * math.exp(-max(0.0, t - self._at) / self.tau_s)
+        return weighted / (self.tau_s * -math.expm1(-span / self.tau_s))
+
+
+def progress_text(
+    what: str, done: int, total: int | None, rate: float | None, unit: str = "items"
+) -> str:
+    """``pairs: 1200/5000 groups, 85.2 groups/s, ETA 45 s`` (``1200 groups so far`` without
+    a total; no rate or ETA before the rate is known)."""
+    head = f"{what}: {done}/{total} {unit}" if total is not None else f"{what}: {done} {unit}"
+    if total is None:
+        head += " so far"
+    if rate is None:
+        return head
+    text = f"{head}, {rate:.1f} {unit}/s"
+    if total is not None and done < total and rate > 0:
+        text += f", ETA {format_eta((total - done) / rate)}"
+    return text
+
+
+class Progress:
+    """A command's progress line on ``stream`` (default: the terminal's stderr): counting up
+    or of a known ``total``, with a rate and ETA after warm-up (:class:`RateMeter`). On a TTY
+    it rewrites itself (at most every ``tty_every_s``); otherwise it prints a line at the
+    first update, then at most every ``every_s`` seconds, and one at the end. ``quiet``: silent.
+
+    Use it as a context manager; call :meth:`advance` (or :meth:`step` with a note)."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "items",
+        stream: TextIO | None = None,
+        every_s: float = 10.0,
+        tty: bool | None = None,
+        quiet: bool = False,
+        warmup_s: float = 2.0,
+    ) -> None:
+        self.what, self.total, self.unit = what, total, unit
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        self.tty = isatty() if tty is None else tty
+        self.every_s = every_s
+        self.tty_every_s = 0.2
+        self.quiet = quiet
+        self.done = 0
+        self.note = ""
+        self.started = time.monotonic()
+        self.meter = RateMeter(warmup_s=warmup_s)
+        self.meter.add(0, self.started)
+        self._last: float | None = None
+        self._drawn = False
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self.close(failed=kind is not None)
+
+    def line(self) -> str:
+        now = time.monotonic()
+        if self.done == 0 and self.total is None:  # phases only (a heartbeat): no counts
+            text = f"{self.what}: {self.note or 'running'}"
+        else:
+            rate = self.meter.rate(now)
+            text = progress_text(self.what, self.done, self.total, rate, self.unit)
+            text += f" {self.note}" if self.note else ""
+        return f"vqpipe: {text} [{now - self.started:.0f} s]"
+
+    def heartbeat(self) -> Progress:
+        """Show the line again while nothing is counted (TTY: each second, so the time moves;
+        else every ``every_s``), from a daemon thread until :meth:`close`."""
+
+        def beat() -> None:
+            while not self._stop.wait(1.0 if self.tty else min(self.every_s, 1.0)):
+                with self._lock:
+                    if not self._stop.is_set():
+                        self._show(time.monotonic())
+
+        self._thread = threading.Thread(target=beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def advance(self, n: int = 1, note: str | None = None) -> None:
+        """``n`` more done (``note``: what is under way, shown after the counts)."""
+        now = time.monotonic()
+        self.done += n
+        if n:
+            self.meter.add(n, now)
+        with self._lock:
+            if note is not None:
+                self.note = note
+            self._show(now)
+
+    def step(self, note: str) -> None:
+        """Show ``note`` as what is under way now, without counting anything."""
+        self.advance(0, note)
+
+    def _show(self, now: float, final: bool = False) -> None:
+        if self.quiet:
+            return
+        wait = self.tty_every_s if self.tty else self.every_s
+        if not final and self._last is not None and now - self._last < wait:
+            return
+        self._last = now
+        if self.tty:
+            self.stream.write(f"\r\033[K{self.line()}")
+            self._drawn = True
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def close(self, failed: bool = False) -> None:
+        """The last line (a failed command's is erased on a TTY)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self.quiet:
+            return
+        if failed:
+            if self._drawn:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+            return
+        self.note = "done"
+        self._show(time.monotonic(), final=True)
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def summary_table(summary: dict[str, Any], output: str) -> str:
+    """A score job's summary (``_job.json``'s) as a short table for people: rows written,
+    errors, what was skipped or resumed, duplicates, time, rate and where the table is."""
+    rows = [("rows written", f"{summary.get('scored_rows', 0):,}")]
+    rows.append(("errors", f"{summary.get('errors', 0):,}"))
+    resumed = [
+        f"{summary[k]:,} {label}"
+        for k, label in (
+            ("already_done", "inputs already scored"),
+            ("shards_already_done", "shards already committed"),
+            ("rows_retried", "rows retried"),
+            ("sidecars_skipped", "sidecar files skipped"),
+        )
+        if summary.get(k)
+    ]
+    if resumed:
+        rows.append(("skipped/resumed", ", ".join(resumed)))
+    if summary.get("duplicates_dropped"):
+        rows.append(("duplicates", f"{summary['duplicates_dropped']:,} dropped"))
+    seconds = summary.get("seconds")
+    if seconds is not None:
+        rows.append(("elapsed", format_eta(float(seconds))))
+    rate = summary.get("items_per_s")
+    if rate:
+        rows.append(("rate", f"{rate:,.1f} items/s (start-up included)"))
+    rows.append(("output", output))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -90,16 +90,23 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 def on_ray(args: argparse.Namespace, command: str, work: Callable[[], Any]) -> Any:
     """Run ``work()`` on Ray (started here unless it is up, and then stopped), with Ray's own
-    output kept in its log file unless ``--verbose``."""
+    output kept in its log file unless ``--verbose``, and a progress line on stderr (the
+    phase and the time: a heartbeat every 10 s in a log, in place on a terminal)."""
     from vqpipe.cli import _verbosity
-    from vqpipe.console import ray_output_kept_out
+    from vqpipe.console import QUIET, Progress, ray_output_kept_out, terminal
     from vqpipe.pipeline.validate import check_ray_address
     from vqpipe.rewards.table import ensure_ray
 
     check_ray_address(args.address)
-    with ray_output_kept_out(_verbosity(args), command):
+    verbosity = _verbosity(args)
+    with (
+        Progress(command, stream=terminal(), quiet=verbosity <= QUIET) as progress,
+        ray_output_kept_out(verbosity, command),
+    ):
+        progress.heartbeat().step("starting Ray")
         started = ensure_ray(args.address)
         try:
+            progress.step("running")
             return work()
         finally:
             if started:

@@ -395,7 +395,7 @@ def with_offsets(shards: list[Shard], storage_options: dict[str, Any]) -> list[S
         group = dataset_of(shard.uri)
         offset = offsets.get(group, 0)
         version = None if shard.version is None else f"{shard.version};rows-before:{offset}"
-        out.append(dataclasses.replace(shard, version=version, offset=offset))
+        out.append(dataclasses.replace(shard, version=version, offset=offset, rows=count))
         offsets[group] = offset + count
     return out
 
@@ -538,9 +538,9 @@ def run_job(
     the output (:mod:`vqpipe.storage.lock`); the steps are :func:`vqpipe.pipeline.runner.run`'s.
 
     ``progress`` receives ``{done, total, errors, items_per_s, eta_s}`` as parts are committed
-    (at most every ``progress_every_s`` seconds, and once at the end; ``total`` is None for
-    sharded inputs, whose size is not known in advance); ``notice`` gets one-line messages for
-    the console (default: the log).
+    (at most every ``progress_every_s`` seconds, and once at the end; ``total`` is the plan's
+    count of rows left when known: a folder without subfolders, Parquet footers; else None);
+    ``notice`` gets one-line messages for the console (default: the log).
     """
     return runner.run(ScoreJob(), config, progress, progress_every_s, notice)
 
@@ -572,6 +572,7 @@ def plan_work(
             for record in todo if types else ():  # one type per column for every shard
                 record["types"] = json.dumps(types)
         work.summary = {"input_format": kind, **work.summary}
+        work.total = _planned_rows(config, kind, shards, {t["id"] for t in todo})
         if kind == "manifest" and len(shards) > 1:  # repeats across shards: removed after
             work.shard_ids = [s.id for s in shards]
         return work
@@ -593,7 +594,34 @@ def plan_work(
         if left == 0:
             work.source = []
             work.summary["already_done"] = len(done)
+        work.total = _capped(left, config.limit)
+    elif single and not done_parts:  # one level: its files are the total (the status line's)
+        try:
+            work.total = _capped(_small_listing_left(config, {}), config.limit)
+        except Exception:  # the total is a courtesy; the listing task says what is wrong
+            work.total = None
     return work
+
+
+def _capped(total: int | None, limit: int | None) -> int | None:
+    return total if total is None or limit is None else min(total, limit)
+
+
+def _planned_rows(config: JobConfig, kind: str, shards: list[Shard], todo: set[str]) -> int | None:
+    """The rows left to score when the shards' footers tell them (Parquet / Arrow inputs and
+    Parquet manifests); None otherwise (tar shards, text manifests: counted up)."""
+    from vqpipe.io.input_format import shard_rows
+
+    left = [s for s in shards if s.id in todo]
+    if kind == "manifest" and left and runner.all_parquet(left):
+        try:
+            counts = shard_rows([s.uri for s in left], config.storage_options)
+        except Exception:  # the total is a courtesy; the shard's read says what is wrong
+            return None
+        left = [dataclasses.replace(s, rows=n) for s, n in zip(left, counts, strict=True)]
+    if kind not in ("parquet", "manifest") or any(s.rows is None for s in left):
+        return None
+    return _capped(sum(s.rows or 0 for s in left), config.limit)
 
 
 DRIVER_LISTING_MAX = 10_000

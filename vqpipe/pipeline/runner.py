@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vqpipe.console import RateMeter
 from vqpipe.errors import UserError, check_interrupted
 from vqpipe.io.media_types import PARQUET_SUFFIXES
 from vqpipe.pipeline.config import JobConfig
@@ -147,16 +148,22 @@ def start_ray(config: JobConfig) -> None:
 
 
 def job_progress(
-    written: list[dict[str, Any]], total: int | None, elapsed: float
+    written: list[dict[str, Any]],
+    total: int | None,
+    elapsed: float,
+    meter: RateMeter | None = None,
 ) -> dict[str, Any]:
     """Counts, the overall rate, and the scoring rate and ETA after warm-up: measured from the
     first committed part (its time is noted on it at the first call, which comes as soon as
-    that part is in), so Ray's and the actors' start-up do not count. ``total`` is None when
-    the input's size is not known in advance (sharded inputs, listings)."""
+    that part is in), so Ray's and the actors' start-up do not count; with ``meter`` (fed each
+    commit by :func:`execute`) the scoring rate is its burst-proof estimate instead. ``total``
+    is None when the input's size is not known in advance (tar shards, nested listings)."""
     done = sum(int(w["rows"]) for w in written)
     rate = done / elapsed if elapsed > 0 else 0.0
     steady = None
-    if written:
+    if meter is not None:
+        steady = meter.rate(elapsed)
+    elif written:
         first_s = written[0].setdefault("_committed_s", elapsed)
         if len(written) > 1 and elapsed > first_s:
             steady = (done - int(written[0]["rows"])) / (elapsed - first_s)
@@ -174,17 +181,16 @@ def job_progress(
 
 def format_progress(p: dict[str, Any]) -> str:
     """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s`` (``scored
-    1200`` when the total is not known); before a second part is in, the rate is not known
+    1200 so far`` when the total is not known); before a second part is in, the rate is not known
     yet (``ETA after warm-up``)."""
     from vqpipe.console import format_eta
 
     total = p["total"]
-    head = (
-        f"scored {p['done']}" + ("" if total is None else f"/{total}") + f", {p['errors']} errors"
-    )
+    count = f"{p['done']} so far" if total is None else f"{p['done']}/{total}"
+    head = f"scored {count}, {p['errors']} errors"
     rate = p.get("scoring_items_per_s")
-    if total is None:  # no ETA without a total: the rates only
-        return f"{head}, {rate or p['items_per_s']} items/s"
+    if total is None:  # no ETA without a total: counting up, the rate once it is known
+        return head if rate is None else f"{head}, {rate} items/s"
     if p["done"] >= total:
         return f"{head}, {p['items_per_s']} items/s overall"
     if rate is None:
@@ -255,6 +261,7 @@ def execute(
 
     written: list[dict[str, Any]] = []
     last, reported = 0.0, -1
+    meter = RateMeter()
     tracker, merges = PieceTracker(), []
     merge = ray.remote(num_cpus=0, max_retries=3)(merge_pieces)
     try:
@@ -272,9 +279,10 @@ def execute(
                 args = (target.uri, target.storage_options, merged, pieces)
                 merges.append((merged, merge.remote(*args, fence=lock.fence)))
             now = time.perf_counter()
+            meter.add(int(row["rows"]), now - started)
             if progress is not None and (now - last >= progress_every_s or len(written) == 1):
                 last, reported = now, len(written)
-                progress(job_progress(written, total, now - started))
+                progress(job_progress(written, total, now - started, meter))
         # the run is over: a fragment still in pieces has all the rows it will get (--limit
         # cut it, or the resume anti-join dropped rows already written): one part of them
         for whole_path, pieces in tracker.pending().items():
@@ -291,7 +299,7 @@ def execute(
             raise found from None
         raise
     if progress is not None and reported != len(written):
-        progress(job_progress(written, total, time.perf_counter() - started))
+        progress(job_progress(written, total, time.perf_counter() - started, meter))
     files = sum(1 for row in written if whole_part(row["file"]) == row["file"]) + len(merges)
     return written, files
 

@@ -85,6 +85,8 @@ class Shard:
     offset: int | None = None
     """Rows of the input's shards before this one (Parquet / Arrow inputs, in URI order): its
     rows' ``row_index`` counts from there, as ``datasets`` numbers the rows of those files."""
+    rows: int | None = None
+    """Its rows when the plan counted them (Parquet / Arrow footers): the job's total."""
 
 
 def signature_hash(signature: dict[str, Any]) -> str:
