@@ -205,13 +205,13 @@ def _score(tmp_path: Path, out: str, *flags: str) -> subprocess.CompletedProcess
 
 @pytest.mark.slow
 def test_score_console_without_ray_logs_unless_verbose(tmp_path):
-    quiet = _score(tmp_path, "a")
+    quiet = _score(tmp_path, "a", "--json")  # the summary as JSON on stdout (else a table)
     assert quiet.returncode == 0, quiet.stderr
     assert json.loads(quiet.stdout)["scored_rows"] == 6
     lines = quiet.stderr.splitlines()
     assert lines and all(line.startswith("vqpipe: ") for line in lines), quiet.stderr
     assert not [p for p in RAY_PATTERNS if p in quiet.stderr], quiet.stderr
-    assert any("scored 6, 0 errors" in line for line in lines)
+    assert any("scored 6/6, 0 errors" in line for line in lines)  # the plan's total: --limit
 
     verbose = _score(tmp_path, "b", "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-2000:]
