@@ -17,7 +17,7 @@ SCORER = ["--scorer", "brightness"]
 
 def _score(capsys, *args: str) -> dict:
     capsys.readouterr()
-    assert main(["score", *args, *SCORER]) == 0
+    assert main(["score", *args, *SCORER, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 

@@ -54,7 +54,7 @@ def test_no_resume_on_s3_replaces_the_table_only_when_complete(
     assert sorted(new["brightness_score"]) != sorted(old["brightness_score"])
     capsys.readouterr()
     # a resume of the replaced table has nothing left to do
-    assert main([*base, "--scorer", "brightness:size=8"]) == 0
+    assert main([*base, "--scorer", "brightness:size=8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["scored_rows"] == 0
     assert len(read_quality_table(out, s3_server)) == 6
 
@@ -522,14 +522,14 @@ def test_a_shard_rewritten_in_place_is_read_again_and_replaced(ray_local, tmp_pa
     time.sleep(0.01)
     write_shard(lake / "b.tar", [(f"n{i}", {"jpg": image_bytes(20 + i)}) for i in range(3)])
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main([*argv, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["shards_changed"] == 1 and summary["scored_rows"] == 3
     table = read_quality_table(str(out)).set_index("key")
     assert sorted(table.index) == [f"a{i}" for i in range(4)] + [f"n{i}" for i in range(3)]
     assert table.loc["a0", "brightness_score"] == before.loc["a0", "brightness_score"]
     assert table["content_version"].nunique() == 2  # one per shard
-    assert main(argv) == 0  # nothing changed: nothing read
+    assert main([*argv, "--json"]) == 0  # nothing changed: nothing read
     assert json.loads(capsys.readouterr().out)["scored_rows"] == 0
     assert len(read_quality_table(str(out))) == 7
 
@@ -569,7 +569,7 @@ def test_a_file_replaced_in_place_is_scored_again_and_its_row_replaced(
     replaced = corpus / "sub" / "2.png"
     replaced.write_bytes(image_bytes(99, "PNG", size=(40, 30)))
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main([*argv, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["scored_rows"] == 1 and summary["rows_replaced"] == 1
     table = read_quality_table(str(out)).set_index("uri")
@@ -589,7 +589,7 @@ def test_an_object_replaced_in_place_on_s3_is_scored_again(ray_local, s3_server,
     assert main(argv) == 0
     fs.pipe(f"{bucket}/img/001.png", image_bytes(77, "PNG", size=(50, 20)))
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main([*argv, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["scored_rows"] == 1
     table = read_quality_table(out, s3_server).set_index("uri")
     assert len(table) == 3 and table.index.is_unique
@@ -653,7 +653,7 @@ def test_many_parts_to_conform_are_rewritten_by_ray_tasks(ray_local, tmp_path, m
     pq.write_table(pa.table({"uri": uris[4:], "n": ["x", "y"]}), manifests / "b.parquet")
     monkeypatch.setattr(schemas_module, "DRIVER_MAX_REWRITES", 1)
     capsys.readouterr()
-    assert main([*argv, "--rows-per-file", "1"]) == 0
+    assert main([*argv, "--rows-per-file", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parts_conformed"] == 4  # night 1's parts
     _one_schema(out)
     assert pq.read_schema(next(out.glob("part-*.parquet"))).field("n").type == pa.string()
