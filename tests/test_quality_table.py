@@ -321,7 +321,7 @@ def test_a_part_damaged_inside_a_page_is_quarantined_and_rescored(ray_local, tmp
     assert rc == 0 and len(err) == 1 and err[0].startswith("vqpipe: warning: damaged part")
     assert len(read_quality_table(str(out))) == 4  # the two readable parts, and a warning
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main([*argv, "--json"]) == 0
     captured = capsys.readouterr()
     err = [line for line in captured.err.splitlines() if "damaged part" in line]
     assert len(err) == 1 and parts[0].name in err[0] and "_quarantine" in err[0]
