@@ -144,4 +144,29 @@ def test_pairs_prints_progress_lines(ray_local, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "pairs")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("vqpipe: pairs: starting Ray"), err
-    assert err[-1].startswith("vqpipe: pairs: done ["), err
+    assert err[-1].startswith("vqpipe: pairs: 1 pairs written — done ["), err
+
+
+def test_written_rows_are_counted_from_the_parts_that_landed(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vqpipe.rewards.table import WrittenRows
+    from vqpipe.storage import QualityTable
+
+    staging = QualityTable(str(tmp_path / "t"))
+    (tmp_path / "t").mkdir()
+    log = io.StringIO()
+    with (
+        Progress("fuse", stream=log, every_s=0, tty=False) as shown,
+        WrittenRows(staging, total=10, unit="rows written", every_s=3600) as written,
+    ):
+        pq.write_table(pa.table({"x": list(range(4))}), tmp_path / "t" / "part-a.staged")
+        (tmp_path / "t" / "part-b.staged").write_bytes(b"PAR1 half-written")
+        written.poll()
+        assert shown.done == 4  # the half-written part has no footer yet
+        (tmp_path / "t" / "part-b.staged").unlink()
+        pq.write_table(pa.table({"x": list(range(6))}), tmp_path / "t" / "part-b.staged")
+    lines = log.getvalue().splitlines()
+    assert any("fuse: 4/10 rows written" in line for line in lines), lines
+    assert lines[-1].startswith("vqpipe: fuse: 10/10 rows written") and "done" in lines[-1]

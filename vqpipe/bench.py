@@ -99,9 +99,7 @@ def run_benchmarks(
             data = _parse_json(proc.stdout)
             entry["records"] = data if isinstance(data, list) else [data]
         results.append(entry)
-        shown.advance(
-            1, f"[{i}/{len(scripts)}] {script.name} " + ("failed" if "error" in entry else "ok")
-        )
+        shown.advance(1, f"{script.name} " + ("failed" if "error" in entry else "ok"))
     shown.close()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -241,10 +241,25 @@ def progress_text(
         head += " so far"
     if rate is None:
         return head
-    text = f"{head}, {rate:.1f} {unit}/s"
+    text = f"{head}, {rate:.1f} {unit.split()[0]}/s"  # "rows written" → rows/s
     if total is not None and done < total and rate > 0:
         text += f", ETA {format_eta((total - done) / rate)}"
     return text
+
+
+_CURRENT: Progress | None = None
+
+
+def current_progress() -> Progress | None:
+    """The progress line of the command running now (entered as a context manager), for code
+    deep in a command to report its phase or counts; None when there is none."""
+    return _CURRENT
+
+
+def phase(note: str) -> None:
+    """Show ``note`` (what is under way) on the running command's progress line, if any."""
+    if _CURRENT is not None:
+        _CURRENT.step(note)
 
 
 class Progress:
@@ -285,9 +300,13 @@ class Progress:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Progress:
+        global _CURRENT
+        self._outer, _CURRENT = _CURRENT, self
         return self
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
+        global _CURRENT
+        _CURRENT = getattr(self, "_outer", None)
         self.close(failed=kind is not None)
 
     def line(self) -> str:
@@ -297,7 +316,9 @@ class Progress:
         else:
             rate = self.meter.rate(now)
             text = progress_text(self.what, self.done, self.total, rate, self.unit)
-            text += f" {self.note}" if self.note else ""
+            if self.note == "done":  # the count is final
+                text = text.replace(" so far", "")
+            text += f" — {self.note}" if self.note else ""
         return f"vqpipe: {text} [{now - self.started:.0f} s]"
 
     def heartbeat(self) -> Progress:
@@ -324,6 +345,15 @@ class Progress:
             if note is not None:
                 self.note = note
             self._show(now)
+
+    def count(self, done: int, total: int | None = None, unit: str | None = None) -> None:
+        """Set the count done so far (and the total and unit, when given)."""
+        with self._lock:
+            if total is not None:
+                self.total = total
+            if unit is not None:
+                self.unit = unit
+            self.advance(done - self.done)
 
     def step(self, note: str) -> None:
         """Show ``note`` as what is under way now, without counting anything."""

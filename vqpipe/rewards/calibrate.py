@@ -397,11 +397,11 @@ class ApplyJob:
         self.out = out
 
     def run(self) -> dict[str, Any]:
-        from vqpipe.rewards.table import count_rows, write_dataset
+        from vqpipe.rewards.table import count_rows, source_rows, write_dataset
 
         ds = self.source.dataset().map_batches(
             calibrate_table, fn_args=(self.record,), batch_format="pyarrow"
         )
-        write_dataset(ds, self.target)
+        write_dataset(ds, self.target, source_rows(self.source))
         outputs = [self.record["columns"][c]["output"] for c in self.present]
         return {"rows": count_rows(self.target), "columns": outputs, "out": self.out}

@@ -158,12 +158,12 @@ class FuseJob:
             self.fit = fit_weights(table, mos, self.calibration, self.columns, storage_options)
 
     def run(self) -> dict[str, Any]:
-        from vqpipe.rewards.table import count_rows, write_dataset, write_record
+        from vqpipe.rewards.table import count_rows, source_rows, write_dataset, write_record
 
         ds = self.source.dataset().map_batches(
             fuse_table, fn_args=(self.calibration, self.fit["weights"]), batch_format="pyarrow"
         )
-        write_dataset(ds, self.target)
+        write_dataset(ds, self.target, source_rows(self.source))
         record = {"source": self.table, "mos": self.mos, **self.fit}
         record["rows"] = count_rows(self.target)
         write_record(self.target, FUSE_RECORD, record)

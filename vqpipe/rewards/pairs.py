@@ -215,6 +215,7 @@ class PairsJob:
 
     def run(self) -> dict[str, Any]:
         """Write the pairs (a Parquet dataset with ``_pairs.json``); returns the counts."""
+        from vqpipe.console import phase
         from vqpipe.rewards.table import count_rows, write_dataset, write_record
 
         options, source = self.options, self.source
@@ -222,6 +223,7 @@ class PairsJob:
         with_error = columns + ([ERROR] if ERROR in source.columns else [])
         schema = output_schema(source.schema, options)
         ds = source.dataset(with_error)
+        phase(f"counting the rows of {len(source.parts)} parts")
         # one count row per block, summed on the driver (as many rows as blocks)
         counted = ds.map_batches(
             _counts, fn_args=(options.group, options.score), batch_format="pyarrow"
@@ -236,7 +238,8 @@ class PairsJob:
             )
             .map_groups(group_pairs, fn_args=(options, schema), batch_format="pyarrow")
         )
-        write_dataset(pairs, self.target)
+        phase(f"grouping {counts['rows']:,} rows by {options.group}")
+        write_dataset(pairs, self.target, unit="pairs written")
         counts["pairs"] = count_rows(self.target)
         record = {"source": self.table, "options": vars(options), "counts": counts}
         write_record(self.target, PAIRS_RECORD, record)

@@ -7,10 +7,14 @@ Reading reuses ``vqpipe filter``'s part listing and schema unification; writing 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import threading
 from collections.abc import Iterable
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
 from vqpipe.pipeline.filtering import table_parts, table_schema
@@ -82,26 +86,94 @@ def _part_names(suffix: str) -> Any:
     return PartNames()
 
 
-def write_dataset(ds: Any, table: QualityTable) -> None:
+def write_dataset(
+    ds: Any, table: QualityTable, total: int | None = None, unit: str = "rows written"
+) -> None:
     """Write ``ds`` as ``table``, replacing what it held only once the new one is complete:
     under the table's lock, Ray Data writes the staging folder (``*.staged``: no reader picks
     them up), which is then swapped in (:meth:`QualityTable.finish_replacement`). A run killed
-    half-way leaves the old table; an empty dataset leaves an empty table."""
+    half-way leaves the old table; an empty dataset leaves an empty table. The command's
+    progress line (:func:`~vqpipe.console.current_progress`) counts the ``unit`` written so
+    far, of ``total`` when known."""
     table.create()
     with table.lock() as lock:
         table.finish_replacement()  # what a killed run left: finished or dropped
         staging = table.staging()
         staging.fs.makedirs(staging.root, exist_ok=True)
-        ds.write_parquet(
-            staging.root,
-            filesystem=staging.fs,
-            filename_provider=_part_names(STAGED_SUFFIX),
-            mode="overwrite",
-        )
+        with WrittenRows(staging, total, unit):
+            ds.write_parquet(
+                staging.root,
+                filesystem=staging.fs,
+                filename_provider=_part_names(STAGED_SUFFIX),
+                mode="overwrite",
+            )
         staging.fs.makedirs(staging.root, exist_ok=True)
         lock.check()
         staging.mark_complete("")
         table.finish_replacement()
+
+
+class WrittenRows:
+    """While Ray Data writes a staging folder, count the rows of the parts that have landed
+    (their footers; a file still being written has none yet) every ``every_s`` seconds into
+    the command's progress line. Ray Data's own progress is kept off the terminal (it would
+    cut into vqpipe's line), and its write call gives nothing back until it is done."""
+
+    def __init__(
+        self, staging: QualityTable, total: int | None, unit: str, every_s: float = 2.0
+    ) -> None:
+        from vqpipe.console import current_progress
+
+        self.staging, self.total, self.unit, self.every_s = staging, total, unit, every_s
+        self.progress = current_progress()
+        self.counted: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> WrittenRows:
+        if self.progress is not None:
+            self.progress.count(0, self.total, self.unit)
+            if self.total is not None:  # the counts say it all; else the phase until a part lands
+                self.progress.step("")
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if kind is None and self.progress is not None:
+            self.poll()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with contextlib.suppress(Exception):  # the count is a courtesy
+                self.poll()
+
+    def poll(self) -> None:
+        """Count the parts landed since the last call; show the sum."""
+        for part in self.staging.parts():
+            if part not in self.counted:
+                try:
+                    with self.staging.fs.open(part, "rb") as fh:
+                        self.counted[part] = pq.ParquetFile(fh).metadata.num_rows
+                except Exception:  # still being written: counted at the next call
+                    continue
+        assert self.progress is not None
+        self.progress.count(sum(self.counted.values()))
+
+
+def source_rows(source: TableSource) -> int | None:
+    """The rows of a table source, from its parts' footers; None when one cannot be read."""
+    try:
+        total = 0
+        for part in source.parts:
+            with source.fs.open(part, "rb") as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+    except Exception:  # the total is a courtesy; the job's read says what is wrong
+        return None
 
 
 def write_record(table: QualityTable, name: str, record: dict[str, Any]) -> None:
