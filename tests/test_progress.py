@@ -132,6 +132,7 @@ def test_score_shows_the_total_and_the_summary_table(ray_local, images, tmp_path
     assert any("scored 5/5, 0 errors" in line for line in captured.err.splitlines())
 
 
+@pytest.mark.slow
 def test_pairs_prints_progress_lines(ray_local, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -143,6 +144,7 @@ def test_pairs_prints_progress_lines(ray_local, tmp_path, capsys):
     argv = ["pairs", str(table), "--group", "prompt", "--score", "gamma_score"]
     assert main([*argv, "--out", str(tmp_path / "pairs")]) == 0
     err = capsys.readouterr().err.splitlines()
+    print("\n".join(err))
     assert err[0].startswith("vqpipe: pairs: starting Ray"), err
     assert err[-1].startswith("vqpipe: pairs: 1 pairs written — done ["), err
 
@@ -170,3 +172,38 @@ def test_written_rows_are_counted_from_the_parts_that_landed(tmp_path):
     lines = log.getvalue().splitlines()
     assert any("fuse: 4/10 rows written" in line for line in lines), lines
     assert lines[-1].startswith("vqpipe: fuse: 10/10 rows written") and "done" in lines[-1]
+
+
+@pytest.mark.slow
+def test_calibrate_apply_and_fuse_count_the_rows_they_write(ray_local, tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1, 5, 60)
+    uris = [f"img/{k:03d}.jpg" for k in range(60)]
+    table = tmp_path / "quality"
+    table.mkdir()
+    scores = {"a_score": mos / 5 + rng.normal(0, 0.05, 60), "b_score": np.log(mos)}
+    pq.write_table(pa.table({"uri": uris, **scores}), table / "part-0.parquet")
+    pd.DataFrame({"uri": uris, "mos": mos}).to_csv(tmp_path / "mos.csv", index=False)
+    calib = tmp_path / "calib.json"
+    assert (
+        main(["calibrate", str(table), "--mos", str(tmp_path / "mos.csv"), "--out", str(calib)])
+        == 0
+    )
+    capsys.readouterr()
+    for argv, what in (
+        (
+            ["calibrate", "--apply", str(calib), str(table), "--out", str(tmp_path / "c")],
+            "calibrate",
+        ),
+        (["fuse", str(table), "--calibration", str(calib), "--out", str(tmp_path / "f")], "fuse"),
+    ):
+        assert main(argv) == 0
+        err = capsys.readouterr().err.splitlines()
+        print("\n".join(err))
+        assert err[0].startswith(f"vqpipe: {what}: starting Ray"), err
+        assert err[-1].startswith(f"vqpipe: {what}: 60/60 rows written — done ["), err

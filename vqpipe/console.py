@@ -314,9 +314,10 @@ class Progress:
         if self.done == 0 and self.total is None:  # phases only (a heartbeat): no counts
             text = f"{self.what}: {self.note or 'running'}"
         else:
-            rate = self.meter.rate(now)
+            final = self.note == "done"  # the count is final: no rate, no ETA
+            rate = None if final or not self.done else self.meter.rate(now)
             text = progress_text(self.what, self.done, self.total, rate, self.unit)
-            if self.note == "done":  # the count is final
+            if final:
                 text = text.replace(" so far", "")
             text += f" — {self.note}" if self.note else ""
         return f"vqpipe: {text} [{now - self.started:.0f} s]"
