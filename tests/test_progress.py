@@ -207,3 +207,30 @@ def test_calibrate_apply_and_fuse_count_the_rows_they_write(ray_local, tmp_path,
         print("\n".join(err))
         assert err[0].startswith(f"vqpipe: {what}: starting Ray"), err
         assert err[-1].startswith(f"vqpipe: {what}: 60/60 rows written — done ["), err
+
+
+def test_the_plan_counts_parquet_rows_and_one_level_folders(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vqpipe.pipeline.config import JobConfig
+    from vqpipe.pipeline.job import plan_work
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for name, n in (("a", 3), ("b", 4)):
+        pq.write_table(pa.table({"image": [b"x"] * n}), lake / f"{name}.parquet")
+    config = JobConfig(input=str(lake), output=str(tmp_path / "out"))
+    assert plan_work(config, "parquet", "sig", []).total == 7
+    config.limit = 5
+    assert plan_work(config, "parquet", "sig", []).total == 5
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        (flat / f"{i}.jpg").write_bytes(b"\xff\xd8")
+    (flat / "notes.txt").write_text("an input too: an error row")
+    config = JobConfig(input=str(flat), output=str(tmp_path / "out2"))
+    assert plan_work(config, "files", "sig", []).total == 4
+    (flat / "sub").mkdir()  # a subfolder is listed by a Ray task: not counted in advance
+    assert plan_work(config, "files", "sig", []).total is None
