@@ -236,12 +236,12 @@ def progress_text(
 ) -> str:
     """``pairs: 1200/5000 groups, 85.2 groups/s, ETA 45 s`` (``1200 groups so far`` without
     a total; no rate or ETA before the rate is known)."""
-    head = f"{what}: {done}/{total} {unit}" if total is not None else f"{what}: {done} {unit}"
+    head = f"{what}: {done:,}/{total:,} {unit}" if total is not None else f"{what}: {done:,} {unit}"
     if total is None:
         head += " so far"
     if rate is None:
         return head
-    text = f"{head}, {rate:.1f} {unit.split()[0]}/s"  # "rows written" → rows/s
+    text = f"{head}, {rate:,.1f} {unit.split()[0]}/s"  # "rows written" → rows/s
     if total is not None and done < total and rate > 0:
         text += f", ETA {format_eta((total - done) / rate)}"
     return text
