@@ -298,6 +298,9 @@ def execute(
         if found is not None:
             raise found from None
         raise
+    done = sum(int(w["rows"]) for w in written)
+    if total is not None and done != total:  # the run is over: repeats dropped, inputs gone
+        total, reported = done, -1
     if progress is not None and reported != len(written):
         progress(job_progress(written, total, time.perf_counter() - started, meter))
     files = sum(1 for row in written if whole_part(row["file"]) == row["file"]) + len(merges)
