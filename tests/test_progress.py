@@ -144,7 +144,6 @@ def test_pairs_prints_progress_lines(ray_local, tmp_path, capsys):
     argv = ["pairs", str(table), "--group", "prompt", "--score", "gamma_score"]
     assert main([*argv, "--out", str(tmp_path / "pairs")]) == 0
     err = capsys.readouterr().err.splitlines()
-    print("\n".join(err))
     assert err[0].startswith("vqpipe: pairs: starting Ray"), err
     assert err[-1].startswith("vqpipe: pairs: 1 pairs written — done ["), err
 
@@ -204,7 +203,6 @@ def test_calibrate_apply_and_fuse_count_the_rows_they_write(ray_local, tmp_path,
     ):
         assert main(argv) == 0
         err = capsys.readouterr().err.splitlines()
-        print("\n".join(err))
         assert err[0].startswith(f"vqpipe: {what}: starting Ray"), err
         assert err[-1].startswith(f"vqpipe: {what}: 60/60 rows written — done ["), err
 
