@@ -147,7 +147,7 @@ def test_comparison_labels_wrapped_and_not_overlapping(two_columns, tmp_path):
     ticks = fig.axes[1].get_xticklabels()
     texts = [t.get_text() for t in ticks]
     assert "source=\ncamera_\nuploads_2024\nn=" in "".join(texts)
-    assert all(max(len(line) for line in t.split("\n")) <= 12 for t in texts)
+    assert all(max(len(line) for line in t.split("\n")) <= 14 for t in texts)
     assert _overlaps(ticks) == []
 
 
@@ -172,5 +172,7 @@ def test_many_groups_rotate_their_labels_without_overlap(tmp_path):
 
 def test_wrap_keeps_short_labels_and_cuts_long_words():
     assert _wrap("koniq") == "koniq" and _wrap("split=test") == "split=test"
+    assert _wrap("synthetic-iqa", 16) == "synthetic-iqa"
+    assert _wrap("synthetic-iqa") == "synthetic-\niqa"
     assert _wrap("distortion=gaussian_blur") == "distortion=\ngaussian_\nblur"
     assert _wrap("x" * 30) == "x" * 12 + "\n" + "x" * 12 + "\n" + "x" * 6

@@ -209,7 +209,9 @@ def bars_figure(metrics: pd.DataFrame) -> Figure:
     width = 0.8 / len(scorers)
     slot = max(0.45 * len(scorers), 0.95)  # inches per group: a wrapped label fits in 0.95
     fig_width = min(24.0, max(6.0, slot * len(groups) + 2.5))
-    rotate = (fig_width - 2.5) / len(groups) < 0.9
+    per_group = (fig_width - 2.5) / len(groups)  # inches of axis per group
+    rotate = per_group < 0.9
+    chars = max(12, int(per_group * 14))  # 8 pt text: about 14 characters to the inch
     fig = _figure(fig_width, 6.0)
     axes = fig.subplots(2, 1, sharex=True)
     n_of = metrics.groupby("group", sort=False)["n"].min().reindex(groups)
@@ -279,7 +281,7 @@ def bars_figure(metrics: pd.DataFrame) -> Figure:
     # (a turned multi-line label still spans its neighbours' width)
     sep = "  " if rotate else "\n"
     labels = [
-        f"{g if rotate else _wrap(str(g))}{sep}n={n}{' *' if s else ''}"
+        f"{g if rotate else _wrap(str(g), chars)}{sep}n={n}{' *' if s else ''}"
         for g, n, s in zip(groups, n_of, small, strict=True)
     ]
     axes[1].set_xticks(np.arange(len(groups)), labels, rotation=90 if rotate else 0, fontsize=8)
