@@ -2,9 +2,10 @@
 
     python scripts/make_notebooks.py
 
-Both run top to bottom on a small synthetic corpus of images and videos (tests/test_notebooks.py
-executes them); set ``VQPIPE_TABLE`` / ``VQPIPE_MOS`` (and ``VQPIPE_STORAGE_OPTIONS``, JSON) to
-point them at a real quality table and MOS table, local or on any fsspec store.
+Both run top to bottom on a small synthetic corpus of images and videos at the demo checkpoint's
+size, 256 x 192 (tests/test_notebooks.py executes them); set ``VQPIPE_TABLE`` / ``VQPIPE_MOS``
+(and ``VQPIPE_STORAGE_OPTIONS``, JSON) to point them at a real quality table and MOS table,
+local or on any fsspec store, or ``VQPIPE_CHECKPOINT`` to score the corpus with other weights.
 """
 
 from pathlib import Path
@@ -35,8 +36,9 @@ if os.environ.get("VQPIPE_TABLE"):
     table = read_table(os.environ["VQPIPE_TABLE"], storage)
     mos = read_table(os.environ["VQPIPE_MOS"], storage) if os.environ.get("VQPIPE_MOS") else None
 else:  # a small synthetic corpus of images and videos scored with the Gamma demo checkpoint
-    images = make_image_dataset(work / "corpus", n_contents=2, size=(96, 72), seed=2026)
-    videos = make_video_dataset(work / "videos", n_videos=3, seconds=1.0, fps=4, size=(96, 72))
+    # at the size the demo was trained on (256 x 192: its 192 px input only centre-crops them)
+    images = make_image_dataset(work / "corpus", n_contents=2, size=(256, 192), seed=2026)
+    videos = make_video_dataset(work / "videos", n_videos=3, seconds=1.0, fps=4, size=(256, 192))
     mos = pd.concat([images, videos], ignore_index=True)
     kinds, frames = [], []  # decoded as a job decodes them: images, sampled video frames
     for uri in mos["path"]:
@@ -44,7 +46,9 @@ else:  # a small synthetic corpus of images and videos scored with the Gamma dem
         kinds.append(media_kind(uri, data))
         video = kinds[-1] == "video"
         frames.append(decode_video(data)[0] if video else [first_frame(data, "image")])
-    out = create_scorer("gamma", device="cpu").score_details([f for fs in frames for f in fs])
+    scorer = create_scorer("gamma", checkpoint=os.environ.get("VQPIPE_CHECKPOINT"), device="cpu")
+    print("scored with", scorer.checkpoint)
+    out = scorer.score_details([f for fs in frames for f in fs])
     ends = np.cumsum([len(fs) for fs in frames])  # a video's score: the mean over its frames
     parts = np.split(np.arange(ends[-1]), ends[:-1])
     table = pd.DataFrame(
@@ -57,6 +61,21 @@ else:  # a small synthetic corpus of images and videos scored with the Gamma dem
         }
     )
 table.groupby("media_type").head(3) if "media_type" in table else table.head()"""
+
+
+DEMO_WEIGHTS = new_markdown_cell(
+    "**Demo weights.** Without `VQPIPE_TABLE` this notebook builds a small synthetic corpus "
+    "(52 images at 256×192 and 3 short videos) and scores it with the bundled Gamma *demo* "
+    "checkpoint (`vqpipe/assets/gamma-demo.safetensors`): a reduced CLIP trained from scratch "
+    "on this kind of synthetic distortion data, **not the official Gamma weights**. It ranks "
+    "synthetic blur, noise, JPEG, contrast and colour shifts (held-out SRCC 0.88) and knows "
+    "nothing about real photos.\n\n"
+    "For real data, score it with real weights and point the notebook at the result: "
+    "`vqpipe score DATA --out TABLE --scorer gamma:checkpoint=/models/gamma.safetensors` "
+    "(or `qalign:checkpoint=…`), then set `VQPIPE_TABLE=TABLE` (and `VQPIPE_MOS` for the "
+    "evaluation). To score the synthetic corpus here with other Gamma weights, set "
+    "`VQPIPE_CHECKPOINT` (a local path or fsspec URI)."
+)
 
 
 def figure_cell(source: str):
@@ -72,6 +91,7 @@ EXPLORE = [
         "`vqpipe score`), look at the score distribution and the lowest / highest scored "
         "images and videos, and pick a curation threshold."
     ),
+    DEMO_WEIGHTS,
     new_code_cell(SETUP),
     new_code_cell(
         'score_cols = [c for c in table.columns if c.endswith("_score")]\n'
@@ -137,6 +157,7 @@ EVALUATE = [
         "notebook form. Undefined metrics are NaN (`n/a` in the report), groups with n < 10 "
         "are flagged (`small`)."
     ),
+    DEMO_WEIGHTS,
     new_code_cell(SETUP),
     new_code_cell(
         "from vqpipe.eval import evaluate, join_predictions\n"
@@ -147,6 +168,8 @@ EVALUATE = [
         "metrics = evaluate(joined, None, by=by, bootstrap=50)\n"
         'small = metrics.loc[metrics["small"], "group"].tolist()\n'
         'print("groups with n < 10 (unreliable):", small)\n'
+        'srcc = {f"{r.scorer}/{r.group}": round(r.srcc, 3) for r in metrics.itertuples()}\n'
+        'print("SRCC:", srcc)\n'
         'metrics[["scorer", "group", "n", "small", "srcc", "plcc", "srcc_lo", "srcc_hi", "note"]]'
     ),
     figure_cell(

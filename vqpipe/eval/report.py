@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,31 +122,52 @@ def _quiet_fit(x: np.ndarray, y: np.ndarray) -> LogisticFit:
 
 
 def histogram_figure(
-    table: pd.DataFrame, scorer: str, groups: Sequence[tuple[str, pd.Series]]
+    table: pd.DataFrame,
+    scorer: str,
+    groups: Sequence[tuple[str, pd.Series]] | Sequence[Sequence[tuple[str, pd.Series]]],
 ) -> Figure:
     """Score histograms as small multiples, one panel per group, shared bins and x axis;
-    panels of groups with n < SMALL_N are tinted and flagged."""
+    panels of groups with n < SMALL_N are tinted and flagged. ``groups`` is one list of
+    ``(label, mask)`` or a list of such sections (one per ``--by`` column): each section
+    starts a new row of panels. At most MAX_PANELS panels; the rest are counted in the title."""
+    sections = [list(s) for s in groups] if groups and not isinstance(groups[0][0], str) else []
+    if not sections:
+        sections = [list(groups)]  # type: ignore[arg-type]
+    shown: list[list[tuple[str, pd.Series]]] = []
+    budget = MAX_PANELS
+    for section in sections:
+        if budget > 0 and section:
+            shown.append(section[:budget])
+            budget -= len(shown[-1])
+    cols = min(4, max(len(s) for s in shown))
+    row_of = np.cumsum([0] + [math.ceil(len(s) / cols) for s in shown])
+    rows = int(row_of[-1])
     scores = table[f"{scorer}_score"]
     valid = scores.dropna().to_numpy(float)
-    shown = list(groups)[:MAX_PANELS]
-    cols = min(4, len(shown))
-    rows = math.ceil(len(shown) / cols)
     fig = _figure(2.6 * cols + 0.6, 2.0 * rows + 0.6)
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, squeeze=False)).ravel()
+    grid = fig.subplots(rows, cols, sharex=True, squeeze=False)
     n_bins = int(np.clip(np.sqrt(max(len(valid), 1)), 8, 30))
     bins = np.histogram_bin_edges(valid, n_bins) if len(valid) else n_bins
-    for k, (ax, (label, mask)) in enumerate(zip(axes, shown, strict=False)):
-        values = scores[mask].dropna().to_numpy(float)
-        ax.hist(values, bins=bins, color=f"C{k % 10}", alpha=0.85)
-        small = len(values) < SMALL_N
-        title = f"{label} (n={len(values)}{f' < {SMALL_N}!' if small else ''})"
-        ax.set_title(title, fontsize=8, color="C3" if small else "black")
-        if small:
-            ax.set_facecolor(_SMALL_FACE)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(shown) :]:
-        ax.set_axis_off()
-    left_out = len(groups) - len(shown)
+    used = set()
+    k = 0
+    for s, section in enumerate(shown):
+        for i, (label, mask) in enumerate(section):
+            r, c = divmod(i, cols)
+            ax = grid[row_of[s] + r, c]
+            used.add((row_of[s] + r, c))
+            values = scores[mask].dropna().to_numpy(float)
+            ax.hist(values, bins=bins, color=f"C{k % 10}", alpha=0.85)
+            k += 1
+            small = len(values) < SMALL_N
+            title = f"{label} (n={len(values)}{f' < {SMALL_N}!' if small else ''})"
+            ax.set_title(_wrap(title, 34), fontsize=8, color="C3" if small else "black")
+            if small:
+                ax.set_facecolor(_SMALL_FACE)
+            ax.tick_params(labelsize=7)
+    for (r, c), ax in np.ndenumerate(grid):
+        if (r, c) not in used:
+            ax.set_axis_off()
+    left_out = sum(len(s) for s in sections) - sum(len(s) for s in shown)
     suffix = f" ({left_out} more groups not shown)" if left_out > 0 else ""
     fig.suptitle(f"{scorer} score distribution{suffix}", fontsize=10)
     fig.supxlabel(f"{scorer} score", fontsize=9)
@@ -153,14 +175,43 @@ def histogram_figure(
     return fig
 
 
+def _wrap(label: str, width: int = 12) -> str:
+    """A group label on several lines when it is long: ``column=`` on its own line, then the
+    value packed into lines of at most ``width`` characters, broken after spaces, ``_``, ``-``
+    or ``/`` (a word longer than ``width`` is cut)."""
+    if len(label) <= width:
+        return label
+    head, sep, tail = label.partition("=")
+    if not sep:
+        head, tail = "", label
+    # not textwrap.wrap: it breaks only at spaces and hyphens, and group values are often
+    # snake_case identifiers
+    chunks = [c for c in re.findall(r"[^ _/-]*[ _/-]*", tail) if c]
+    chunks = [p for c in chunks for p in (c[i : i + width] for i in range(0, len(c), width))]
+    lines = [head + sep] if sep else []
+    line = ""
+    for chunk in chunks:
+        if line and len(line) + len(chunk.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += chunk
+    lines.append(line.rstrip())
+    return "\n".join(ln for ln in lines if ln)
+
+
 def bars_figure(metrics: pd.DataFrame) -> Figure:
     """SRCC and PLCC per group and scorer with bootstrap intervals; negative values drawn
-    below a zero line, undefined groups as hatched ``n/a`` bars, groups with n < SMALL_N
-    faded and starred."""
+    below a zero line, an undefined value as a hollow marker on the zero line labelled
+    ``n/a`` (no bar: it has no height), groups with n < SMALL_N faded and starred. Long
+    group labels are wrapped; labels are turned upright when even wrapped ones would not fit."""
     groups = list(dict.fromkeys(metrics["group"]))
     scorers = list(dict.fromkeys(metrics["scorer"]))
     width = 0.8 / len(scorers)
-    fig_width = min(24.0, max(6.0, 0.45 * len(groups) * len(scorers) + 2.5))
+    slot = max(0.45 * len(scorers), 0.95)  # inches per group: a wrapped label fits in 0.95
+    fig_width = min(24.0, max(6.0, slot * len(groups) + 2.5))
+    per_group = (fig_width - 2.5) / len(groups)  # inches of axis per group
+    rotate = per_group < 0.9
+    chars = max(12, int(per_group * 14))  # 8 pt text: about 14 characters to the inch
     fig = _figure(fig_width, 6.0)
     axes = fig.subplots(2, 1, sharex=True)
     n_of = metrics.groupby("group", sort=False)["n"].min().reindex(groups)
@@ -196,31 +247,49 @@ def bars_figure(metrics: pd.DataFrame) -> Figure:
             )
             for bar, alpha in zip(bars, alphas, strict=True):
                 bar.set_alpha(float(alpha))
-            height = 0.12 * (ymax - ymin)
-            for p in pos[~defined]:
-                ax.bar(p, height, width, color="none", edgecolor=colour, hatch="///", lw=0.8)
-                ax.text(
-                    p,
-                    height + 0.01,
-                    "n/a",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color="0.3",
-                    rotation=90,
+            if (~defined).any():  # a marker, not a bar: a bar would read as a value
+                undefined = pos[~defined]
+                ax.plot(
+                    undefined,
+                    np.zeros(len(undefined)),
+                    ls="none",
+                    marker="o",
+                    ms=7,
+                    mfc="white",
+                    mec=colour,
+                    mew=1.5,
+                    gid="n/a",
+                    zorder=3,
                 )
+                for p in undefined:
+                    ax.annotate(
+                        "n/a",
+                        (p, 0.0),
+                        xytext=(0, 6),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="0.3",
+                        rotation=90,
+                    )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylim(ymin, ymax)
         ax.set_ylabel(metric.upper())
         ax.grid(axis="y", alpha=0.3)
-    labels = [f"{g}\nn={n}{' *' if s else ''}" for g, n, s in zip(groups, n_of, small, strict=True)]
-    axes[1].set_xticks(
-        np.arange(len(groups)), labels, rotation=30 if len(groups) > 6 else 0, fontsize=8
-    )
+    # wrapped labels side by side; when even those do not fit, one line each, turned upright
+    # (a turned multi-line label still spans its neighbours' width)
+    sep = "  " if rotate else "\n"
+    labels = [
+        f"{g if rotate else _wrap(str(g), chars)}{sep}n={n}{' *' if s else ''}"
+        for g, n, s in zip(groups, n_of, small, strict=True)
+    ]
+    axes[1].set_xticks(np.arange(len(groups)), labels, rotation=90 if rotate else 0, fontsize=8)
     for tick, s in zip(axes[1].get_xticklabels(), small, strict=True):
         tick.set_color("C3" if s else "black")
     axes[0].legend(loc="lower left", fontsize="small", ncols=min(len(scorers), 4))
-    notes = ["hatched n/a: undefined (see report.md)"] if metrics["srcc"].isna().any() else []
+    undefined = metrics[["srcc", "plcc"]].isna().to_numpy().any()
+    notes = ["○ n/a: undefined (see report.md)"] if undefined else []
     if small.any():
         notes.insert(0, f"* faded: n < {SMALL_N}, unreliable")
     if "srcc_lo" in metrics:
@@ -234,12 +303,14 @@ def figures(
     joined: Joined, metrics: pd.DataFrame, by: str | Sequence[str] | None
 ) -> dict[str, Figure]:
     """File name → figure: one scatter per scorer and group, one histogram grid per scorer
-    and the comparison bars."""
+    (a row of panels per ``by`` column, one panel per group; the ``all`` panel alone when no
+    column splits the data) and the comparison bars."""
     columns = by_columns(by)
     table = _with_target(joined.table)
     groups = group_masks(table, columns)
     colour_by = _colour_column(table, columns)
-    hist_groups = [(g, m) for g, c, m in groups if c == colour_by] or [(groups[0][0], groups[0][2])]
+    sections = [[(g, m) for g, c, m in groups if c == col] for col in columns]
+    hist_groups = [s for s in sections if s] or [[(groups[0][0], groups[0][2])]]
     out: dict[str, Figure] = {}
     for scorer in joined.scorers:
         rows = metrics[metrics["scorer"] == scorer].set_index("group")
