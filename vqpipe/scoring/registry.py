@@ -175,6 +175,5 @@ def check_keywords(name: str, cls: type[Scorer], options: dict[str, Any]) -> Non
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(
-                f"scorer {name!r} takes no option {key!r}{hint} "
-                f"(accepted: {', '.join(accepted)})"
+                f"scorer {name!r} takes no option {key!r}{hint} (accepted: {', '.join(accepted)})"
             )
