@@ -152,3 +152,25 @@ def test_lower_better_and_the_demo_checkpoint_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DemoCheckpointWarning)  # a checkpoint of one's own: none
         vqpipe.create_scorer("gamma", device="cpu", model=scorer.model)
+
+
+def test_after_ctrl_c_other_threads_print_to_stderr(capsys):
+    """Ray's driver prints the raylet's `(raylet) … killed` lines to stdout from a thread of
+    its own: once the job is interrupted they go to stderr (Ray's log file on the CLI)."""
+    import threading
+
+    from vqpipe.cli import _sigterm_interrupts
+
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        finally:
+            thread = threading.Thread(target=print, args=("(raylet) worker killed",))
+            thread.start()
+            thread.join()
+            print("main thread")
+    captured = capsys.readouterr()
+    assert captured.out == "main thread\n"
+    assert captured.err == "(raylet) worker killed\n"
+    assert sys.stdout.__class__.__name__ != "_MainThreadOnly"  # restored

@@ -203,7 +203,11 @@ def _sigterm_interrupts() -> Iterator[None]:
     first exception (the job keeps the SIGTERM handler over ``ray.init``'s own, see
     ``vqpipe.pipeline.job``)."""
 
+    stdout = sys.stdout
+
     def handler(signum: int, frame: Any) -> None:
+        if not isinstance(sys.stdout, _MainThreadOnly):
+            sys.stdout = _MainThreadOnly(sys.stdout)
         note_interrupt(signum)
 
     if threading.current_thread() is not threading.main_thread():
@@ -217,6 +221,26 @@ def _sigterm_interrupts() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         clear_interrupts()
+        if isinstance(sys.stdout, _MainThreadOnly):
+            sys.stdout = stdout
+
+
+class _MainThreadOnly:
+    """``sys.stdout`` once the job is interrupted: what other threads print goes to
+    ``sys.stderr`` (Ray's log file unless ``--verbose``). Ray's driver prints the raylet's
+    messages about the workers the Ctrl-C killed (``(raylet) … killed``) to stdout from a
+    thread of its own, whatever ``log_to_driver`` says; they are Ray's own output."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return sys.stderr.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _shutdown_ray() -> None:
