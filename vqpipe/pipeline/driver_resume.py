@@ -29,8 +29,13 @@ def _each(fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
 def done_uris(table: QualityTable, parts: list[str], max_rows: int) -> dict[str, str | None] | None:
     """URI → content version over ``parts`` (:meth:`QualityTable.uri_versions`), or None when
     their footers count more than ``max_rows`` rows (too many for the driver)."""
-    if sum(_each(lambda p: table.rows([p]), parts)) > max_rows:
-        return None
+    rows = 0
+    with ThreadPoolExecutor(THREADS) as pool:
+        for count in pool.map(lambda p: table.rows([p]), parts):
+            rows += count
+            if rows > max_rows:  # the footers not read yet are not waited for
+                pool.shutdown(wait=False, cancel_futures=True)
+                return None
     done: dict[str, str | None] = {}
     for versions in _each(lambda p: table.uri_versions([p]), parts):
         done.update(versions)
