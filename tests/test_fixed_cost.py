@@ -55,6 +55,14 @@ def _pngs(root: Path, n: int = 3) -> Path:
     return root
 
 
+def _nested(root: Path) -> Path:
+    """Images at three depths: the top level, two subfolders, one of them with a subfolder."""
+    _pngs(root, n=1)
+    for sub in ("a", "b", "b/c"):
+        _pngs(root / sub, n=2)
+    return root
+
+
 def _shard(root: Path, n: int = 3) -> Path:
     samples = [(f"{i:06d}", {"png": image_bytes(i, "PNG")}) for i in range(n)]
     return write_shard(root / "shard-000000.tar", samples)
@@ -62,10 +70,17 @@ def _shard(root: Path, n: int = 3) -> Path:
 
 @pytest.mark.parametrize(
     ("corpus", "scorer"),
-    [("pngs", "gamma:device=cpu"), ("webdataset", "gamma:device=cpu"), ("pngs", "brightness")],
+    [
+        ("pngs", "gamma:device=cpu"),
+        ("webdataset", "gamma:device=cpu"),
+        ("pngs", "brightness"),
+        ("nested", "brightness"),
+    ],
 )
 def test_resume_with_nothing_to_do_imports_no_torch_or_ray(ray_local, tmp_path, corpus, scorer):
-    source = _pngs(tmp_path / "in") if corpus == "pngs" else _shard(tmp_path / "in")
+    """Nested folders too: the driver lists the subfolders as the listing tasks would."""
+    make = {"pngs": _pngs, "webdataset": _shard, "nested": _nested}[corpus]
+    source = make(tmp_path / "in")
     out = tmp_path / "out"
     argv = ["score", str(source), "--out", str(out), "--scorer", scorer, "--quiet"]
     assert main(argv) == 0  # the first run scores (on the session's Ray)
@@ -78,6 +93,8 @@ def test_resume_with_nothing_to_do_imports_no_torch_or_ray(ray_local, tmp_path, 
     assert result["heavy"] == [], result  # no torch / open_clip / Ray for nothing to do
     summary = json.loads(proc.stdout.split("FIXED_COST ")[0])
     assert summary["scored_rows"] == 0, summary
+    if corpus == "nested":
+        assert summary["already_done"] == 7, summary
     after = _files(out)
     new = {k: v for k, v in after.items() if before.get(k) != v}
     assert set(new) <= {"_job.json"}, new  # only the job record is rewritten
@@ -155,3 +172,20 @@ print(json.dumps({{"runtime": json.loads(stage.runtime), "device": meta["device"
     assert facts["heavy"] == [], facts
     assert (facts["device"], facts["dtype"]) == ("cpu", "float32")
     assert facts["runtime"]["device"] == "cpu" and facts["runtime"]["dtype"] == "float32"
+
+
+def test_nested_resume_scores_a_file_added_in_a_subfolder(ray_local, tmp_path):
+    """The driver's check stops at the first input left: a new file deep in the tree is
+    scored by the resume (on Ray), and only it."""
+    source = _nested(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = ["score", str(source), "--out", str(out), "--scorer", "brightness", "--quiet"]
+    assert main(argv) == 0
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(source / "b" / "c" / "new.png")
+
+    result, proc = _fresh_cli(argv)
+
+    assert result["code"] == 0, proc.stderr[-3000:]
+    assert "ray" in result["heavy"]
+    summary = json.loads(proc.stdout.split("FIXED_COST ")[0])
+    assert summary["scored_rows"] == 1, summary

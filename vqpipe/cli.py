@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from vqpipe.commands import COMMANDS
 from vqpipe.commands._common import add_media_limits, media_limits
@@ -207,7 +208,11 @@ def _sigterm_interrupts() -> Iterator[None]:
     first exception (the job keeps the SIGTERM handler over ``ray.init``'s own, see
     ``vqpipe.pipeline.job``)."""
 
+    stdout = sys.stdout
+
     def handler(signum: int, frame: Any) -> None:
+        if not isinstance(sys.stdout, _MainThreadOnly):
+            sys.stdout = _MainThreadOnly(sys.stdout)
         note_interrupt(signum)
 
     if threading.current_thread() is not threading.main_thread():
@@ -221,6 +226,26 @@ def _sigterm_interrupts() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         clear_interrupts()
+        if isinstance(sys.stdout, _MainThreadOnly):
+            sys.stdout = stdout
+
+
+class _MainThreadOnly:
+    """``sys.stdout`` once the job is interrupted: what other threads print goes to
+    ``sys.stderr`` (Ray's log file unless ``--verbose``). Ray's driver prints the raylet's
+    messages about the workers the Ctrl-C killed (``(raylet) … killed``) to stdout from a
+    thread of its own, whatever ``log_to_driver`` says; they are Ray's own output."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self._stream.write(text)
+        return sys.stderr.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _shutdown_ray() -> None:
@@ -833,10 +858,73 @@ def _version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line (``vqpipe: error: …``), like every other user error."""
+    """Usage mistakes as one line (``vqpipe: error: …``), like every other user error, with a
+    "did you mean" for a misspelled subcommand, choice or option."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        if message.startswith("the following arguments are required"):
+            # argparse checks required options before it reports unknown ones: `--ouput x`
+            # would read as "--out is required", so the misspelling is named first.
+            unknown = self._unknown_options(self._seen)
+            if unknown:
+                message = self._unrecognized(unknown)
+        where = self.prog.removeprefix("vqpipe").strip()
+        raise UserError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._seen = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(self._seen, namespace)
+        if extras and not self._has_subcommands():
+            # a subcommand reports its own unknown options (the top-level parser only knows
+            # that *some* argument was not recognized, not of which command)
+            self.error(self._unrecognized(extras))
+        return namespace, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            hint = _did_you_mean(str(value), choices, quote=True)
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{hint} (choose from {', '.join(choices)})"
+            )
+
+    def _has_subcommands(self) -> bool:
+        return any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+
+    def _unknown_options(self, args: Sequence[str]) -> list[str]:
+        """The option-like words of ``args`` that name none of this parser's options."""
+        known = self._option_string_actions
+        unknown = []
+        for word in args:
+            if word == "--":
+                break
+            if not word.startswith("-") or word == "-" or self._negative_number_matcher.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            if name in known or (not name.startswith("--") and name[:2] in known):
+                continue  # an option, or short flags run together (-qv) / -xVALUE
+            if name.startswith("--") and [o for o in known if o.startswith(name)]:
+                continue  # an abbreviation argparse resolves (or reports as ambiguous)
+            unknown.append(name)
+        return unknown
+
+    def _unrecognized(self, extras: Sequence[str]) -> str:
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        names = [w.split("=", 1)[0] for w in extras if w.startswith("-")] or list(extras)
+        hints = "".join(_did_you_mean(n, options) for n in names if n.startswith("-"))
+        return f"unrecognized arguments: {' '.join(names)}{hints}"
+
+
+def _did_you_mean(word: str, candidates: Sequence[str], quote: bool = False) -> str:
+    """``"; did you mean X?"`` for the closest of ``candidates`` (difflib), else ``""``."""
+    bare = {c.lstrip("-"): c for c in candidates}  # "--" alone would make --bogus ~ --out
+    close = difflib.get_close_matches(word.lstrip("-"), list(bare), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    best = bare[close[0]]
+    return f"; did you mean {best!r}?" if quote else f"; did you mean {best}?"
 
 
 def _debug(argv: Sequence[str]) -> bool:
@@ -851,7 +939,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with _sigterm_interrupts():
+            return args.func(args)
+    except KeyboardInterrupt as exc:  # a command that does not say more about it (score does)
+        if debug:
+            traceback.print_exc()
+        print("vqpipe: interrupted", file=sys.stderr, flush=True)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except UserError as exc:
         if debug:
             traceback.print_exc()

@@ -10,6 +10,12 @@ class JobError(Exception):
     CLI prints it as one line `vqpipe: error: …` and exits 1."""
 
 
+class DemoCheckpointWarning(UserWarning):
+    """A scorer was built on a bundled demo checkpoint (trained on synthetic data only): its
+    scores show the pipeline working, not the quality of real images. Silence it with
+    ``warnings.filterwarnings("ignore", category=DemoCheckpointWarning)``."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal that ends a job as Ctrl-C does (``signum``: the exit code is 128 + it)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -88,10 +89,14 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-options", help="JSON storage options for fsspec (default: none)")
 
 
-def on_ray(args: argparse.Namespace, command: str, work: Callable[[], Any]) -> Any:
+def on_ray(
+    args: argparse.Namespace, command: str, work: Callable[[], Any], out: str | None = None
+) -> Any:
     """Run ``work()`` on Ray (started here unless it is up, and then stopped), with Ray's own
     output kept in its log file unless ``--verbose``, and a progress line on stderr (the
-    phase and the time: a heartbeat every 10 s in a log, in place on a terminal)."""
+    phase and the time: a heartbeat every 10 s in a log, in place on a terminal). Interrupted
+    (Ctrl-C, SIGTERM), an ``out`` folder that did not exist before is removed: no half-written
+    output is left."""
     from vqpipe.cli import _verbosity
     from vqpipe.console import QUIET, Progress, ray_output_kept_out, terminal
     from vqpipe.pipeline.validate import check_ray_address
@@ -99,17 +104,40 @@ def on_ray(args: argparse.Namespace, command: str, work: Callable[[], Any]) -> A
 
     check_ray_address(args.address)
     verbosity = _verbosity(args)
-    with (
-        Progress(command, stream=terminal(), quiet=verbosity <= QUIET) as progress,
-        ray_output_kept_out(verbosity, command),
-    ):
-        progress.heartbeat().step("starting Ray")
-        started = ensure_ray(args.address)
-        try:
-            progress.step("running")
-            return work()
-        finally:
-            if started:
-                import ray
+    new_out = _new_folder(out, getattr(args, "storage_options", None))
+    try:
+        with (
+            Progress(command, stream=terminal(), quiet=verbosity <= QUIET) as progress,
+            ray_output_kept_out(verbosity, command),
+        ):
+            progress.heartbeat().step("starting Ray")
+            started = ensure_ray(args.address)
+            try:
+                progress.step("running")
+                return work()
+            finally:
+                if started:
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
+    except KeyboardInterrupt:
+        if new_out is not None:
+            fs, root = new_out
+            with contextlib.suppress(Exception):
+                if fs.exists(root):
+                    fs.rm(root, recursive=True)
+        raise
+
+
+def _new_folder(out: str | None, storage_options: str | None) -> tuple[Any, str] | None:
+    """``(filesystem, path)`` of ``out`` when nothing is there yet, else None."""
+    if out is None:
+        return None
+    from vqpipe.cli import _storage_options
+    from vqpipe.io.fs import url_to_fs
+
+    try:
+        fs, root = url_to_fs(out, _storage_options(storage_options))
+        return None if fs.exists(root) else (fs, root)
+    except Exception:  # the job reports a bad --out itself
+        return None

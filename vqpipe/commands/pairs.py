@@ -81,7 +81,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         carry=list(dict.fromkeys(args.carry or [])),
     )
     job = PairsJob(args.table, args.out, options, _storage_options(args.storage_options))
-    result = on_ray(args, "pairs", job.run)
+    result = on_ray(args, "pairs", job.run, out=args.out)
     print(
         f"{result['pairs']} pairs from {result['rows']} rows → {result['out']} "
         f"(left out: {result['error_rows']} error rows, {result['null_scores']} NULL scores, "

@@ -27,7 +27,7 @@ from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import glob_base, has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
-from vqpipe.pipeline import runner
+from vqpipe.pipeline import driver_resume, runner
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
@@ -38,7 +38,6 @@ from vqpipe.pipeline.shards import (
     SHARD_FRAGMENT_ROWS,
     SHARDED_FORMATS,
     Shard,
-    listing_tables,
     shard_id,
 )
 from vqpipe.pipeline.stages import (
@@ -588,16 +587,18 @@ def plan_work(
     if retried:
         work.summary["rows_retried"] = sum(retried.values())
     single = len(source) == 1 and source[0]["id"].startswith("top-")
-    if single and done_parts and _driver_resumable(table, done_parts):
-        done = table.uri_versions(done_parts)
-        left = _small_listing_left(config, done)
-        if left == 0:
-            work.source = []
-            work.summary["already_done"] = len(done)
-        work.total = _capped(left, config.limit)
-    elif single and not done_parts:  # one level: its files are the total (the status line's)
+    if done_parts and _listing_done(config, table, source, done_parts, work):
+        work.source = []
+        work.total = 0
+    elif single:  # one level: its files left are the total (the status line's)
         try:
-            work.total = _capped(_small_listing_left(config, {}), config.limit)
+            done = {}
+            if done_parts:
+                done = (
+                    table.uri_versions(done_parts) if _driver_resumable(table, done_parts) else None
+                )
+            left = None if done is None else _small_listing_left(config, done)
+            work.total = _capped(left, config.limit)
         except Exception:  # the total is a courtesy; the listing task says what is wrong
             work.total = None
     return work
@@ -625,8 +626,40 @@ def _planned_rows(config: JobConfig, kind: str, shards: list[Shard], todo: set[s
 
 
 DRIVER_LISTING_MAX = 10_000
-"""A prefix without subdirectories and at most this many entries is listed on the driver to
-see whether anything is left (one listing page on an object store)."""
+"""A listing whose top level holds at most this many entries is checked on the driver for
+inputs left (one listing page on an object store) before Ray starts."""
+DRIVER_LISTING_MAX_TASKS = 4096
+"""... and has at most this many listing tasks (subfolders; listed a few at a time)."""
+DRIVER_CHECK_MAX_PARTS = 4096
+"""Parts whose URIs the driver reads (footers first, a few at a time) for that check."""
+
+
+def _listing_done(
+    config: JobConfig,
+    table: QualityTable,
+    source: list[dict[str, str]],
+    parts: list[str],
+    work: Work,
+) -> bool:
+    """Whether every input of the listing ``source`` is in ``parts`` already, settled on the
+    driver without Ray (:mod:`vqpipe.pipeline.driver_resume`): the top level and each
+    subfolder listed as its listing task would, stopping at the first input left. False when
+    the table or the tree is too big for the driver (the listing tasks then resume on Ray)."""
+    if len(parts) > DRIVER_CHECK_MAX_PARTS or len(source) > DRIVER_LISTING_MAX_TASKS:
+        return False
+    if source and source[0]["id"].startswith("paths-"):
+        return False  # a file or glob: listed by its task
+    fs, root = url_to_fs(config.input, config.storage_options)
+    if len(fs.ls(root.rstrip("/"), detail=False)) > DRIVER_LISTING_MAX:
+        return False
+    done = driver_resume.done_uris(table, parts, DRIVER_RESUME_MAX_ROWS)
+    if done is None:
+        return False
+    options = {**_read_options(config, fragment_rows(config, LISTING)), "done": done}
+    if driver_resume.listing_left(source, options, config.storage_options):
+        return False
+    work.summary["already_done"] = len(done)
+    return True
 
 
 def _small_listing_left(config: JobConfig, done: dict[str, str | None]) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vqpipe.defaults import READ_TIMEOUT_S
-from vqpipe.errors import JobError
+from vqpipe.errors import DemoCheckpointWarning, JobError
 from vqpipe.io.fs import is_transient, url_to_fs
 from vqpipe.io.reading import ReadError, read_input
 from vqpipe.io.records import read_timeout
@@ -417,7 +417,9 @@ class ScoreStage:
                 self.device_preprocessor = build_preprocessor(spec, storage_options or {})
         kwargs = spec.scorer_kwargs(storage_options)
         kwargs.setdefault("device", actor_device(spec))
-        self.scorer = create_scorer(spec.name, **kwargs)
+        with warnings.catch_warnings():  # the job's driver says so once, on its console
+            warnings.simplefilter("ignore", DemoCheckpointWarning)
+            self.scorer = create_scorer(spec.name, **kwargs)
         loaded = self.scorer.checkpoint_fingerprint
         if fingerprint is not None and loaded is not None and loaded != fingerprint:
             raise RuntimeError(

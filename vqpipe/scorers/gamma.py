@@ -121,6 +121,22 @@ def demo_checkpoint() -> Path:
     return Path(str(resources.files("vqpipe") / "assets" / "gamma-demo.safetensors"))
 
 
+def warn_if_demo(source: str | os.PathLike) -> None:
+    """A :class:`~vqpipe.errors.DemoCheckpointWarning` when ``source`` is the bundled demo
+    checkpoint (the CLI says so on its console; a library user gets the warning)."""
+    import warnings
+
+    from vqpipe.errors import DemoCheckpointWarning
+
+    if os.path.abspath(os.fspath(source)) == os.path.abspath(demo_checkpoint()):
+        warnings.warn(
+            "scoring with the bundled demo gamma checkpoint, trained on synthetic data only: "
+            "pass checkpoint= a trained one for real images",
+            DemoCheckpointWarning,
+            stacklevel=4,
+        )
+
+
 class GammaScorer(Scorer):
     """Gamma image assessment; ``score`` = Σ softmax(level logits) · score_level (≈ 0.2..1).
 
@@ -164,6 +180,7 @@ class GammaScorer(Scorer):
         self.storage_options = storage_options
         if model is None:
             source = checkpoint if checkpoint is not None else demo_checkpoint()
+            warn_if_demo(source)
             model, _ = load_gamma(source, storage_options=storage_options)
             self.checkpoint = os.fspath(source)
             self.checkpoint_fingerprint = checkpoint_identity(source, storage_options)

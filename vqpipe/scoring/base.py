@@ -298,6 +298,11 @@ class Scorer:
         items, single = as_items(x, storage_options, draft=draft)
         return self.score_items(items, **options), single
 
+    @property
+    def lower_better(self) -> bool:
+        """Whether a lower score is better (pyiqa's name; always ``not higher_better``)."""
+        return not self.higher_better
+
     def metadata(self) -> dict[str, Any]:
         """What the quality table records about this scorer."""
         return {

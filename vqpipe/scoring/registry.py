@@ -7,7 +7,9 @@ scorers never imports model code. Third-party packages can add scorers through t
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -127,8 +129,13 @@ def get_scorer_spec(name: str) -> ScorerSpec:
     try:
         return _REGISTRY[_key(name)]
     except KeyError:
-        known = ", ".join(list_scorers()) or "(none registered)"
-        raise UnknownScorerError(f"unknown scorer {name!r}; known scorers: {known}") from None
+        names = list_scorers()
+        close = difflib.get_close_matches(_key(name), [_key(n) for n in names], n=1)
+        hint = f"; did you mean {_REGISTRY[close[0]].name!r}?" if close else ""
+        known = ", ".join(names) or "(none registered)"
+        raise UnknownScorerError(
+            f"unknown scorer {name!r}{hint} (known scorers: {known})"
+        ) from None
 
 
 def create_scorer(
@@ -147,4 +154,26 @@ def create_scorer(
     """
     spec = get_scorer_spec(name)
     kwargs = {**spec.defaults, **options}
-    return spec.load()(checkpoint=checkpoint, device=device, dtype=dtype, **kwargs)
+    cls = spec.load()
+    check_keywords(spec.name, cls, kwargs)
+    return cls(checkpoint=checkpoint, device=device, dtype=dtype, **kwargs)
+
+
+def check_keywords(name: str, cls: type[Scorer], options: dict[str, Any]) -> None:
+    """A :class:`TypeError` naming an option that ``cls.__init__`` does not take, the accepted
+    ones and the closest of them (a constructor with ``**kwargs`` takes any)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        n
+        for n, p in params.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"scorer {name!r} takes no option {key!r}{hint} (accepted: {', '.join(accepted)})"
+            )
