@@ -38,6 +38,7 @@ from vqpipe.pipeline.shards import (
     SHARD_FRAGMENT_ROWS,
     SHARDED_FORMATS,
     Shard,
+    listing_tables,
     shard_id,
 )
 from vqpipe.pipeline.stages import (
