@@ -116,7 +116,7 @@ def child(images: str, out: str, limit: int) -> None:
             phases["run_job"] = marks["run_end"] - start
 
     job.run_job = run_job
-    argv = ["score", images, "--out", out, "--limit", str(limit), "--quiet"]
+    argv = ["score", images, "--out", out, "--limit", str(limit), "--quiet", "--json"]
     argv += ["--scorer", "gamma:device=cpu"]
     start = time.perf_counter()
     rc = vqpipe.cli.main(argv)

@@ -82,7 +82,7 @@ def test_resume_with_nothing_to_do_imports_no_torch_or_ray(ray_local, tmp_path, 
     make = {"pngs": _pngs, "webdataset": _shard, "nested": _nested}[corpus]
     source = make(tmp_path / "in")
     out = tmp_path / "out"
-    argv = ["score", str(source), "--out", str(out), "--scorer", scorer, "--quiet"]
+    argv = ["score", str(source), "--out", str(out), "--scorer", scorer, "--quiet", "--json"]
     assert main(argv) == 0  # the first run scores (on the session's Ray)
     before = _files(out)
     assert any(name.endswith(".parquet") for name in before), before
@@ -179,7 +179,7 @@ def test_nested_resume_scores_a_file_added_in_a_subfolder(ray_local, tmp_path):
     scored by the resume (on Ray), and only it."""
     source = _nested(tmp_path / "in")
     out = tmp_path / "out"
-    argv = ["score", str(source), "--out", str(out), "--scorer", "brightness", "--quiet"]
+    argv = ["score", str(source), "--out", str(out), "--scorer", "brightness", "--quiet", "--json"]
     assert main(argv) == 0
     Image.new("RGB", (20, 20), (200, 10, 10)).save(source / "b" / "c" / "new.png")
 
