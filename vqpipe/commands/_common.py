@@ -106,3 +106,15 @@ def on_ray(args: argparse.Namespace, command: str, work: Callable[[], Any]) -> A
                 import ray
 
                 ray.shutdown()
+
+
+def add_mos_root(parser: argparse.ArgumentParser) -> None:
+    """``--mos-root``: what relative MOS paths are relative to (``eval``, ``calibrate``,
+    ``fuse`` match MOS rows by one rule: :mod:`vqpipe.eval.matching`)."""
+    parser.add_argument(
+        "--mos-root",
+        metavar="FOLDER",
+        default=None,
+        help="folder or URI prefix the MOS table's relative paths are relative to; MOS rows "
+        "match by URI, then by path under this root, then by unique file name (default: none)",
+    )
