@@ -203,6 +203,7 @@ def evaluate(
     scorers: Sequence[str] | None = None,
     bootstrap: int = 200,
     seed: int = 0,
+    mos_root: str | None = None,
 ) -> pd.DataFrame:
     """SRCC, KRCC, PLCC (monotone logistic5) per scorer, for ``all`` and per group of each
     ``by`` column (MOS table or quality table; several allowed), with 95 % bootstrap intervals
@@ -210,9 +211,13 @@ def evaluate(
     fitted once on the group). MOS of datasets marked ``lower_better`` is negated first, so
     higher correlations are better everywhere. Undefined metrics are NaN (never an error),
     with the reason in ``note``; ``small`` flags groups with n < :data:`SMALL_N`; ``fit``
-    is the mapping PLCC used (a fallback is explained in ``note``)."""
+    is the mapping PLCC used (a fallback is explained in ``note``). MOS rows match as
+    :func:`join_predictions` matches them (``mos_root``: what relative paths are under)."""
     columns = by_columns(by)
-    joined = pred if isinstance(pred, Joined) else join_predictions(pred, mos, scorers, columns)
+    if isinstance(pred, Joined):
+        joined = pred
+    else:
+        joined = join_predictions(pred, mos, scorers, columns, mos_root)
     table = joined.table.copy()
     table["target"] = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
     rows = []

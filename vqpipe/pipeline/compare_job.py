@@ -185,14 +185,14 @@ def pair_rows(
         )
     n = len(table)
     values = {side: table.column(col).to_pylist() for side, col in zip(SIDES, sides, strict=True)}
-    sides: dict[str, list[str | None]] = {side: [] for side in SIDES}
+    picked: dict[str, list[str | None]] = {side: [] for side in SIDES}
     errors: list[str | None] = []
     for i in range(n):
         problems = []
         for side in SIDES:
             value = values[side][i]
             if not isinstance(value, str) or not value.strip():
-                sides[side].append(None if value is None else str(value))
+                picked[side].append(None if value is None else str(value))
                 name = side if sides == SIDES else f"{side} ({sides[SIDES.index(side)]})"
                 problems.append(f"read: manifest row {start + i} has no {name} ({value!r})")
                 continue
@@ -200,14 +200,14 @@ def pair_rows(
             if not inside:
                 problems.append(f"read: {side}: outside the configured input root; not read")
             value = resolved if inside else value
-            sides[side].append(value)
+            picked[side].append(value)
         errors.append("; ".join(problems) or None)
     columns: dict[str, Any] = {
         URI: pa.array([f"{shard.uri}#{start + i}" for i in range(n)], pa.string()),
         SHARD: pa.array([shard.uri] * n, pa.string()),
         KEY: pa.array([str(start + i) for i in range(n)], pa.string()),
-        URI_A: pa.array(sides[URI_A], pa.string()),
-        URI_B: pa.array(sides[URI_B], pa.string()),
+        URI_A: pa.array(picked[URI_A], pa.string()),
+        URI_B: pa.array(picked[URI_B], pa.string()),
         ERROR: pa.array(errors, pa.string()),
     }
     carried = [c for c in sides if c in SIDES]  # uri_a / uri_b are ours; others are carried
