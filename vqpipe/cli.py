@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from vqpipe.commands import COMMANDS
-from vqpipe.commands._common import add_media_limits, media_limits
+from vqpipe.commands._common import add_media_limits, add_mos_root, media_limits
 from vqpipe.errors import (
     JobError,
     UserError,
@@ -279,18 +279,28 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from vqpipe.eval.inputs import check_report_dir, read_input
     from vqpipe.eval.report import format_value, write_report
-    from vqpipe.io.tables import read_table
+    from vqpipe.rewards.fuse import fuse_record
 
     storage = _storage_options(args.storage_options)
-    pred, mos = read_table(args.predictions, storage), read_table(args.mos, storage)
+    check_report_dir(args.out)
+    pred = read_input(args.predictions, "the quality table", storage)
+    mos = read_input(args.mos, "--mos", storage)
     try:
         record = write_report(
-            pred, mos, args.out, by=args.by or "dataset", bootstrap=args.bootstrap
+            pred,
+            mos,
+            args.out,
+            by=args.by or "dataset",
+            bootstrap=args.bootstrap,
+            mos_root=args.mos_root,
+            fused=fuse_record(args.predictions, storage),
         )
-    except ValueError as exc:  # a missing column: one line, not a traceback
-        print(f"vqpipe eval: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a missing column, no match: one line, not a traceback
+        raise UserError(f"eval: {exc}") from None
+    for warning in record["warnings"]:
+        print(f"vqpipe eval: warning: {warning}", file=sys.stderr)
     for row in record["metrics"]:
         flag = f"  ⚠ {row['note']}" if row["note"] else ""  # n < 10, undefined, fit fallback
         print(
@@ -303,6 +313,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"matched {join['matched']}, {join['missing_predictions']} MOS rows without prediction, "
         f"{join['without_mos']} predictions without MOS → {args.out}/report.md"
     )
+    rules = record["matched_by"] or {}
+    by = ", ".join(f"{n} by {rule}" for rule, n in rules.items() if n)
+    ambiguous = record["ambiguous_basenames"]
+    if by and (join["missing_predictions"] or ambiguous or rules.get("uri") != join["matched"]):
+        extra = f"; {ambiguous} MOS keys with a file name held by several rows" * bool(ambiguous)
+        print(f"matched {by}{extra}")
     return 0
 
 
@@ -775,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mos", required=True, help="MOS table (uri or path) with uri, mos[, dataset] columns"
     )
     ev.add_argument("--out", required=True, help="report directory")
+    add_mos_root(ev)
     ev.add_argument(
         "--by",
         action="append",

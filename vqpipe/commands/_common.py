@@ -141,3 +141,15 @@ def _new_folder(out: str | None, storage_options: str | None) -> tuple[Any, str]
         return None if fs.exists(root) else (fs, root)
     except Exception:  # the job reports a bad --out itself
         return None
+
+
+def add_mos_root(parser: argparse.ArgumentParser) -> None:
+    """``--mos-root``: what relative MOS paths are relative to (``eval``, ``calibrate``,
+    ``fuse`` match MOS rows by one rule: :mod:`vqpipe.eval.matching`)."""
+    parser.add_argument(
+        "--mos-root",
+        metavar="FOLDER",
+        default=None,
+        help="folder or URI prefix the MOS table's relative paths are relative to; MOS rows "
+        "match by URI, then by path under this root, then by unique file name (default: none)",
+    )

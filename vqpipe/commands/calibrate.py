@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqpipe.commands._common import add_ray_arguments, on_ray
+from vqpipe.commands._common import add_mos_root, add_ray_arguments, on_ray
 from vqpipe.errors import UserError
 
 EPILOG = """\
@@ -14,7 +14,8 @@ examples:
   vqpipe calibrate --apply calib.json ./quality --out ./quality-calibrated/
   vqpipe score ./images --out ./quality --calibration calib.json
 
-Fitting reads only the table's rows whose uri is in the MOS table (as vqpipe eval joins them)
+Fitting reads only the table's rows matched with the MOS table (as vqpipe eval matches them:
+by uri, by path under --mos-root, by unique file name)
 and prints CV SRCC / PLCC; --apply adds <column>_calibrated (gamma_score → gamma_calibrated)
 over a whole table on Ray Data and writes a Parquet dataset directory.
 """
@@ -65,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (default: 0)")
+    add_mos_root(parser)
     add_ray_arguments(parser)
     parser.set_defaults(func=_cmd_calibrate)
 
@@ -79,7 +81,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from vqpipe.rewards.calibrate import ApplyJob
 
         job = ApplyJob(args.apply, args.table, args.out, storage)
-        result = on_ray(args, "calibrate", job.run)
+        result = on_ray(args, "calibrate", job.run, out=args.out)
         print(f"added {', '.join(result['columns'])} to {result['rows']} rows → {result['out']}")
         return 0
     from vqpipe.rewards.calibrate import calibrate
@@ -93,6 +95,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         storage_options=storage,
+        mos_root=args.mos_root,
     )
     for name, entry in record["columns"].items():
         cv, kind = entry["cv"], entry["map"].get("kind", entry["map"]["method"])

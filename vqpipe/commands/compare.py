@@ -17,10 +17,16 @@ examples:
   vqpipe compare pairs.csv --out ./prefs \\
       --scorer compare2score-lmm:checkpoint=/models/llava-1.5-7b-hf
 
+  vqpipe pairs ./quality --group prompt_id --score gamma_score --out ./pairs/
+  vqpipe compare ./pairs/ --out ./prefs          # p_b_better = P(chosen better than rejected)
+  vqpipe compare pairs.csv --a-column left --b-column right --out ./prefs
+
 The input: Parquet / CSV / JSONL manifests (a file, a directory, a glob) with uri_a and uri_b
-columns; other columns are carried. Each pair is asked in both orders: p_b_better_ab (a
-first, the official P(b > a)), p_b_better_ba (b first: 1 - P(a > b)), p_b_better (their mean),
-order_gap (their difference) and each order's five level probabilities. Rerunning the same
+columns, or vqpipe pairs' output (uri_rejected is read as a, uri_chosen as b), or the columns
+--a-column / --b-column name; other columns are carried. Each pair is asked in both orders:
+p_b_better_ab (a first, the official P(b > a)), p_b_better_ba (b first: 1 - P(a > b)),
+p_b_better (their mean), order_gap (their difference) and each order's five level
+probabilities. Rerunning the same
 command resumes: committed manifest shards are skipped.
 """
 
@@ -33,7 +39,8 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "compare",
         help="P(b better than a) for image pairs with a Compare2Score LMM",
-        description="Compare the two images of each row of a pairs manifest (uri_a, uri_b) "
+        description="Compare the two images of each row of a pairs manifest (uri_a, uri_b, "
+        "or vqpipe pairs' output) "
         "with a Compare2Score LMM, in both orders, into a Parquet table (one row per pair), "
         "on local Ray or a cluster.",
         epilog=EPILOG,
@@ -43,6 +50,18 @@ def add_parser(sub: Any) -> None:
         "input", help="pairs manifest(s): a Parquet / CSV / JSONL file, directory, glob or URI"
     )
     parser.add_argument("--out", required=True, help="output dir or URI for the pair table")
+    parser.add_argument(
+        "--a-column",
+        metavar="COLUMN",
+        default=None,
+        help="the manifest column read as uri_a (default: uri_a, else vqpipe pairs' uri_rejected)",
+    )
+    parser.add_argument(
+        "--b-column",
+        metavar="COLUMN",
+        default=None,
+        help="the manifest column read as uri_b (default: uri_b, else vqpipe pairs' uri_chosen)",
+    )
     parser.add_argument(
         "--scorer",
         default="compare2score",
@@ -142,6 +161,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 config,
                 progress=status.progress,
                 progress_every_s=1.0 if status.tty else args.progress_every,
+                a_column=args.a_column,
+                b_column=args.b_column,
             )
             _shutdown_ray()
         if not summary["compared_pairs"]:

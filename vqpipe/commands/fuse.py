@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqpipe.commands._common import add_ray_arguments, on_ray
+from vqpipe.commands._common import add_mos_root, add_ray_arguments, on_ray
 
 EPILOG = """\
 examples:
@@ -15,7 +15,8 @@ examples:
 Adds <column>_calibrated for each column of the calibration, ensemble_score (their weighted
 mean; NULL scores drop out, the other weights are renormalised) and ensemble_spread (the
 standard deviation of a row's calibrated scores). Writes a Parquet dataset directory with
-_fuse.json (weights, and with --mos the cross-validated SRCC / PLCC).
+_fuse.json (weights, and with --mos the cross-validated SRCC / PLCC and the URIs the weights
+were fitted on: vqpipe eval warns when it evaluates ensemble_score on those rows).
 """
 
 
@@ -37,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mos", default=None, help="MOS table to fit the weights on (default: equal weights)"
     )
     parser.add_argument("--out", required=True, help="output Parquet dataset directory or URI")
+    add_mos_root(parser)
     add_ray_arguments(parser)
     parser.set_defaults(func=_cmd_fuse)
 
@@ -46,8 +48,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from vqpipe.rewards.fuse import FuseJob
 
     storage = _storage_options(args.storage_options)
-    job = FuseJob(args.table, args.calibration, args.out, args.mos, storage)
-    result = on_ray(args, "fuse", job.run)
+    job = FuseJob(args.table, args.calibration, args.out, args.mos, storage, args.mos_root)
+    result = on_ray(args, "fuse", job.run, out=args.out)
     weights = ", ".join(f"{k} {v:.3f}" for k, v in result["weights"].items())
     print(f"weights: {weights}" + ("" if args.mos else " (equal: no --mos)"))
     for name, cv in (result.get("cv") or {}).items():

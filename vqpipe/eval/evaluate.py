@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vqpipe.eval.matching import MosMatch, match_mos, no_match_message
 from vqpipe.eval.metrics import MetricWarning, krcc, plcc, plcc_with_fit, srcc
 
 
@@ -23,6 +24,7 @@ class Joined:
     missing: list[str] = field(default_factory=list)  # in the MOS table, not predicted
     extra: list[str] = field(default_factory=list)  # predicted, not in the MOS table
     failed: dict[str, list[str]] = field(default_factory=dict)  # scorer → URIs with no score
+    match: MosMatch | None = None  # how the MOS rows were matched (vqpipe.eval.matching)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,10 +61,14 @@ def join_predictions(
     mos: pd.DataFrame,
     scorers: Sequence[str] | None = None,
     columns: Sequence[str] = (),
+    mos_root: str | None = None,
 ) -> Joined:
     """Match a quality table (``uri``, ``<scorer>_score``) with a MOS table (``uri`` or
-    ``path``, ``mos``; optional ``dataset``, ``lower_better``) on the URI; ``columns`` (e.g.
-    group columns) are carried over from the MOS table, else from the quality table."""
+    ``path``, ``mos``; optional ``dataset``, ``lower_better``) by URI, by path relative to
+    ``mos_root``, or by unique basename (:func:`vqpipe.eval.matching.match_mos`; the joined
+    ``uri`` is the quality table's); ``columns`` (e.g. group columns) are carried over from
+    the MOS table, else from the quality table. No match at all is a :class:`ValueError`
+    naming an example of each side."""
     mos_columns = ", ".join(map(str, mos.columns))
     mos = mos.copy()
     if "uri" not in mos.columns:
@@ -92,6 +98,13 @@ def join_predictions(
     from_pred = [c for c in wanted if c not in mos.columns and c in pred.columns]
     from_pred = [c for c in from_pred if c not in ("uri", *scores)]
     pred = pred.drop_duplicates("uri", keep="last")
+    keys = mos["uri"].astype(str).tolist()
+    uris = pred["uri"].astype(str).tolist()
+    match = match_mos(uris, keys, mos_root)
+    if len(match) == 0 and len(mos) and len(pred):
+        raise ValueError(no_match_message(uris, keys, mos_root))
+    mos["uri"] = pd.Series(keys, index=mos.index, dtype=object)
+    mos.iloc[match.mos_index, mos.columns.get_loc("uri")] = [uris[i] for i in match.table_index]
     table = mos[[*base, *from_mos]].merge(pred[["uri", *scores, *from_pred]], on="uri")
     if "dataset" not in table.columns:
         table["dataset"] = "all"
@@ -106,10 +119,12 @@ def join_predictions(
             *table.columns.drop(["uri", "dataset", "mos", "lower_better", *scores]),
         ]
     ]
-    missing = sorted(set(mos["uri"]) - set(pred["uri"]))
-    extra = sorted(set(pred["uri"]) - set(mos["uri"]))
+    matched_keys = set(match.mos_index.tolist())
+    missing = sorted(k for i, k in enumerate(keys) if i not in matched_keys)
+    extra = sorted(set(uris) - set(table["uri"]))
     failed = {s: table.loc[table[f"{s}_score"].isna(), "uri"].tolist() for s in scorers}
-    return Joined(table, scorers, missing, extra, {k: v for k, v in failed.items() if v})
+    failed = {k: v for k, v in failed.items() if v}
+    return Joined(table, scorers, missing, extra, failed, match)
 
 
 def _bootstrap(
@@ -188,6 +203,7 @@ def evaluate(
     scorers: Sequence[str] | None = None,
     bootstrap: int = 200,
     seed: int = 0,
+    mos_root: str | None = None,
 ) -> pd.DataFrame:
     """SRCC, KRCC, PLCC (monotone logistic5) per scorer, for ``all`` and per group of each
     ``by`` column (MOS table or quality table; several allowed), with 95 % bootstrap intervals
@@ -195,9 +211,13 @@ def evaluate(
     fitted once on the group). MOS of datasets marked ``lower_better`` is negated first, so
     higher correlations are better everywhere. Undefined metrics are NaN (never an error),
     with the reason in ``note``; ``small`` flags groups with n < :data:`SMALL_N`; ``fit``
-    is the mapping PLCC used (a fallback is explained in ``note``)."""
+    is the mapping PLCC used (a fallback is explained in ``note``). MOS rows match as
+    :func:`join_predictions` matches them (``mos_root``: what relative paths are under)."""
     columns = by_columns(by)
-    joined = pred if isinstance(pred, Joined) else join_predictions(pred, mos, scorers, columns)
+    if isinstance(pred, Joined):
+        joined = pred
+    else:
+        joined = join_predictions(pred, mos, scorers, columns, mos_root)
     table = joined.table.copy()
     table["target"] = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
     rows = []
@@ -254,11 +274,10 @@ def median_over_splits(
 ) -> pd.DataFrame:
     """The papers' protocol: median SRCC / PLCC over ``n_splits`` random test splits (split by
     ``group_col`` — e.g. reference content for synthetic datasets — when given)."""
-    joined = join_predictions(pred, mos, scorers)
+    joined = join_predictions(pred, mos, scorers, [group_col] if group_col else ())
     table = joined.table
     if group_col is not None:
-        keys = mos.set_index(mos["uri"] if "uri" in mos else mos["path"].astype(str))[group_col]
-        table = table.assign(_group=table["uri"].map(keys))
+        table = table.assign(_group=table[group_col])
     else:
         table = table.assign(_group=table["uri"])
     units = table["_group"].unique()

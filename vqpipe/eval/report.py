@@ -339,12 +339,20 @@ def write_report(
     by: str | Sequence[str] | None = "dataset",
     bootstrap: int = 200,
     seed: int = 0,
+    mos_root: str | None = None,
+    fused: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json``, ``report.md`` and the plots; returns the metrics
     record (also what ``metrics.json`` holds). Undefined metrics are ``null`` in the JSON and
-    ``n/a`` in the report; groups with n < SMALL_N are listed under ``small_groups``."""
+    ``n/a`` in the report; groups with n < SMALL_N are listed under ``small_groups``. MOS rows
+    match as :func:`vqpipe.eval.matching.match_mos` says (relative paths under ``mos_root``);
+    ``fused`` (a ``vqpipe fuse`` record) flags an ensemble evaluated on its fitted rows
+    (``in_sample``)."""
+    from vqpipe.rewards.fuse import in_sample, in_sample_warning
+
     columns = by_columns(by)
-    joined = join_predictions(pred, mos, columns=columns)
+    joined = join_predictions(pred, mos, columns=columns, mos_root=mos_root)
+    overlap = in_sample(joined.table["uri"], fused) if "ensemble" in joined.scorers else None
     metrics = evaluate(joined, None, by=columns, bootstrap=bootstrap, seed=seed)
     figs = figures(joined, metrics, columns)  # everything computed before anything is written
     out = Path(out_dir)
@@ -355,6 +363,8 @@ def write_report(
     flagged = [{k: r[k] for k in ("scorer", "group", "n")} for r in records if r["small"]]
     record = {
         "join": joined.summary(),
+        "matched_by": joined.match.by if joined.match else None,
+        "ambiguous_basenames": joined.match.ambiguous if joined.match else 0,
         "missing_predictions": joined.missing,
         "without_mos": joined.extra,
         "failed": joined.failed,
@@ -364,6 +374,8 @@ def write_report(
         "metrics": records,
         "bootstrap": bootstrap,
         "plots": list(figs),
+        "in_sample": overlap,
+        "warnings": [in_sample_warning(overlap, len(joined.table))] if overlap else [],
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     (out / "report.md").write_text(_markdown(joined, metrics, record))
@@ -402,5 +414,6 @@ def _markdown(joined: Joined, metrics: pd.DataFrame, record: dict[str, Any]) -> 
         + (" Intervals: 95 % bootstrap." if record["bootstrap"] else ""),
         "",
     ]
+    lines += [f"⚠ {w}." for w in record.get("warnings", [])] + [""] * bool(record.get("warnings"))
     lines += [f"![{p}]({p})" for p in record["plots"]]
     return "\n".join(lines) + "\n"

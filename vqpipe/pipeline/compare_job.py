@@ -76,14 +76,49 @@ TYPED = {**dict.fromkeys(PAIR_FLOAT_COLUMNS, "float"), **dict.fromkeys(PAIR_PROB
 LEVELS = 5
 
 
+PAIRS_SIDES = ("uri_rejected", "uri_chosen")
+"""``vqpipe pairs``' output as a manifest: a = rejected, b = chosen, so ``p_b_better`` is the
+model's P(chosen ≻ rejected) — above 0.5 where it agrees with the pair."""
+
+
 # ---------------------------------------------------------------------------- checks
-def validate_compare(config: JobConfig) -> None:
-    """Every check that needs no Ray: one scorer that can compare pairs (then the score job's
-    checks: options, input, output, checkpoint), and the first manifest's ``uri_a`` / ``uri_b``
-    columns (from its footer or first bytes)."""
+def pair_sides(
+    names: list[str], a_column: str | None, b_column: str | None, where: str
+) -> tuple[str, str]:
+    """The manifest columns read as ``uri_a`` and ``uri_b``: the named ones, else ``uri_a`` /
+    ``uri_b``, else ``vqpipe pairs``' ``uri_rejected`` / ``uri_chosen``
+    (:data:`PAIRS_SIDES`); a :class:`UserError` naming the manifest's columns otherwise."""
+    columns = ", ".join(names) or "none"
+    if a_column or b_column:
+        sides = (a_column or URI_A, b_column or URI_B)
+        missing = [c for c in sides if c not in names]
+        if missing:
+            raise UserError(
+                f"{where} has no {' and no '.join(map(repr, missing))} column "
+                f"(--a-column / --b-column; columns: {columns})"
+            )
+        return sides
+    for sides in (SIDES, PAIRS_SIDES):
+        if all(c in names for c in sides):
+            return sides
+    missing = [c for c in SIDES if c not in names]
+    raise UserError(
+        f"{where} has no {' and no '.join(repr(c) for c in missing)} column (a pairs manifest "
+        f"has {URI_A} and {URI_B}, or vqpipe pairs' {PAIRS_SIDES[1]} and {PAIRS_SIDES[0]}; "
+        f"--a-column / --b-column name others; columns: {columns})"
+    )
+
+
+def validate_compare(
+    config: JobConfig, a_column: str | None = None, b_column: str | None = None
+) -> tuple[str, str]:
+    """Every check that needs no Ray: one scorer that can compare pairs, the score job's
+    checks (options, input, output), the first manifest's pair columns (from its footer or
+    first bytes: :func:`pair_sides`, returned) and only then the checkpoint (a hub probe can
+    take a minute)."""
     from vqpipe.io.input_format import table_columns
     from vqpipe.io.patterns import resolve
-    from vqpipe.pipeline.validate import check_scorer, validate_job
+    from vqpipe.pipeline.validate import check_checkpoint, check_scorer, validate_job
     from vqpipe.scorers.pairwise import can_compare
 
     if len(config.scorers) != 1:
@@ -100,19 +135,16 @@ def validate_compare(config: JobConfig) -> None:
             f"column={spec.column} does not apply to vqpipe compare (its columns are "
             f"{', '.join(PAIR_FLOAT_COLUMNS)}, …)"
         )
-    validate_job(config)
+    validate_job(config, checkpoints=False)
     shards = plan_pair_shards(config)
     try:
         fs, path = resolve(shards[0].uri, config.storage_options)
         names, _ = table_columns(fs, path)
     except Exception as exc:
         raise UserError(f"cannot read {shards[0].uri}: {type(exc).__name__}: {exc}") from None
-    missing = [c for c in SIDES if c not in names]
-    if missing:
-        raise UserError(
-            f"{shards[0].uri} has no {' and no '.join(repr(c) for c in missing)} column (a pairs "
-            f"manifest has {URI_A} and {URI_B}; columns: {', '.join(names) or 'none'})"
-        )
+    sides = pair_sides(list(names), a_column, b_column, shards[0].uri)
+    check_checkpoint(spec, cls, config.storage_options)
+    return sides
 
 
 def plan_pair_shards(config: JobConfig) -> list[Shard]:
@@ -123,50 +155,63 @@ def plan_pair_shards(config: JobConfig) -> list[Shard]:
     return shards
 
 
-def compare_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> dict[str, Any]:
+def compare_signature(
+    spec: ScorerOptions, storage_options: dict[str, Any], sides: tuple[str, str] = SIDES
+) -> dict[str, Any]:
     """The job signature: the scorer's (name, version, options, checkpoint identity) and the
-    task, so that a score job's parts never count as this job's."""
+    task, so that a score job's parts never count as this job's; the manifest columns read as
+    the two sides when they are not ``uri_a`` / ``uri_b``."""
     scorer = {**job.scorer_signature(spec, storage_options), "task": TASK}
+    if tuple(sides) != SIDES:
+        scorer["sides"] = list(sides)
     return {"vqpipe": vqpipe.__version__, "scorers": [scorer]}
 
 
 # ---------------------------------------------------------------------------- stages
-def pair_rows(table: pa.Table, shard: Shard, start: int, root: str | None) -> pa.Table:
+def pair_rows(
+    table: pa.Table,
+    shard: Shard,
+    start: int,
+    root: str | None,
+    sides: tuple[str, str] = SIDES,
+) -> pa.Table:
     """Manifest rows → pair rows: ``uri`` = ``<shard>#<row>``, ``shard``, ``key``, ``uri_a``,
-    ``uri_b`` (confined to ``root`` when given), ``error`` for a row without either side;
-    other columns carried."""
-    missing = [c for c in SIDES if c not in table.column_names]
+    ``uri_b`` (the manifest's ``sides`` columns, confined to ``root`` when given), ``error``
+    for a row without either side; other columns carried (``sides`` named otherwise too)."""
+    missing = [c for c in sides if c not in table.column_names]
     if missing:
         raise ValueError(
             f"manifest {shard.uri} has no {' and no '.join(map(repr, missing))} column"
         )
     n = len(table)
-    values = {side: table.column(side).to_pylist() for side in SIDES}
-    sides: dict[str, list[str | None]] = {side: [] for side in SIDES}
+    values = {side: table.column(col).to_pylist() for side, col in zip(SIDES, sides, strict=True)}
+    picked: dict[str, list[str | None]] = {side: [] for side in SIDES}
     errors: list[str | None] = []
     for i in range(n):
         problems = []
         for side in SIDES:
             value = values[side][i]
             if not isinstance(value, str) or not value.strip():
-                sides[side].append(None if value is None else str(value))
-                problems.append(f"read: manifest row {start + i} has no {side} ({value!r})")
+                picked[side].append(None if value is None else str(value))
+                name = side if sides == SIDES else f"{side} ({sides[SIDES.index(side)]})"
+                problems.append(f"read: manifest row {start + i} has no {name} ({value!r})")
                 continue
             resolved, inside = manifest_entry(value, shard.uri, root)
             if not inside:
                 problems.append(f"read: {side}: outside the configured input root; not read")
             value = resolved if inside else value
-            sides[side].append(value)
+            picked[side].append(value)
         errors.append("; ".join(problems) or None)
     columns: dict[str, Any] = {
         URI: pa.array([f"{shard.uri}#{start + i}" for i in range(n)], pa.string()),
         SHARD: pa.array([shard.uri] * n, pa.string()),
         KEY: pa.array([str(start + i) for i in range(n)], pa.string()),
-        URI_A: pa.array(sides[URI_A], pa.string()),
-        URI_B: pa.array(sides[URI_B], pa.string()),
+        URI_A: pa.array(picked[URI_A], pa.string()),
+        URI_B: pa.array(picked[URI_B], pa.string()),
         ERROR: pa.array(errors, pa.string()),
     }
-    return pa.table(carry_columns(columns, table.drop_columns(list(SIDES))))
+    carried = [c for c in sides if c in SIDES]  # uri_a / uri_b are ours; others are carried
+    return pa.table(carry_columns(columns, table.drop_columns(carried)))
 
 
 def read_pair_shards(
@@ -178,7 +223,8 @@ def read_pair_shards(
     for uri, sid, version in zip(batch["uri"], batch["id"], versions, strict=True):
         shard = Shard(str(uri), "manifest", str(sid), None if version is None else str(version))
         chunks = manifest_chunks(shard.uri, options["rows"], storage_options)
-        tables = (pair_rows(t, shard, start, options.get("root")) for start, t in chunks)
+        sides = tuple(options.get("sides") or SIDES)
+        tables = (pair_rows(t, shard, start, options.get("root"), sides) for start, t in chunks)
         yield from _fragments(tables, shard, final=options.get("limit") is None)
 
 
@@ -298,6 +344,7 @@ def build_compare_dataset(
     sig: str,
     output: str,
     fence: Any = None,
+    sides: tuple[str, str] = SIDES,
 ) -> Any:
     """The graph, top to bottom: manifest shards → pair rows, fragment by fragment → decode
     both sides (CPU tasks) → the comparison actor pool → write (one summary row per part)."""
@@ -306,6 +353,7 @@ def build_compare_dataset(
     spec = config.scorers[0]
     ds = ray.data.from_items(shards, override_num_blocks=max(1, len(shards)))
     read = {"rows": config.rows_per_file, "root": config.root, "limit": config.limit}
+    read["sides"] = list(sides)
     ds = Stage(read_pair_shards, 1, READ_CPUS, memory=DECODE_MEMORY, batch_format=None).apply(
         ds, fn_kwargs={"options": read, "storage_options": config.storage_options}
     )
@@ -351,11 +399,15 @@ class CompareJob(JobKind):
     rows_key = "compared_pairs"
     rate_key = "pairs_per_s"
 
+    def __init__(self, a_column: str | None = None, b_column: str | None = None) -> None:
+        self.columns = (a_column, b_column)
+        self.sides: tuple[str, str] = SIDES
+
     def validate(self, config: JobConfig) -> None:
-        validate_compare(config)
+        self.sides = validate_compare(config, *self.columns)
 
     def signature(self, config: JobConfig) -> dict[str, Any]:
-        return compare_signature(config.scorers[0], config.storage_options)
+        return compare_signature(config.scorers[0], config.storage_options, self.sides)
 
     def plan(
         self, config: JobConfig, table: QualityTable, sig: str, parts: list[str], scan: Scan
@@ -364,7 +416,7 @@ class CompareJob(JobKind):
 
     def build(self, run: runner.Build) -> Any:
         sources = (run.config, run.work.source, run.signature, run.sig, run.target.uri)
-        return build_compare_dataset(*sources, run.fence)
+        return build_compare_dataset(*sources, run.fence, self.sides)
 
     def facts(self, config: JobConfig) -> dict[str, dict[str, Any]]:
         spec = config.scorers[0]
@@ -375,7 +427,11 @@ def run_compare(
     config: JobConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every_s: float = 10.0,
+    a_column: str | None = None,
+    b_column: str | None = None,
 ) -> dict[str, Any]:
-    """Run a pair-comparison job; returns the summary. User mistakes raise :class:`UserError`
-    before Ray starts (:func:`validate_compare`); one job at a time holds the output."""
-    return runner.run(CompareJob(), config, progress, progress_every_s)
+    """Run a pair-comparison job; returns the summary. ``a_column`` / ``b_column`` name the
+    manifest's sides (default: ``uri_a`` / ``uri_b``, else ``vqpipe pairs``' columns). User
+    mistakes raise :class:`UserError` before Ray starts (:func:`validate_compare`); one job at
+    a time holds the output."""
+    return runner.run(CompareJob(a_column, b_column), config, progress, progress_every_s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -142,13 +143,20 @@ def score_names(columns: list[str], wanted: list[str] | None, what: str) -> list
 
 
 def matched_rows(
-    table: str, mos: str, columns: list[str] | None, storage_options: dict[str, Any] | None
+    table: str,
+    mos: str,
+    columns: list[str] | None,
+    storage_options: dict[str, Any] | None,
+    mos_root: str | None = None,
 ) -> tuple[Any, list[str]]:
-    """The table's rows whose ``uri`` is in the MOS table, joined with it (``vqpipe eval``'s
-    join), and the score columns; only those rows are read (a pushed-down ``uri`` filter)."""
+    """The table's rows matched with the MOS table (``vqpipe eval``'s rule:
+    :func:`vqpipe.eval.matching.match_mos`), joined with it, and the score columns; the
+    ``uri`` column is read first, then only the matched rows (a pushed-down filter). No match
+    is a one-line :class:`UserError` with an example of each side."""
     import pyarrow.dataset as pads
 
     from vqpipe.eval.evaluate import join_predictions
+    from vqpipe.eval.matching import match_mos, no_match_message
     from vqpipe.io.tables import read_table
     from vqpipe.rewards.table import TableSource
 
@@ -166,12 +174,19 @@ def matched_rows(
             f"(it has {', '.join(map(str, mos_frame.columns))})"
         )
     data = pads.dataset(source.parts, schema=source.schema, format="parquet", filesystem=source.fs)
-    uris = pa.array(keys.astype(str).tolist(), type=pa.string())
+    all_uris = data.to_table(columns=[URI]).column(URI).to_pylist()
+    keys = keys.astype(str).tolist()
+    match = match_mos([str(u) for u in all_uris], keys, mos_root)
+    if not len(match):
+        raise UserError(f"{mos}: {no_match_message(all_uris, keys, mos_root)}")
+    uris = pa.array(sorted({all_uris[i] for i in match.table_index}), type=pa.string())
     pred = data.to_table(columns=[URI, *names], filter=pc.field(URI).isin(uris)).to_pandas()
     try:
-        joined = join_predictions(pred, mos_frame, [score_prefix(n) for n in names])
+        joined = join_predictions(pred, mos_frame, [score_prefix(n) for n in names], (), mos_root)
     except ValueError as exc:
         raise UserError(f"{mos}: {exc}") from None
+    if len(match) < len(keys) or match.ambiguous:  # partial: one line, the counts
+        print(f"{mos}: {match.note()}", file=sys.stderr)
     return joined.table, names
 
 
@@ -187,21 +202,23 @@ def calibrate(
     folds: int = 5,
     seed: int = 0,
     storage_options: dict[str, Any] | None = None,
+    mos_root: str | None = None,
 ) -> dict[str, Any]:
     """Fit a map per score column, write ``out`` (the calibration JSON) and the plot beside it
-    (``.png``); returns the calibration record."""
+    (``.png``); returns the calibration record (MOS rows matched as ``vqpipe eval`` matches
+    them, relative paths against ``mos_root``)."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if folds < 2:
         raise UserError(f"--folds {folds}: use at least 2")
-    joined, names = matched_rows(table, mos, columns, storage_options)
+    joined, names = matched_rows(table, mos, columns, storage_options, mos_root)
     record: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "method": method,
         "folds": folds,
         "seed": seed,
-        "source": {"table": table, "mos": mos},
+        "source": {"table": table, "mos": mos, "mos_root": mos_root},
         "mos_range": [float(joined["mos"].min()), float(joined["mos"].max())]
         if len(joined)
         else None,

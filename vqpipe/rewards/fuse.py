@@ -82,12 +82,14 @@ def fit_weights(
     calibration: dict[str, Any],
     columns: list[str],
     storage_options: dict[str, Any] | None,
+    mos_root: str | None = None,
 ) -> dict[str, Any]:
     """Stacked NNLS weights on the MOS-matched rows, with the CV metrics of the ensemble and
-    of each calibrated column on the same rows."""
+    of each calibrated column on the same rows, and the URIs of the rows fitted on
+    (``fitted_uris``: ``vqpipe eval`` warns when it evaluates the ensemble on them)."""
     from vqpipe.rewards.calibrate import cross_fit, cv_metrics, fold_ids, matched_rows
 
-    joined, _ = matched_rows(table, mos, columns, storage_options)
+    joined, _ = matched_rows(table, mos, columns, storage_options, mos_root)
     y = joined["mos"].to_numpy(np.float64)
     folds, seed = int(calibration.get("folds", 5)), int(calibration.get("seed", 0))
     oof = np.full((len(joined), len(columns)), np.nan)
@@ -117,6 +119,7 @@ def fit_weights(
     return {
         "weights": dict(zip(columns, weights.tolist(), strict=True)),
         "n": int(complete.sum()),
+        "fitted_uris": sorted(joined["uri"][complete].astype(str)),
         "cv": {"ensemble": cv_metrics(held, t), **singles},
     }
 
@@ -132,6 +135,7 @@ class FuseJob:
         out: str,
         mos: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        mos_root: str | None = None,
     ) -> None:
         from vqpipe.rewards.calibrate import check_columns, load_calibration
         from vqpipe.rewards.table import TableSource, output_target
@@ -155,7 +159,9 @@ class FuseJob:
             equal = 1.0 / len(self.columns)
             self.fit: dict[str, Any] = {"weights": dict.fromkeys(self.columns, equal)}
         else:
-            self.fit = fit_weights(table, mos, self.calibration, self.columns, storage_options)
+            self.fit = fit_weights(
+                table, mos, self.calibration, self.columns, storage_options, mos_root
+            )
 
     def run(self) -> dict[str, Any]:
         from vqpipe.rewards.table import count_rows, source_rows, write_dataset, write_record
@@ -168,3 +174,45 @@ class FuseJob:
         record["rows"] = count_rows(self.target)
         write_record(self.target, FUSE_RECORD, record)
         return {**record, "out": self.out}
+
+
+def fuse_record(table: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``_fuse.json`` of a table written by ``vqpipe fuse`` (None for any other table)."""
+    import json
+
+    from vqpipe.storage import QualityTable
+
+    try:
+        target = QualityTable(table, storage_options)
+        return json.loads(target.fs.cat_file(target.path(FUSE_RECORD)).decode())
+    except Exception:  # not a fused table (a file, no record, unreadable): nothing to warn about
+        return None
+
+
+def in_sample(uris: Any, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How many of ``uris`` (the rows an evaluation matched) the ensemble's weights were
+    fitted on (``fuse --mos``), with fuse's cross-validated metrics; None without overlap."""
+    fitted = set((record or {}).get("fitted_uris") or ())
+    overlap = len(fitted.intersection(map(str, uris)))
+    if not overlap:
+        return None
+    cv = (record.get("cv") or {}).get("ensemble", {})
+    return {
+        "column": ENSEMBLE_SCORE,
+        "rows": overlap,
+        "fitted": len(fitted),
+        "mos": record.get("mos"),
+        "cv_srcc": cv.get("srcc"),
+        "cv_plcc": cv.get("plcc"),
+    }
+
+
+def in_sample_warning(info: dict[str, Any], matched: int) -> str:
+    """The one-line warning of :func:`in_sample`."""
+    cv = info.get("cv_srcc")
+    cv_text = f"; fuse's cross-validated SRCC is {cv:.3f}" if isinstance(cv, float) else ""
+    return (
+        f"{info['column']}'s weights were fitted on {info['rows']} of these {matched} rows "
+        f"(vqpipe fuse --mos {info['mos']}): its correlations here are in-sample, optimistic"
+        f"{cv_text}; evaluate on other rows"
+    )
