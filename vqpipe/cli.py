@@ -289,6 +289,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from vqpipe.console import StatusLine, ray_output_kept_out, terminal
+    from vqpipe.train.config import setting
+    from vqpipe.train.progress import epoch_line
     from vqpipe.train.trainer import fit
 
     try:
@@ -298,19 +300,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         reason = " ".join(str(exc).split())  # YAML errors span lines: keep the message one line
         raise UserError(f"cannot read the training config {args.config}: {reason}") from None
     verbosity = _verbosity(args)
-    with StatusLine(terminal(), verbosity) as status:
-        status.update(f"training {args.method} with Ray Train")
-        with ray_output_kept_out(verbosity, "train"):
-            result = fit(  # raises ConfigError (a UserError) before Ray starts for a bad config
-                args.method,
-                config,
-                num_workers=args.num_workers,
-                use_gpu=args.use_gpu,
-                cpus_per_worker=args.cpus_per_worker,
-                storage_path=args.storage_path,
-                name=args.name,
-                resume=not args.no_resume,
-            )
+    epochs = setting(config, args.method, "epochs") if isinstance(config, dict) else None
+    started_ray = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        with _sigterm_interrupts(), StatusLine(terminal(), verbosity) as status:
+            status.update(f"training {args.method} with Ray Train")
+
+            def progress(metrics: dict[str, Any]) -> None:
+                status.notice(epoch_line(metrics, epochs))
+                status.update(f"training {args.method}: epoch {int(metrics['epoch']) + 1} done")
+
+            with ray_output_kept_out(verbosity, "train"):
+                result = fit(  # raises ConfigError (a UserError) before Ray starts
+                    args.method,
+                    config,
+                    num_workers=args.num_workers,
+                    use_gpu=args.use_gpu,
+                    cpus_per_worker=args.cpus_per_worker,
+                    storage_path=args.storage_path,
+                    name=args.name,
+                    resume=not args.no_resume,
+                    progress=progress,
+                    notice=status.notice,
+                )
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_interrupts)
+        ray = sys.modules.get("ray")
+        if not started_ray and ray is not None and ray.is_initialized():
+            with contextlib.suppress(Exception):  # the run's workers go with this Ray
+                ray.shutdown()
+        print(
+            f"vqpipe: interrupted: training stopped; rerun the same command to resume from "
+            f"the last checkpoint of --name {args.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     if result.error is not None:
         print(f"training failed: {result.error}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ and ``trainer_state.pt``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -46,13 +47,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from vqpipe.io.tables import read_table
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
-from vqpipe.train.config import media_rows, setting
+from vqpipe.train.config import media_rows, setting, start_from
 from vqpipe.train.data import (
     MOSImageDataset,
     dataset_name,
+    dataset_table,
     load_image,
     mixed_table,
     normalised_targets,
@@ -70,6 +71,8 @@ from vqpipe.train.loop import (
     trainer_state,
     write_training_args,
 )
+
+log = logging.getLogger("vqpipe.train")
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]
 """uint8 pixels [B, 3, S, S], targets [B], scenes, loss weights [B] (0 for unreadable rows)."""
@@ -185,7 +188,7 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            val = split_rows(read_table(spec["table"], config.get("storage_options")), "val")
+            val = split_rows(dataset_table(spec, config.get("storage_options")), "val")
             val, _ = media_rows(val, "gamma")  # videos were skipped (and logged) for training
             if "split" not in val or val.empty:
                 continue
@@ -198,9 +201,10 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
             out[f"val_plcc/{name}"] = plcc(pred, target)
     finally:
         model.train(was_training)
-    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
-    if srccs:
-        out["val_srcc"] = float(np.nanmean(srccs))
+    for name in ("val_srcc", "val_plcc"):  # the mean over datasets, for early stopping too
+        values = [v for k, v in out.items() if k.startswith(f"{name}/")]
+        if values:
+            out[name] = float(np.nanmean(values))
     return out
 
 
@@ -261,6 +265,8 @@ def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) 
 def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train Gamma from ``config`` (see the module docstring); returns the loss history and
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
+    config, start = start_from("gamma", config)  # neither checkpoint nor model_config: the demo
+    log.info(start)
     seed = int(setting(config, "gamma", "seed"))
     torch.manual_seed(seed)
     ctx = ray_train_context()

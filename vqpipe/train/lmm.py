@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqpipe.io.tables import read_table
 from vqpipe.models.mplug_owl2 import (
     IMAGE_TOKEN,
     MPLUGOwl2ForCausalLM,
@@ -48,7 +47,7 @@ from vqpipe.models.mplug_owl2 import (
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
 from vqpipe.train.config import dataset_setting, dataset_split, setting
-from vqpipe.train.data import dataset_name, load_image, split_rows
+from vqpipe.train.data import dataset_name, dataset_table, load_image, split_rows
 from vqpipe.train.loop import (
     STATE_FILE,
     EarlyStopping,
@@ -141,7 +140,7 @@ def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for spec in config["datasets"]:
         table = split_rows(
-            read_table(spec["table"], config.get("storage_options")),
+            dataset_table(spec, config.get("storage_options")),
             dataset_split(config, spec, method),
         )
         if table.empty:
@@ -344,7 +343,7 @@ def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
         return load_anchor_set(config["anchors"])
     spec = config["datasets"][0]
     rows = split_rows(
-        read_table(spec["table"], config.get("storage_options")),
+        dataset_table(spec, config.get("storage_options")),
         dataset_split(config, spec, "compare2score"),
     )
     return write_anchor_set(rows.reset_index(drop=True), directory / "anchors")
@@ -378,7 +377,7 @@ def validate_lmm(
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            table = read_table(spec["table"], config.get("storage_options"))
+            table = dataset_table(spec, config.get("storage_options"))
             val = split_rows(table, "val")
             if "split" not in table or val.empty:
                 continue
@@ -391,9 +390,10 @@ def validate_lmm(
             out[f"val_plcc/{name}"] = plcc(pred, target)
     finally:
         model.train()
-    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
-    if srccs:
-        out["val_srcc"] = float(np.nanmean(srccs))
+    for name in ("val_srcc", "val_plcc"):  # the mean over datasets, for early stopping too
+        values = [v for k, v in out.items() if k.startswith(f"{name}/")]
+        if values:
+            out[name] = float(np.nanmean(values))
     return out
 
 
