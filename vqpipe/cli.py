@@ -360,7 +360,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", required=True, choices=sorted(METHODS), help="the method to fine-tune"
     )
     parser.add_argument(
-        "--config", required=True, help="YAML with the loop's config keys (see README)"
+        "--config",
+        required=True,
+        help="YAML of the config keys (examples: configs/<method>.yaml; every key and "
+        "default: docs/training.md)",
     )
     parser.add_argument(
         "--num-workers", type=int, default=1, help="Ray Train workers (default: %(default)s)"

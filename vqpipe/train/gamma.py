@@ -5,26 +5,15 @@ and the level weights; MSE between the predicted score and the MOS normalised to
 Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene prompts.
 
 ``train_gamma(config)`` reads everything from one dict so that
-``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged. Keys:
-
-- ``datasets``: list of ``{"table": path | DataFrame, "scene": str | None, "weight": float,
-  "split": "train"}`` — MOS tables with ``path`` (local or fsspec URI), ``mos``, ``dataset``
-  and optionally ``split``, ``scale_low``, ``scale_high``, ``lower_better``.
-- ``checkpoint`` (path / URI) or ``model_config`` (a :class:`GammaConfig` dict) for a fresh model.
-- ``epochs`` (10), ``batch_size`` (8), ``lr`` (2e-5), ``weight_decay`` (0), ``seed`` (0),
-  ``train_backbone`` (False; True trains the whole CLIP too, e.g. from scratch),
-  ``max_steps``, ``device`` (auto), ``output`` (a ``.safetensors`` path written at the end,
-  with ``training_args.json`` beside it), ``save_dtype`` ("float32" | "float16"),
-  ``verbose``, ``cosine`` (cosine decay, off), ``warmup`` (warmup fraction of the steps, 0),
-  ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
-  ``patch_init`` ("dct": :func:`dct_patch_init_` for a fresh model), ``freeze_patch_embed``
-  (False; True keeps the patch embedding fixed, e.g. at its DCT basis), ``crop_step`` (8: random
-  crops on the JPEG block grid), ``augment`` (True),
-  ``storage_options`` (fsspec options for ``s3://`` tables, images and checkpoints),
-  ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
-  ``early_stop_patience`` (None), ``checkpoint_every`` (1), ``checkpoint_dir`` (outside Ray
-  Train), ``resume_from`` (a checkpoint directory; inside Ray Train the reported one wins).
-  Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
+``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged: ``datasets``
+(MOS tables with ``path``, ``mos`` and optionally ``split``, ``scale_low``, ``scale_high``,
+``lower_better``, ``dataset``; per entry ``scene``, ``weight``, ``split``, ``image_root``),
+``checkpoint`` to fine-tune (without it and without ``model_config``, a :class:`GammaConfig`
+dict for a new model: the bundled demo checkpoint) and the optimisation keys. Every key with
+its kind, default and meaning is in :data:`vqpipe.train.config.KEYS`, the one place defaults
+are defined (rendered into ``docs/training.md``). ``level_loss_weight`` adds
+:func:`soft_level_loss`, ``patch_init: dct`` :func:`dct_patch_init_` (both for training from
+scratch); ``validate`` gives SRCC/PLCC per dataset on each table's ``val`` split every epoch.
 
 Images come from a local DataLoader, or — when Ray Train hands the worker a ``"train"``
 dataset (:func:`vqpipe.train.data.training_stream`, ``fit(..., stream=True)``) — are

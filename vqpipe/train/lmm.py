@@ -5,21 +5,14 @@
 Each example is an official-format conversation (:mod:`vqpipe.train.tasks`) rendered with the
 vicuna_v1 template the official training uses — ``"<system> USER: <|image|>\\n<question>
 ASSISTANT: <answer></s>"`` (images moved to the front of the user turn) — and the loss covers
-the assistant tokens only. Config keys: ``checkpoint`` (a model directory: weights, tokenizer,
-preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train", "weight": 1}]``,
-unified MOS tables; images local or fsspec URIs), ``task`` (Q-Align: quality | aesthetics |
-video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation anchor set; default:
-selected from the training rows), ``epochs`` (2, both recipes),
-``batch_size`` per worker (Q-Align 32 per device, Compare2Score 8 =
-64 on 8 GPUs), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
-``max_steps``, ``freeze_vision`` (False), ``freeze_patch_embed`` (False: the vision patch
-embedding only, e.g. a DCT basis), ``gradient_checkpointing`` (False), ``dtype`` (bf16
-on GPU, fp32 on CPU), ``validate`` (True: SRCC/PLCC of the scorer on each table's ``val``
-split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_dir``,
-``resume_from``, ``output`` (a directory in the layout ``from_pretrained`` and the scorers
-load, with ``training_args.json``), ``storage_options``, ``seed``, ``deepspeed`` (None, or a
-:func:`deepspeed_config` dict / ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
-DeepSpeed, on GPUs). Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
+the assistant tokens only. Config keys: ``checkpoint`` (required: a model directory with
+weights, tokenizer and preprocessor), ``datasets`` (unified MOS tables; images local or fsspec
+URIs), ``task`` (Q-Align), ``n_pairs`` and ``anchors`` (Compare2Score), ``deepspeed`` (a
+:func:`deepspeed_config` dict or ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
+DeepSpeed, on GPUs), ``output`` (a directory in the layout ``from_pretrained`` and the scorers
+load, with ``training_args.json``) and the optimisation keys. Every key with its kind, default
+and meaning is in :data:`vqpipe.train.config.KEYS`, the one place defaults are defined
+(rendered into ``docs/training.md``).
 
 Per-dataset ``weight`` sets each dataset's share of an epoch's examples (drawn with
 replacement when weights are given, a permutation otherwise).
