@@ -16,9 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import ray.train
-from ray.util.queue import Empty, Queue
-
 
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     """``epoch 2/5  step 340  loss 0.123  val SRCC 0.812  PLCC 0.830`` (``epoch`` in
@@ -36,29 +33,33 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     return line
 
 
-class ForwardReports(ray.train.UserCallback):
-    """Puts rank 0's reported metrics into ``queue`` (runs on the Ray Train controller)."""
+def forward_reports(queue: Any) -> Any:
+    """A ``UserCallback`` that puts rank 0's reported metrics into ``queue`` (it runs on the
+    Ray Train controller). Built here so that importing this module does not import Ray."""
+    import ray.train
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    class ForwardReports(ray.train.UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+            if not metrics:
+                return
+            # a driver that went away (Ctrl-C) must not fail the run's bookkeeping
+            with contextlib.suppress(Exception):
+                queue.put_nowait(dict(metrics[0]))
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
-        if not metrics:
-            return
-        # a driver that went away (Ctrl-C) must not fail the run's bookkeeping
-        with contextlib.suppress(Exception):
-            self.queue.put_nowait(dict(metrics[0]))
+    return ForwardReports()
 
 
 @contextlib.contextmanager
 def reported_epochs(
     progress: Callable[[dict[str, Any]], None] | None,
-) -> Iterator[list[ray.train.UserCallback]]:
+) -> Iterator[list[Any]]:
     """The callbacks for ``RunConfig(callbacks=...)`` that call ``progress(metrics)`` on the
     driver for every report, until the block ends (reports still queued then included)."""
     if progress is None:
         yield []
         return
+    from ray.util.queue import Empty, Queue
+
     queue = Queue(actor_options={"num_cpus": 0})
     done = threading.Event()
 
@@ -77,7 +78,7 @@ def reported_epochs(
     thread = threading.Thread(target=drain, name="vqpipe-train-progress", daemon=True)
     thread.start()
     try:
-        yield [ForwardReports(queue)]
+        yield [forward_reports(queue)]
     finally:
         done.set()
         thread.join(timeout=5)
