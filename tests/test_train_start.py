@@ -172,17 +172,40 @@ def test_epoch_line():
 
 
 def test_ctrl_c_in_train_says_so_in_one_line_and_exits_130(images, tmp_path, capsys, monkeypatch):
+    import vqpipe.cli
     import vqpipe.train.trainer as trainer
 
     def interrupted(*_, **__):
         raise Interrupted(signal.SIGINT)
 
     monkeypatch.setattr(trainer, "fit", interrupted)
+    monkeypatch.setattr(vqpipe.cli, "_start_train_ray", lambda verbosity: False)
     config = write_config(tmp_path, {"datasets": [{"table": str(images)}]})
     assert main(["train", "--method", "gamma", "--config", config, "--name", "g7"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vqpipe: interrupted: "), err
     assert "--name g7" in err[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_real_training_run_in_one_line(images, tmp_path):
+    from tests.job_process import job_output, start_job, wait_for
+
+    config = {"datasets": [{"table": str(images)}], "epochs": 200, "device": "cpu"}
+    argv = ["train", "--method", "gamma", "--config", write_config(tmp_path, config)]
+    argv += ["--cpus-per-worker", "0.5", "--storage-path", str(tmp_path / "runs")]
+    job = start_job(tmp_path, argv)
+    try:
+        wait_for(lambda: "vqpipe: epoch 1/200" in job_output(job), job, timeout=400)
+        os.killpg(job.pid, signal.SIGINT)  # Ctrl-C in a terminal: the foreground group
+        assert job.wait(timeout=120) == 130, job_output(job)[-3000:]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    text = job_output(job)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    lines = [line for line in text.splitlines() if "interrupted" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("vqpipe: interrupted: training stopped"), lines
 
 
 @pytest.mark.slow
