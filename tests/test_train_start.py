@@ -71,6 +71,19 @@ def test_gamma_without_checkpoint_starts_from_the_bundled_demo(images):
         )
 
 
+def test_the_recorded_config_of_a_run_from_the_demo_names_it(images, tmp_path):
+    from vqpipe.train.gamma import train_gamma
+
+    out = tmp_path / "g.safetensors"
+    config = {"datasets": [{"table": str(images)}], "epochs": 1, "max_steps": 1}
+    history = train_gamma(
+        {**config, "batch_size": 2, "device": "cpu", "validate": False, "output": str(out)}
+    )
+    assert history["steps"] == 1 and out.exists()
+    recorded = json.loads((tmp_path / "training_args.json").read_text())
+    assert recorded["checkpoint"] == str(demo_checkpoint())
+
+
 @pytest.mark.parametrize("method", ["qalign", "compare2score"])
 def test_lmm_without_checkpoint_is_refused_in_one_line_before_ray(
     method, images, tmp_path, capsys, monkeypatch
