@@ -59,7 +59,7 @@ def one_line_error(capsys) -> str:
 def test_gamma_without_checkpoint_starts_from_the_bundled_demo(images):
     config, line = start_from("gamma", {"datasets": [{"table": str(images)}]})
     assert config["checkpoint"] == str(demo_checkpoint())  # the recorded config names it
-    assert "bundled demo checkpoint" in line and "checkpoint:" in line
+    assert "bundled demo" in line and "checkpoint:" in line
     fresh, line = start_from("gamma", {"datasets": [], "model_config": {"n_experts": 2}})
     assert "checkpoint" not in fresh and "randomly initialised" in line
     given, line = start_from("gamma", {"checkpoint": "g.safetensors"})
@@ -239,9 +239,35 @@ def test_train_cli_from_the_demo_prints_one_line_per_epoch(ray_local, images, tm
     out, err = capsys.readouterr()
     printed = json.loads(out)
     lines = err.strip().splitlines()
-    assert any("bundled demo checkpoint" in line for line in lines), lines
+    assert any("bundled demo" in line for line in lines), lines
     epochs = [line for line in lines if line.startswith("vqpipe: epoch ")]
     assert len(epochs) == 2, lines
     pattern = r"vqpipe: epoch {}/2  step \d+  loss \d\.\d{{3}}  val SRCC -?\d\.\d{{3}}  PLCC"
     assert re.match(pattern.format(1), epochs[0]) and re.match(pattern.format(2), epochs[1])
     assert printed["metrics"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_failing_training_worker_is_one_error_line(ray_local, images, tmp_path, capsys):
+    config = {"datasets": [{"table": str(images)}], "device": "no-such-device", "epochs": 1}
+    argv = ["train", "--method", "gamma", "--config", write_config(tmp_path, config)]
+    argv += ["--cpus-per-worker", "0.5", "--storage-path", str(tmp_path / "runs")]
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("vqpipe: error: training failed: "), errors
+    assert "no-such-device" in errors[0]
+
+
+def test_relative_paths_in_a_config_are_the_working_directorys(images, tmp_path, monkeypatch):
+    from vqpipe.train.config import absolute_paths
+
+    monkeypatch.chdir(images.parent)
+    config = {
+        "datasets": [{"table": images.name, "image_root": "."}],
+        "checkpoint": "owner/model",  # not here: a Hub id stays as it is
+        "output": "out/g.safetensors",
+    }
+    out = absolute_paths("gamma", config)
+    assert out["datasets"][0] == {"table": str(images), "image_root": str(images.parent)}
+    assert out["checkpoint"] == "owner/model"
+    assert out["output"] == str(images.parent / "out" / "g.safetensors")

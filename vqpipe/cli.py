@@ -313,7 +313,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             with ray_output_kept_out(verbosity, "train"):
                 started_ray = _start_train_ray(verbosity)
-                result = _off_main_thread(
+                result = _train_failure_in_one_line(
                     lambda: fit(
                         args.method,
                         config,
@@ -368,6 +368,19 @@ def _start_train_ray(verbosity: int) -> bool:
     if threading.current_thread() is threading.main_thread() and previous is not None:
         signal.signal(signal.SIGTERM, previous)
     return True
+
+
+def _train_failure_in_one_line(call: Callable[[], Any]) -> Any:
+    """:func:`_off_main_thread`, a failed run (an error in a training worker) raised as a
+    :class:`JobError` whose line is the worker's exception (the full traceback stays in Ray's
+    output, whose file is named)."""
+    import ray.train
+
+    try:
+        return _off_main_thread(call)
+    except ray.train.TrainingFailedError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise JobError(f"training failed: {lines[-1] if lines else type(exc).__name__}") from exc
 
 
 def _off_main_thread(call: Callable[[], Any]) -> Any:

@@ -228,9 +228,35 @@ def start_from(method: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], 
 
     config["checkpoint"] = str(demo_checkpoint())
     return config, (
-        f"no checkpoint: given: fine-tuning the bundled demo checkpoint {config['checkpoint']} "
+        f"no checkpoint in the config: fine-tuning the bundled demo {config['checkpoint']} "
         "(a small model trained on synthetic images; set checkpoint: to your Gamma weights)"
     )
+
+
+def absolute_paths(method: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with relative local paths made absolute against this process's working
+    directory, where the user wrote them (Ray Train workers run elsewhere): those that exist
+    here (``checkpoint``, each table and ``image_root``, ...; a name that is not a local path,
+    such as a Hub id, stays as it is) and the outputs (``output``, ``checkpoint_dir``)."""
+
+    def absolute(value: Any, made: bool = False) -> Any:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+            return value
+        return os.path.abspath(value) if made or os.path.exists(value) else value
+
+    paths = {n for n, k in KEYS[method].items() if k.kind == "path"}
+    made = {"output", "checkpoint_dir"}
+    out = {k: absolute(v, k in made) if k in paths else v for k, v in config.items()}
+    if isinstance(out.get("datasets"), list):
+        out["datasets"] = [
+            {k: absolute(v) if k in ("table", "image_root") else v for k, v in spec.items()}
+            if isinstance(spec, Mapping)
+            else spec
+            for spec in out["datasets"]
+        ]
+    return out
 
 
 def _cell(key: Key) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vqpipe.train.config import check_config, setting, start_from
+from vqpipe.train.config import absolute_paths, check_config, setting, start_from
 
 log = logging.getLogger("vqpipe.train")
 
@@ -59,7 +59,7 @@ def fit(
     ``model_config`` fine-tunes the bundled demo) goes to ``notice`` (default: the log).
     ``progress(metrics)`` is called on this process for every epoch rank 0 reports."""
     check_config(method, config)
-    config, start = start_from(method, config)
+    config, start = start_from(method, absolute_paths(method, config))
     (notice or log.warning)(start)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
