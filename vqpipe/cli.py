@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from vqpipe.commands import COMMANDS
@@ -335,6 +335,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from vqpipe.console import StatusLine, ray_output_kept_out, terminal
+    from vqpipe.train.config import check_config, setting
+    from vqpipe.train.progress import epoch_line
     from vqpipe.train.trainer import fit
 
     try:
@@ -344,19 +346,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
         reason = " ".join(str(exc).split())  # YAML errors span lines: keep the message one line
         raise UserError(f"cannot read the training config {args.config}: {reason}") from None
     verbosity = _verbosity(args)
-    with StatusLine(terminal(), verbosity) as status:
-        status.update(f"training {args.method} with Ray Train")
-        with ray_output_kept_out(verbosity, "train"):
-            result = fit(  # raises ConfigError (a UserError) before Ray starts for a bad config
-                args.method,
-                config,
-                num_workers=args.num_workers,
-                use_gpu=args.use_gpu,
-                cpus_per_worker=args.cpus_per_worker,
-                storage_path=args.storage_path,
-                name=args.name,
-                resume=not args.no_resume,
-            )
+    check_config(args.method, config)  # a bad config: one line, before Ray starts
+    epochs = setting(config, args.method, "epochs")
+    started_ray = False
+    try:
+        with _sigterm_interrupts(), StatusLine(terminal(), verbosity) as status:
+            status.update(f"training {args.method} with Ray Train")
+
+            def progress(metrics: dict[str, Any]) -> None:
+                status.notice(epoch_line(metrics, epochs))
+                status.update(f"training {args.method}: epoch {int(metrics['epoch']) + 1} done")
+
+            with ray_output_kept_out(verbosity, "train"):
+                started_ray = _start_train_ray(verbosity)
+                result = _train_failure_in_one_line(
+                    lambda: fit(
+                        args.method,
+                        config,
+                        num_workers=args.num_workers,
+                        use_gpu=args.use_gpu,
+                        cpus_per_worker=args.cpus_per_worker,
+                        storage_path=args.storage_path,
+                        name=args.name,
+                        resume=not args.no_resume,
+                        progress=progress,
+                        notice=status.notice,
+                    )
+                )
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_interrupts)
+        if started_ray:
+            with contextlib.suppress(Exception):  # the run's workers go with this Ray
+                sys.modules["ray"].shutdown()
+        print(
+            f"vqpipe: interrupted: training stopped; rerun the same command to resume from "
+            f"the last checkpoint of --name {args.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     if result.error is not None:
         print(f"training failed: {result.error}", file=sys.stderr)
         return 1
@@ -373,6 +400,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_train_ray(verbosity: int) -> bool:
+    """Start a Ray for ``train`` (RAY_ADDRESS's cluster, else local) on the main thread unless
+    one is up, keeping our SIGTERM handler over ``ray.init``'s; True when this started it."""
+    import ray
+
+    from vqpipe.console import VERBOSE
+
+    if ray.is_initialized():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+    ray.init(include_dashboard=False, log_to_driver=verbosity >= VERBOSE)
+    if threading.current_thread() is threading.main_thread() and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+def _train_failure_in_one_line(call: Callable[[], Any]) -> Any:
+    """:func:`_off_main_thread`, a failed run (an error in a training worker) raised as a
+    :class:`JobError` whose line is the worker's exception (the full traceback stays in Ray's
+    output, whose file is named)."""
+    import ray.train
+
+    try:
+        return _off_main_thread(call)
+    except ray.train.TrainingFailedError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise JobError(f"training failed: {lines[-1] if lines else type(exc).__name__}") from exc
+
+
+def _off_main_thread(call: Callable[[], Any]) -> Any:
+    """``call()`` on a thread of its own while this one waits. Ray Train's ``fit()`` on the
+    main thread replaces the Ctrl-C handler with one that aborts the run and returns as if it
+    had ended (exit 1, no word of the interrupt); off it, Ctrl-C and SIGTERM reach ours."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # re-raised on the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="vqpipe-train", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # short waits: a signal handler runs between them
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     # METHODS: a dict in a module that imports torch only inside its functions (--help stays
     # torch-free; tests/test_cli.py checks it)
@@ -382,7 +459,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", required=True, choices=sorted(METHODS), help="the method to fine-tune"
     )
     parser.add_argument(
-        "--config", required=True, help="YAML with the loop's config keys (see README)"
+        "--config",
+        required=True,
+        help="YAML of the config keys (examples: configs/<method>.yaml; every key and "
+        "default: docs/training.md)",
     )
     parser.add_argument(
         "--num-workers", type=int, default=1, help="Ray Train workers (default: %(default)s)"

@@ -32,7 +32,7 @@ class ConfigError(UserError, ValueError):
 class Key:
     """One config key: its ``kind`` (see :data:`KINDS`), default, allowed values (``choices``,
     or ``check``: value → a problem or None); ``null`` is allowed where the default is None or
-    ``nullable``."""
+    ``nullable``; ``help``: one line for ``docs/training.md`` (:func:`markdown`)."""
 
     kind: str
     default: Any = None
@@ -40,6 +40,9 @@ class Key:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     nullable: bool = False
+    help: str = ""
+    hint: str = ""
+    """Said after ``missing required key`` (what to give, where to get it)."""
 
 
 def _dtype_problem(value: str) -> str | None:
@@ -74,74 +77,95 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 """kind → (how an error message names it, the test a value must pass)."""
 
 COMMON_KEYS = {
-    "datasets": Key("list", required=True),
-    "storage_options": Key("mapping"),
-    "seed": Key("int", 0),
-    "lr": Key("number", 2e-5),
-    "weight_decay": Key("number", 0.0),
-    "max_steps": Key("int"),
-    "device": Key("str"),
-    "output": Key("path"),
-    "validate": Key("bool", True),
-    "early_stop_patience": Key("int"),
-    "checkpoint_every": Key("int", 1),
-    "checkpoint_dir": Key("path"),
-    "resume_from": Key("path"),
-    "verbose": Key("bool", False),
-    "stream": Key("bool", False),
-    "freeze_patch_embed": Key("bool", False),
+    "datasets": Key("list", required=True, help="MOS tables to train on (keys below)"),
+    "storage_options": Key("mapping", help="fsspec options for s3:// tables, images, checkpoints"),
+    "seed": Key("int", 0, help="seed of sampling, crops and pairs"),
+    "lr": Key("number", 2e-5, help="learning rate (Adam / AdamW)"),
+    "weight_decay": Key("number", 0.0, help="weight decay"),
+    "max_steps": Key("int", help="stop after this many optimizer steps"),
+    "device": Key("str", help="torch device (default: cuda if available, else cpu)"),
+    "output": Key("path", help="write the final model here, with training_args.json beside it"),
+    "validate": Key("bool", True, help="SRCC/PLCC on each table's val split every epoch"),
+    "early_stop_patience": Key("int", help="stop after this many epochs without a better SRCC"),
+    "checkpoint_every": Key("int", 1, help="save a checkpoint every this many epochs"),
+    "checkpoint_dir": Key("path", help="where checkpoints go outside Ray Train"),
+    "resume_from": Key("path", help="a checkpoint directory to resume from"),
+    "verbose": Key("bool", False, help="print each epoch's metrics as JSON (outside Ray Train)"),
+    "stream": Key("bool", False, help="stream and decode the training media with Ray Data"),
+    "freeze_patch_embed": Key("bool", False, help="keep the vision patch embedding fixed"),
 }
 LMM_KEYS = {
     **COMMON_KEYS,
-    "checkpoint": Key("path", required=True),
-    "epochs": Key("int", 2),
-    "warmup": Key("number", 0.03),
-    "freeze_vision": Key("bool", False),
-    "gradient_checkpointing": Key("bool", False),
-    "dtype": Key("str", check=_dtype_problem),
-    "deepspeed": Key("deepspeed"),
-    "video_fps": Key("number", 1.0),
-    "max_frames": Key("int", 8),
+    "checkpoint": Key(
+        "path",
+        required=True,
+        help="the model directory to fine-tune (weights, tokenizer, preprocessor)",
+        hint="the model directory to fine-tune (e.g. a download of q-future/one-align); "
+        "there is no bundled one",
+    ),
+    "epochs": Key("int", 2, help="epochs (both recipes)"),
+    "warmup": Key("number", 0.03, help="linear warmup, fraction of the steps"),
+    "freeze_vision": Key("bool", False, help="keep the vision tower fixed"),
+    "gradient_checkpointing": Key("bool", False, help="recompute activations (less memory)"),
+    "dtype": Key("str", check=_dtype_problem, help="bf16 on GPU, fp32 on CPU when not given"),
+    "deepspeed": Key("deepspeed", help="true, or {stage: 2 | 3, offload: bool}: ZeRO on GPUs"),
+    "video_fps": Key("number", 1.0, help="frames per second sampled from training videos"),
+    "max_frames": Key("int", 8, help="at most this many frames per video"),
 }
 KEYS: dict[str, dict[str, Key]] = {
     "gamma": {
         **COMMON_KEYS,
-        "checkpoint": Key("path"),
-        "model_config": Key("mapping"),
-        "epochs": Key("int", 10),
-        "batch_size": Key("int", 8),
-        "warmup": Key("number", 0.0),
-        "train_backbone": Key("bool", False),
-        "save_dtype": Key("str", "float32", choices=("float32", "float16")),
-        "cosine": Key("bool", False),
-        "level_loss_weight": Key("number", 0.0),
-        "patch_init": Key("str", choices=("dct",)),
-        "crop_step": Key("int", 8),
-        "augment": Key("bool", True),
-        "split": Key("str", "train", nullable=True),  # null: all rows
-        "num_workers": Key("int", 0),
+        "checkpoint": Key(
+            "path",
+            help="the Gamma .safetensors to fine-tune (default: the bundled demo checkpoint, "
+            "unless model_config is given)",
+        ),
+        "model_config": Key("mapping", help="a GammaConfig: train a new, random model instead"),
+        "epochs": Key("int", 10, help="epochs"),
+        "batch_size": Key("int", 8, help="images per step and worker"),
+        "warmup": Key("number", 0.0, help="linear warmup, fraction of the steps"),
+        "train_backbone": Key("bool", False, help="train CLIP too (the recipe freezes it)"),
+        "save_dtype": Key(
+            "str", "float32", choices=("float32", "float16"), help="dtype of the output file"
+        ),
+        "cosine": Key("bool", False, help="cosine learning-rate decay after warmup"),
+        "level_loss_weight": Key("number", 0.0, help="> 0 adds the soft level loss (scratch)"),
+        "patch_init": Key("str", choices=("dct",), help="dct: DCT patch embedding (new model)"),
+        "crop_step": Key("int", 8, help="random crops on this pixel grid (8: the JPEG block)"),
+        "augment": Key("bool", True, help="random crops and flips (else the centre crop)"),
+        "split": Key("str", "train", nullable=True, help="split to train on; null: all rows"),
+        "num_workers": Key("int", 0, help="DataLoader worker processes"),
     },
     "qalign": {
         **LMM_KEYS,
-        "task": Key("str", "quality", choices=tuple(QALIGN_TASKS)),
-        "batch_size": Key("int", 32),  # OneAlign: 32 per device
+        "task": Key(
+            "str", "quality", choices=tuple(QALIGN_TASKS), help="quality, aesthetics or video"
+        ),
+        "batch_size": Key("int", 32, help="examples per step and worker (OneAlign: 32/GPU)"),
     },
     "compare2score": {
         **LMM_KEYS,
-        "n_pairs": Key("int", 1000),
-        "anchors": Key("path"),
-        "batch_size": Key("int", 8),  # 64 on 8 GPUs
+        "n_pairs": Key("int", 1000, help="image pairs drawn per epoch"),
+        "anchors": Key("path", help="validation anchor set (default: picked from train rows)"),
+        "batch_size": Key("int", 8, help="pairs per step and worker (64 on 8 GPUs)"),
     },
 }
 """Method → every config key its loop reads."""
 
 DATASET_KEYS: dict[str, dict[str, Key]] = {
     method: {
-        "table": Key("table", required=True),
-        "weight": Key("number", 1.0),
+        "table": Key("table", required=True, help="a MOS table (csv / parquet / json, or URI)"),
+        "image_root": Key(
+            "path", help="folder or URI prefix of relative paths (default: the table's folder)"
+        ),
+        "weight": Key("number", 1.0, help="this dataset's share of the sampling"),
         # Gamma: the config's ``split`` when not given; null: all rows
-        "split": Key("str", "train", nullable=True),
-        **({"scene": Key("str")} if method == "gamma" else {}),
+        "split": Key("str", "train", nullable=True, help="split to train on; null: all rows"),
+        **(
+            {"scene": Key("str", help="scene prompt (default: by dataset name)")}
+            if method == "gamma"
+            else {}
+        ),
     }
     for method in KEYS
 }
@@ -186,6 +210,95 @@ def dataset_split(config: Mapping[str, Any], spec: Mapping[str, Any], method: st
     return dataset_setting(spec, method, "split")
 
 
+def start_from(method: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Where a run's weights come from: (the config to run, one line that says so).
+
+    Gamma without ``checkpoint`` or ``model_config`` starts from the bundled demo checkpoint,
+    whose path is written into the returned config (so the run's recorded config names it);
+    ``model_config`` alone builds a new, randomly initialised model. The LMMs need
+    ``checkpoint`` (:func:`check_config` refuses a config without it)."""
+    config = dict(config)
+    if config.get("checkpoint"):
+        return config, f"fine-tuning {method} from {config['checkpoint']}"
+    if method != "gamma":
+        return config, f"training {method}"
+    if config.get("model_config") is not None:
+        return config, "training a new, randomly initialised gamma model (model_config)"
+    from vqpipe.scorers.gamma import demo_checkpoint
+
+    config["checkpoint"] = str(demo_checkpoint())
+    return config, (
+        f"no checkpoint in the config: fine-tuning the bundled demo {config['checkpoint']} "
+        "(a small model trained on synthetic images; set checkpoint: to your Gamma weights)"
+    )
+
+
+def absolute_paths(method: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with relative local paths made absolute against this process's working
+    directory, where the user wrote them (Ray Train workers run elsewhere): those that exist
+    here (``checkpoint``, each table and ``image_root``, ...; a name that is not a local path,
+    such as a Hub id, stays as it is) and the outputs (``output``, ``checkpoint_dir``)."""
+
+    def absolute(value: Any, made: bool = False) -> Any:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+            return value
+        return os.path.abspath(value) if made or os.path.exists(value) else value
+
+    paths = {n for n, k in KEYS[method].items() if k.kind == "path"}
+    made = {"output", "checkpoint_dir"}
+    out = {k: absolute(v, k in made) if k in paths else v for k, v in config.items()}
+    if isinstance(out.get("datasets"), list):
+        out["datasets"] = [
+            {k: absolute(v) if k in ("table", "image_root") else v for k, v in spec.items()}
+            if isinstance(spec, Mapping)
+            else spec
+            for spec in out["datasets"]
+        ]
+    return out
+
+
+def _cell(key: Key) -> str:
+    if key.required:
+        return "required"
+    if key.default is None:
+        return "unset"
+    value = str(key.default).lower() if isinstance(key.default, bool) else repr(key.default)
+    return f"`{value.strip(chr(39))}`"
+
+
+def _table(keys: Mapping[str, Key]) -> list[str]:
+    lines = ["| key | default | kind | what |", "|---|---|---|---|"]
+    for name, key in keys.items():
+        kind = KINDS[key.kind][0]
+        if key.choices:
+            kind = " \\| ".join(f"`{c}`" for c in key.choices)
+        lines.append(f"| `{name}` | {_cell(key)} | {kind} | {key.help} |")
+    return lines
+
+
+def markdown() -> str:
+    """Every training key with its default, as the Markdown tables in ``docs/training.md``
+    (``python -m vqpipe.train.config --markdown``; a test keeps the page equal to this)."""
+
+    def only(keys: Mapping[str, Key], shared: Mapping[str, Key]) -> dict[str, Key]:
+        return {k: v for k, v in keys.items() if k not in shared or shared[k] != v}
+
+    sections = [
+        ("Every method", COMMON_KEYS),
+        ("Gamma", only(KEYS["gamma"], COMMON_KEYS)),
+        ("Q-Align and Compare2Score", only(LMM_KEYS, COMMON_KEYS)),
+        ("Q-Align only", only(KEYS["qalign"], LMM_KEYS)),
+        ("Compare2Score only", only(KEYS["compare2score"], LMM_KEYS)),
+        ("One `datasets` entry (`scene`: Gamma only)", DATASET_KEYS["gamma"]),
+    ]
+    out: list[str] = []
+    for title, keys in sections:
+        out += [f"#### {title}", "", *_table(keys), ""]
+    return "\n".join(out)
+
+
 def unknown_key(name: str, known: Any, where: str = "") -> str:
     """``unknown key 'x'`` with a "did you mean" for a close known key."""
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
@@ -201,7 +314,10 @@ def _check_keys(values: Any, keys: dict[str, Key], where: str) -> list[str]:
     for name, key in keys.items():
         if name not in values or values[name] is None:
             if key.required:
-                problems.append(f"{where}missing required key {name!r} ({KINDS[key.kind][0]})")
+                hint = f": {key.hint}" if key.hint else ""
+                problems.append(
+                    f"{where}missing required key {name!r} ({KINDS[key.kind][0]}){hint}"
+                )
             elif name in values and key.default is not None and not key.nullable:
                 problems.append(f"{where}{name!r} must be {KINDS[key.kind][0]}, not null")
             continue
@@ -247,6 +363,10 @@ def check_config(method: str, config: Any) -> list[str]:
             specs.append((where, spec))
     if method == "gamma":
         problems += _check_scenes(specs)
+        if config.get("checkpoint") and config.get("model_config") is not None:
+            problems.append(
+                "give 'checkpoint' (fine-tune it) or 'model_config' (a new, random model), not both"
+            )
     if problems:
         raise ConfigError(_joined(problems))
     notes, rows = [], 0
@@ -290,22 +410,36 @@ def _check_table(
     method: str, config: Mapping[str, Any], spec: Mapping[str, Any], where: str
 ) -> tuple[int, str | None, str | None]:
     """(training rows, a note about skipped rows, a problem) for one dataset entry."""
-    from vqpipe.io.tables import read_table
-    from vqpipe.train.data import split_rows
+    from vqpipe.train.data import dataset_table, split_rows
 
     source = spec["table"]
     name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
     try:
-        table = read_table(source, config.get("storage_options"))
+        table = dataset_table(spec, config.get("storage_options"))
     except Exception as exc:
         return 0, None, f"{where}cannot read table {name}: {type(exc).__name__}: {exc}"
     missing = [c for c in REQUIRED_COLUMNS[method] if c not in table.columns]
     if missing:
         return 0, None, f"{where}table {name} lacks column(s) {missing} ({method} needs them)"
     rows = split_rows(table, dataset_split(config, spec, method))
-    _, skipped = media_rows(rows, method)
+    taken, skipped = media_rows(rows, method)
     note = skipped_note(skipped, method, where + name) if len(skipped) else None
-    return len(rows) - len(skipped), note, None
+    return len(rows) - len(skipped), note, _missing_files(taken, spec, where + name)
+
+
+def _missing_files(table: Any, spec: Mapping[str, Any], where: str) -> str | None:
+    """A problem naming the local training files that do not exist (URIs are not listed)."""
+    paths = [p for p in table["path"] if isinstance(p, str) and "://" not in p]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if not missing:
+        return None
+    root = spec.get("image_root")
+    against = f"image_root {root}" if root is not None else "the table's folder (or image_root)"
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (
+        f"{where}: {len(missing)} of {len(paths)} image file(s) not found: "
+        f"{', '.join(missing[:3])}{more} (relative paths resolve against {against})"
+    )
 
 
 def media_rows(table: Any, method: str) -> tuple[Any, Any]:
@@ -326,3 +460,11 @@ def skipped_note(skipped: Any, method: str, where: str) -> str:
         f"{where}: skipping {len(skipped)} row(s) that {method} cannot train on "
         f"(it takes {media}): {', '.join(files)}{more}"
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m vqpipe.train.config --markdown")
+    print(markdown(), end="")

@@ -5,6 +5,8 @@ Ray Data stream of the same media stage for Ray Train workers."""
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, Resize
 
 from vqpipe.io.fs import read_bytes
+from vqpipe.io.sources import is_relative
 from vqpipe.io.tables import read_table
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.models.gamma import scene_for_dataset, scene_prompts
@@ -28,6 +31,38 @@ def split_rows(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
     if split is None or "split" not in table:
         return table
     return table[table["split"] == split]
+
+
+def joined_path(path: str, base: str) -> str:
+    """``path`` as it is when absolute or a URI, else joined to ``base`` (a folder or URI
+    prefix)."""
+    if not is_relative(path):
+        return path
+    if "://" in base:
+        scheme, _, prefix = base.partition("://")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(prefix, path))}"
+    return os.path.abspath(os.path.join(base, path))
+
+
+def dataset_table(
+    spec: dict[str, Any], storage_options: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """A ``datasets`` entry's MOS table, every relative ``path`` joined to the entry's
+    ``image_root``, else to the table's own folder (never to the working directory of
+    whichever worker reads it); a DataFrame's relative paths need ``image_root``."""
+    source = spec["table"]
+    table = read_table(source, storage_options)
+    base = spec.get("image_root")
+    if base is None and isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        base = text.rsplit("/", 1)[0] if "://" in text else os.path.dirname(os.path.abspath(text))
+    if base is None or "path" not in table or table.empty:
+        return table
+    table = table.copy()
+    table["path"] = [
+        joined_path(p, os.fspath(base)) if isinstance(p, str) else p for p in table["path"]
+    ]
+    return table
 
 
 def dataset_name(table: pd.DataFrame, default: str = "dataset") -> str:
@@ -68,7 +103,7 @@ def mixed_table(
     spread over its rows, so a small set mixed with weight 1 is seen as often as a large one."""
     parts, skipped_rows = [], 0
     for i, spec in enumerate(datasets):
-        table = split_rows(read_table(spec["table"], storage_options), spec.get("split", split))
+        table = split_rows(dataset_table(spec, storage_options), spec.get("split", split))
         table, skipped = media_rows(table, "gamma")
         if len(skipped):
             skipped_rows += len(skipped)

@@ -5,26 +5,15 @@ and the level weights; MSE between the predicted score and the MOS normalised to
 Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene prompts.
 
 ``train_gamma(config)`` reads everything from one dict so that
-``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged. Keys:
-
-- ``datasets``: list of ``{"table": path | DataFrame, "scene": str | None, "weight": float,
-  "split": "train"}`` — MOS tables with ``path`` (local or fsspec URI), ``mos``, ``dataset``
-  and optionally ``split``, ``scale_low``, ``scale_high``, ``lower_better``.
-- ``checkpoint`` (path / URI) or ``model_config`` (a :class:`GammaConfig` dict) for a fresh model.
-- ``epochs`` (10), ``batch_size`` (8), ``lr`` (2e-5), ``weight_decay`` (0), ``seed`` (0),
-  ``train_backbone`` (False; True trains the whole CLIP too, e.g. from scratch),
-  ``max_steps``, ``device`` (auto), ``output`` (a ``.safetensors`` path written at the end,
-  with ``training_args.json`` beside it), ``save_dtype`` ("float32" | "float16"),
-  ``verbose``, ``cosine`` (cosine decay, off), ``warmup`` (warmup fraction of the steps, 0),
-  ``level_loss_weight`` (0; > 0 adds :func:`soft_level_loss`, useful when training from scratch),
-  ``patch_init`` ("dct": :func:`dct_patch_init_` for a fresh model), ``freeze_patch_embed``
-  (False; True keeps the patch embedding fixed, e.g. at its DCT basis), ``crop_step`` (8: random
-  crops on the JPEG block grid), ``augment`` (True),
-  ``storage_options`` (fsspec options for ``s3://`` tables, images and checkpoints),
-  ``validate`` (True: SRCC/PLCC per dataset on each table's ``val`` split every epoch),
-  ``early_stop_patience`` (None), ``checkpoint_every`` (1), ``checkpoint_dir`` (outside Ray
-  Train), ``resume_from`` (a checkpoint directory; inside Ray Train the reported one wins).
-  Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
+``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged: ``datasets``
+(MOS tables with ``path``, ``mos`` and optionally ``split``, ``scale_low``, ``scale_high``,
+``lower_better``, ``dataset``; per entry ``scene``, ``weight``, ``split``, ``image_root``),
+``checkpoint`` to fine-tune (without it and without ``model_config``, a :class:`GammaConfig`
+dict for a new model: the bundled demo checkpoint) and the optimisation keys. Every key with
+its kind, default and meaning is in :data:`vqpipe.train.config.KEYS`, the one place defaults
+are defined (rendered into ``docs/training.md``). ``level_loss_weight`` adds
+:func:`soft_level_loss`, ``patch_init: dct`` :func:`dct_patch_init_` (both for training from
+scratch); ``validate`` gives SRCC/PLCC per dataset on each table's ``val`` split every epoch.
 
 Images come from a local DataLoader, or — when Ray Train hands the worker a ``"train"``
 dataset (:func:`vqpipe.train.data.training_stream`, ``fit(..., stream=True)``) — are
@@ -35,6 +24,7 @@ and ``trainer_state.pt``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -46,13 +36,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from vqpipe.io.tables import read_table
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
-from vqpipe.train.config import media_rows, setting
+from vqpipe.train.config import media_rows, setting, start_from
 from vqpipe.train.data import (
     MOSImageDataset,
     dataset_name,
+    dataset_table,
     load_image,
     mixed_table,
     normalised_targets,
@@ -70,6 +60,8 @@ from vqpipe.train.loop import (
     trainer_state,
     write_training_args,
 )
+
+log = logging.getLogger("vqpipe.train")
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]
 """uint8 pixels [B, 3, S, S], targets [B], scenes, loss weights [B] (0 for unreadable rows)."""
@@ -185,7 +177,7 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            val = split_rows(read_table(spec["table"], config.get("storage_options")), "val")
+            val = split_rows(dataset_table(spec, config.get("storage_options")), "val")
             val, _ = media_rows(val, "gamma")  # videos were skipped (and logged) for training
             if "split" not in val or val.empty:
                 continue
@@ -198,9 +190,10 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
             out[f"val_plcc/{name}"] = plcc(pred, target)
     finally:
         model.train(was_training)
-    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
-    if srccs:
-        out["val_srcc"] = float(np.nanmean(srccs))
+    for name in ("val_srcc", "val_plcc"):  # the mean over datasets, for early stopping too
+        values = [v for k, v in out.items() if k.startswith(f"{name}/")]
+        if values:
+            out[name] = float(np.nanmean(values))
     return out
 
 
@@ -261,6 +254,8 @@ def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) 
 def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train Gamma from ``config`` (see the module docstring); returns the loss history and
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
+    config, start = start_from("gamma", config)  # neither checkpoint nor model_config: the demo
+    log.info(start)
     seed = int(setting(config, "gamma", "seed"))
     torch.manual_seed(seed)
     ctx = ray_train_context()

@@ -5,21 +5,14 @@
 Each example is an official-format conversation (:mod:`vqpipe.train.tasks`) rendered with the
 vicuna_v1 template the official training uses — ``"<system> USER: <|image|>\\n<question>
 ASSISTANT: <answer></s>"`` (images moved to the front of the user turn) — and the loss covers
-the assistant tokens only. Config keys: ``checkpoint`` (a model directory: weights, tokenizer,
-preprocessor), ``datasets`` (``[{"table": path | DataFrame, "split": "train", "weight": 1}]``,
-unified MOS tables; images local or fsspec URIs), ``task`` (Q-Align: quality | aesthetics |
-video), ``n_pairs`` (Compare2Score), ``anchors`` (Compare2Score validation anchor set; default:
-selected from the training rows), ``epochs`` (2, both recipes),
-``batch_size`` per worker (Q-Align 32 per device, Compare2Score 8 =
-64 on 8 GPUs), ``lr`` (2e-5), ``warmup`` (0.03), ``weight_decay`` (0),
-``max_steps``, ``freeze_vision`` (False), ``freeze_patch_embed`` (False: the vision patch
-embedding only, e.g. a DCT basis), ``gradient_checkpointing`` (False), ``dtype`` (bf16
-on GPU, fp32 on CPU), ``validate`` (True: SRCC/PLCC of the scorer on each table's ``val``
-split per epoch), ``early_stop_patience``, ``checkpoint_every``, ``checkpoint_dir``,
-``resume_from``, ``output`` (a directory in the layout ``from_pretrained`` and the scorers
-load, with ``training_args.json``), ``storage_options``, ``seed``, ``deepspeed`` (None, or a
-:func:`deepspeed_config` dict / ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
-DeepSpeed, on GPUs). Keys, kinds and defaults: :data:`vqpipe.train.config.KEYS`.
+the assistant tokens only. Config keys: ``checkpoint`` (required: a model directory with
+weights, tokenizer and preprocessor), ``datasets`` (unified MOS tables; images local or fsspec
+URIs), ``task`` (Q-Align), ``n_pairs`` and ``anchors`` (Compare2Score), ``deepspeed`` (a
+:func:`deepspeed_config` dict or ``{"stage": 2 | 3, "offload": bool}``: ZeRO through
+DeepSpeed, on GPUs), ``output`` (a directory in the layout ``from_pretrained`` and the scorers
+load, with ``training_args.json``) and the optimisation keys. Every key with its kind, default
+and meaning is in :data:`vqpipe.train.config.KEYS`, the one place defaults are defined
+(rendered into ``docs/training.md``).
 
 Per-dataset ``weight`` sets each dataset's share of an epoch's examples (drawn with
 replacement when weights are given, a permutation otherwise).
@@ -39,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqpipe.io.tables import read_table
 from vqpipe.models.mplug_owl2 import (
     IMAGE_TOKEN,
     MPLUGOwl2ForCausalLM,
@@ -48,7 +40,7 @@ from vqpipe.models.mplug_owl2 import (
 )
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
 from vqpipe.train.config import dataset_setting, dataset_split, setting
-from vqpipe.train.data import dataset_name, load_image, split_rows
+from vqpipe.train.data import dataset_name, dataset_table, load_image, split_rows
 from vqpipe.train.loop import (
     STATE_FILE,
     EarlyStopping,
@@ -141,7 +133,7 @@ def _examples(config: dict[str, Any], method: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for spec in config["datasets"]:
         table = split_rows(
-            read_table(spec["table"], config.get("storage_options")),
+            dataset_table(spec, config.get("storage_options")),
             dataset_split(config, spec, method),
         )
         if table.empty:
@@ -344,7 +336,7 @@ def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
         return load_anchor_set(config["anchors"])
     spec = config["datasets"][0]
     rows = split_rows(
-        read_table(spec["table"], config.get("storage_options")),
+        dataset_table(spec, config.get("storage_options")),
         dataset_split(config, spec, "compare2score"),
     )
     return write_anchor_set(rows.reset_index(drop=True), directory / "anchors")
@@ -378,7 +370,7 @@ def validate_lmm(
     out: dict[str, float] = {}
     try:
         for spec in config["datasets"]:
-            table = read_table(spec["table"], config.get("storage_options"))
+            table = dataset_table(spec, config.get("storage_options"))
             val = split_rows(table, "val")
             if "split" not in table or val.empty:
                 continue
@@ -391,9 +383,10 @@ def validate_lmm(
             out[f"val_plcc/{name}"] = plcc(pred, target)
     finally:
         model.train()
-    srccs = [v for k, v in out.items() if k.startswith("val_srcc/")]
-    if srccs:
-        out["val_srcc"] = float(np.nanmean(srccs))
+    for name in ("val_srcc", "val_plcc"):  # the mean over datasets, for early stopping too
+        values = [v for k, v in out.items() if k.startswith(f"{name}/")]
+        if values:
+            out[name] = float(np.nanmean(values))
     return out
 
 

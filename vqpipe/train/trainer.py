@@ -6,12 +6,15 @@ Data (:func:`streamed_training_data`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vqpipe.train.config import check_config, setting
+from vqpipe.train.config import absolute_paths, check_config, setting, start_from
+
+log = logging.getLogger("vqpipe.train")
 
 METHODS: dict[str, str] = {
     "gamma": "vqpipe.train.gamma:train_gamma",
@@ -44,26 +47,39 @@ def fit(
     resume: bool = True,
     keep_checkpoints: int = 2,
     max_failures: int = 0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Any:
     """Run the method's loop on ``num_workers`` Ray Train workers; returns the ``Result``
     (``result.checkpoint`` holds ``model.safetensors`` in the layout the scorer loads).
 
     The config is checked first (:func:`~vqpipe.train.config.check_config`): a bad one raises
-    :class:`~vqpipe.train.config.ConfigError` before Ray starts."""
+    :class:`~vqpipe.train.config.ConfigError` before Ray starts. Where the weights come from
+    (:func:`~vqpipe.train.config.start_from`: Gamma without ``checkpoint`` or
+    ``model_config`` fine-tunes the bundled demo) goes to ``notice`` (default: the log).
+    ``progress(metrics)`` is called on this process for every epoch rank 0 reports."""
     check_config(method, config)
+    config, start = start_from(method, absolute_paths(method, config))
+    (notice or log.warning)(start)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vqpipe.train.progress import reported_epochs
 
     loop = training_loop(method)
     storage = str(storage_path or Path.home() / "vqpipe-runs")
     if "://" not in storage:  # local: absolute; object stores (s3://...) go to Ray as they are
         storage = str(Path(storage).expanduser().resolve())
-    run_config = ray.train.RunConfig(
-        name=name,
-        storage_path=storage,
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
-        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-    )
+
+    def run_config(callbacks: list[Any]) -> Any:
+        return ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        )
+
     scaling = ray.train.ScalingConfig(
         num_workers=num_workers,
         use_gpu=use_gpu,
@@ -74,15 +90,16 @@ def fit(
     latest = latest_checkpoint(os.path.join(storage, name)) if resume and local else None
     if latest:  # the loop resumes from ray.train.get_checkpoint() first, else from this
         config = {**config, "resume_from": latest}
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=config,
-        scaling_config=scaling,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=run_config,
-        datasets=datasets,
-    )
-    return trainer.fit()
+    with reported_epochs(progress) as callbacks:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=config,
+            scaling_config=scaling,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=run_config(callbacks),
+            datasets=datasets,
+        )
+        return trainer.fit()
 
 
 def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
