@@ -342,3 +342,26 @@ def test_mask_free_forward_after_a_prefix_on_cuda(qalign_checkpoint):
         ones = torch.ones(4, 78, dtype=torch.bool, device="cuda")
         masked, _ = decoder.decode(new, 1, attention_mask=ones, past_key_values=cache)
     torch.testing.assert_close(free.float(), masked.float(), atol=3e-2, rtol=0)
+
+
+def test_lower_right_causal_falls_back_to_the_mask_it_stands_for(monkeypatch):
+    """Where the bias cannot be made intact (DeepSpeed ZeRO-3's patched tensor creation strips
+    its attributes; FlopCounterMode refuses the subclass), the same boolean mask is used."""
+    from vqpipe.models.mplug_owl2 import llama
+
+    bias = llama.lower_right_causal(3, 7, torch.device("cpu"))
+    assert isinstance(bias, CausalBias)
+    expected = bias._materialize()
+
+    class Stripped:  # what ZeRO-3's tensor creation hands back: no seq_len_q / seq_len_kv
+        pass
+
+    monkeypatch.setattr(llama, "causal_lower_right", lambda q, k: Stripped())
+    mask = llama.lower_right_causal(3, 7, torch.device("cpu"))
+    assert mask.dtype == torch.bool and torch.equal(mask, expected)
+
+    def refused(q, k):
+        raise RuntimeError("Creating a new Tensor subclass CausalBias but ...")
+
+    monkeypatch.setattr(llama, "causal_lower_right", refused)
+    assert torch.equal(llama.lower_right_causal(3, 7, torch.device("cpu")), expected)

@@ -154,13 +154,27 @@ def attention_mask_4d(
     if key_mask is None:
         if past_len == 0 or q_len == 1:
             return None
-        return causal_lower_right(q_len, past_len + q_len)
+        return lower_right_causal(q_len, past_len + q_len, device)
     total = past_len + q_len
     q_pos = torch.arange(past_len, total, device=device)[:, None]
     k_pos = torch.arange(total, device=device)[None, :]
     allowed = (k_pos <= q_pos)[None] & key_mask.bool()[:, None, :]
     allowed = allowed | (k_pos == q_pos)[None]
     return allowed.expand(batch, -1, -1)[:, None]
+
+
+def lower_right_causal(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """:func:`causal_lower_right` (query i sees keys up to ``kv_len - q_len + i``), or the
+    boolean mask it stands for where the tensor subclass cannot be made intact: DeepSpeed
+    ZeRO-3 patches tensor creation (the bias comes out without its ``seq_len_q``), and a
+    ``TorchDispatchMode`` (FlopCounterMode) refuses the subclass."""
+    try:
+        bias = causal_lower_right(q_len, kv_len)
+        if hasattr(bias, "seq_len_q") and hasattr(bias, "seq_len_kv"):
+            return bias
+    except RuntimeError:
+        pass
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
 
 
 def position_ids_from_mask(key_mask: torch.Tensor, q_len: int) -> torch.Tensor:
