@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaRMSNorm,
@@ -90,6 +90,10 @@ class MPLUGOwl2Attention(nn.Module):
         present = (k, v)
         groups = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        if isinstance(mask, CausalBias) and not hasattr(mask, "seq_len_q"):
+            # DeepSpeed ZeRO-3's forward hooks rebuild tensor arguments: the bias arrives
+            # without its lengths; made again here, where nothing stands between it and SDPA
+            mask = lower_right_causal(t, k.shape[-2], q.device)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and past is None and t > 1
         )
