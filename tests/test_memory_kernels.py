@@ -365,3 +365,24 @@ def test_lower_right_causal_falls_back_to_the_mask_it_stands_for(monkeypatch):
 
     monkeypatch.setattr(llama, "causal_lower_right", refused)
     assert torch.equal(llama.lower_right_causal(3, 7, torch.device("cpu")), expected)
+
+
+def test_a_bias_stripped_on_its_way_to_the_attention_is_made_again(qalign):
+    """DeepSpeed ZeRO-3's forward hooks hand tensor arguments on rebuilt: a CausalBias without
+    its lengths. The attention makes it again from the query and key lengths."""
+    from vqpipe.models.mplug_owl2 import llama
+
+    decoder = qalign.model.model
+    attention = decoder.layers[0].self_attn
+    d = decoder.config.hidden_size
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        x = torch.randn(2, 5, d, generator=gen)
+        past = (torch.randn(1, attention.num_kv_heads, 4, attention.head_dim, generator=gen),) * 2
+        rope = decoder.rotary_emb(x, torch.arange(4, 9)[None].expand(2, -1))
+        intact = llama.lower_right_causal(5, 9, torch.device("cpu"))
+        stripped = torch.Tensor._make_subclass(CausalBias, torch.empty(0))
+        assert not hasattr(stripped, "seq_len_q")
+        want, _ = attention(x, 1, rope, intact, past)
+        got, _ = attention(x, 1, rope, stripped, past)
+    torch.testing.assert_close(got, want)
