@@ -28,6 +28,10 @@ from vqpipe.storage import read_quality_table
 BRIGHTNESS = ["--scorer", "brightness"]
 JOB_LIMIT_S = 60.0
 """A job with stalled reads (``--read-timeout 3``) ends within this, start-up included."""
+HUNG_S = 10.0
+"""A read with a 0.5–2 s deadline still running after this hangs. The stalls below last far
+longer (30 s, forever, or 1 byte/s of a 2 KB file); the margin absorbs a loaded 2-core CI
+machine, where a 4 s limit once failed a read that did time out."""
 
 
 class StallProxy:
@@ -231,7 +235,7 @@ def test_read_input_gives_up_at_the_deadline_while_a_request_stalls(s3_bucket, s
     s3.pipe(f"{bucket}/ok.png", image_bytes(1, "PNG"))
     _, options = stall_proxy({f"{bucket}/slow.png": (10, 1.0)})
     with pytest.raises(ReadTimeoutError, match="timed out after 2 s"):
-        _within(4, lambda: read_input(f"s3://{bucket}/slow.png", options, timeout_s=2))
+        _within(HUNG_S, lambda: read_input(f"s3://{bucket}/slow.png", options, timeout_s=2))
     assert read_input(f"s3://{bucket}/ok.png", options, timeout_s=2) == image_bytes(1, "PNG")
 
 
@@ -248,7 +252,7 @@ def test_an_open_shard_stream_that_stalls_ends_with_a_transient_timeout(s3_bucke
     with open_input(f"s3://{bucket}/stream.bin", options, timeout_s=2, block_size=100_000) as fh:
         assert fh.read(250_000) == data[:250_000]  # three ranged reads, each in time
         with pytest.raises(ReadTimeoutError) as caught:
-            _within(4, fh.read, 100_000)
+            _within(HUNG_S, fh.read, 100_000)
     assert is_transient(caught.value)
     with open_input(f"s3://{bucket}/other.bin", options, timeout_s=2) as fh:  # seekable
         fh.seek(-10, io.SEEK_END)
@@ -270,7 +274,7 @@ def test_a_local_read_that_blocks_is_abandoned_at_the_deadline(tmp_path, monkeyp
     monkeypatch.setattr(reading, "_read_stream", stuck)
     try:
         with pytest.raises(reading.ReadTimeoutError):
-            _within(2, lambda: reading.read_input(str(path), timeout_s=0.5))
+            _within(HUNG_S, lambda: reading.read_input(str(path), timeout_s=0.5))
     finally:
         release.set()
 
@@ -438,8 +442,8 @@ def test_a_blocking_filesystem_stream_is_abandoned_after_the_read_timeout():
         with open_input("wedged:///t/shard.tar", timeout_s=0.5, block_size=1000) as fh:
             assert fh.read(1000) == b"y" * 1000
             with pytest.raises(ReadTimeoutError):
-                _within(2, fh.read, 10)
+                _within(HUNG_S, fh.read, 10)
             with pytest.raises(ReadTimeoutError):  # the stream is abandoned, not re-entered
-                _within(2, fh.read, 10)
+                _within(HUNG_S, fh.read, 10)
     finally:
         release.set()
