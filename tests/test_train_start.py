@@ -162,7 +162,7 @@ def test_relative_image_paths_resolve_against_image_root_else_the_tables_folder(
 
 def test_docs_training_table_is_the_config_table():
     text = (ROOT / "docs" / "training.md").read_text()
-    begin, end = "<!-- keys: python -m vqpipe.train.config --markdown -->\n", "<!-- end keys -->"
+    begin, end = "<!-- generated: training-keys -->\n", "<!-- end generated -->"
     assert begin in text and end in text
     assert text.split(begin, 1)[1].split(end, 1)[0] == markdown()
     assert "| `epochs` | `10` |" in markdown() and "| `checkpoint` | required |" in markdown()
