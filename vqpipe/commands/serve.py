@@ -215,10 +215,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from vqpipe.pipeline.job import demo_notice
 
     settings = service_settings(args)
-    _check_serve_installed()
-    local = args.address in (None, "local") or str(args.address).startswith(("127.", "localhost"))
-    if local:
+    if args.address in (None, "local"):  # the HTTP proxy listens on this machine
         _check_port_free(args.host, args.port)
+    _check_serve_installed()
     from vqpipe.service.app import APP_NAME, ServiceConfig, build_app
 
     config = ServiceConfig(**settings)
@@ -226,31 +225,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for line in demo_notice(config):
         print(f"vqpipe: note: {line}", file=out, flush=True)
     url = f"http://{_client_host(args.host)}:{args.port}"
-    started_ray = False
-    served = False
+    started_ray = served = False
     try:
-        with ray_output_kept_out(NORMAL, "serve"):
-            import ray
-            from ray import serve
+        with ray_output_kept_out(NORMAL, "serve"):  # Ray's and Serve's own lines: to a log
+            try:
+                import ray
+                from ray import serve
 
-            if not ray.is_initialized():
-                ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-                started_ray = True
-            serve.start(http_options={"host": args.host, "port": args.port})
-            served = True
-            serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-            _wait_ready(url, args.ready_timeout)
-            columns = ", ".join(spec.column for spec in config.scorers)
-            print(f"vqpipe serve: ready at {url} (columns: {columns})", file=out, flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt as exc:
-        _stop(served, started_ray)
+                if not ray.is_initialized():
+                    ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+                    started_ray = True
+                serve.start(http_options={"host": args.host, "port": args.port})
+                served = True
+                serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+                _wait_ready(url, args.ready_timeout)
+                columns = ", ".join(spec.column for spec in config.scorers)
+                print(f"vqpipe serve: ready at {url} (columns: {columns})", flush=True)
+                while True:
+                    time.sleep(3600)
+            finally:
+                _stop(served, started_ray)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (vqpipe.cli turns it into one)
         print("vqpipe: interrupted: the service is shut down", file=sys.stderr, flush=True)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    except BaseException:
-        _stop(served, started_ray)
-        raise
 
 
 def _client_host(host: str) -> str:
