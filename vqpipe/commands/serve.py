@@ -122,7 +122,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def service_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of the :class:`~vqpipe.service.app.ServiceConfig` of the arguments, checked
+    """The fields of the :class:`~vqpipe.service.config.ServiceConfig` of the arguments, checked
     without Ray and without Ray Serve (the module that imports it comes after)."""
     import os
 
@@ -218,7 +218,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.address in (None, "local"):  # the HTTP proxy listens on this machine
         _check_port_free(args.host, args.port)
     _check_serve_installed()
-    from vqpipe.service.app import APP_NAME, ServiceConfig, build_app
+    from vqpipe.service.app import APP_NAME, build_app
+    from vqpipe.service.config import ServiceConfig
 
     config = ServiceConfig(**settings)
     out = terminal()

@@ -4,5 +4,6 @@
 * :mod:`vqpipe.service.column` — one scorer: decode an item as the batch pipeline does, score a
   batch of prepared items (pure Python, no Serve: the replica and the tests share it).
 * :mod:`vqpipe.service.routes` — the HTTP routes as plain async code (status, JSON payload).
+* :mod:`vqpipe.service.config` — what a service is made of, from the CLI or a Serve config.
 * :mod:`vqpipe.service.app` — the Ray Serve deployments (imports Ray Serve).
 """

@@ -3,7 +3,8 @@
 autoscaling) behind one ingress (:class:`Ingress`, the HTTP routes of
 :mod:`vqpipe.service.routes`).
 
-:func:`build_app` makes the application from a :class:`ServiceConfig` (what the CLI builds);
+:func:`build_app` makes the application from a
+:class:`~vqpipe.service.config.ServiceConfig` (what the CLI builds);
 :func:`app_builder` makes it from a Serve config file's ``args`` (a RayService's
 ``serveConfigV2``: ``import_path: vqpipe.service.app:app_builder``).
 """
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 from ray import serve
@@ -24,34 +23,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from vqpipe.errors import DemoCheckpointWarning
-from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.service.body import (
-    DEFAULT_MAX_ITEMS,
-    DEFAULT_MAX_REQUEST_BYTES,
-    REMOTE_SCHEMES,
-    Item,
-)
+from vqpipe.service.body import Item
 from vqpipe.service.column import ColumnInfo, ColumnScorer, Prepared, column_info
+from vqpipe.service.config import DEFAULT_BATCH_WAIT_MS, ServiceConfig, config_from_args
 from vqpipe.service.routes import LOADING, READY, Routes, UnavailableError
 
 APP_NAME = "vqpipe"
-DEFAULT_BATCH_WAIT_MS = 10.0
 LOAD_WAIT_S = 1800.0  # a request that arrives while the scorer loads waits this long at most
-
-
-@dataclass
-class ServiceConfig:
-    """Everything a service is made of (the CLI and :func:`app_builder` build it)."""
-
-    scorers: list[ScorerOptions]
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    limits: MediaLimits = field(default_factory=MediaLimits)
-    video_fps: float = 1.0
-    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_items: int = DEFAULT_MAX_ITEMS
-    uri_prefixes: tuple[str, ...] = REMOTE_SCHEMES
 
 
 @serve.deployment
@@ -220,14 +199,6 @@ def build_app(config: ServiceConfig) -> Any:
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """:func:`build_app` from a Serve config's ``args`` (a RayService's ``serveConfigV2``):
-    ``scorers`` (``--scorer`` specs), and optionally ``batch_wait_ms``, ``max_request_bytes``,
-    ``max_items``, ``uri_prefixes``, ``storage_options``, ``video_fps`` and the media limits
-    (``max_bytes``, ``max_pixels``, ``read_timeout_s``, ``max_frames``, ...)."""
-    args = dict(args)
-    specs = [ScorerOptions.parse(text) for text in args.pop("scorers", None) or ["gamma"]]
-    names = {f.name for f in dataclasses.fields(MediaLimits)}
-    limits = MediaLimits(**{k: args.pop(k) for k in list(args) if k in names})
-    if "uri_prefixes" in args:
-        args["uri_prefixes"] = tuple(args["uri_prefixes"])
-    return build_app(ServiceConfig(scorers=specs, limits=limits, **args))
+    """:func:`build_app` from a Serve config's ``args`` (a RayService's ``serveConfigV2``; the
+    keys: :func:`~vqpipe.service.config.config_from_args`)."""
+    return build_app(config_from_args(args))
