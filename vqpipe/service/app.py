@@ -30,6 +30,7 @@ from vqpipe.service.config import DEFAULT_BATCH_WAIT_MS, ServiceConfig, config_f
 from vqpipe.service.routes import LOADING, READY, Routes, UnavailableError
 
 APP_NAME = "vqpipe"
+INGRESS_ONGOING = 256  # requests in flight through the ingress (each up to max_request_bytes)
 LOAD_WAIT_S = 1800.0  # a request that arrives while the scorer loads waits this long at most
 
 
@@ -115,9 +116,11 @@ class ScorerReplica:
         return await asyncio.to_thread(self.scorer.score, batch)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_ONGOING)
 class Ingress:
-    """The HTTP entry: :class:`~vqpipe.service.routes.Routes` over the columns' handles."""
+    """The HTTP entry: :class:`~vqpipe.service.routes.Routes` over the columns' handles. It
+    only waits on the scorers, so it takes many requests at once (Serve's default of 5 would
+    keep the scorers' batches at 5 one-item requests)."""
 
     def __init__(self, scorers: dict[str, Any], infos: dict[str, ColumnInfo], config: Any) -> None:
         self.handles = scorers
