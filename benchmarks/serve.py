@@ -4,13 +4,15 @@
     python benchmarks/serve.py --quick        # concurrency 1, 8; 2 rounds
     python benchmarks/serve.py --json         # the records `vqpipe bench` reads
 
-The service runs as ``vqpipe serve --scorer gamma:device=cpu,batch_size=B --address local`` in
-a subprocess (its own local Ray); C client threads each send requests of one image (a reward
-call) over HTTP. The baseline is the same images scored in this process by the batch API
-(``create_scorer("gamma").score``) one request at a time: the serial reward loop a service
-replaces. Rounds alternate service and baseline (each on an idle machine), repeated; the
-figures are each round's requests/s (min and median over rounds) and the latency p50 / p99
-of the requests of all rounds. The images are decoded from PNG bytes on both sides.
+The service runs as ``vqpipe serve --scorer gamma:device=cpu,batch_size=B,num_cpus=<all cores>
+--address local`` in a subprocess (its own local Ray; the replica gets every core, as the
+in-process baseline has: Ray sets a replica's torch threads to its ``num_cpus``); C client
+threads each send requests of one image (a reward call) over HTTP. The baseline is the same
+images scored in this process by the batch API (``create_scorer("gamma").score``) one request
+at a time: the serial reward loop a service replaces. Rounds alternate service and baseline
+(each on an otherwise idle machine), repeated; the figures are each round's requests/s (min
+and median over rounds) and the latency p50 / p99 of the requests of all rounds. The images
+are decoded from PNG bytes on both sides.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def start_service(batch_size: int, wait_ms: float) -> tuple[subprocess.Popen, st
     env.pop("RAY_ADDRESS", None)
     command = [
         *(sys.executable, "-m", "vqpipe.cli", "serve", "--address", "local"),
-        *("--scorer", f"gamma:device=cpu,batch_size={batch_size}", "--port", str(port)),
+        *("--scorer", f"gamma:device=cpu,batch_size={batch_size},num_cpus={os.cpu_count()}"),
+        *("--port", str(port)),
         *("--batch-wait-ms", str(wait_ms)),
     ]
     proc = subprocess.Popen(
