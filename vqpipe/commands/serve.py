@@ -95,8 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="PREFIX",
         default=None,
-        help="a place URIs may be read from: a local folder or URL prefix (repeatable; "
-        "object stores s3:// gs:// az:// are always allowed)",
+        help="a local folder or URL prefix URIs may be read from, besides object stores "
+        "(s3://, gs://, az://) (repeatable; default: object stores only)",
     )
     parser.add_argument(
         "--video-fps", type=float, default=1.0, help="frames sampled per second (default: 1)"
