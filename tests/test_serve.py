@@ -410,12 +410,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _loads(data: bytes) -> dict:
+    try:
+        return json.loads(data)
+    except ValueError:  # Serve's proxy answers in text before the application is routed
+        return {"text": data.decode("utf-8", "replace")}
+
+
 def _get(url: str) -> tuple[int | None, dict]:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        return exc.code, _loads(exc.read())
     except OSError:
         return None, {}
 
@@ -424,9 +431,9 @@ def _post(url: str, body: bytes, content_type: str = "application/json") -> tupl
     request = urllib.request.Request(url, data=body, headers={"content-type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return exc.code, _loads(exc.read())
 
 
 @pytest.fixture
@@ -439,6 +446,7 @@ def served(tmp_path, images, s3_bucket, s3_server):
     env.pop("RAY_ADDRESS", None)
     argv = [
         *("serve", "--scorer", "gamma:device=cpu,batch_size=16", "--host", "127.0.0.1"),
+        *("--scorer", "brightness:num_cpus=0.25,column=light"),
         *("--port", str(port), "--address", "local", "--batch-wait-ms", "100"),
         *("--uri-prefix", str(images[0].parent), "--max-request-bytes", "400000"),
         *("--storage-options", json.dumps(s3_server)),
@@ -482,6 +490,7 @@ def test_served_gamma_over_http(served, images, expected):
     # healthz: 503 (loading) before 200; the proxy may answer 404 before the app is routed
     assert all(status in (503, 404) for status, _ in seen[:-1]), seen
     assert (503, "loading") in seen, seen
+    assert _get(f"{url}/healthz")[1]["columns"] == {"gamma": "ready", "light": "ready"}
 
     # 64 concurrent requests of one or two images, all answered, equal to the batch API
     def one(k: int) -> tuple[int, list[int], dict]:
@@ -533,6 +542,14 @@ def test_served_gamma_over_http(served, images, expected):
     assert _post(f"{url}/score/nope", _json([{"uri": "s3://b/a.jpg"}]))[0] == 404
     assert _post(f"{url}/score/gamma", b"{nope")[0] == 400
 
+    # a second column, with its own scorer, scale and deployment
+    import vqpipe
+
+    light = vqpipe.create_scorer("brightness").score([str(p) for p in images[:2]])
+    status, payload = _post(f"{url}/score/light", _json([{"uri": str(p)} for p in images[:2]]))
+    assert status == 200 and payload["errors"] == [None, None], payload
+    np.testing.assert_allclose(payload["scores"], light, atol=1e-5, rtol=0)
+
     # the client
     client = VQClient(url)
     assert client.wait_ready(timeout=30)["status"] == "ok"
@@ -543,7 +560,7 @@ def test_served_gamma_over_http(served, images, expected):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert f"vqpipe serve: ready at {url} (columns: gamma)" in out
+    assert f"vqpipe serve: ready at {url} (columns: gamma, light)" in out
     assert err.strip().splitlines()[-1] == "vqpipe: interrupted: the service is shut down", err
     assert "Traceback" not in err
     assert _get(f"{url}/healthz")[0] is None

@@ -226,7 +226,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for line in demo_notice(config):
         print(f"vqpipe: note: {line}", file=out, flush=True)
     url = f"http://{_client_host(args.host)}:{args.port}"
-    started_ray = served = False
+    connected = started_serve = served = False
     try:
         with ray_output_kept_out(NORMAL, "serve"):  # Ray's and Serve's own lines: to a log
             try:
@@ -235,7 +235,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
                 if not ray.is_initialized():
                     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-                    started_ray = True
+                    connected = True
+                started_serve = not _serve_running()
                 serve.start(http_options={"host": args.host, "port": args.port})
                 served = True
                 serve.run(build_app(config), name=APP_NAME, route_prefix="/")
@@ -245,7 +246,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 while True:
                     time.sleep(3600)
             finally:
-                _stop(served, started_ray)
+                _stop(served, started_serve, connected)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (vqpipe.cli turns it into one)
         print("vqpipe: interrupted: the service is shut down", file=sys.stderr, flush=True)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
@@ -282,19 +283,29 @@ def _wait_ready(url: str, timeout_s: float) -> None:
     raise JobError(f"the service was not ready after {timeout_s:g} s (last answer: {last})")
 
 
-def _stop(served: bool, started_ray: bool) -> None:
-    """Shut the service down: Serve itself when this command started Ray (nothing else runs
-    there), else only this application (other Serve applications on the cluster stay)."""
+def _serve_running() -> bool:
+    """Whether Serve already runs on the cluster (then only this application is ours)."""
+    try:
+        from ray.serve.context import _get_global_client  # no public "is Serve up?"
+
+        return _get_global_client(raise_if_no_controller_running=False) is not None
+    except Exception:  # unknown: leave the other applications alone
+        return True
+
+
+def _stop(served: bool, started_serve: bool, connected: bool) -> None:
+    """Shut the service down: Serve itself when this command started it, else only this
+    application (the cluster's other Serve applications stay); then leave Ray (a local Ray
+    this command started stops with it)."""
     with contextlib.suppress(Exception):
         import ray
         from ray import serve
 
-        if served:
-            if started_ray:
-                serve.shutdown()
-            else:
-                from vqpipe.service.app import APP_NAME
+        if served and started_serve:
+            serve.shutdown()
+        elif served:
+            from vqpipe.service.app import APP_NAME
 
-                serve.delete(APP_NAME)
-        if started_ray:
+            serve.delete(APP_NAME)
+        if connected:
             ray.shutdown()
