@@ -35,6 +35,7 @@ from vqpipe.cli import main
 from vqpipe.client import Result, ServiceError, VQClient
 from vqpipe.service.body import REMOTE_SCHEMES, Item, RequestError, parse_items, uri_refusal
 from vqpipe.service.column import ColumnInfo
+from vqpipe.service.replica import ScorerWorker
 from vqpipe.service.routes import Routes, answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,6 +359,81 @@ def test_client_reports_a_service_that_is_not_there():
     assert client.healthz()["status"] == "unreachable"
     with pytest.raises(TimeoutError):
         client.wait_ready(timeout=0.3, interval=0.1)
+
+
+class _Worker(ScorerWorker):
+    """The replica's logic with a stand-in for ``@serve.batch``: the items that arrive within
+    50 ms form one batch."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.pending: list = []
+
+    async def score_batch(self, prepared):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((prepared, future))
+        if len(self.pending) == 1:
+            await asyncio.sleep(0.05)
+            batch, self.pending = self.pending, []
+            results = await self.run_batch([p for p, _ in batch])
+            for (_, waiting), result in zip(batch, results, strict=True):
+                waiting.set_result(result)
+        return await future
+
+
+def test_replica_loads_in_the_background_and_batches_concurrent_requests(monkeypatch, images):
+    import vqpipe
+    import vqpipe.service.replica as replica
+    from vqpipe.pipeline.config import ScorerOptions
+    from vqpipe.service.config import ServiceConfig
+
+    release = threading.Event()
+    real = replica.ColumnScorer
+
+    def slow_load(*args):
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(replica, "ColumnScorer", slow_load)
+    spec = ScorerOptions.parse("brightness:column=light")
+    worker = _Worker(spec, ServiceConfig(scorers=[spec], uri_prefixes=(str(images[0].parent),)))
+    assert worker.state() == "loading"
+    release.set()
+
+    async def requests():
+        bodies = [[Item(data=images[k].read_bytes())] for k in range(4)]
+        bodies.append([Item(uri=str(images[4])), Item(data=b"no image"), Item(error="request: x")])
+        return await asyncio.gather(*(worker.score(items) for items in bodies))
+
+    answers = asyncio.run(requests())
+    assert worker.state() == "ready"
+    worker.check_health()
+    expected = vqpipe.create_scorer("brightness").score([str(p) for p in images[:5]])
+    got = [a["results"][0][0] for a in answers]
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert answers[4]["results"][1][0] is None
+    assert answers[4]["results"][1][1].startswith("decode: ")
+    assert answers[4]["results"][2] == (None, "request: x")
+    stats = worker.stats()
+    assert stats["max_batch_size"] > 1 and stats["items"] == 5, stats
+
+
+def test_a_replica_whose_scorer_cannot_load_says_so(monkeypatch):
+    import vqpipe.service.replica as replica
+    from vqpipe.pipeline.config import ScorerOptions
+    from vqpipe.service.config import ServiceConfig
+
+    def missing(*args):
+        raise FileNotFoundError("checkpoint /no/such/gamma.pth not found")
+
+    monkeypatch.setattr(replica, "ColumnScorer", missing)
+    spec = ScorerOptions.parse("gamma:checkpoint=/no/such/gamma.pth,device=cpu")
+    worker = _Worker(spec, ServiceConfig(scorers=[spec]))
+    answer = asyncio.run(worker.score([Item(data=b"x")]))
+    assert "not available" in answer["unavailable"]
+    assert worker.state() == "failed: FileNotFoundError: checkpoint /no/such/gamma.pth not found"
+    with pytest.raises(RuntimeError, match="failed to load"):
+        worker.check_health()
 
 
 # --- the command ---------------------------------------------------------------------------
