@@ -227,6 +227,21 @@ def test_answer_never_turns_an_error_into_a_number():
     assert payload["errors"] == [None, "decode: truncated"]
 
 
+def test_replica_options_fixed_autoscaled_and_gpus():
+    from vqpipe.pipeline.config import ScorerOptions
+    from vqpipe.service.config import replica_options
+
+    fixed = replica_options(ScorerOptions.parse("gamma:batch_size=32,actors=2"))
+    assert fixed["name"] == "scorer_gamma" and fixed["num_replicas"] == 2
+    assert fixed["max_ongoing_requests"] >= 32  # a batch can fill from one-item requests
+    assert "autoscaling_config" not in fixed
+    scaled = replica_options(ScorerOptions.parse("gamma:num_gpus=1,actors=1-4,column=g"))
+    assert scaled["autoscaling_config"]["min_replicas"] == 1
+    assert scaled["autoscaling_config"]["max_replicas"] == 4
+    assert scaled["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert "num_replicas" not in scaled and scaled["name"] == "scorer_g"
+
+
 # --- the scorer behind a column, and the client -------------------------------------------
 
 

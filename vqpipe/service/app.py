@@ -21,7 +21,12 @@ from starlette.responses import JSONResponse
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.service.body import Item
 from vqpipe.service.column import ColumnInfo, Prepared, column_info
-from vqpipe.service.config import DEFAULT_BATCH_WAIT_MS, ServiceConfig, config_from_args
+from vqpipe.service.config import (
+    DEFAULT_BATCH_WAIT_MS,
+    ServiceConfig,
+    config_from_args,
+    replica_options,
+)
 from vqpipe.service.replica import Result, ScorerWorker
 from vqpipe.service.routes import Routes, UnavailableError
 
@@ -70,10 +75,6 @@ class Ingress:
         )
         return JSONResponse(payload, status_code=status)
 
-    async def health(self) -> tuple[int, dict[str, Any]]:
-        """``/healthz`` through a handle (what the CLI waits on)."""
-        return await self.routes.health()
-
     async def _score(self, column: str, items: list[Item]) -> list[Any]:
         answer = await self.handles[column].score.remote(items)
         if "unavailable" in answer:
@@ -94,30 +95,6 @@ class Ingress:
         columns = list(self.handles)
         stats = await asyncio.gather(*(self.handles[c].stats.remote() for c in columns))
         return dict(zip(columns, stats, strict=True))
-
-
-def replica_options(spec: ScorerOptions) -> dict[str, Any]:
-    """A column's deployment options: fixed replicas (``actors=N``) or autoscaling between
-    ``actors=MIN-MAX`` on requests in flight; GPUs and CPUs per replica; enough requests in
-    flight per replica to fill a batch twice."""
-    low, high = spec.actors
-    options: dict[str, Any] = {
-        "name": f"scorer_{spec.column}",
-        "ray_actor_options": {
-            "num_cpus": spec.num_cpus if spec.num_cpus is not None else 1.0,
-            "num_gpus": spec.num_gpus,
-        },
-        "max_ongoing_requests": max(2 * spec.batch_size, 16),
-    }
-    if low == high:
-        options["num_replicas"] = low
-    else:
-        options["autoscaling_config"] = {
-            "min_replicas": low,
-            "max_replicas": high,
-            "target_ongoing_requests": max(spec.batch_size, 2),
-        }
-    return options
 
 
 def build_app(config: ServiceConfig) -> Any:

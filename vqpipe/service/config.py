@@ -53,3 +53,27 @@ def config_from_args(args: dict[str, Any]) -> ServiceConfig:
     if "uri_prefixes" in args:
         args["uri_prefixes"] = (*REMOTE_SCHEMES, *args["uri_prefixes"])
     return ServiceConfig(scorers=specs, limits=limits, **args)
+
+
+def replica_options(spec: ScorerOptions) -> dict[str, Any]:
+    """A column's deployment options: fixed replicas (``actors=N``) or autoscaling between
+    ``actors=MIN-MAX`` on requests in flight; GPUs and CPUs per replica; enough requests in
+    flight per replica to fill a batch twice."""
+    low, high = spec.actors
+    options: dict[str, Any] = {
+        "name": f"scorer_{spec.column}",
+        "ray_actor_options": {
+            "num_cpus": spec.num_cpus if spec.num_cpus is not None else 1.0,
+            "num_gpus": spec.num_gpus,
+        },
+        "max_ongoing_requests": max(2 * spec.batch_size, 16),
+    }
+    if low == high:
+        options["num_replicas"] = low
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "max_replicas": high,
+            "target_ongoing_requests": max(spec.batch_size, 2),
+        }
+    return options
