@@ -291,6 +291,23 @@ def test_column_scores_equal_the_batch_api_and_errors_keep_batch_mates(
     assert missing[0] is None and missing[1].startswith("read: ")
 
 
+def test_uris_on_s3_are_read_with_the_storage_options(s3_bucket, s3_server, images):
+    import vqpipe
+    from vqpipe.pipeline.config import ScorerOptions
+    from vqpipe.service.column import ColumnScorer
+
+    bucket, fs = s3_bucket
+    fs.pipe(f"{bucket}/a/img1.jpg", images[1].read_bytes())
+    column = ColumnScorer(ScorerOptions.parse("brightness"), s3_server)
+    items = [Item(uri=f"s3://{bucket}/a/img1.jpg"), Item(uri=f"s3://{bucket}/a/gone.jpg")]
+    (score, error), missing = column.score([column.prepare(i) for i in items])
+    assert error is None
+    assert score == pytest.approx(
+        vqpipe.create_scorer("brightness").score(str(images[1])), abs=1e-6
+    )
+    assert missing[0] is None and missing[1].startswith("read: ")
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """The service's routes behind the standard library's HTTP server (no Ray): the client's
     side of the contract, tested without Serve."""
