@@ -387,6 +387,32 @@ def test_client_sends_every_image_kind_and_reads_the_answer(local_service, image
     assert caught.value.status == 404
 
 
+def _routes_server(states: dict[str, str]):
+    routes, _ = _routes(states)
+    handler = type("Handler", (_Handler,), {"routes": routes})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_the_command_waits_for_healthz_and_stops_on_a_failed_scorer():
+    from vqpipe.commands.serve import _wait_ready
+    from vqpipe.errors import JobError
+
+    states = {"gamma": "loading"}
+    server, url = _routes_server(states)
+    try:
+        threading.Timer(1.0, states.update, kwargs={"gamma": "ready"}).start()
+        _wait_ready(url, timeout_s=30)  # returns once /healthz is 200
+        assert states["gamma"] == "ready"
+        states["gamma"] = "failed: OSError: no checkpoint"
+        with pytest.raises(JobError, match="no checkpoint"):
+            _wait_ready(url, timeout_s=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_client_reports_a_service_that_is_not_there():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
