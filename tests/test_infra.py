@@ -406,7 +406,7 @@ def test_one_ray_version_everywhere():
     ray = ray_version()
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert "FROM rayproject/ray:${RAY_VERSION}-py311-gpu" in dockerfile
-    assert '"ray[default,data,train]==${RAY_VERSION}"' in dockerfile
+    assert '"ray[default,data,train,serve]==${RAY_VERSION}"' in dockerfile
     assert rayjob()["spec"]["rayClusterSpec"]["rayVersion"] == ray
     images = re.findall(
         r"\S+/vqpipe:[\w.-]+",
@@ -417,7 +417,7 @@ def test_one_ray_version_everywhere():
     )
     assert images and all(i.endswith(f"/vqpipe:{vqpipe_image().rsplit(':', 1)[1]}") for i in images)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    (lower,) = re.findall(r'"ray\[[\w,]+\]>=([\d.]+)"', pyproject)
+    (lower,) = set(re.findall(r'"ray\[[\w,]+\]>=([\d.]+)"', pyproject))  # ray[...], ray[serve]
     assert ray.split(".")[:2] == lower.split(".")[:2], (ray, lower)
 
 
@@ -441,7 +441,7 @@ def test_dockerfile_installs_vqpipe_on_a_gpu_base():
     text = (INFRA / "Dockerfile").read_text()
     base = next(line for line in text.splitlines() if line.startswith("FROM"))
     assert base.endswith("-gpu")
-    assert '"torch===2.13.0"' in text and 'pip install --no-cache-dir ".[video]"' in text
+    assert '"torch===2.13.0"' in text and 'pip install --no-cache-dir ".[video,serve]"' in text
 
 
 def test_deploy_guide_names_the_files_and_commands():
@@ -462,3 +462,104 @@ def test_deploy_guide_names_the_files_and_commands():
         assert needle in section, needle
     # The local Ray that drives `ray up` / `ray job submit` must be the image's.
     assert set(re.findall(r"ray\[default\]==([\d.]+)", section)) == {ray_version()}
+
+
+# --- The RayService (vqpipe serve) -------------------------------------------------------------
+
+
+def rayservice() -> dict:
+    (doc,) = load_all(K8S / "rayservice.yaml")
+    return doc
+
+
+def rayservice_validator() -> jsonschema.Draft202012Validator:
+    """Our RayService schema, which takes the RayCluster spec from the RayJob schema."""
+    from referencing import Registry, Resource
+
+    schemas = [
+        json.loads((INFRA / "schemas" / f).read_text())
+        for f in ("rayjob-v1.schema.json", "rayservice-v1.schema.json")
+    ]
+    for schema in schemas:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
+    return jsonschema.Draft202012Validator(schemas[1], registry=registry)
+
+
+def serve_config() -> dict:
+    return yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+
+
+def test_rayservice_matches_the_kuberay_schema_and_its_pods_the_kubernetes_one():
+    service = rayservice()
+    rayservice_validator().validate(service)
+    cluster = service["spec"]["rayClusterConfig"]
+    templates = {"head": cluster["headGroupSpec"]["template"]}
+    templates.update({g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]})
+    assert set(templates) == {"head", "gpu-serve"}
+    for name, template in templates.items():
+        k8s_validate(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": name},
+                "template": template,
+            }
+        )
+        (container,) = template["spec"]["containers"]
+        assert container["image"] == vqpipe_image(), name
+        port = serve_config()["http_options"]["port"]
+        assert {"name": "serve", "containerPort": port} in container["ports"], name
+    assert cluster["rayVersion"] == ray_version()
+
+
+BROKEN_RAYSERVICES = {
+    "misspelled spec field": lambda s: s["spec"].update(
+        serveConfigV3=s["spec"].pop("serveConfigV2")
+    ),
+    "no serve config": lambda s: s["spec"].pop("serveConfigV2"),
+    "generateName (a RayService is applied)": lambda s: s.update(
+        metadata={"generateName": "vqpipe-serve-"}
+    ),
+    "cluster field misspelled": lambda s: s["spec"]["rayClusterConfig"].update(
+        headGroupSpecs=s["spec"]["rayClusterConfig"].pop("headGroupSpec")
+    ),
+    "unknown upgrade strategy": lambda s: s["spec"].update(upgradeStrategy={"type": "Rolling!"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_RAYSERVICES))
+def test_schema_rejects_a_broken_rayservice(case):
+    service = copy.deepcopy(rayservice())
+    BROKEN_RAYSERVICES[case](service)
+    with pytest.raises(jsonschema.ValidationError):
+        rayservice_validator().validate(service)
+
+
+def test_rayservice_application_is_vqpipe_serve_and_fits_its_cluster():
+    from vqpipe.pipeline.validate import check_scorer
+    from vqpipe.service.column import check_servable
+    from vqpipe.service.config import config_from_args
+
+    config = serve_config()
+    (app,) = config["applications"]
+    assert app["import_path"] == "vqpipe.service.app:app_builder"
+    assert app["route_prefix"] == "/"
+    assert config["http_options"]["host"] == "0.0.0.0"
+    service = config_from_args(app["args"])  # unknown keys fail here
+    assert service.max_request_bytes == 64 * 2**20 and service.limits.read_timeout_s == 60
+    (spec,) = service.scorers
+    check_scorer(spec, {})
+    check_servable(spec)
+    assert spec.column == "gamma" and spec.batch_size == 64
+    # One GPU per scorer replica, and as many GPU workers as replicas at most.
+    (group,) = service_groups = rayservice()["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(int(spec.num_gpus)) == "1"
+    assert (group["minReplicas"], group["maxReplicas"]) == spec.actors
+    assert service_groups and rayservice()["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]
+
+
+def test_rayservice_serve_config_is_what_ray_serve_accepts():
+    schema = pytest.importorskip("ray.serve.schema", exc_type=ImportError)
+    schema.ServeDeploySchema.model_validate(serve_config())
