@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vqpipe.prompts import COMPARE_PROMPT
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
@@ -55,11 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT = "q-future/Compare2Score"
-COMPARE_PROMPT = (
-    "USER: <|image|> <|image|> Compared with the first image, what is your quality rating for "
-    "second image? \nASSISTANT: The quality of the second image is"
-)
-"""The official prompt: anchor image first, test image second, BOS once at the front."""
 
 
 class Compare2ScoreScorer(Owl2Scorer):

@@ -20,6 +20,8 @@ from PIL import Image
 
 from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
+from vqpipe.prompts import COMPARE_ANSWER as ANSWER_PREFIX
+from vqpipe.prompts import COMPARE_QUESTION as QUESTION
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
@@ -33,9 +35,6 @@ from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
 
 if TYPE_CHECKING:
     import torch
-
-QUESTION = "Compared with the first image, what is your quality rating for second image?"
-ANSWER_PREFIX = "The quality of the second image is"
 
 
 class RGBArray:

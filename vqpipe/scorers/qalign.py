@@ -30,7 +30,7 @@ import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
-from vqpipe.prompts import QALIGN_TASKS
+from vqpipe.prompts import QALIGN_TASKS, qalign_prompt
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scoring.base import average_frames, inference_mode
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # torch and the model load where the model is built or run
     from vqpipe.models.mplug_owl2.llama import KVCache
 
 DEFAULT_CHECKPOINT = "q-future/one-align"
-TASKS = QALIGN_TASKS  # task → (what is rated, what the input is called) in the official prompt
 
 
 def check_tasks(
@@ -59,24 +58,12 @@ def check_tasks(
         parts = tasks.split(",") if isinstance(tasks, str) else list(tasks)
         names = tuple(str(t).strip() for t in parts)
         if not names or not all(names):
-            raise ValueError(f"tasks={tasks!r}: name one or more of {', '.join(TASKS)}")
+            raise ValueError(f"tasks={tasks!r}: name one or more of {', '.join(QALIGN_TASKS)}")
         if len(set(names)) != len(names):
             raise ValueError(f"tasks={tasks!r}: a task is named twice")
     for name in names:
         qalign_prompt(name)
     return names
-
-
-def qalign_prompt(task: str) -> str:
-    """The official OneAlign prompt for ``task`` (quality | aesthetics | video)."""
-    try:
-        what, medium = TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown Q-Align task {task!r}; use one of {sorted(TASKS)}") from None
-    return (
-        f"USER: How would you rate the {what} of this {medium}?\n<|image|>\n"
-        f"ASSISTANT: The {what} of the {medium} is"
-    )
 
 
 def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

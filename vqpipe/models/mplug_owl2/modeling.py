@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vqpipe.models.mplug_owl2.checkpoint import load_into, save_weights, weight_files
+from vqpipe.models.mplug_owl2.checkpoint import load_into, save_weights, shard_files
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
 from vqpipe.models.mplug_owl2.llama import KVCache, Modality, MPLUGOwl2Decoder
 from vqpipe.models.mplug_owl2.tokenizer import IMAGE_TOKEN_INDEX
@@ -295,7 +295,7 @@ class MPLUGOwl2ForCausalLM(nn.Module):
         dtype = resolve_dtype(dtype, torch.device("cpu")) if dtype is not None else torch.float32
         with torch.device("meta"):
             model = cls(config)
-        load_into(model, weight_files(directory), dtype, device)
+        load_into(model, shard_files(directory), dtype, device)
         model._reset_buffers(device)
         model.source = str(directory)
         return model.to(device).eval()
