@@ -104,7 +104,7 @@ class Compare2ScoreScorer(Owl2Scorer):
             compile=compile,
         )
         self.temperature = options.temperature
-        self._cache_dir = cache_dir
+        self._cache_dir = options.cache_dir  # where a computed P_a is kept (tests read it)
         self.prefix_cache = prefix_cache
         ids = self.tokenizer.encode_prompt(COMPARE_PROMPT)
         first, second = (i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX)
