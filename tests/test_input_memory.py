@@ -49,11 +49,12 @@ def bomb(tmp_path_factory) -> Path:
 
 _READ_IN_CHILD = """
 import json, resource, sys
-from vqpipe.io.media_parquet import iter_parquet_media
+from vqpipe.io.media_parquet import iter_parquet_media_batches
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 records = [
     {k: r[k] for k in ("key", "bytes", "error", "row_index")}
-    for r in iter_parquet_media(sys.argv[1], max_bytes=10_000_000)
+    for table in iter_parquet_media_batches(sys.argv[1], max_bytes=10_000_000)
+    for r in table.to_pylist()
 ]
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
 print(json.dumps({"records": records, "grown_mb": grown / 1024}))

@@ -178,7 +178,7 @@ class StatusLine:
                 self._draw()
 
     def progress(self, p: dict[str, Any]) -> None:
-        """A job's progress record (:func:`vqpipe.pipeline.job._progress`) as the status;
+        """A job's progress record (:func:`vqpipe.pipeline.runner.job_progress`) as the status;
         ``run_job`` already calls it at most every ``progress_every_s``."""
         from vqpipe.pipeline.runner import format_progress
 

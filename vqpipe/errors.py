@@ -1,5 +1,9 @@
 """Errors that vqpipe reports to its users."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
 
 class UserError(Exception):
     """A mistake of the user's: the CLI prints it as one line `vqpipe: error: …` and exits 2."""
@@ -43,3 +47,33 @@ def check_interrupted() -> None:
 
 def clear_interrupts() -> None:
     _INTERRUPTS.clear()
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model built for it (strict loading:
+    the message names every kind of difference, see :func:`key_report`)."""
+
+
+def key_report(
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    wrong_shape: Mapping[str, tuple[Sequence[int], Sequence[int]]],
+    shown: int = 12,
+) -> str:
+    """How a checkpoint's keys differ from a model's, ``""`` when they match: one clause per
+    kind (``N wrong shape: key: checkpoint (…), model (…); …``), the first ``shown`` keys of
+    each named. ``wrong_shape``: key → (checkpoint shape, model shape)."""
+    shapes = [
+        f"{key}: checkpoint {tuple(ours)}, model {tuple(theirs)}"
+        for key, (ours, theirs) in sorted(wrong_shape.items())
+    ]
+    clauses = []
+    for label, keys in (
+        ("wrong shape", shapes),
+        ("missing", sorted(missing)),
+        ("unexpected", sorted(unexpected)),
+    ):
+        if keys:
+            more = f"; ... ({len(keys)} in all)" if len(keys) > shown else ""
+            clauses.append(f"{len(keys)} {label}: " + "; ".join(keys[:shown]) + more)
+    return "\n".join(clauses)

@@ -8,6 +8,38 @@ QALIGN_TASKS: dict[str, tuple[str, str]] = {
 }
 """Q-Align task → (what is rated, what the input is called) in the official prompt."""
 
+
+def qalign_question(task: str) -> str:
+    """The official Q-Align question of ``task`` (quality | aesthetics | video)."""
+    return "How would you rate the {} of this {}?".format(*_qalign_task(task))
+
+
+def qalign_answer(task: str) -> str:
+    """The official Q-Align answer up to its level word: ``"The quality of the image is"``."""
+    return "The {} of the {} is".format(*_qalign_task(task))
+
+
+def qalign_prompt(task: str) -> str:
+    """The official OneAlign inference prompt of ``task``, its image placeholder after the
+    question."""
+    return f"USER: {qalign_question(task)}\n<|image|>\nASSISTANT: {qalign_answer(task)}"
+
+
+def _qalign_task(task: str) -> tuple[str, str]:
+    try:
+        return QALIGN_TASKS[task]
+    except KeyError:
+        known = sorted(QALIGN_TASKS)
+        raise ValueError(f"unknown Q-Align task {task!r}; use one of {known}") from None
+
+
+COMPARE_QUESTION = "Compared with the first image, what is your quality rating for second image?"
+"""Compare2Score's question: how the second image compares with the first (the anchor)."""
+COMPARE_ANSWER = "The quality of the second image is"
+"""Compare2Score's answer up to its comparison word."""
+COMPARE_PROMPT = f"USER: <|image|> <|image|> {COMPARE_QUESTION} \nASSISTANT: {COMPARE_ANSWER}"
+"""The official Compare2Score prompt: anchor image first, test image second."""
+
 # Gamma's level prompts (the model's text side lives in vqpipe.models.gamma)
 PROMPT_LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
 BASE_PROMPTS: tuple[str, ...] = tuple(f"{level} image" for level in PROMPT_LEVELS)

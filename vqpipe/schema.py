@@ -83,10 +83,6 @@ def score_column(column: str) -> str:
     return f"{column}_score"
 
 
-def probs_column(column: str) -> str:
-    return f"{column}_probs"
-
-
 def extra_column(column: str, key: str) -> str:
     """``<column>_<key>``: a pool's output ``key`` (``score``, ``probs``, extras, per-task
     outputs) or what a later step derives from it."""

@@ -196,6 +196,22 @@ def _undefined_reason(x: np.ndarray, y: np.ndarray) -> str:
     return ""
 
 
+def oriented_mos(table: pd.DataFrame) -> np.ndarray:
+    """MOS with higher is better in every row: rows marked ``lower_better`` (DMOS) flipped on
+    their scale, ``scale_low + scale_high − mos``, where the row gives its scale, else negated.
+    Correlations within a dataset are the same either way; the scale keeps a flipped dataset on
+    the range of the others when groups pool several."""
+    mos = table["mos"].to_numpy(np.float64)
+    if "lower_better" not in table:
+        return mos
+    flip = table["lower_better"].astype(bool).to_numpy()
+    ends = np.full(len(mos), np.nan)
+    if "scale_low" in table and "scale_high" in table:
+        ends = table["scale_low"].to_numpy(np.float64) + table["scale_high"].to_numpy(np.float64)
+    turned = np.where(np.isfinite(ends), ends - mos, -mos)
+    return np.where(flip, turned, mos)
+
+
 def evaluate(
     pred: pd.DataFrame | Joined,
     mos: pd.DataFrame | None,
@@ -208,10 +224,11 @@ def evaluate(
     """SRCC, KRCC, PLCC (monotone logistic5) per scorer, for ``all`` and per group of each
     ``by`` column (MOS table or quality table; several allowed), with 95 % bootstrap intervals
     (``bootstrap`` resamples; 0 turns them off; PLCC's resample Pearson after the mapping
-    fitted once on the group). MOS of datasets marked ``lower_better`` is negated first, so
-    higher correlations are better everywhere. Undefined metrics are NaN (never an error),
-    with the reason in ``note``; ``small`` flags groups with n < :data:`SMALL_N`; ``fit``
-    is the mapping PLCC used (a fallback is explained in ``note``). MOS rows match as
+    fitted once on the group). MOS of datasets marked ``lower_better`` is turned around first
+    (:func:`oriented_mos`), so higher correlations are better everywhere. Undefined metrics
+    are NaN (never an error), with the reason in ``note``; ``small`` flags groups with
+    n < :data:`SMALL_N`; ``fit`` is the mapping PLCC used (a fallback is explained in
+    ``note``). MOS rows match as
     :func:`join_predictions` matches them (``mos_root``: what relative paths are under)."""
     columns = by_columns(by)
     if isinstance(pred, Joined):
@@ -219,7 +236,7 @@ def evaluate(
     else:
         joined = join_predictions(pred, mos, scorers, columns, mos_root)
     table = joined.table.copy()
-    table["target"] = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
+    table["target"] = oriented_mos(table)
     rows = []
     for scorer in joined.scorers:
         for name, col, mask in group_masks(table, columns):

@@ -24,6 +24,7 @@ from vqpipe.eval.evaluate import (
     evaluate,
     group_masks,
     join_predictions,
+    oriented_mos,
 )
 from vqpipe.eval.metrics import LogisticFit, fit_logistic
 
@@ -54,8 +55,7 @@ def _figure(width: float, height: float) -> Figure:
 def _with_target(table: pd.DataFrame) -> pd.DataFrame:
     if "target" in table.columns:
         return table
-    target = np.where(table["lower_better"].astype(bool), -table["mos"], table["mos"])
-    return table.assign(target=target)
+    return table.assign(target=oriented_mos(table))
 
 
 def _colour_column(table: pd.DataFrame, by: Sequence[str]) -> str | None:
@@ -107,7 +107,7 @@ def scatter_figure(
         box = {"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9}
         ax.text(0.5, 0.9, row["note"], transform=ax.transAxes, ha="center", fontsize=8, bbox=box)
     lower = bool(t["lower_better"].astype(bool).any())
-    ax.set(xlabel=f"{scorer} score", ylabel="MOS (lower-better negated)" if lower else "MOS")
+    ax.set(xlabel=f"{scorer} score", ylabel="MOS (lower-better turned around)" if lower else "MOS")
     return fig
 
 

@@ -43,12 +43,6 @@ def open_arrow(stack: ExitStack, uri: str, storage_options: dict[str, Any] | Non
     return pa.ipc.open_stream(source)
 
 
-def arrow_schema(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Schema:
-    """The schema of an Arrow IPC file (its first message only)."""
-    with ExitStack() as stack:
-        return open_arrow(stack, uri, storage_options).schema
-
-
 def arrow_rows(uri: str, storage_options: dict[str, Any] | None = None) -> int:
     """The rows of an Arrow IPC file (a local one memory-mapped: its batches are not copied)."""
     with ExitStack() as stack:

@@ -36,7 +36,7 @@ records read before it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -58,8 +58,6 @@ VIDEO_COLUMN_NAMES = frozenset({"mp4", "webm", "mkv", "mov", "avi", "video", "vi
 MEDIA_COLUMN_NAMES = IMAGE_COLUMN_NAMES | VIDEO_COLUMN_NAMES | {"bytes", "media", "media_bytes"}
 """Binary columns taken as media without being named (a struct with ``bytes`` always is)."""
 
-OWN_COLUMNS = ("uri", "shard", "key", "media_type", "data", "bytes", "media_column")
-OWN_COLUMNS += ("media_path", "error", ROW_INDEX)
 PARQUET_TYPES: dict[str, pa.DataType] = {
     "uri": pa.string(),
     "shard": pa.string(),
@@ -547,19 +545,3 @@ def iter_parquet_media_batches(
         if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
             raise
         yield rows.error(f"read: parquet file unreadable at row {rows.row}: {describe(exc)}")
-
-
-def iter_parquet_media(
-    file_uri: str,
-    storage_options: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> Iterator[dict[str, Any]]:
-    """``iter_parquet_media_batches`` one record (dict) at a time."""
-    for table in iter_parquet_media_batches(file_uri, storage_options, **kwargs):
-        yield from table.to_pylist()
-
-
-def media_tables(rows: MediaRows, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """:meth:`MediaRows.tables` of each batch (for readers whose batches need no sizes)."""
-    for batch in batches:
-        yield from rows.tables(batch)

@@ -52,13 +52,6 @@ def media_type_from_name(name: str) -> str:
     return UNSUPPORTED
 
 
-def member_media_type(member_extension: str) -> str | None:
-    """``"image"`` / ``"video"`` for a WebDataset member extension (``"jpg"``, ``"MP4"``);
-    None for any other member."""
-    kind = media_type_from_name("x." + member_extension)
-    return None if kind == UNSUPPORTED else kind
-
-
 def sidecar_of(name: str, media_stems: set[str], folders: set[str]) -> bool:
     """Whether a non-media file is a producer's sidecar: its extension is a metadata one and
     it describes media beside it — a media file of the same stem in its folder

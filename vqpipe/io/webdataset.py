@@ -2,9 +2,9 @@
 
 Not Ray Data's ``read_webdataset``: a truncated or corrupt tar fails its whole read task there
 (``tarfile.ReadError``, retried, then the dataset errors), and the samples read before the damage
-are lost with it (verified on Ray 2.60, see ENVIRONMENT.md). The job promises one row per sample
-and a trace for every shard, so the tar is read here with ``tarfile`` in stream mode (``r|*``,
-plain or gzip/bz2/xz) over an fsspec file: members are grouped into samples by WebDataset's key
+are lost with it (seen with Ray 2.60). The job promises one row per sample and a trace for
+every shard, so the tar is read here with ``tarfile`` in stream mode (``r|*``, plain or
+gzip/bz2/xz) over an fsspec file: members are grouped into samples by WebDataset's key
 rule, each sample is yielded as soon as its last member is read, and damage becomes one error
 record for the shard. Memory holds one sample's members (media bounded by ``max_bytes``,
 sidecars by ``max_sidecar_bytes``; other members are skipped unread), never the tar.

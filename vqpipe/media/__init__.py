@@ -1,4 +1,5 @@
 """Decoding images (Pillow) and sampling video frames (decord / PyAV), with input limits.
 
-Filled by the pipeline issue; runs in the CPU decode stage of a job.
+Runs in the CPU decode stage of a job (:mod:`vqpipe.media.device_decode`: JPEGs decoded on
+the accelerator instead, ``decode=gpu``).
 """

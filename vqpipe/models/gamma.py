@@ -46,8 +46,18 @@ DATASET_SCENES: dict[str, str] = {
 """Which scene prompts each dataset trains and tests with (Gamma's grouping), by name prefix."""
 
 INITIAL_SCORE_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_image_size(clip_model: str) -> int:
+    """Side of the square input of the open_clip model config ``clip_model`` (ours included),
+    without building it; 224 where the config names none (open_clip's default)."""
+    vision = (open_clip.get_model_config(clip_model) or {}).get("vision_cfg", {})
+    return _side(vision.get("image_size", 224))
+
+
+def _side(size: int | Sequence[int]) -> int:
+    """open_clip gives an image size as an int or as (height, width) of a square."""
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def scene_for_dataset(dataset: str) -> str:
@@ -195,8 +205,8 @@ class GammaModel(nn.Module):
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         cfg = getattr(self.clip_model.visual, "preprocess_cfg", {}) or {}
         # Non-persistent: they follow .to(device) but stay out of the checkpoint keys.
-        mean = torch.tensor(cfg.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.get("std", OPENAI_STD)).view(1, 3, 1, 1)
+        mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
 
@@ -222,8 +232,7 @@ class GammaModel(nn.Module):
     @property
     def image_size(self) -> int:
         """Side of the square input the vision tower expects."""
-        size = self.clip_model.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return _side(self.clip_model.visual.image_size)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] (on the model's device) → float input with the CLIP mean/std of

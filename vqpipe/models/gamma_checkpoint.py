@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from vqpipe.errors import CheckpointMismatchError, key_report
 from vqpipe.io.checkpoints import resolve_checkpoint
 from vqpipe.models.gamma import GammaConfig, GammaModel, create_clip
 
@@ -30,10 +31,6 @@ CONFIG_METADATA_KEY = "vqpipe.gamma_config"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_KEYS = ("params", "state_dict", "model", "module")
 _MOAE_KEY = re.compile(r"resblocks\.(\d+)\.mlp\.experts\.expert_(\d+)\.")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not fit the model built for it."""
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -126,28 +123,14 @@ def load_gamma(
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
+    wrong = {
+        k: (tuple(state[k].shape), tuple(expected[k].shape))
+        for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (
-            ("wrong shape", wrong),
-            ("missing", missing),
-            ("unexpected", unexpected),
-        ):
-            if items:
-                shown = "; ".join(items[:5]) + (
-                    f"; ... ({len(items)} in all)" if len(items) > 5 else ""
-                )
-                parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointMismatchError(
-            f"checkpoint does not fit the model: {what}\n" + "\n".join(parts)
-        )
+    }
+    report = key_report(set(expected) - set(state), set(state) - set(expected), wrong, shown=5)
+    if report:
+        raise CheckpointMismatchError(f"checkpoint does not fit the model: {what}\n{report}")
     module.load_state_dict(state, strict=True)
 
 

@@ -219,12 +219,6 @@ def known_failure(exc: BaseException) -> Exception | None:
     return None
 
 
-def unusable_device(exc: BaseException) -> DeviceUnavailableError | None:
-    """The :class:`DeviceUnavailableError` inside what Ray raised, if any."""
-    found = known_failure(exc)
-    return found if isinstance(found, DeviceUnavailableError) else None
-
-
 class Schemas:
     """Part path → schema, for the parts a run knows (scanned or written); one object per
     distinct schema (a run writes millions of parts of a few schemas)."""

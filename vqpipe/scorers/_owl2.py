@@ -13,7 +13,7 @@ import numpy as np
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
-from vqpipe.scoring._arrays import input_tensor
+from vqpipe.scoring._arrays import device_input
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
@@ -64,8 +64,8 @@ class Owl2Preprocessor:
 
     ``exact_preprocessing=False`` (opt-in for Q-Align and Compare2Score): JPEGs decode at ≥ 2S
     on the long side (the side that the pad-to-square resize scales by) and the resize uses
-    Pillow's ``reducing_gap``. Opt-in, not the default as for Gamma: the issue allows it by
-    default only if scores move by ≤ 0.005 on 1–5, and the only checkpoints the tests can run
+    Pillow's ``reducing_gap``. Opt-in, not the default as for Gamma: it could be the default
+    only if scores move by ≤ 0.005 on 1–5, and the only checkpoints the tests can run
     are tiny random ones with a 28 px input (measured: ≤ 0.0025, a 2× margin at a size unlike
     448; ``tests/test_downscale_decode.py``), which cannot vouch for the 7B models."""
 
@@ -193,8 +193,5 @@ class Owl2Scorer(Scorer):
 
     def to_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, S, S] → normalised pixels on the device, in the model's dtype."""
-
-        x = input_tensor(pixels)
-        if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
-            x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
-        return self.processor.normalize(x.to(self.device)).to(self.model.dtype)
+        pixels = device_input(pixels, self.device)
+        return self.processor.normalize(pixels).to(self.model.dtype)

@@ -20,16 +20,21 @@ from PIL import Image
 
 from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
+from vqpipe.prompts import COMPARE_ANSWER as ANSWER_PREFIX
+from vqpipe.prompts import COMPARE_QUESTION as QUESTION
+from vqpipe.scorers.anchor_comparison import (
+    EXTRA_OUTPUTS,
+    SCORE_RANGE,
+    AnchorComparison,
+    AnchorOptions,
+    symmetric_matrix,
+)
 from vqpipe.scorers.anchors import AnchorSet
-from vqpipe.scorers.compare2score import AnchorComparison
 from vqpipe.scoring.base import Scorer, inference_mode
-from vqpipe.scoring.comparison import COMPARISON_LEVELS
+from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
 
 if TYPE_CHECKING:
     import torch
-
-QUESTION = "Compared with the first image, what is your quality rating for second image?"
-ANSWER_PREFIX = "The quality of the second image is"
 
 
 class RGBArray:
@@ -51,10 +56,16 @@ def _pil(image: Any) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
 
 
-class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
-    """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model."""
+class LMMCompare2ScoreScorer(Scorer):
+    """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model.
+    ``anchors``, ``anchor_matrix``, ``output``, ``temperature`` and ``cache_dir``: see
+    :class:`~vqpipe.scorers.anchor_comparison.AnchorOptions`; ``pairs_per_forward``: image
+    pairs per model call."""
 
     name = "compare2score-lmm"
+    version = "1"
+    score_range = SCORE_RANGE
+    extra_outputs = EXTRA_OUTPUTS
     stacks_frames = False  # images of their own sizes, as PIL images to the processor
 
     def __init__(
@@ -75,6 +86,7 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
 
         if checkpoint is None:
             raise ValueError("compare2score-lmm needs checkpoint= (a transformers LMM)")
+        options = AnchorOptions(anchors, anchor_matrix, output, temperature, cache_dir)
         super().__init__(os.fspath(checkpoint), device, dtype)
         self.storage_options = storage_options
         directory = resolve_checkpoint(checkpoint, storage_options=storage_options)
@@ -93,10 +105,19 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         self.word_ids_ = torch.tensor(ids, device=self.device)
         self.text = self._prompt()
         self.pairs_per_forward = int(pairs_per_forward)
-        self.init_anchors(anchors, anchor_matrix, output, temperature, cache_dir)
+        self.temperature = options.temperature
+        self.anchors = options.anchor_set()
         self._anchor_images = self.anchors.images()
         self.preprocessor = RGBArray()
-        self.anchor_matrix  # noqa: B018 — computed (or read from the cache) up front
+        self.comparison = AnchorComparison(
+            options,
+            self.anchors,
+            self.compute_anchor_matrix,
+            self.checkpoint_fingerprint,
+            (type(self).__name__, str(self.dtype)),
+        )
+        self.anchor_matrix = self.comparison.matrix
+        self.prob_labels = self.comparison.labels
 
     def _prompt(self) -> str:
         image = getattr(self.processor, "image_token", "<image>")
@@ -120,7 +141,21 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         return RGBArray()
 
     def anchor_inputs(self) -> list[Image.Image]:
+        """The anchor images, as :meth:`comparison_logits` takes test images."""
         return self._anchor_images
+
+    def comparison_probs(self, inputs: Sequence[Any]) -> np.ndarray:
+        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
+        logits = self.comparison_logits(inputs)
+        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
+
+    def compute_anchor_matrix(self) -> np.ndarray:
+        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
+        return symmetric_matrix(self.comparison_probs(self._anchor_images))
+
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.comparison.scores(self.comparison_probs(batch["pixels"]))
 
     @inference_mode
     def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
@@ -162,4 +197,4 @@ class LMMCompare2ScoreScorer(AnchorComparison, Scorer):
         return torch.cat(rows)
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), **self.anchor_metadata(), "prompt": self.text}
+        return {**super().metadata(), **self.comparison.metadata(), "prompt": self.text}

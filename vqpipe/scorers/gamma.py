@@ -24,7 +24,7 @@ from vqpipe.media.image import (
     to_rgb,
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
-from vqpipe.scoring._arrays import input_tensor
+from vqpipe.scoring._arrays import device_input
 from vqpipe.scoring.base import Scorer
 from vqpipe.scoring.chunked import ChunkedCall, compile_model
 
@@ -80,9 +80,7 @@ def checkpoint_image_size(
 ) -> int:
     """Input size of a Gamma checkpoint without loading it: the config stored in our
     safetensors header (read over fsspec), else ViT-B/16's 224."""
-    import open_clip
-
-    from vqpipe.models.gamma import GammaConfig  # also registers our reduced CLIP configs
+    from vqpipe.models.gamma import GammaConfig, clip_image_size  # registers our CLIP configs
     from vqpipe.models.gamma_checkpoint import CONFIG_METADATA_KEY
 
     source = os.fspath(checkpoint) if checkpoint is not None else str(demo_checkpoint())
@@ -91,9 +89,7 @@ def checkpoint_image_size(
         stored = read_safetensors_metadata(source, storage_options).get(CONFIG_METADATA_KEY)
         if stored:
             config = GammaConfig.from_dict(json.loads(stored))
-    size = (open_clip.get_model_config(config.clip_model) or {}).get("vision_cfg", {})
-    size = size.get("image_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+    return clip_image_size(config.clip_model)
 
 
 def half_weights(model: GammaModel, dtype: torch.dtype) -> GammaModel:
@@ -239,10 +235,7 @@ class GammaScorer(Scorer):
         """uint8 [B, 3, S, S] → normalised float input on the scorer's device."""
         import torch
 
-        x = input_tensor(pixels)
-        if self.device.type == "cuda" and not x.is_cuda:  # a device tensor: already there
-            x = (x if x.is_pinned() else x.pin_memory()).to(self.device, non_blocking=True)
-        x = self.model.normalize(x.to(self.device))
+        x = self.model.normalize(device_input(pixels, self.device))
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -30,7 +30,7 @@ import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
-from vqpipe.prompts import QALIGN_TASKS
+from vqpipe.prompts import QALIGN_TASKS, qalign_prompt
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scoring.base import average_frames, inference_mode
 from vqpipe.scoring.levels import LEVELS, level_probs, level_score
@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # torch and the model load where the model is built or run
     from vqpipe.models.mplug_owl2.llama import KVCache
 
 DEFAULT_CHECKPOINT = "q-future/one-align"
-TASKS = QALIGN_TASKS  # task → (what is rated, what the input is called) in the official prompt
 
 
 def check_tasks(
@@ -59,24 +58,12 @@ def check_tasks(
         parts = tasks.split(",") if isinstance(tasks, str) else list(tasks)
         names = tuple(str(t).strip() for t in parts)
         if not names or not all(names):
-            raise ValueError(f"tasks={tasks!r}: name one or more of {', '.join(TASKS)}")
+            raise ValueError(f"tasks={tasks!r}: name one or more of {', '.join(QALIGN_TASKS)}")
         if len(set(names)) != len(names):
             raise ValueError(f"tasks={tasks!r}: a task is named twice")
     for name in names:
         qalign_prompt(name)
     return names
-
-
-def qalign_prompt(task: str) -> str:
-    """The official OneAlign prompt for ``task`` (quality | aesthetics | video)."""
-    try:
-        what, medium = TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown Q-Align task {task!r}; use one of {sorted(TASKS)}") from None
-    return (
-        f"USER: How would you rate the {what} of this {medium}?\n<|image|>\n"
-        f"ASSISTANT: The {what} of the {medium} is"
-    )
 
 
 def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -317,8 +304,7 @@ class QAlignScorer(Owl2Scorer):
         per_item = [f.flatten(0, 1) for f in feats.split(list(frames), dim=0)]
         lengths = [len(f) for f in per_item]
         b, visual_len, d = len(per_item), max(lengths), feats.shape[-1]
-        embed = model.model.embed_tokens
-        suffix = embed(prompt.suffix_ids)
+        suffix = model.embed(prompt.suffix_ids)
         embeds = feats.new_zeros(b, visual_len + len(suffix), d)
         valid = torch.ones(b, visual_len + len(suffix), dtype=torch.bool, device=device)
         for i, f in enumerate(per_item):
@@ -332,7 +318,7 @@ class QAlignScorer(Owl2Scorer):
             key_mask = None
             if padded:
                 key_mask = torch.cat([valid.new_ones(b, n_prefix), valid], dim=1)
-            hidden, _ = model.model.decode(
+            hidden = model.decode(
                 embeds,
                 visual_len,  # the first visual_len positions are visual (padding is masked)
                 attention_mask=key_mask,
@@ -341,29 +327,27 @@ class QAlignScorer(Owl2Scorer):
                 last_only=True,
             )
         else:  # the same math without the shared cache
-            prefix = embed(prompt.prefix_ids)[None].expand(b, -1, -1)
+            prefix = model.embed(prompt.prefix_ids)[None].expand(b, -1, -1)
             modality = torch.zeros(b, n_prefix + embeds.shape[1], dtype=torch.long, device=device)
             modality[:, n_prefix : n_prefix + visual_len] = 1
             full_positions = torch.cat(
                 [torch.arange(n_prefix, device=device)[None].expand(b, -1), positions], dim=1
             )
             key_mask = torch.cat([valid.new_ones(b, n_prefix), valid], dim=1) if padded else None
-            hidden, _ = model.model.decode(
+            hidden = model.decode(
                 torch.cat([prefix, embeds], dim=1),
                 modality,
                 attention_mask=key_mask,
                 position_ids=full_positions,
                 last_only=True,
             )
-        rows = model.lm_head.weight[self.level_ids]  # only the five level rows of the head
-        return hidden[:, -1] @ rows.T
+        return model.token_logits(hidden, self.level_ids)  # the five level rows of the head
 
     def _prefix_cache(self, prompt: TaskPrompt) -> KVCache | None:
         if not len(prompt.prefix_ids):
             return None
         if prompt.cache is None:
-            prefix = self.model.model.embed_tokens(prompt.prefix_ids)[None]
-            _, prompt.cache = self.model.model.decode(prefix, 0, use_cache=True, last_only=True)
+            prompt.cache = self.model.decode_prefix(self.model.embed(prompt.prefix_ids)[None])
         return prompt.cache
 
     def metadata(self) -> dict[str, Any]:

@@ -4,18 +4,24 @@
   frame → ``{"pixels": array}``, built without the model. The pipeline runs it in its decode
   tasks, frame by frame, and stacks an item's frames into one ``[T, ...]`` array (T = 1 for
   an image). A built scorer holds the same kind of object as :attr:`Scorer.preprocessor`.
-* :meth:`Scorer.predict_items` — the accelerator half: those ``[T, ...]`` arrays → per-item
-  outputs (:meth:`Scorer.outputs` names them: ``score`` [N], ``probs`` [N, K], extras).
+* :meth:`Scorer.predict_stacked` — the accelerator half: the frames of a batch of items in
+  one ``[N, ...]`` array (numpy, or a tensor already on the device; item i owns the next
+  ``counts[i]`` frames) → per-item outputs (:meth:`Scorer.outputs` names them: ``score``
+  [N], ``probs`` [N, K], extras). The pipeline's actors stack the frames into a pinned buffer
+  and call it (:mod:`vqpipe.scoring.transfer`); :meth:`Scorer.predict_items` takes the items
+  as a list of ``[T, ...]`` arrays, stacks them and calls it (frames of different shapes,
+  :attr:`Scorer.stacks_frames` False, go to :meth:`Scorer.predict` as lists instead).
 
 Library users call the scorer (``scorer(x)`` is ``scorer.score(x)``) or
 :meth:`Scorer.score_details`: they take one item or a batch of paths, URIs, PIL images, arrays,
 tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), run the preprocessor on every
-frame and hand the stacked frames to :meth:`Scorer.predict_items` — the pipeline's path.
+frame and hand the items to :meth:`Scorer.predict_items`.
 
 A scorer provides its preprocessor (or overrides :meth:`Scorer.preprocess`, one frame → arrays)
 and either :meth:`Scorer.predict` (a batch of frames → per-frame outputs; the default
-:meth:`Scorer.predict_items` scores every frame as an image and averages over each item's
-frames, :func:`average_frames`) or its own :meth:`Scorer.predict_items` (video-native models).
+:meth:`Scorer.predict_stacked` scores every frame as an image and averages over each item's
+frames, :func:`average_frames`) or its own :meth:`Scorer.predict_stacked` (video-native
+models: Q-Align's video task).
 """
 
 from __future__ import annotations
@@ -180,8 +186,8 @@ class Scorer:
         """Score preprocessed items, each a [T, ...] array of frames (T = 1 for an image).
 
         The default scores every frame as an image and averages every output over each item's
-        frames (:meth:`frames_averaged`: video scored by an image model); video-native
-        scorers override it.
+        frames (:meth:`frames_averaged`, through :meth:`predict_stacked`: video scored by an
+        image model); a scorer overrides it for options per item (Gamma's ``scene``).
         """
         return self.frames_averaged(inputs, batch_size)
 

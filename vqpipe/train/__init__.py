@@ -1,4 +1,1 @@
-"""Fine-tuning: MOS readers, dataset mixing, one train loop per method, Ray Train wrappers.
-
-Filled by the scorer and Ray Train issues.
-"""
+"""Fine-tuning: MOS readers, dataset mixing, one train loop per method, Ray Train wrappers."""

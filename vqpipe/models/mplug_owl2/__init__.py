@@ -1,6 +1,6 @@
 """Native mPLUG-Owl2 (Q-Align / Compare2Score backbone) that loads the official checkpoints."""
 
-from vqpipe.models.mplug_owl2.checkpoint import CheckpointMismatchError
+from vqpipe.errors import CheckpointMismatchError
 from vqpipe.models.mplug_owl2.config import (
     MPLUGOwl2Config,
     MplugOwlVisionConfig,

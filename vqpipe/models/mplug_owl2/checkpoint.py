@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vqpipe.errors import CheckpointMismatchError, key_report
+
 RECOMPUTED_KEYS = re.compile(r"(\.rotary_emb\.inv_freq|\.q_pos_embed|\.k_pos_embed)$")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not match the model its config describes."""
-
-
-def weight_files(directory: str | os.PathLike) -> list[Path]:
-    """The weight shards of a checkpoint directory, safetensors preferred."""
+def shard_files(directory: str | os.PathLike) -> list[Path]:
+    """The weight shards to load from a checkpoint directory, in one format (safetensors
+    preferred), as its index names them (:func:`vqpipe.io.checkpoints.weight_files` lists
+    every weight file instead: what a fingerprint hashes)."""
     directory = Path(directory)
     for index_name, single in (
         ("model.safetensors.index.json", "model.safetensors"),
@@ -72,7 +72,7 @@ def load_into(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     seen: set[str] = set()
     unexpected: list[str] = []
-    wrong_shape: list[str] = []
+    wrong_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     load_device = device if device.type != "meta" else torch.device("cpu")
     for shard in iter_shards(files, load_device if files[0].suffix == ".safetensors" else "cpu"):
         ready = {}
@@ -83,30 +83,19 @@ def load_into(
                 unexpected.append(key)
                 continue
             if tuple(tensor.shape) != tuple(expected[key]):
-                wrong_shape.append(
-                    f"{key}: checkpoint {tuple(tensor.shape)}, model {tuple(expected[key])}"
-                )
+                wrong_shape[key] = (tuple(tensor.shape), tuple(expected[key]))
                 continue
             if tensor.is_floating_point():
                 tensor = tensor.to(device=load_device, dtype=dtype)
             ready[key] = tensor
         seen.update(ready)
         model.load_state_dict(ready, strict=False, assign=True)
-    missing = sorted(set(expected) - seen)
-    problems = []
-    for label, keys in (
-        ("missing", missing),
-        ("unexpected", sorted(unexpected)),
-        ("wrong shape", wrong_shape),
-    ):
-        if keys:
-            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-            problems.append(f"{label} keys: {shown}")
-    if problems:
+    report = key_report(sorted(set(expected) - seen), unexpected, wrong_shape)
+    if report:
         names = ", ".join(f.name for f in files)
         raise CheckpointMismatchError(
-            f"checkpoint ({names}) does not match the mPLUG-Owl2 model of its config.json: "
-            + "; ".join(problems)
+            f"checkpoint ({names}) does not match the mPLUG-Owl2 model of its config.json:\n"
+            + report
         )
 
 

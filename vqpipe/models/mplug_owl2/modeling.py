@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vqpipe.models.mplug_owl2.checkpoint import load_into, save_weights, weight_files
+from vqpipe.models.mplug_owl2.checkpoint import load_into, save_weights, shard_files
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
-from vqpipe.models.mplug_owl2.llama import KVCache, MPLUGOwl2Decoder
+from vqpipe.models.mplug_owl2.llama import KVCache, Modality, MPLUGOwl2Decoder
 from vqpipe.models.mplug_owl2.tokenizer import IMAGE_TOKEN_INDEX
 from vqpipe.models.mplug_owl2.visual import (
     MplugOwlVisionModel,
@@ -67,6 +67,47 @@ class MPLUGOwl2ForCausalLM(nn.Module):
         """Pixels [N, 3, S, S] → visual tokens [N, 65, hidden] (64 queries + ``vit_eos``)."""
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.model.visual_abstractor(self.model.vision_model(pixel_values))
+
+    # ------------------------------------------------------------------ pieces for scorers
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``input_ids`` [..., T] → [..., T, hidden]."""
+        return self.model.embed_tokens(input_ids)
+
+    def decode(
+        self,
+        inputs_embeds: torch.Tensor,
+        modality: Modality = 0,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, hidden] (``last_only``: [B, 1, hidden]) of embeddings
+        [B, T, hidden] that continue ``past_key_values`` (see
+        :meth:`~vqpipe.models.mplug_owl2.llama.MPLUGOwl2Decoder.decode` for ``modality``,
+        the mask, positions and shared caches)."""
+        hidden, _ = self.model.decode(
+            inputs_embeds,
+            modality,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            last_only=last_only,
+        )
+        return hidden
+
+    def decode_prefix(self, inputs_embeds: torch.Tensor, modality: Modality = 0) -> KVCache:
+        """The KV cache of a prompt prefix, embeddings [P, T, hidden], for :meth:`decode`'s
+        ``past_key_values`` (no logits: only the last position goes through the final norm)."""
+        _, cache = self.model.decode(inputs_embeds, modality, use_cache=True, last_only=True)
+        assert cache is not None
+        return cache
+
+    def token_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of ``token_ids`` [K] only, at the last position of ``hidden`` [B, T, hidden]
+        → [B, K] in the hidden states' dtype: K rows of the LM head, not the vocabulary
+        (transformers' ``logits_to_keep``, on both axes)."""
+        return hidden[:, -1] @ self.lm_head.weight[token_ids].T
 
     def placeholder_features(self, images: Images) -> list[torch.Tensor]:
         """One [tokens, hidden] block per image placeholder, in order.
@@ -254,7 +295,7 @@ class MPLUGOwl2ForCausalLM(nn.Module):
         dtype = resolve_dtype(dtype, torch.device("cpu")) if dtype is not None else torch.float32
         with torch.device("meta"):
             model = cls(config)
-        load_into(model, weight_files(directory), dtype, device)
+        load_into(model, shard_files(directory), dtype, device)
         model._reset_buffers(device)
         model.source = str(directory)
         return model.to(device).eval()

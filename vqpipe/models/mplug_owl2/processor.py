@@ -21,6 +21,9 @@ from PIL import Image
 
 from vqpipe.media.image import shrink_before_padding, to_rgb
 
+# open_clip's OPENAI_DATASET_MEAN / _STD (tests/test_shared_facts.py checks they are equal),
+# written out because the CPU decode workers run this module and importing open_clip there
+# would add that whole package (and torchvision) to every worker's start-up.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_MAX_SIDE = 4096  # extreme strips are shrunk to this side before padding (50 MB, not GB)

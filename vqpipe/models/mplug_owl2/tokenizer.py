@@ -64,6 +64,3 @@ class PromptTokenizer:
         if not ids:
             raise ValueError(f"{word!r} tokenises to nothing")
         return ids[0]
-
-    def pieces(self, word: str) -> list[int]:
-        return self.encode(word)
