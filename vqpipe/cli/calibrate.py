@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vqpipe.cli.options import RAW, add_mos_root, add_ray_arguments, add_seed, storage_options
+from vqpipe.cli.options import (
+    RAW,
+    add_mos_root,
+    add_ray_arguments,
+    add_seed,
+    add_table,
+    storage_options,
+)
 from vqpipe.cli.runtime import on_ray
 from vqpipe.errors import UserError
 
@@ -33,7 +40,7 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument(
         "--mos",
         help="fit: MOS table (CSV / JSONL / Parquet) with uri (or path) and mos columns "

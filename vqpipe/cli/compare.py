@@ -88,10 +88,10 @@ def add_parser(sub: Any) -> None:
     )
     add_pool_flags(
         parser,
-        batch_size="pairs per actor call for a --scorer without batch_size= (default: per "
+        batch_size_help="pairs per actor call for a --scorer without batch_size= (default: per "
         "scorer and device: compare2score 16 on a GPU, 4 on CPU)",
-        num_gpus="GPUs per actor without num_gpus= (default: 0, CPU)",
-        actors="actors without actors= (default: 1)",
+        num_gpus_help="GPUs per actor without num_gpus= (default: 0, CPU)",
+        actors_help="actors without actors= (default: 1)",
     )
     add_address(parser)
     add_root(parser, "uri_a / uri_b must stay inside this prefix (default: no restriction)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vqpipe.cli.options import RAW, add_mos_root, add_ray_arguments, storage_options
+from vqpipe.cli.options import RAW, add_mos_root, add_ray_arguments, add_table, storage_options
 from vqpipe.cli.runtime import on_ray
 
 EPILOG = """\
@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument(
         "--calibration", required=True, help="the JSON of vqpipe calibrate (its columns fuse)"
     )

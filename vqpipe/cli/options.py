@@ -163,6 +163,11 @@ def media_limits(args: argparse.Namespace) -> Any:
     return MediaLimits(**{f: getattr(args, a) for a, f in names.items() if hasattr(args, a)})
 
 
+def add_table(parser: argparse.ArgumentParser) -> None:
+    """The positional ``table`` of the commands that read a whole quality table on Ray."""
+    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+
+
 def add_mos_root(parser: argparse.ArgumentParser) -> None:
     """``--mos-root``: what relative MOS paths are relative to (``eval``, ``calibrate``,
     ``fuse`` match MOS rows by one rule: :mod:`vqpipe.eval.matching`)."""
@@ -176,14 +181,14 @@ def add_mos_root(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pool_flags(
-    parser: argparse.ArgumentParser, batch_size: str, num_gpus: str, actors: str
+    parser: argparse.ArgumentParser, batch_size_help: str, num_gpus_help: str, actors_help: str
 ) -> None:
     """``--batch-size``, ``--num-gpus-per-actor``, ``--actors``: the defaults of every
-    ``--scorer`` pool without its own key (read by :func:`pool_defaults`); the arguments are
-    the command's help texts."""
-    parser.add_argument("--batch-size", type=int, default=None, help=batch_size)
-    parser.add_argument("--num-gpus-per-actor", type=float, default=None, help=num_gpus)
-    parser.add_argument("--actors", metavar="N|MIN-MAX", help=actors)
+    ``--scorer`` pool without its own key (read by :func:`pool_defaults`), with the command's
+    help texts."""
+    parser.add_argument("--batch-size", type=int, default=None, help=batch_size_help)
+    parser.add_argument("--num-gpus-per-actor", type=float, default=None, help=num_gpus_help)
+    parser.add_argument("--actors", metavar="N|MIN-MAX", help=actors_help)
 
 
 def pool_defaults(args: argparse.Namespace) -> dict[str, Any]:

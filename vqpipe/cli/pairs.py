@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vqpipe.cli.options import RAW, add_ray_arguments, add_seed, storage_options
+from vqpipe.cli.options import RAW, add_ray_arguments, add_seed, add_table, storage_options
 from vqpipe.cli.runtime import on_ray
 
 EPILOG = """\
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument("--group", required=True, help="the group column, e.g. a prompt id")
     parser.add_argument("--score", required=True, help="the score column, e.g. gamma_score")
     parser.add_argument("--out", required=True, help="output Parquet dataset directory or URI")

@@ -114,13 +114,13 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_pool_flags(
         parser,
-        batch_size="model inputs per forward pass for pools without batch_size=; per scorer and "
-        "device from vqpipe.defaults.DEFAULT_BATCH_SIZES: gamma 512 on a GPU / 64 on CPU, qalign "
-        "64 / 8 (videos 8 / 2), compare2score 16 / 4; any other scorer "
+        batch_size_help="model inputs per forward pass for pools without batch_size=; per "
+        "scorer and device from vqpipe.defaults.DEFAULT_BATCH_SIZES: gamma 512 on a GPU / 64 on "
+        "CPU, qalign 64 / 8 (videos 8 / 2), compare2score 16 / 4; any other scorer "
         f"(default: {DEFAULT_BATCH_SIZE})",
-        num_gpus="GPUs per scorer actor for pools without num_gpus= (default: 0, CPU); an actor "
-        "with a GPU scores on it",
-        actors="actors per pool for pools without actors= (default: 1); MIN-MAX autoscales",
+        num_gpus_help="GPUs per scorer actor for pools without num_gpus= (default: 0, CPU); an "
+        "actor with a GPU scores on it",
+        actors_help="actors per pool for pools without actors= (default: 1); MIN-MAX autoscales",
     )
     add_address(parser)
     parser.add_argument(
