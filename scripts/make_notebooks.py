@@ -31,7 +31,7 @@ from vqpipe.scoring import create_scorer
 work = Path(tempfile.mkdtemp(prefix="vqpipe-nb-"))
 storage = json.loads(os.environ.get("VQPIPE_STORAGE_OPTIONS") or "{}")  # e.g. S3 credentials
 if os.environ.get("VQPIPE_TABLE"):
-    from vqpipe.cli import read_table
+    from vqpipe.io.tables import read_table
 
     table = read_table(os.environ["VQPIPE_TABLE"], storage)
     mos = read_table(os.environ["VQPIPE_MOS"], storage) if os.environ.get("VQPIPE_MOS") else None

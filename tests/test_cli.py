@@ -74,6 +74,36 @@ def test_every_option_has_help_with_its_default():
     assert not missing, missing
 
 
+def test_every_command_is_a_module_of_the_registry_that_imports_no_other_command():
+    """`vqpipe --help` lists the modules of `COMMANDS` in its order; a command module imports
+    the shared options and runtime, never `app` or another command (no cycles)."""
+    import ast
+
+    from vqpipe.cli import COMMANDS
+
+    assert list(_subparsers(build_parser())) == list(COMMANDS)
+    package = ROOT / "vqpipe" / "cli"
+    shared = {"__init__", "__main__", "app", "options", "runtime"}
+    assert {p.stem for p in package.glob("*.py")} - shared == set(COMMANDS)
+    allowed = ("vqpipe.cli.options", "vqpipe.cli.runtime")
+    found = []
+    for name in COMMANDS:
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = ["."]
+            elif isinstance(node, ast.ImportFrom):  # `from vqpipe import cli` too
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            cli = [
+                n for n in names if n.startswith(("vqpipe.cli", ".")) and not n.startswith(allowed)
+            ]
+            found += [f"{name}: {n}" for n in cli]
+    assert found == []
+
+
 def test_help_text_shows_defaults_and_examples(capsys):
     with pytest.raises(SystemExit):
         main(["score", "--help"])

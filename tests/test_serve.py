@@ -396,7 +396,7 @@ def _routes_server(states: dict[str, str]):
 
 
 def test_the_command_waits_for_healthz_and_stops_on_a_failed_scorer():
-    from vqpipe.commands.serve import _wait_ready
+    from vqpipe.cli.serve import _wait_ready
     from vqpipe.errors import JobError
 
     states = {"gamma": "loading"}

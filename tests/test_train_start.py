@@ -185,14 +185,14 @@ def test_epoch_line():
 
 
 def test_ctrl_c_in_train_says_so_in_one_line_and_exits_130(images, tmp_path, capsys, monkeypatch):
-    import vqpipe.cli
+    import vqpipe.cli.train
     import vqpipe.train.trainer as trainer
 
     def interrupted(*_, **__):
         raise Interrupted(signal.SIGINT)
 
     monkeypatch.setattr(trainer, "fit", interrupted)
-    monkeypatch.setattr(vqpipe.cli, "_start_train_ray", lambda verbosity: False)
+    monkeypatch.setattr(vqpipe.cli.train, "_start_train_ray", lambda verbosity: False)
     config = write_config(tmp_path, {"datasets": [{"table": str(images)}]})
     assert main(["train", "--method", "gamma", "--config", config, "--name", "g7"]) == 130
     err = capsys.readouterr().err.strip().splitlines()

@@ -6,7 +6,24 @@ import argparse
 import json
 from typing import Any
 
-from vqpipe.commands._common import add_media_limits, media_limits
+from vqpipe.cli.options import (
+    RAW,
+    add_address,
+    add_console_flags,
+    add_limit,
+    add_media_limits,
+    add_no_resume,
+    add_pool_flags,
+    add_progress_every,
+    add_root,
+    add_rows_per_file,
+    add_storage_options,
+    media_limits,
+    pool_defaults,
+    storage_options,
+    verbosity,
+)
+from vqpipe.cli.runtime import shutdown_ray
 from vqpipe.errors import UserError
 
 EPILOG = """\
@@ -32,7 +49,6 @@ command resumes: committed manifest shards are skipped.
 
 
 def add_parser(sub: Any) -> None:
-    from vqpipe.cli import _add_console_flags
     from vqpipe.pipeline.config import POOL_KEYS
 
     pool_keys = ", ".join(k for k in POOL_KEYS if k not in ("column", "decode"))
@@ -44,7 +60,7 @@ def add_parser(sub: Any) -> None:
         "with a Compare2Score LMM, in both orders, into a Parquet table (one row per pair), "
         "on local Ray or a cluster.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
     parser.add_argument(
         "input", help="pairs manifest(s): a Parquet / CSV / JSONL file, directory, glob or URI"
@@ -70,73 +86,37 @@ def add_parser(sub: Any) -> None:
         f"(default: %(default)s); pool keys: {pool_keys}; "
         "batch_size = pairs per actor call (both orders run in one forward)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="pairs per actor call for a --scorer without batch_size= (default: per scorer "
-        "and device: compare2score 16 on a GPU, 4 on CPU)",
+    add_pool_flags(
+        parser,
+        batch_size_help="pairs per actor call for a --scorer without batch_size= (default: per "
+        "scorer and device: compare2score 16 on a GPU, 4 on CPU)",
+        num_gpus_help="GPUs per actor without num_gpus= (default: 0, CPU)",
+        actors_help="actors without actors= (default: 1)",
     )
-    parser.add_argument(
-        "--num-gpus-per-actor",
-        type=float,
-        default=None,
-        help="GPUs per actor without num_gpus= (default: 0, CPU)",
-    )
-    parser.add_argument("--actors", metavar="N|MIN-MAX", help="actors without actors= (default: 1)")
-    parser.add_argument(
-        "--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else local)"
-    )
-    parser.add_argument(
-        "--root",
-        default=None,
-        help="uri_a / uri_b must stay inside this prefix (default: no restriction)",
-    )
-    parser.add_argument(
-        "--rows-per-file", type=int, default=256, help="pairs per output part (default: 256)"
-    )
+    add_address(parser)
+    add_root(parser, "uri_a / uri_b must stay inside this prefix (default: no restriction)")
+    add_rows_per_file(parser, 256, "pairs per output part (default: 256)")
     add_media_limits(parser, video=False)
-    parser.add_argument(
-        "--storage-options",
-        help='JSON for fsspec, e.g. \'{"profile": "curation"}\' (default: none)',
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="compare the first N pairs only (default: all)"
-    )
-    parser.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="replace existing results (default: resume, comparing only uncommitted shards)",
-    )
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="status line interval when stderr is not a terminal (default: %(default)g)",
-    )
-    _add_console_flags(parser, on_subcommand=True)
+    add_storage_options(parser, example=True)
+    add_limit(parser, "compare the first N pairs")
+    add_no_resume(parser, "replace existing results", "resume, comparing only uncommitted shards")
+    add_progress_every(parser, in_place_note=False)
+    add_console_flags(parser, on_subcommand=True)
     parser.set_defaults(func=_cmd_compare)
 
 
 def compare_config_from_args(args: argparse.Namespace) -> Any:
     """The JobConfig of a compare job (one scorer pool; inputs read as manifests)."""
-    from vqpipe.cli import _storage_options
-    from vqpipe.pipeline.config import JobConfig, ScorerOptions, parse_actors
+    from vqpipe.pipeline.config import JobConfig, ScorerOptions
 
-    spec = ScorerOptions.parse(
-        args.scorer,
-        batch_size=args.batch_size,
-        num_gpus=args.num_gpus_per_actor,
-        actors=parse_actors(args.actors) if args.actors else None,
-    )
+    spec = ScorerOptions.parse(args.scorer, **pool_defaults(args))
     if spec.decode != "cpu":
         raise UserError(f"--scorer {args.scorer!r}: vqpipe compare decodes on the CPU only")
     return JobConfig(
         input=args.input,
         output=args.out,
         scorers=[spec],
-        storage_options=_storage_options(args.storage_options),
+        storage_options=storage_options(args.storage_options),
         limits=media_limits(args),
         rows_per_file=args.rows_per_file,
         limit=args.limit,
@@ -148,15 +128,14 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from vqpipe.cli import _shutdown_ray, _verbosity
     from vqpipe.console import StatusLine, ray_output_kept_out, terminal
     from vqpipe.pipeline.compare_job import run_compare
 
-    verbosity = _verbosity(args)
+    level = verbosity(args)
     config = compare_config_from_args(args)
-    with StatusLine(terminal(), verbosity, every_s=args.progress_every) as status:
+    with StatusLine(terminal(), level, every_s=args.progress_every) as status:
         status.update("starting: checks, inputs, Ray, the first part")
-        with ray_output_kept_out(verbosity, "compare"):
+        with ray_output_kept_out(level, "compare"):
             summary = run_compare(
                 config,
                 progress=status.progress,
@@ -164,7 +143,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 a_column=args.a_column,
                 b_column=args.b_column,
             )
-            _shutdown_ray()
+            shutdown_ray()
         if not summary["compared_pairs"]:
             done = f"{summary['shards_already_done']} of {summary['shards']} shards committed"
             status.update(f"nothing left to compare: {done}", force=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from vqpipe.commands._common import add_ray_arguments, on_ray
+from vqpipe.cli.options import RAW, add_ray_arguments, add_seed, add_table, storage_options
+from vqpipe.cli.runtime import on_ray
 
 EPILOG = """\
 examples:
@@ -20,16 +22,16 @@ a NULL score or a NULL group are left out and counted. Output: a Parquet dataset
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "pairs",
         help="(chosen, rejected) preference pairs within groups of a quality table",
         description="Make preference pairs within each group of a quality table (or any "
         "Parquet file / dataset) by a score column, as a distributed group-by on Ray Data.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument("--group", required=True, help="the group column, e.g. a prompt id")
     parser.add_argument("--score", required=True, help="the score column, e.g. gamma_score")
     parser.add_argument("--out", required=True, help="output Parquet dataset directory or URI")
@@ -54,9 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="keep N pairs per group drawn at random (default: all of them)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of --max-pairs-per-group (default: 0)"
-    )
+    add_seed(parser, "seed of --max-pairs-per-group (default: 0)")
     parser.add_argument(
         "--carry",
         action="append",
@@ -68,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
-    from vqpipe.cli import _storage_options
     from vqpipe.rewards.pairs import PairOptions, PairsJob
 
     options = PairOptions(
@@ -80,7 +79,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         seed=args.seed,
         carry=list(dict.fromkeys(args.carry or [])),
     )
-    job = PairsJob(args.table, args.out, options, _storage_options(args.storage_options))
+    job = PairsJob(args.table, args.out, options, storage_options(args.storage_options))
     result = on_ray(args, "pairs", job.run, out=args.out)
     print(
         f"{result['pairs']} pairs from {result['rows']} rows → {result['out']} "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from vqpipe.commands._common import add_mos_root, add_ray_arguments, on_ray
+from vqpipe.cli.options import RAW, add_mos_root, add_ray_arguments, add_table, storage_options
+from vqpipe.cli.runtime import on_ray
 
 EPILOG = """\
 examples:
@@ -20,7 +22,7 @@ were fitted on: vqpipe eval warns when it evaluates ensemble_score on those rows
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "fuse",
         help="calibrated ensemble of scorers: ensemble_score and ensemble_spread",
@@ -28,9 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "by cross-validated non-negative least squares against --mos, else equal) and "
         "ensemble_spread.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument(
         "--calibration", required=True, help="the JSON of vqpipe calibrate (its columns fuse)"
     )
@@ -44,10 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from vqpipe.cli import _storage_options
     from vqpipe.rewards.fuse import FuseJob
 
-    storage = _storage_options(args.storage_options)
+    storage = storage_options(args.storage_options)
     job = FuseJob(args.table, args.calibration, args.out, args.mos, storage, args.mos_root)
     result = on_ray(args, "fuse", job.run, out=args.out)
     weights = ", ".join(f"{k} {v:.3f}" for k, v in result["weights"].items())

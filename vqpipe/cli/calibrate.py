@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from vqpipe.commands._common import add_mos_root, add_ray_arguments, on_ray
+from vqpipe.cli.options import (
+    RAW,
+    add_mos_root,
+    add_ray_arguments,
+    add_seed,
+    add_table,
+    storage_options,
+)
+from vqpipe.cli.runtime import on_ray
 from vqpipe.errors import UserError
 
 EPILOG = """\
@@ -21,7 +30,7 @@ over a whole table on Ray Data and writes a Parquet dataset directory.
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "calibrate",
         help="map score columns onto a MOS scale (fit with --mos, or --apply a calibration)",
@@ -29,9 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "each score column to MOS and write it as JSON with a plot; or apply such a file to "
         "a table.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
-    parser.add_argument("table", help="a quality table (dir or URI) or a Parquet file/dataset")
+    add_table(parser)
     parser.add_argument(
         "--mos",
         help="fit: MOS table (CSV / JSONL / Parquet) with uri (or path) and mos columns "
@@ -65,16 +74,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed (default: 0)")
+    add_seed(parser, "fold assignment seed (default: 0)")
     add_mos_root(parser)
     add_ray_arguments(parser)
     parser.set_defaults(func=_cmd_calibrate)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from vqpipe.cli import _storage_options
-
-    storage = _storage_options(args.storage_options)
+    storage = storage_options(args.storage_options)
     if (args.mos is None) == (args.apply is None):
         raise UserError("calibrate: give --mos MOS to fit a calibration, or --apply CALIB.json")
     if args.apply:

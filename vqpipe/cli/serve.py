@@ -13,7 +13,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from vqpipe.commands._common import add_media_limits, media_limits
+from vqpipe.cli.options import (
+    add_address,
+    add_media_limits,
+    add_storage_options,
+    add_video_fps,
+    media_limits,
+    storage_options,
+)
 from vqpipe.errors import JobError, UserError
 
 EPILOG = """\
@@ -98,19 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a local folder or URL prefix URIs may be read from, besides object stores "
         "(s3://, gs://, az://) (repeatable; default: object stores only)",
     )
-    parser.add_argument(
-        "--video-fps", type=float, default=1.0, help="frames sampled per second (default: 1)"
-    )
+    add_video_fps(parser)
     add_media_limits(parser)
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to run on (default: RAY_ADDRESS, a running local cluster, else a "
-        "new local Ray; 'local' always starts one)",
-    )
-    parser.add_argument(
-        "--storage-options", help="JSON storage options for URIs and checkpoints (default: none)"
-    )
+    add_address(parser)
+    add_storage_options(parser)
     parser.add_argument(
         "--ready-timeout",
         type=float,
@@ -126,7 +124,6 @@ def service_settings(args: argparse.Namespace) -> dict[str, Any]:
     without Ray and without Ray Serve (the module that imports it comes after)."""
     import os
 
-    from vqpipe.cli import _storage_options
     from vqpipe.pipeline.config import ScorerOptions
     from vqpipe.pipeline.validate import check_checkpoint, check_scorer
     from vqpipe.service.body import REMOTE_SCHEMES
@@ -143,7 +140,7 @@ def service_settings(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("max_request_bytes", "max_items"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use 1 or more")
-    storage = _storage_options(args.storage_options)
+    storage = storage_options(args.storage_options)
     defaults = {
         "batch_size": args.batch_size,
         "num_gpus": args.num_gpus,
