@@ -28,6 +28,7 @@ from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import glob_base, has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import driver_resume, runner
+from vqpipe.pipeline.cascade import SKIPPED, parse_when
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
@@ -64,6 +65,7 @@ from vqpipe.schema import (
     MEDIA_TYPE,
     SHARD_COLUMNS,
     URI,
+    extra_column,
     output_columns,
 )
 from vqpipe.storage import QualityTable
@@ -120,6 +122,8 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
             on_device = False
         if on_device:
             signature["decode"] = "device"
+    if spec.when:  # a cascade: other rows scored; recorded only when set (old signatures stay)
+        signature["when"] = parse_when(spec.when).canonical
     return signature
 
 
@@ -145,11 +149,15 @@ def pool_facts(spec: ScorerOptions) -> dict[str, Any]:
     """A scoring job's pool: :func:`scorer_facts` plus its outputs (name → ``float`` |
     ``probs``) and the columns they are written to (Q-Align ``tasks=``: per task)."""
     outputs = spec.outputs()
-    return {
+    facts = {
         **scorer_facts(spec),
         "outputs": outputs,
         "columns": output_columns(spec.column, outputs),
     }
+    if spec.when:  # a cascade: the rows it scored, and the flag of those it did not
+        facts["when"] = spec.when
+        facts["columns"].append(extra_column(spec.column, SKIPPED))
+    return facts
 
 
 def demo_notice(config: JobConfig) -> list[str]:
@@ -266,6 +274,9 @@ def build_dataset(
         "sig": sig,
         "fence": fence,
     }
+    skipped = {extra_column(s.column, SKIPPED): "bool" for s in config.scorers if s.when}
+    if skipped:  # when= pools' flags: boolean, not scores
+        write["typed_columns"] = skipped
     # after the decode tasks (every pool scores in them), writing is fused into those tasks
     return write_stage(stage).apply(ds, fn_kwargs=write)
 
@@ -331,6 +342,8 @@ def output_names(config: JobConfig) -> set[str]:
     names.update(MEDIA_COLUMNS, SHARD_COLUMNS)
     for spec in config.scorers:
         names.update(output_columns(spec.column, spec.outputs()))
+        if spec.when:
+            names.add(extra_column(spec.column, SKIPPED))
     return names
 
 

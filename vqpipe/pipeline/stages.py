@@ -24,6 +24,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
 from vqpipe.media.device_decode import decode_jpegs, device_header
 from vqpipe.media.isolated import video_decoder
+from vqpipe.pipeline.cascade import SKIPPED, gate
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
@@ -383,11 +384,12 @@ def actor_device(spec: ScorerOptions) -> str:
 
 class ScoreStage:
     """Actor stage: load one scorer once, score the rows without an error, pass every row
-    through. The rows' frames are stacked into a reused pinned buffer, copied to the device on
-    a stream of their own and scored (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool
-    runs :data:`CALLS_PER_ACTOR` calls at once, so one batch is stacked and copied while
-    another runs (a scorer whose frames do not stack goes through
-    :meth:`Scorer.predict_items`).
+    through (a pool with ``when=`` scores only the rows its predicate sends on, and adds
+    ``<column>_skipped``: :mod:`vqpipe.pipeline.cascade`). The rows' frames are stacked into a
+    reused pinned buffer, copied to the device on a stream of their own and scored
+    (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool runs :data:`CALLS_PER_ACTOR`
+    calls at once, so one batch is stacked and copied while another runs (a scorer whose
+    frames do not stack goes through :meth:`Scorer.predict_items`).
 
     The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
     pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
@@ -447,6 +449,14 @@ class ScoreStage:
         outputs = self.scorer.empty_outputs(n, **self.spec.options)
         errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
         jpegs = batch.pop(JPEG_PREFIX + column, None)
+        skipped = gate(self.spec, batch)  # when=: these rows are passed on, never scored
+        if skipped is not None:
+            batch[extra_column(column, SKIPPED)] = skipped
+            for i in np.flatnonzero(skipped):
+                inputs[i] = None
+            if jpegs is not None:
+                jpegs = np.array(jpegs, dtype=object)
+                jpegs[skipped] = b""
         if jpegs is not None:
             self._decode_jpegs(jpegs, inputs, errors)
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
@@ -536,6 +546,8 @@ def scores_in_tasks(spec: ScorerOptions) -> bool:
     worker process per job (seconds of start-up: Python, Ray Data, vqpipe, on every job), a
     decode task runs in a worker Ray already has."""
     if spec.num_gpus or spec.num_cpus is not None or tuple(spec.actors) != (1, 1):
+        return False
+    if spec.when:  # its predicate reads the columns of earlier pools: after their actors
         return False
     return bool(spec.scorer_class().scores_in_tasks(**spec.options))
 
