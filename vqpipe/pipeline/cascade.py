@@ -21,6 +21,7 @@ twenty-line recursive descent accepts exactly this grammar and nothing else (no 
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -253,4 +254,107 @@ def gate(spec: Any, batch: Mapping[str, Any]) -> np.ndarray | None:
     """Rows ``spec``'s ``when=`` does not send on (bool per row), None for a pool without one."""
     if not getattr(spec, "when", None):
         return None
+    from vqpipe.schema import extra_column
+
+    flag = batch.get(extra_column(spec.column, SKIPPED))  # set by its gate stage
+    if flag is not None:
+        return np.asarray(flag, dtype=bool)
     return ~parse_when(spec.when).evaluate(batch)
+
+
+CARRIED = "_cascade_rows"
+"""Column in transit: on a block's one carrier row, the rows a ``when=`` gate held back from
+its pool (pickled columns); empty bytes on every other row."""
+
+
+def gate_batch(batch: dict[str, np.ndarray], spec: Any) -> Any:
+    """Task stage before a ``when=`` pool: the rows its predicate does not send on leave the
+    block, so the pool's actors never receive them (nor their pixels) and its batches are
+    full of rows to score. They travel packed on one *carrier* row (:data:`CARRIED`; marked
+    skipped, so no pool scores it) and are put back by :func:`restore_rows` before writing.
+    Rows held back by an earlier gate are unpacked first: this predicate sees every row.
+
+    Pickled, not an Arrow column of their own: the held rows keep whatever they hold (pixel
+    arrays of later pools, probabilities) between our own stages, as Ray's object transfer
+    would; nothing read from outside is unpickled."""
+    from vqpipe.pipeline.pixels import to_block
+    from vqpipe.schema import INPUT_PREFIX, JPEG_PREFIX, extra_column
+
+    batch = restore_rows(batch)
+    n = len(batch["uri"])
+    flag = extra_column(spec.column, SKIPPED)
+    skipped = ~parse_when(spec.when).evaluate(batch)
+    batch[flag] = skipped
+    own = {INPUT_PREFIX + spec.column, JPEG_PREFIX + spec.column}
+    out: dict[str, Any] = {}
+    if skipped.any():
+        held = {k: _take(v, skipped) for k, v in batch.items() if k not in own}
+        keep = np.flatnonzero(~skipped)
+        carrier = int(np.flatnonzero(skipped)[0])  # any row: its values stand in, it is dropped
+        rows = np.append(keep, carrier)
+        out = {k: _take(v, rows) for k, v in batch.items()}
+        for name in own & set(out):  # the carrier sends the pool nothing to score
+            column = np.empty(len(rows), dtype=object)
+            column[:] = list(out[name])
+            column[-1] = None if name.startswith(INPUT_PREFIX) else b""
+            out[name] = column
+        carried = np.full(len(rows), b"", dtype=object)
+        carried[-1] = pickle.dumps(held, protocol=5)
+        out[CARRIED] = carried
+    else:
+        out = dict(batch)
+        out[CARRIED] = np.full(n, b"", dtype=object)
+    return to_block(out, [k for k in out if k.startswith(INPUT_PREFIX)])
+
+
+def restore_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch with its carrier rows replaced by the rows they hold (see
+    :func:`gate_batch`): each held row keeps its own values, and takes the carrier's for the
+    columns added since it was held (the pools it skipped: not scored, NULL)."""
+    carried = batch.pop(CARRIED, None)
+    if carried is None:
+        return batch
+    marks = [i for i, v in enumerate(carried) if v is not None and len(v)]
+    if not marks:
+        return batch
+    keep = np.setdiff1d(np.arange(len(carried)), marks)
+    parts = [{k: _take(v, keep) for k, v in batch.items()}]
+    for i in marks:
+        held = pickle.loads(bytes(carried[i]))
+        m = len(held["uri"])
+        parts.append(
+            {
+                k: held[k] if k in held else _take(v, np.full(m, i, np.int64))
+                for k, v in batch.items()
+            }
+        )
+    return {k: _concat([p[k] for p in parts]) for k in batch}
+
+
+def _take(values: Any, rows: np.ndarray) -> Any:
+    """Rows of a column (a boolean mask or indices), a list of arrays for a ragged pixel
+    column (an object array of arrays, or a dense [B, T, ...] one)."""
+    from vqpipe.pipeline.pixels import column_items
+
+    array = np.asarray(values) if not hasattr(values, "to_numpy") else None
+    if array is None:  # an Arrow array
+        array = np.asarray(column_items(values), dtype=object)
+    index = np.flatnonzero(rows) if rows.dtype == bool else rows
+    if array.dtype == object:
+        out = np.empty(len(index), dtype=object)
+        out[:] = [array[i] for i in index]
+        return out
+    return array[index]
+
+
+def _concat(columns: list[Any]) -> np.ndarray:
+    """One column of several parts (object arrays stay object arrays of per-row values)."""
+    if (
+        any(np.asarray(c).dtype == object for c in columns)
+        or len({np.asarray(c).shape[1:] for c in columns}) > 1
+    ):
+        values = [v for c in columns for v in c]
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    return np.concatenate([np.asarray(c) for c in columns])

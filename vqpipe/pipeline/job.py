@@ -28,7 +28,7 @@ from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import glob_base, has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import driver_resume, runner
-from vqpipe.pipeline.cascade import SKIPPED, parse_when
+from vqpipe.pipeline.cascade import SKIPPED, gate_batch, parse_when, restore_rows
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
@@ -253,14 +253,22 @@ def build_dataset(
         stage = decode_stage(block, cpus)
         # a batch of `block` rows is decoded in blocks of `block` frames (videos: fewer rows)
         ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so, "block_frames": block})
-    for spec, scorer in pools:
+    # when= pools after the others (their predicates read earlier pools only): the rows a gate
+    # holds back skip every pool after it, and only gates come after a gate
+    for spec, scorer in sorted(pools, key=lambda p: bool(p[0].when)):
         if scores_in_tasks(spec):
             continue
+        if spec.when:  # cascade: the rows its predicate does not send on skip the pool
+            stage = follow_stage(gate_batch, stage)
+            ds = stage.apply(ds, fn_args=(spec,))
         pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
         pool.update(fingerprint=fingerprint, arrow=True)  # later pools' pixels: tensor columns
         ds = stage.apply(ds, fn_constructor_kwargs=pool)
+    if any(spec.when for spec in config.scorers):  # the held rows back, fused into the writes
+        stage = follow_stage(restore_rows, stage)
+        ds = stage.apply(ds)
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 

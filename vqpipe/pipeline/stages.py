@@ -449,7 +449,7 @@ class ScoreStage:
         outputs = self.scorer.empty_outputs(n, **self.spec.options)
         errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
         jpegs = batch.pop(JPEG_PREFIX + column, None)
-        skipped = gate(self.spec, batch)  # when=: these rows are passed on, never scored
+        skipped = gate(self.spec, batch)  # when=: rows held back (a block's carrier row)
         if skipped is not None:
             batch[extra_column(column, SKIPPED)] = skipped
             for i in np.flatnonzero(skipped):
