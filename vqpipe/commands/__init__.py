@@ -7,5 +7,5 @@ handlers import torch, Ray and the heavy modules inside their body. A handler re
 code and raises :class:`vqpipe.errors.UserError` (one line, exit 2) for a user's mistake.
 """
 
-COMMANDS: tuple[str, ...] = ("pairs", "compare", "calibrate", "fuse")
+COMMANDS: tuple[str, ...] = ("pairs", "compare", "calibrate", "fuse", "cascade")
 """Module names under ``vqpipe.commands``, in the order ``vqpipe --help`` lists them."""
