@@ -222,30 +222,28 @@ def check_cascades(scorers: Sequence[Any]) -> None:
     from vqpipe.schema import extra_column
 
     earlier: dict[str, str] = {}  # float column → its pool
-    for spec in scorers:
-        outputs = spec.outputs()
+    for index, spec in enumerate(scorers):
         if spec.when:
-            predicate = parse_when(spec.when)
-            for column in predicate.columns:
+            later = {
+                extra_column(s.column, key)
+                for s in scorers[index:]
+                for key in [*s.outputs(), *([SKIPPED] if s.when else [])]
+            }
+            for column in parse_when(spec.when).columns:
                 if column in earlier:
                     continue
-                later = any(
-                    column == extra_column(s.column, key)
-                    for s in scorers
-                    for key in ([SKIPPED] if s.when else []) + list(s.outputs())
-                )
-                where = (
-                    "is written by this pool or one listed after it; list the pool it "
-                    "depends on first"
-                    if later
-                    else "is not a score column of an earlier pool"
-                )
+                if column in later:
+                    why = "is written by this pool or one listed after it; list its pool first"
+                elif any(column.startswith(f"{pool}_") for pool in set(earlier.values())):
+                    why = "is not a score column (probabilities and flags cannot be compared)"
+                else:
+                    why = "is not a score column of an earlier pool"
                 known = ", ".join(earlier) or "none: a when= pool needs another pool before it"
                 raise UserError(
-                    f"--scorer {spec.column}: when={spec.when!r}: column {column!r} {where} "
+                    f"--scorer {spec.column}: when={spec.when!r}: column {column!r} {why} "
                     f"(columns: {known})"
                 )
-        for key, kind in outputs.items():
+        for key, kind in spec.outputs().items():
             if kind == "float":
                 earlier[extra_column(spec.column, key)] = spec.column
 

@@ -91,7 +91,8 @@ def plan_band(
     target: float = 0.99,
 ) -> Band:
     """The band on ``cheap`` that sends the fewest rows on while the cascade's decisions agree
-    with ``expensive``'s on at least ``target`` of the rows (ties: the higher agreement). An
+    with ``expensive``'s on at least ``target`` of the rows (ties: the higher agreement, then
+    the lower band). An
     empty band (no row needs the expensive score) is ``lo == hi`` at a value between two cheap
     scores (the midpoint), or one beyond the ends. Rows must be finite (drop NULLs first)."""
     c = np.asarray(cheap, np.float64)
