@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vqpipe.console import NORMAL, ray_output_kept_out
 from vqpipe.data import make_image_dataset
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.job import run_job
@@ -168,7 +169,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     rounds, contents = (1, 2) if args.quick else (args.rounds, args.contents)
-    records = [run(rounds, contents, args.keep_share, args.target)]
+    with ray_output_kept_out(NORMAL, "cascade-bench"):  # Ray's lines to a log file
+        records = [run(rounds, contents, args.keep_share, args.target)]
     if args.json == "-":
         print(json.dumps(records, indent=2))
         return

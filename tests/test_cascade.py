@@ -131,6 +131,54 @@ def test_gate_holds_rows_back_and_restores_them():
     assert block["uri"] == ["u0", "u1"] and block[CARRIED] == [b"", b""]
 
 
+def _numpy(block):
+    """An Arrow block as the numpy batch the next stage gets (object columns kept)."""
+    out = {}
+    for name, values in block.to_pydict().items():
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        out[name] = column if name in (CARRIED, "uri", "error") or "_input_" in name else None
+        if out[name] is None:
+            out[name] = np.array([np.nan if v is None else v for v in values])
+    return out
+
+
+def test_chained_gates_see_every_row():
+    """A second when= pool's gate unpacks the rows the first one held back (their first-pool
+    columns NULL), decides on all of them, and the write gets every row back once."""
+    first = ScorerOptions.parse("brightness:when=gamma_score > 0.5")
+    second = ScorerOptions.parse("qalign:when=gamma_score < 0.3 or brightness_score > 0.5")
+    batch = _batch(6, [0.9, 0.1, 0.6, 0.2, 0.4, np.nan])
+    batch["_input_qalign"] = batch["_input_brightness"].copy()
+    after = _numpy(gate_batch(batch, first))
+    after["brightness_score"] = np.where(after["brightness_skipped"], np.nan, 0.7)
+    after.pop("_input_brightness")
+    block = _numpy(gate_batch(after, second))
+    # sent on to qalign: gamma > 0.5 (brightness 0.7) and gamma < 0.3 (u1, u3)
+    assert sorted(block["uri"][:-1]) == ["u0", "u1", "u2", "u3"]
+    block["qalign_score"] = np.where(block["qalign_skipped"], np.nan, 3.0)
+    out = restore_rows(block)
+    assert sorted(out["uri"]) == [f"u{i}" for i in range(6)]
+    rows = {u: i for i, u in enumerate(out["uri"])}
+    assert [bool(out["brightness_skipped"][rows[f"u{i}"]]) for i in range(6)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert [bool(out["qalign_skipped"][rows[f"u{i}"]]) for i in range(6)] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert np.isnan(out["qalign_score"][rows["u4"]]) and out["qalign_score"][rows["u1"]] == 3
+
+
 # ---- the plan ---------------------------------------------------------------------------
 
 
@@ -294,3 +342,16 @@ def test_cascade_job_end_to_end(ray_local, corpus, tmp_path, capsys):
     assert main([*args, "brightness_score", "--threshold", "0.4", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["agreement"] >= 0.99 and plan["scorer"].startswith("--scorer 'brightness:when=")
+
+
+@pytest.mark.slow
+def test_cascade_after_a_pool_that_scores_in_the_decode_tasks(ray_local, corpus, tmp_path):
+    """The gate as a task after the decode tasks: brightness (no actor) decides for Gamma."""
+    out = tmp_path / "q"
+    assert _score(corpus, out, "brightness", "gamma:when=brightness_score >= 0.45") == 0
+    table = read_quality_table(str(out))
+    assert table["uri"].is_unique and len(table) == len(list(corpus.iterdir()))
+    inside = table["brightness_score"] >= 0.45
+    assert (table["gamma_skipped"] == ~inside).all()
+    assert table.loc[~inside, "gamma_score"].isna().all()
+    assert table.loc[inside, "gamma_score"].notna().all() and 0 < inside.sum() < len(table)

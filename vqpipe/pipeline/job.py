@@ -255,16 +255,20 @@ def build_dataset(
         ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so, "block_frames": block})
     # when= pools after the others (their predicates read earlier pools only): the rows a gate
     # holds back skip every pool after it, and only gates come after a gate
-    for spec, scorer in sorted(pools, key=lambda p: bool(p[0].when)):
-        if scores_in_tasks(spec):
-            continue
-        if spec.when:  # cascade: the rows its predicate does not send on skip the pool
+    actors = [p for p in sorted(pools, key=lambda p: bool(p[0].when)) if not scores_in_tasks(p[0])]
+    for k, (spec, scorer) in enumerate(actors):
+        if spec.when and k == 0:
+            # cascade: the rows its predicate does not send on skip the pool; its gate is a
+            # task here, after the decode tasks (fused into them), and after an actor pool
+            # it runs at the end of that pool's calls (gate_for): no task of its own
             stage = follow_stage(gate_batch, stage)
             ds = stage.apply(ds, fn_args=(spec,))
         pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
         pool.update(fingerprint=fingerprint, arrow=True)  # later pools' pixels: tensor columns
+        if k + 1 < len(actors) and actors[k + 1][0].when:
+            pool["gate_for"] = actors[k + 1][0]
         ds = stage.apply(ds, fn_constructor_kwargs=pool)
     if any(spec.when for spec in config.scorers):  # the held rows back, fused into the writes
         stage = follow_stage(restore_rows, stage)

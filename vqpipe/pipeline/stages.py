@@ -24,7 +24,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
 from vqpipe.media.device_decode import decode_jpegs, device_header
 from vqpipe.media.isolated import video_decoder
-from vqpipe.pipeline.cascade import SKIPPED, gate
+from vqpipe.pipeline.cascade import SKIPPED, gate, gate_batch
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
@@ -396,6 +396,8 @@ class ScoreStage:
     the job signature; an actor that loads anything else refuses to score. ``arrow`` (an
     actor of a job): the batch goes on as an Arrow block, the pixel columns of the pools after
     this one as variable-shaped tensor columns (:func:`~vqpipe.pipeline.pixels.to_block`).
+    ``gate_for``: the ``when=`` pool after this one, whose gate
+    (:func:`~vqpipe.pipeline.cascade.gate_batch`) then runs at the end of each call.
     """
 
     def __init__(
@@ -405,6 +407,7 @@ class ScoreStage:
         fingerprint: str | None = None,
         limits: MediaLimits | None = None,
         arrow: bool = False,
+        gate_for: ScorerOptions | None = None,
     ) -> None:
         import ray
 
@@ -437,6 +440,7 @@ class ScoreStage:
             sort_keys=True,
         )
         self.arrow = arrow
+        self.gate_for = gate_for  # the when= pool next in the graph: its gate runs here
         self.runner: BatchRunner | None = None
         if getattr(self.scorer, "stacks_frames", False):
             self.runner = BatchRunner(self.scorer, self.spec.batch_size)
@@ -473,6 +477,8 @@ class ScoreStage:
             batch[extra_column(column, key)] = values
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
+        if self.gate_for is not None:  # no task of its own between the two pools
+            return gate_batch(batch, self.gate_for)
         if self.arrow:
             return to_block(batch, [c for c in batch if c.startswith(INPUT_PREFIX)])
         return batch
