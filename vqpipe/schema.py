@@ -200,11 +200,14 @@ def to_arrow(
 
     ``scorer_columns``: the prefixes of the job's scorers (their outputs are typed float32 /
     list<float32> with nulls); ``typed``: further output columns by name, ``"float"`` or
-    ``"probs"``, typed the same way; carried input columns keep their own types.
+    ``"probs"``, typed the same way, or ``"bool"`` (a cascade's ``<column>_skipped``); carried
+    input columns keep their own types.
     """
     scored = dict(typed or {})
     for column in scorer_columns:
         for name in batch:
+            if name in scored:
+                continue
             if is_probs_column(name, column):
                 scored[name] = "probs"
             elif name.startswith(f"{column}_"):
@@ -214,7 +217,9 @@ def to_arrow(
         if name in (ERROR, ERROR_KIND):
             continue
         kind = scored.get(name)
-        if kind == "probs" and np.ndim(values) == 2:
+        if kind == "bool":
+            arrays[name] = pa.array(np.asarray(values, dtype=bool), type=pa.bool_())
+        elif kind == "probs" and np.ndim(values) == 2:
             arrays[name] = _probs_array(values)
         elif kind == "float" and np.ndim(values) == 1 and values.dtype != object:
             arrays[name] = _float_array(values)

@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "compare",
     "calibrate",
     "fuse",
+    "cascade",
     "serve",
     "version",
 )

@@ -20,6 +20,8 @@ POOL_KEYS = {
     "column": "prefix of this pool's output columns (default: the scorer's name)",
     "decode": "where JPEGs are decoded: cpu (decode tasks), gpu (the actor's device), auto "
     "(gpu for GPU pools whose scorer can)",
+    "when": "score only the rows where this predicate over earlier pools' columns is true "
+    "(e.g. when=gamma_score between 0.35 and 0.65; see docs/cascade.md)",
 }
 """``--scorer`` keys that configure the pool rather than the scorer."""
 
@@ -88,6 +90,7 @@ class ScorerOptions:
     num_cpus: float | None = None  # per actor; None: 1 with a GPU, else a share of one CPU
     column: str = ""
     decode: str = "cpu"  # cpu | gpu | auto: see :func:`vqpipe.pipeline.stages.decodes_on_device`
+    when: str | None = None  # cascade: see :mod:`vqpipe.pipeline.cascade`
 
     def __post_init__(self) -> None:
         self.column = self.column or self.name.lower().replace("-", "_")
@@ -157,6 +160,10 @@ class ScorerOptions:
             if pool["decode"] not in DECODES:
                 raise UserError(f"decode={pool['decode']!r}: use {', '.join(DECODES)}")
             spec.decode = pool["decode"]
+        if "when" in pool:
+            from vqpipe.pipeline.cascade import parse_when
+
+            spec.when = parse_when(pool["when"]).text.strip()
         return spec
 
     def scorer_class(self) -> type:

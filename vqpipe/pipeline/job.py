@@ -28,6 +28,7 @@ from vqpipe.io.fs import is_local, join_uri, url_to_fs
 from vqpipe.io.patterns import glob_base, has_magic
 from vqpipe.io.sources import canonical_input, confine, list_level, sidecars
 from vqpipe.pipeline import driver_resume, runner
+from vqpipe.pipeline.cascade import SKIPPED, gate_batch, parse_when, restore_rows
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
@@ -64,6 +65,7 @@ from vqpipe.schema import (
     MEDIA_TYPE,
     SHARD_COLUMNS,
     URI,
+    extra_column,
     output_columns,
 )
 from vqpipe.storage import QualityTable
@@ -120,6 +122,8 @@ def scorer_signature(spec: ScorerOptions, storage_options: dict[str, Any]) -> di
             on_device = False
         if on_device:
             signature["decode"] = "device"
+    if spec.when:  # a cascade: other rows scored; recorded only when set (old signatures stay)
+        signature["when"] = parse_when(spec.when).canonical
     return signature
 
 
@@ -145,11 +149,15 @@ def pool_facts(spec: ScorerOptions) -> dict[str, Any]:
     """A scoring job's pool: :func:`scorer_facts` plus its outputs (name → ``float`` |
     ``probs``) and the columns they are written to (Q-Align ``tasks=``: per task)."""
     outputs = spec.outputs()
-    return {
+    facts = {
         **scorer_facts(spec),
         "outputs": outputs,
         "columns": output_columns(spec.column, outputs),
     }
+    if spec.when:  # a cascade: the rows it scored, and the flag of those it did not
+        facts["when"] = spec.when
+        facts["columns"].append(extra_column(spec.column, SKIPPED))
+    return facts
 
 
 def demo_notice(config: JobConfig) -> list[str]:
@@ -245,14 +253,26 @@ def build_dataset(
         stage = decode_stage(block, cpus)
         # a batch of `block` rows is decoded in blocks of `block` frames (videos: fewer rows)
         ds = stage.apply(ds, fn_kwargs={**decode, "storage_options": so, "block_frames": block})
-    for spec, scorer in pools:
-        if scores_in_tasks(spec):
-            continue
+    # when= pools after the others (their predicates read earlier pools only): the rows a gate
+    # holds back skip every pool after it, and only gates come after a gate
+    actors = [p for p in sorted(pools, key=lambda p: bool(p[0].when)) if not scores_in_tasks(p[0])]
+    for k, (spec, scorer) in enumerate(actors):
+        if spec.when and k == 0:
+            # cascade: the rows its predicate does not send on skip the pool; its gate is a
+            # task here, after the decode tasks (fused into them), and after an actor pool
+            # it runs at the end of that pool's calls (gate_for): no task of its own
+            stage = follow_stage(gate_batch, stage)
+            ds = stage.apply(ds, fn_args=(spec,))
         pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)
         pool.update(fingerprint=fingerprint, arrow=True)  # later pools' pixels: tensor columns
+        if k + 1 < len(actors) and actors[k + 1][0].when:
+            pool["gate_for"] = actors[k + 1][0]
         ds = stage.apply(ds, fn_constructor_kwargs=pool)
+    if any(spec.when for spec in config.scorers):  # the held rows back, fused into the writes
+        stage = follow_stage(restore_rows, stage)
+        ds = stage.apply(ds)
     if config.calibration:  # --calibration: <column>_calibrated, fused into the write tasks
         from vqpipe.rewards.calibrate import calibrate_batch
 
@@ -266,6 +286,9 @@ def build_dataset(
         "sig": sig,
         "fence": fence,
     }
+    skipped = {extra_column(s.column, SKIPPED): "bool" for s in config.scorers if s.when}
+    if skipped:  # when= pools' flags: boolean, not scores
+        write["typed_columns"] = skipped
     # after the decode tasks (every pool scores in them), writing is fused into those tasks
     return write_stage(stage).apply(ds, fn_kwargs=write)
 
@@ -331,6 +354,8 @@ def output_names(config: JobConfig) -> set[str]:
     names.update(MEDIA_COLUMNS, SHARD_COLUMNS)
     for spec in config.scorers:
         names.update(output_columns(spec.column, spec.outputs()))
+        if spec.when:
+            names.add(extra_column(spec.column, SKIPPED))
     return names
 
 

@@ -24,6 +24,7 @@ from vqpipe.io.sources import INVALID_NAME, OUTSIDE_ROOT
 from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
 from vqpipe.media.device_decode import decode_jpegs, device_header
 from vqpipe.media.isolated import video_decoder
+from vqpipe.pipeline.cascade import SKIPPED, gate, gate_batch
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.shards import (
@@ -383,17 +384,20 @@ def actor_device(spec: ScorerOptions) -> str:
 
 class ScoreStage:
     """Actor stage: load one scorer once, score the rows without an error, pass every row
-    through. The rows' frames are stacked into a reused pinned buffer, copied to the device on
-    a stream of their own and scored (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool
-    runs :data:`CALLS_PER_ACTOR` calls at once, so one batch is stacked and copied while
-    another runs (a scorer whose frames do not stack goes through
-    :meth:`Scorer.predict_items`).
+    through (a pool with ``when=`` scores only the rows its predicate sends on, and adds
+    ``<column>_skipped``: :mod:`vqpipe.pipeline.cascade`). The rows' frames are stacked into a
+    reused pinned buffer, copied to the device on a stream of their own and scored
+    (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool runs :data:`CALLS_PER_ACTOR`
+    calls at once, so one batch is stacked and copied while another runs (a scorer whose
+    frames do not stack goes through :meth:`Scorer.predict_items`).
 
     The device is decided here, from what Ray assigned (:func:`actor_device`), unless the
     pool's options name one. ``fingerprint``: the checkpoint identity the driver recorded in
     the job signature; an actor that loads anything else refuses to score. ``arrow`` (an
     actor of a job): the batch goes on as an Arrow block, the pixel columns of the pools after
     this one as variable-shaped tensor columns (:func:`~vqpipe.pipeline.pixels.to_block`).
+    ``gate_for``: the ``when=`` pool after this one, whose gate
+    (:func:`~vqpipe.pipeline.cascade.gate_batch`) then runs at the end of each call.
     """
 
     def __init__(
@@ -403,6 +407,7 @@ class ScoreStage:
         fingerprint: str | None = None,
         limits: MediaLimits | None = None,
         arrow: bool = False,
+        gate_for: ScorerOptions | None = None,
     ) -> None:
         import ray
 
@@ -435,6 +440,7 @@ class ScoreStage:
             sort_keys=True,
         )
         self.arrow = arrow
+        self.gate_for = gate_for  # the when= pool next in the graph: its gate runs here
         self.runner: BatchRunner | None = None
         if getattr(self.scorer, "stacks_frames", False):
             self.runner = BatchRunner(self.scorer, self.spec.batch_size)
@@ -447,6 +453,14 @@ class ScoreStage:
         outputs = self.scorer.empty_outputs(n, **self.spec.options)
         errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
         jpegs = batch.pop(JPEG_PREFIX + column, None)
+        skipped = gate(self.spec, batch)  # when=: rows held back (a block's carrier row)
+        if skipped is not None:
+            batch[extra_column(column, SKIPPED)] = skipped
+            for i in np.flatnonzero(skipped):
+                inputs[i] = None
+            if jpegs is not None:
+                jpegs = np.array(jpegs, dtype=object)
+                jpegs[skipped] = b""
         if jpegs is not None:
             self._decode_jpegs(jpegs, inputs, errors)
         todo = [i for i in range(n) if errors[i] is None and inputs[i] is not None]
@@ -463,6 +477,8 @@ class ScoreStage:
             batch[extra_column(column, key)] = values
         batch[RUNTIME_PREFIX + column] = np.full(n, self.runtime, dtype=object)
         batch[ERROR] = errors
+        if self.gate_for is not None:  # no task of its own between the two pools
+            return gate_batch(batch, self.gate_for)
         if self.arrow:
             return to_block(batch, [c for c in batch if c.startswith(INPUT_PREFIX)])
         return batch
@@ -536,6 +552,8 @@ def scores_in_tasks(spec: ScorerOptions) -> bool:
     worker process per job (seconds of start-up: Python, Ray Data, vqpipe, on every job), a
     decode task runs in a worker Ray already has."""
     if spec.num_gpus or spec.num_cpus is not None or tuple(spec.actors) != (1, 1):
+        return False
+    if spec.when:  # its predicate reads the columns of earlier pools: after their actors
         return False
     return bool(spec.scorer_class().scores_in_tasks(**spec.options))
 

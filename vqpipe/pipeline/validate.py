@@ -21,6 +21,7 @@ from typing import Any
 
 from vqpipe.errors import UserError
 from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.pipeline.cascade import check_cascades
 from vqpipe.pipeline.config import POOL_KEYS, JobConfig, ScorerOptions
 from vqpipe.schema import output_columns
 
@@ -212,6 +213,7 @@ def validate_job(config: JobConfig, checkpoints: bool = True) -> None:
                     "give one of them another column=NAME"
                 )
             written[name] = spec.column
+    check_cascades(config.scorers)
     limits = config.limits
     for name, value in (
         ("--max-frames", limits.max_frames),

@@ -4,12 +4,16 @@ Not a quality model — it exists so that the pipeline can be smoke-tested and i
 measured with a scorer that is never the bottleneck (``benchmarks/pipeline.py --scorer
 brightness``), and as the smallest example of the Scorer protocol for plugin authors.
 ``latency_s`` makes each ``predict`` call take at least that long: a stand-in for a slow
-accelerator in fault-injection and back-pressure tests.
+accelerator in fault-injection and back-pressure tests; ``calls_dir`` (a local folder) gets one
+file per ``predict`` call naming how many frames it scored, so tests can count what reached
+a pool (cascades: ``when=``).
 """
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -50,10 +54,12 @@ class BrightnessScorer(Scorer):
         dtype: Any = None,
         size: int = 64,
         latency_s: float = 0.0,
+        calls_dir: str | None = None,
     ) -> None:
         super().__init__(checkpoint, "cpu", "float32")
         self.preprocessor = BrightnessPreprocessor(size)
         self.latency_s = float(latency_s)
+        self.calls_dir = calls_dir
 
     @classmethod
     def scores_in_tasks(cls, latency_s: float = 0.0, **_: Any) -> bool:
@@ -69,6 +75,9 @@ class BrightnessScorer(Scorer):
         if self.latency_s > 0:
             time.sleep(self.latency_s)
         pixels = np.asarray(batch["pixels"], np.float32)  # [B, 3, S, S]
+        if self.calls_dir:
+            with open(os.path.join(self.calls_dir, f"call-{uuid.uuid4().hex}"), "w") as fh:
+                fh.write(str(len(pixels)))
         luma = np.einsum("bchw,c->bhw", pixels, _LUMA) / 255.0
         flat = luma.reshape(len(luma), -1)
         bins = np.stack(
