@@ -160,7 +160,7 @@ class ScorerOptions:
         return spec
 
     def scorer_class(self) -> type:
-        from vqpipe.scoring import get_scorer_spec
+        from vqpipe.scorers.registry import get_scorer_spec
 
         return get_scorer_spec(self.name).load()
 
@@ -175,7 +175,7 @@ class ScorerOptions:
         storage options (under its own ``storage_options``, which win key by key) when the
         scorer takes them. The one place that builds them: the driver's signature, the decode
         stage's preprocessor and the scoring actor all call this."""
-        from vqpipe.scoring import get_scorer_spec
+        from vqpipe.scorers.registry import get_scorer_spec
 
         registered = get_scorer_spec(self.name)
         kwargs = {**registered.defaults, **self.options}

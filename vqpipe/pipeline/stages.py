@@ -56,8 +56,8 @@ from vqpipe.schema import (
     extra_column,
     to_arrow,
 )
-from vqpipe.scoring._arrays import is_tensor
-from vqpipe.scoring.transfer import BatchRunner
+from vqpipe.scorers._arrays import is_tensor
+from vqpipe.scorers.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
 from vqpipe.storage.schemas import encode_schema
@@ -65,7 +65,7 @@ from vqpipe.storage.schemas import encode_schema
 
 @functools.lru_cache(maxsize=16)
 def _preprocessor(name: str, kwargs_json: str) -> Any:
-    from vqpipe.scoring import get_scorer_spec
+    from vqpipe.scorers.registry import get_scorer_spec
 
     return get_scorer_spec(name).load().make_preprocessor(**json.loads(kwargs_json))
 
@@ -384,7 +384,7 @@ def actor_device(spec: ScorerOptions) -> str:
 class ScoreStage:
     """Actor stage: load one scorer once, score the rows without an error, pass every row
     through. The rows' frames are stacked into a reused pinned buffer, copied to the device on
-    a stream of their own and scored (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool
+    a stream of their own and scored (:class:`~vqpipe.scorers.transfer.BatchRunner`); the pool
     runs :data:`CALLS_PER_ACTOR` calls at once, so one batch is stacked and copied while
     another runs (a scorer whose frames do not stack goes through
     :meth:`Scorer.predict_items`).
@@ -406,7 +406,7 @@ class ScoreStage:
     ) -> None:
         import ray
 
-        from vqpipe.scoring import create_scorer
+        from vqpipe.scorers.registry import create_scorer
 
         self.spec = spec
         self.limits = limits or MediaLimits()  # for the JPEGs it decodes (decode=gpu)
@@ -787,7 +787,7 @@ def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
 
 CALLS_PER_ACTOR = 2
 """Batches in flight per scorer actor: one on the device while the next is stacked into its
-pinned buffer and copied (:class:`~vqpipe.scoring.transfer.BatchRunner`); more would only
+pinned buffer and copied (:class:`~vqpipe.scorers.transfer.BatchRunner`); more would only
 hold more batches in the actor's memory."""
 
 

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqpipe.io.checkpoints import default_cache_dir
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.quality_math.thurstone import thurstone_map
 from vqpipe.scorers._owl2 import Owl2Scorer
-from vqpipe.scorers.anchors import AnchorSet, check_anchor_matrix, load_anchor_set
-from vqpipe.scoring.base import inference_mode
-from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
-from vqpipe.scoring.thurstone import thurstone_map
+from vqpipe.scorers.anchor_sets import AnchorSet, check_anchor_matrix, load_anchor_set
+from vqpipe.scorers.base import inference_mode
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch

@@ -20,10 +20,10 @@ from PIL import Image
 
 from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
-from vqpipe.scorers.anchors import AnchorSet
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS
+from vqpipe.scorers.anchor_sets import AnchorSet
+from vqpipe.scorers.base import Scorer, inference_mode
 from vqpipe.scorers.compare2score import AnchorComparison
-from vqpipe.scoring.base import Scorer, inference_mode
-from vqpipe.scoring.comparison import COMPARISON_LEVELS
 
 if TYPE_CHECKING:
     import torch

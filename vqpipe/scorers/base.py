@@ -9,7 +9,7 @@
 
 Library users call the scorer (``scorer(x)`` is ``scorer.score(x)``) or
 :meth:`Scorer.score_details`: they take one item or a batch of paths, URIs, PIL images, arrays,
-tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), run the preprocessor on every
+tensors or frame lists (:func:`vqpipe.scorers.inputs.as_items`), run the preprocessor on every
 frame and hand the stacked frames to :meth:`Scorer.predict_items` — the pipeline's path.
 
 A scorer provides its preprocessor (or overrides :meth:`Scorer.preprocess`, one frame → arrays)
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
-from vqpipe.scoring._arrays import is_tensor
-from vqpipe.scoring.inputs import Item, as_items
+from vqpipe.scorers._arrays import is_tensor
+from vqpipe.scorers.inputs import Item, as_items
 
 if TYPE_CHECKING:
     import torch
@@ -264,7 +264,7 @@ class Scorer:
         self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
     ) -> dict[str, Any]:
         """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...) of one item
-        or a batch (see :mod:`vqpipe.scoring.inputs`). A batch gives arrays with one row per
+        or a batch (see :mod:`vqpipe.scorers.inputs`). A batch gives arrays with one row per
         item; one item gives that row (``score`` a float). ``storage_options`` (default: the
         scorer's) are for URIs; ``options`` go to :meth:`predict_items`."""
         out, single = self._score(x, storage_options, options)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vqpipe.scoring._arrays import input_tensor, is_tensor
+from vqpipe.scorers._arrays import input_tensor, is_tensor
 
 
 def _torch() -> Any:
@@ -233,7 +233,7 @@ class BatchRunner:
     """Score batches of items ([T, ...] frames each) with up to ``calls`` batches in flight:
     stacking a batch into its buffer and copying it to the device need no lock, so they run
     while another batch holds the device; the device work of each batch runs under one lock
-    (:meth:`~vqpipe.scoring.base.Scorer.predict_stacked`: queued kernels, no sync), and the
+    (:meth:`~vqpipe.scorers.base.Scorer.predict_stacked`: queued kernels, no sync), and the
     caller waits for its own outputs' copy only after letting go of the lock.
 
     ``in_flight`` / ``max_in_flight``: batches between :meth:`__call__`'s start and end."""
