@@ -36,6 +36,7 @@ from vqpipe.pipeline.shards import (
     block_bounds,
     read_shards,
 )
+from vqpipe.quality_math.arrays import is_tensor
 from vqpipe.schema import (
     BYTES,
     DATA,
@@ -56,7 +57,6 @@ from vqpipe.schema import (
     extra_column,
     to_arrow,
 )
-from vqpipe.scorers._arrays import is_tensor
 from vqpipe.scorers.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part

@@ -13,7 +13,7 @@ import numpy as np
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
-from vqpipe.scorers._arrays import input_tensor
+from vqpipe.quality_math.arrays import input_tensor
 from vqpipe.scorers.base import Scorer
 from vqpipe.scorers.chunked import ChunkedCall, compile_model
 

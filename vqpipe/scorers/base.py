@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
-from vqpipe.scorers._arrays import is_tensor
+from vqpipe.quality_math.arrays import is_tensor
 from vqpipe.scorers.inputs import Item, as_items
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from vqpipe.media.image import (
     to_rgb,
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
-from vqpipe.scorers._arrays import input_tensor
+from vqpipe.quality_math.arrays import input_tensor
 from vqpipe.scorers.base import Scorer
 from vqpipe.scorers.chunked import ChunkedCall, compile_model
 

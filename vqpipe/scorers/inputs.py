@@ -34,7 +34,7 @@ from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.media.image import Draft
 from vqpipe.pipeline.config import JobConfig
-from vqpipe.scorers._arrays import is_tensor
+from vqpipe.quality_math.arrays import is_tensor
 
 Item = Union[Image.Image, list[Image.Image]]  # noqa: UP007 — an image, or a video's frames
 """One normalised item: a PIL image, or the frames of one video."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vqpipe.scorers._arrays import input_tensor, is_tensor
+from vqpipe.quality_math.arrays import input_tensor, is_tensor
 
 
 def _torch() -> Any:
