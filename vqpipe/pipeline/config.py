@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vqpipe.defaults import default_batch_size
+from vqpipe.defaults import VIDEO_FPS, default_batch_size
 from vqpipe.errors import UserError
 from vqpipe.media.decode import MediaLimits
 
@@ -229,7 +229,7 @@ class JobConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
-    video_fps: float = 1.0
+    video_fps: float = VIDEO_FPS
     limits: MediaLimits = field(default_factory=MediaLimits)
     rows_per_file: int | None = None  # None: 50,000 per part of a listing, 256 per shard fragment
     limit: int | None = None

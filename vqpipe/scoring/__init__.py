@@ -1,6 +1,7 @@
 """The public scoring API, re-exported: the quality math from :mod:`vqpipe.quality_math`,
 the Scorer protocol and the registry from :mod:`vqpipe.scorers`."""
 
+from vqpipe.models.devices import resolve_device, resolve_dtype
 from vqpipe.quality_math.anchor_selection import select_anchors
 from vqpipe.quality_math.comparison import (
     COMPARISON_LEVELS,
@@ -11,7 +12,7 @@ from vqpipe.quality_math.comparison import (
 )
 from vqpipe.quality_math.levels import LEVEL_SCORES, LEVELS, level_probs, level_score, mos_to_level
 from vqpipe.quality_math.thurstone import thurstone_map, thurstone_objective
-from vqpipe.scorers.base import Scorer, resolve_device, resolve_dtype
+from vqpipe.scorers.base import Scorer
 from vqpipe.scorers.registry import (
     ScorerSpec,
     UnknownScorerError,

@@ -449,7 +449,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     """Supervised fine-tuning of the LMM on ``method``'s conversations (see module doc)."""
     import tempfile
 
-    from vqpipe.scorers.base import resolve_dtype
+    from vqpipe.models.devices import resolve_dtype
 
     seed = int(setting(config, "common", "seed"))
     torch.manual_seed(seed)
