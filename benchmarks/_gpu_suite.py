@@ -318,7 +318,7 @@ def build_scorer(
         from vqpipe.scorers.qalign import QAlignScorer
 
         return QAlignScorer(tmp, device=device, dtype=dtype, model=model), shape
-    from vqpipe.scorers.anchors import OFFICIAL_ANCHOR_MATRIX, AnchorSet
+    from vqpipe.scorers.anchor_sets import OFFICIAL_ANCHOR_MATRIX, AnchorSet
     from vqpipe.scorers.compare2score import Compare2ScoreScorer
 
     rng = np.random.default_rng(0)
@@ -388,7 +388,7 @@ def scorer_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     # the tensor column path (issue 26): the rows' frames (views of the column) stacked once
     # into a reused pinned buffer, copied on the copy stream, normalised
-    from vqpipe.scoring.transfer import StagingBuffers
+    from vqpipe.scorers.transfer import StagingBuffers
 
     buffers = StagingBuffers(pinned=dev.type == "cuda")
     rows = [frame] * batch

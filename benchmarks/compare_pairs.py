@@ -23,7 +23,7 @@ from PIL import Image
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.tiny import bench_config, train_tiny_tokenizer
-from vqpipe.scorers.anchors import AnchorSet
+from vqpipe.scorers.anchor_sets import AnchorSet
 from vqpipe.scorers.compare2score import Compare2ScoreScorer
 from vqpipe.scorers.pairwise import compare_pairs
 

@@ -14,7 +14,7 @@ bytes either way, left out):
   ``np.load`` per row → ``np.stack`` of the frames → ``pin_memory`` → ``.to(device)``;
 * new: decode task one copy per row into the variable-shaped tensor column
   (:mod:`vqpipe.pipeline.pixels`); actor: numpy batch (views) → one copy into a reused pinned
-  buffer (:class:`vqpipe.scoring.transfer.StagingBuffers`) → ``.to(device)`` on its own stream.
+  buffer (:class:`vqpipe.scorers.transfer.StagingBuffers`) → ``.to(device)`` on its own stream.
 
 Both end when the device copy has ended (on the CPU there is no device copy: the old path's
 tensor, the new path's buffer). The two paths alternate within each round; per path the min and
@@ -42,7 +42,7 @@ from ray.data.block import BlockAccessor
 
 from vqpipe.pipeline.pixels import column_items, item_frames, to_block
 from vqpipe.pipeline.stages import _from_bytes, _to_bytes
-from vqpipe.scoring.transfer import StagingBuffers
+from vqpipe.scorers.transfer import StagingBuffers
 
 SIZES = {"Gamma 3x224x224": 224, "Q-Align 3x448x448": 448}
 COLUMN = "_input_x"

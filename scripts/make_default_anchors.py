@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from vqpipe.data import make_image_dataset
-from vqpipe.scorers.anchors import default_anchor_set, write_anchor_set
+from vqpipe.scorers.anchor_sets import default_anchor_set, write_anchor_set
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from vqpipe.cli import build_parser, main
-from vqpipe.console import StatusLine
-from vqpipe.pipeline.runner import format_progress, job_progress
+from vqpipe.console import StatusLine, format_progress
+from vqpipe.pipeline.runner import job_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["demo", "score", "filter", "eval", "train", "bench", "scorers", "version"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from scipy.stats import norm, spearmanr
 
-from vqpipe.scorers.anchors import (
+from vqpipe.scorers.anchor_sets import (
     OFFICIAL_ANCHOR_MATRIX,
     AnchorSet,
     check_anchor_matrix,

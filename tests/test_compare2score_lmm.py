@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqpipe.scorers.anchors import AnchorSet
+from vqpipe.scorers.anchor_sets import AnchorSet
 from vqpipe.scorers.compare2score_lmm import ANSWER_PREFIX, QUESTION
 from vqpipe.scoring import COMPARISON_LEVELS, create_scorer
 

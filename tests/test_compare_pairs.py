@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.test_compare2score_lmm import llava_dir  # noqa: F401 — the tiny LLaVA fixture
 from vqpipe.cli import main
-from vqpipe.scorers.anchors import load_anchor_set
+from vqpipe.scorers.anchor_sets import load_anchor_set
 from vqpipe.scorers.compare2score import Compare2ScoreScorer
 from vqpipe.scorers.pairwise import compare_images, compare_pairs, pair_outputs
 from vqpipe.scoring import create_scorer

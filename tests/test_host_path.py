@@ -17,8 +17,8 @@ from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import column_items, pixel_array, to_block
 from vqpipe.pipeline.stages import CALLS_PER_ACTOR, ScoreStage, decode_score, score_stage
+from vqpipe.scorers.transfer import StagingBuffers
 from vqpipe.scoring import create_scorer
-from vqpipe.scoring.transfer import StagingBuffers
 from vqpipe.storage import read_quality_table
 
 S = 8
@@ -258,7 +258,7 @@ def test_rows_of_one_block_are_scored_in_place_on_the_cpu():
     of the block's buffer, not a copy; arrays of their own are stacked into the buffer."""
     from ray.data.block import BlockAccessor
 
-    from vqpipe.scoring.transfer import back_to_back
+    from vqpipe.scorers.transfer import back_to_back
 
     items = [_frames(1, 0), _frames(2, 1), None, _frames(1, 2)]
     block = to_block({"uri": np.array(list("abcd"), object), "_in": _obj(items)}, ["_in"])
@@ -283,13 +283,13 @@ def test_frames_decoded_on_the_device_join_the_staged_ones_in_item_order():
     the staged host rows in item order (no round trip through the host), scored as all-host."""
     import torch
 
-    from vqpipe.scoring.transfer import BatchRunner
+    from vqpipe.scorers.transfer import BatchRunner
 
     class Mean:  # per-frame mean pixel, then frames averaged per item
         device, stacks_frames = torch.device("cpu"), True
 
         def predict_stacked(self, pixels, counts, batch_size):
-            from vqpipe.scoring.base import average_frames
+            from vqpipe.scorers.base import average_frames
 
             x = torch.as_tensor(pixels).double()
             frames = {"score": x.flatten(1).mean(1), "first": x[:, 0, 0, 0]}

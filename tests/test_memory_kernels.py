@@ -15,11 +15,11 @@ from vqpipe.cli import build_parser, job_config_from_args, main
 from vqpipe.defaults import DEFAULT_BATCH_SIZES, default_batch_size
 from vqpipe.models.mplug_owl2.llama import after_prefix
 from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.quality_math.levels import level_probs, level_score
+from vqpipe.scorers.chunked import ChunkedCall
 from vqpipe.scorers.compare2score import Compare2ScoreScorer
 from vqpipe.scorers.gamma import GammaScorer
 from vqpipe.scorers.qalign import QAlignScorer, equal_length_batches
-from vqpipe.scoring.chunked import ChunkedCall
-from vqpipe.scoring.levels import level_probs, level_score
 
 
 def images(n, seed=0):

@@ -8,12 +8,12 @@ import pytest
 
 from tests.test_gamma import tiny_model
 from vqpipe.cli import main
+from vqpipe.console import format_progress
 from vqpipe.data import make_image_dataset, make_video_dataset
 from vqpipe.errors import UserError
 from vqpipe.models.gamma_checkpoint import save_gamma
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.job import run_job
-from vqpipe.pipeline.runner import format_progress
 from vqpipe.storage import read_quality_table
 
 

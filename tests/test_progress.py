@@ -8,8 +8,8 @@ import json
 import pytest
 
 from vqpipe.cli import main
-from vqpipe.console import Progress, RateMeter, progress_text, summary_table
-from vqpipe.pipeline.runner import format_progress, job_progress
+from vqpipe.console import Progress, RateMeter, format_progress, progress_text, summary_table
+from vqpipe.pipeline.runner import job_progress
 
 
 def _steady(meter: RateMeter, start: float, stop: int, per_s: int = 100) -> None:

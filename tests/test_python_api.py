@@ -1,5 +1,5 @@
 """The Python API: scorers are callable and take one item or a batch of paths, URIs, PIL images,
-numpy arrays, tensors and frame lists (vqpipe.scoring.inputs) — the same numbers every way."""
+numpy arrays, tensors and frame lists (vqpipe.scorers.inputs) — the same numbers every way."""
 
 from pathlib import Path
 
@@ -10,8 +10,8 @@ from PIL import Image
 
 from vqpipe.data import make_video_dataset
 from vqpipe.media.decode import MediaError, decode_video
+from vqpipe.scorers.inputs import as_items
 from vqpipe.scoring import create_scorer
-from vqpipe.scoring.inputs import as_items
 
 
 def photo(seed=0, size=(80, 60)):

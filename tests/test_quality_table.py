@@ -642,7 +642,7 @@ def test_many_parts_to_conform_are_rewritten_by_ray_tasks(ray_local, tmp_path, m
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vqpipe.storage import schemas as schemas_module
+    from vqpipe.storage import schema_pass as schemas_module
 
     images, manifests, out = tmp_path / "img", tmp_path / "manifests", tmp_path / "out"
     manifests.mkdir()

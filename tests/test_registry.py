@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import vqpipe
-from vqpipe.scoring import Scorer, UnknownScorerError, registry
+from vqpipe.scorers import registry
+from vqpipe.scoring import Scorer, UnknownScorerError
 
 
 class ContrastScorer(Scorer):
@@ -82,7 +83,7 @@ def test_duplicate_registration_is_refused(contrast_registered):
 
 def test_lazy_target_and_bad_target():
     vqpipe.register_scorer("lazy-contrast", "tests.test_registry:ContrastScorer")
-    vqpipe.register_scorer("not-a-scorer", "vqpipe.scoring.levels:level_score")
+    vqpipe.register_scorer("not-a-scorer", "vqpipe.quality_math.levels:level_score")
     try:
         assert isinstance(vqpipe.create_scorer("lazy-contrast"), ContrastScorer)
         with pytest.raises(TypeError, match="not a Scorer"):

@@ -55,7 +55,7 @@ def _checkpoint(cls: type) -> str:
 
 
 def _rows() -> list[dict[str, str]]:
-    from vqpipe.scoring import get_scorer_spec, list_scorers
+    from vqpipe.scorers.registry import get_scorer_spec, list_scorers
 
     rows = []
     for name in list_scorers():
@@ -119,15 +119,14 @@ def scorer_keys(name: str) -> tuple[type, list[tuple[str, str, str]], list[tuple
     constructor signature (registry defaults win), then the pool keys."""
     from vqpipe.pipeline.config import POOL_KEYS
     from vqpipe.pipeline.validate import scorer_options
-    from vqpipe.scoring import get_scorer_spec
-    from vqpipe.scoring.registry import UnknownScorerError
+    from vqpipe.scorers.registry import UnknownScorerError, get_scorer_spec
 
     try:
         spec = get_scorer_spec(name)
     except UnknownScorerError:
         import difflib
 
-        from vqpipe.scoring import list_scorers
+        from vqpipe.scorers.registry import list_scorers
 
         close = difflib.get_close_matches(name.lower(), list_scorers(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -148,7 +147,7 @@ def scorer_keys(name: str) -> tuple[type, list[tuple[str, str, str]], list[tuple
 
 def format_scorer(name: str) -> str:
     """A scorer's facts and its ``--scorer NAME:KEY=VALUE,...`` keys with their defaults."""
-    from vqpipe.scoring import get_scorer_spec
+    from vqpipe.scorers.registry import get_scorer_spec
 
     cls, options, pool = scorer_keys(name)
     spec = get_scorer_spec(name)

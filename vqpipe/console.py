@@ -88,6 +88,24 @@ def format_eta(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def format_progress(p: dict[str, Any]) -> str:
+    """A job's progress record (:func:`vqpipe.pipeline.runner.job_progress`) as one line:
+    ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s`` (``scored 1200 so far`` when the
+    total is not known); before a second part is in, the rate is not known yet (``ETA after
+    warm-up``)."""
+    total = p["total"]
+    count = f"{p['done']} so far" if total is None else f"{p['done']}/{total}"
+    head = f"scored {count}, {p['errors']} errors"
+    rate = p.get("scoring_items_per_s")
+    if total is None:  # no ETA without a total: counting up, the rate once it is known
+        return head if rate is None else f"{head}, {rate} items/s"
+    if p["done"] >= total:
+        return f"{head}, {p['items_per_s']} items/s overall"
+    if rate is None:
+        return f"{head}, ETA after warm-up"
+    return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
+
+
 class StatusLine:
     """vqpipe's one status line: redrawn in place (``\\r``) about once a second on a TTY;
     otherwise printed as a new line every ``every_s`` seconds (a heartbeat while nothing
@@ -178,10 +196,8 @@ class StatusLine:
                 self._draw()
 
     def progress(self, p: dict[str, Any]) -> None:
-        """A job's progress record (:func:`vqpipe.pipeline.runner.job_progress`) as the status;
-        ``run_job`` already calls it at most every ``progress_every_s``."""
-        from vqpipe.pipeline.runner import format_progress
-
+        """A job's progress record (:func:`vqpipe.pipeline.runner.job_progress`) as the
+        status; ``run_job`` already calls it at most every ``progress_every_s``."""
         self.update(format_progress(p), force=True)
 
     def close(self, failed: bool = False) -> None:

@@ -45,6 +45,8 @@ MAX_BYTES = 512 * 1024**2
 MAX_PIXELS = 178_956_970
 """Pixels per image or video frame at most (``--max-pixels``): Pillow's own decompression-bomb
 threshold (twice its warning)."""
+VIDEO_FPS = 1.0
+"""Frames sampled per second of video (``--video-fps``), before :data:`MAX_FRAMES` caps them."""
 MAX_FRAMES = 32
 """Frames sampled per video (evenly spread when the video is longer)."""
 MAX_DURATION_S = 4 * 3600.0

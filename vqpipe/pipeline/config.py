@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vqpipe.defaults import default_batch_size
+from vqpipe.defaults import VIDEO_FPS, default_batch_size
 from vqpipe.errors import UserError
 from vqpipe.media.decode import MediaLimits
 
@@ -167,7 +167,7 @@ class ScorerOptions:
         return spec
 
     def scorer_class(self) -> type:
-        from vqpipe.scoring import get_scorer_spec
+        from vqpipe.scorers.registry import get_scorer_spec
 
         return get_scorer_spec(self.name).load()
 
@@ -182,7 +182,7 @@ class ScorerOptions:
         storage options (under its own ``storage_options``, which win key by key) when the
         scorer takes them. The one place that builds them: the driver's signature, the decode
         stage's preprocessor and the scoring actor all call this."""
-        from vqpipe.scoring import get_scorer_spec
+        from vqpipe.scorers.registry import get_scorer_spec
 
         registered = get_scorer_spec(self.name)
         kwargs = {**registered.defaults, **self.options}
@@ -236,7 +236,7 @@ class JobConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
-    video_fps: float = 1.0
+    video_fps: float = VIDEO_FPS
     limits: MediaLimits = field(default_factory=MediaLimits)
     rows_per_file: int | None = None  # None: 50,000 per part of a listing, 256 per shard fragment
     limit: int | None = None

@@ -42,7 +42,8 @@ from vqpipe.storage.parts import (
 )
 from vqpipe.storage.repeats import PENDING, Removed, drop_repeats, drop_superseded
 from vqpipe.storage.retry import DRIVER_SCAN_MAX_PARTS, Scan, scan_parts
-from vqpipe.storage.schemas import conform_parts, decode_schema
+from vqpipe.storage.schema_pass import conform_parts
+from vqpipe.storage.schemas import decode_schema
 
 log = logging.getLogger(__name__)
 SETTINGS = "settings"
@@ -177,25 +178,6 @@ def job_progress(
         if total is None
         else (round((total - done) / steady, 1) if steady else (0.0 if done >= total else None)),
     }
-
-
-def format_progress(p: dict[str, Any]) -> str:
-    """One summary line: ``scored 1200/5000, 3 errors, 85.2 items/s, ETA 45 s`` (``scored
-    1200 so far`` when the total is not known); before a second part is in, the rate is not known
-    yet (``ETA after warm-up``)."""
-    from vqpipe.console import format_eta
-
-    total = p["total"]
-    count = f"{p['done']} so far" if total is None else f"{p['done']}/{total}"
-    head = f"scored {count}, {p['errors']} errors"
-    rate = p.get("scoring_items_per_s")
-    if total is None:  # no ETA without a total: counting up, the rate once it is known
-        return head if rate is None else f"{head}, {rate} items/s"
-    if p["done"] >= total:
-        return f"{head}, {p['items_per_s']} items/s overall"
-    if rate is None:
-        return f"{head}, ETA after warm-up"
-    return f"{head}, {rate} items/s, ETA {format_eta(p['eta_s'])}"
 
 
 _KNOWN_FAILURES: tuple[type[Exception], ...] = (DeviceUnavailableError, LostLockError)

@@ -37,6 +37,7 @@ from vqpipe.pipeline.shards import (
     block_bounds,
     read_shards,
 )
+from vqpipe.quality_math.arrays import is_tensor
 from vqpipe.schema import (
     BYTES,
     DATA,
@@ -57,8 +58,7 @@ from vqpipe.schema import (
     extra_column,
     to_arrow,
 )
-from vqpipe.scoring._arrays import is_tensor
-from vqpipe.scoring.transfer import BatchRunner
+from vqpipe.scorers.transfer import BatchRunner
 from vqpipe.storage.names import part_suffix
 from vqpipe.storage.parts import part_name, write_part
 from vqpipe.storage.schemas import encode_schema
@@ -66,7 +66,7 @@ from vqpipe.storage.schemas import encode_schema
 
 @functools.lru_cache(maxsize=16)
 def _preprocessor(name: str, kwargs_json: str) -> Any:
-    from vqpipe.scoring import get_scorer_spec
+    from vqpipe.scorers.registry import get_scorer_spec
 
     return get_scorer_spec(name).load().make_preprocessor(**json.loads(kwargs_json))
 
@@ -387,7 +387,7 @@ class ScoreStage:
     through (a pool with ``when=`` scores only the rows its predicate sends on, and adds
     ``<column>_skipped``: :mod:`vqpipe.pipeline.cascade`). The rows' frames are stacked into a
     reused pinned buffer, copied to the device on a stream of their own and scored
-    (:class:`~vqpipe.scoring.transfer.BatchRunner`); the pool runs :data:`CALLS_PER_ACTOR`
+    (:class:`~vqpipe.scorers.transfer.BatchRunner`); the pool runs :data:`CALLS_PER_ACTOR`
     calls at once, so one batch is stacked and copied while another runs (a scorer whose
     frames do not stack goes through :meth:`Scorer.predict_items`).
 
@@ -411,7 +411,7 @@ class ScoreStage:
     ) -> None:
         import ray
 
-        from vqpipe.scoring import create_scorer
+        from vqpipe.scorers.registry import create_scorer
 
         self.spec = spec
         self.limits = limits or MediaLimits()  # for the JPEGs it decodes (decode=gpu)
@@ -805,7 +805,7 @@ def score_stage(spec: ScorerOptions, scorers: list[ScorerOptions]) -> Stage:
 
 CALLS_PER_ACTOR = 2
 """Batches in flight per scorer actor: one on the device while the next is stacked into its
-pinned buffer and copied (:class:`~vqpipe.scoring.transfer.BatchRunner`); more would only
+pinned buffer and copied (:class:`~vqpipe.scorers.transfer.BatchRunner`); more would only
 hold more batches in the actor's memory."""
 
 

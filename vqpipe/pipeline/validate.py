@@ -60,8 +60,7 @@ def _check_types(spec: ScorerOptions, params: dict[str, inspect.Parameter]) -> N
 
 def check_scorer(spec: ScorerOptions, storage_options: dict[str, Any]) -> type:
     """Name, option keys, value types and the scorer's own option checks; returns the class."""
-    from vqpipe.scoring import get_scorer_spec, list_scorers
-    from vqpipe.scoring.registry import UnknownScorerError
+    from vqpipe.scorers.registry import UnknownScorerError, get_scorer_spec, list_scorers
 
     try:
         cls = get_scorer_spec(spec.name).load()

@@ -17,9 +17,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from vqpipe.errors import UserError
-from vqpipe.pipeline.filtering import table_parts, table_schema
 from vqpipe.storage import QualityTable
 from vqpipe.storage.names import STAGED_SUFFIX
+from vqpipe.storage.table_files import table_parts, table_schema
 
 
 class TableSource:

@@ -1,1 +1,2 @@
-"""Built-in scorers, one module each; they register in :mod:`vqpipe.scoring.registry`."""
+"""Scorers: the Scorer protocol (:mod:`.base`, its inputs and transfers), the registry
+(:mod:`.registry`) and the built-in scorers, one module each."""

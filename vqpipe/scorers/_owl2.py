@@ -13,9 +13,9 @@ import numpy as np
 from vqpipe.io.checkpoints import checkpoint_identity
 from vqpipe.io.fs import url_to_fs
 from vqpipe.media.image import REDUCING_GAP, check_exact, draft_for
-from vqpipe.scoring._arrays import device_input
-from vqpipe.scoring.base import Scorer
-from vqpipe.scoring.chunked import ChunkedCall, compile_model
+from vqpipe.scorers.base import Scorer
+from vqpipe.scorers.chunked import ChunkedCall, compile_model
+from vqpipe.scorers.transfer import device_input
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch
@@ -104,7 +104,7 @@ class Owl2Scorer(Scorer):
     ``vision_chunk``: frames per vision-tower call (default :data:`VISION_CHUNK`);
     ``compile``: ``torch.compile`` the vision tower + abstractor (a mode name such as
     ``"reduce-overhead"`` picks that mode), called at one fixed batch shape (see
-    :class:`~vqpipe.scoring.chunked.ChunkedCall`)."""
+    :class:`~vqpipe.scorers.chunked.ChunkedCall`)."""
 
     default_hub_id: str = ""
 

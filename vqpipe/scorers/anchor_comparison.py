@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vqpipe.io.checkpoints import default_cache_dir
-from vqpipe.scorers.anchors import AnchorSet, check_anchor_matrix, load_anchor_set
-from vqpipe.scoring.thurstone import thurstone_map
+from vqpipe.quality_math.thurstone import thurstone_map
+from vqpipe.scorers.anchor_sets import AnchorSet, check_anchor_matrix, load_anchor_set
 
 OUTPUTS = ("thurstone", "official")
 """What ``score`` may be: the raw Thurstone MAP value, or the official ``score_100``."""
@@ -34,7 +34,7 @@ SCORE_RANGE = (-10.0, 10.0)
 @dataclass(frozen=True)
 class AnchorOptions:
     """How a Compare2Score scorer compares with anchors. ``anchors``: an anchor-set directory
-    or :class:`~vqpipe.scorers.anchors.AnchorSet` (None: the bundled synthetic set);
+    or :class:`~vqpipe.scorers.anchor_sets.AnchorSet` (None: the bundled synthetic set);
     ``anchor_matrix``: a precomputed ``P_a`` (None: the set's, else computed and cached);
     ``output``: what ``score`` is, ``thurstone`` (the raw MAP value) or ``official``
     (``score_100``); ``temperature`` of the soft comparison; ``cache_dir``: where computed

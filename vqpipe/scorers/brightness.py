@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vqpipe.media.image import to_rgb
-from vqpipe.scoring.base import Scorer
+from vqpipe.scorers.base import Scorer
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqpipe.prompts import COMPARE_PROMPT
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS, soft_comparison
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
@@ -37,9 +38,8 @@ from vqpipe.scorers.anchor_comparison import (
     map_scores,
     symmetric_matrix,
 )
-from vqpipe.scorers.anchors import AnchorSet
-from vqpipe.scoring.base import inference_mode
-from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.scorers.anchor_sets import AnchorSet
+from vqpipe.scorers.base import inference_mode
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch

@@ -22,6 +22,7 @@ from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
 from vqpipe.prompts import COMPARE_ANSWER as ANSWER_PREFIX
 from vqpipe.prompts import COMPARE_QUESTION as QUESTION
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS, soft_comparison
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
@@ -29,9 +30,8 @@ from vqpipe.scorers.anchor_comparison import (
     AnchorOptions,
     symmetric_matrix,
 )
-from vqpipe.scorers.anchors import AnchorSet
-from vqpipe.scoring.base import Scorer, inference_mode
-from vqpipe.scoring.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.scorers.anchor_sets import AnchorSet
+from vqpipe.scorers.base import Scorer, inference_mode
 
 if TYPE_CHECKING:
     import torch

@@ -24,9 +24,9 @@ from vqpipe.media.image import (
     to_rgb,
 )
 from vqpipe.prompts import PROMPT_LEVELS, scene_prompts
-from vqpipe.scoring._arrays import device_input
-from vqpipe.scoring.base import Scorer
-from vqpipe.scoring.chunked import ChunkedCall, compile_model
+from vqpipe.scorers.base import Scorer
+from vqpipe.scorers.chunked import ChunkedCall, compile_model
+from vqpipe.scorers.transfer import device_input
 
 if TYPE_CHECKING:  # torch, open_clip and torchvision load where a model is built or run
     import torch

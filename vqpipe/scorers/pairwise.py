@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vqpipe.scoring.comparison import soft_comparison
+from vqpipe.quality_math.comparison import soft_comparison
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,7 @@ def compare_images(
     """Library use: :data:`PAIR_OUTPUTS` for the pairs ``(items_a[n], items_b[n])`` — paths or
     URIs, PIL images, arrays (what ``scorer.score`` takes). An item that appears in several
     pairs (the same path, or the same object) is read, preprocessed and encoded once."""
-    from vqpipe.scoring.inputs import as_items
+    from vqpipe.scorers.inputs import as_items
 
     if len(items_a) != len(items_b):
         raise ValueError(f"{len(items_a)} first images but {len(items_b)} second images")

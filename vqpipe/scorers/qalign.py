@@ -31,9 +31,9 @@ import numpy as np
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.media.decode import even_subset
 from vqpipe.prompts import QALIGN_TASKS, qalign_prompt
+from vqpipe.quality_math.levels import LEVELS, level_probs, level_score
 from vqpipe.scorers._owl2 import Owl2Scorer
-from vqpipe.scoring.base import average_frames, inference_mode
-from vqpipe.scoring.levels import LEVELS, level_probs, level_score
+from vqpipe.scorers.base import average_frames, inference_mode
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch

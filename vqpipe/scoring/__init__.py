@@ -1,16 +1,19 @@
-"""Scoring: the math that turns model outputs into scores, the Scorer protocol, the registry."""
+"""The public scoring API, re-exported: the quality math from :mod:`vqpipe.quality_math`,
+the Scorer protocol and the registry from :mod:`vqpipe.scorers`."""
 
-from vqpipe.scoring.anchors import select_anchors
-from vqpipe.scoring.base import Scorer, resolve_device, resolve_dtype
-from vqpipe.scoring.comparison import (
+from vqpipe.models.devices import resolve_device, resolve_dtype
+from vqpipe.quality_math.anchor_selection import select_anchors
+from vqpipe.quality_math.comparison import (
     COMPARISON_LEVELS,
     COMPARISON_WEIGHTS,
     comparison_level,
     comparison_level_index,
     soft_comparison,
 )
-from vqpipe.scoring.levels import LEVEL_SCORES, LEVELS, level_probs, level_score, mos_to_level
-from vqpipe.scoring.registry import (
+from vqpipe.quality_math.levels import LEVEL_SCORES, LEVELS, level_probs, level_score, mos_to_level
+from vqpipe.quality_math.thurstone import thurstone_map, thurstone_objective
+from vqpipe.scorers.base import Scorer
+from vqpipe.scorers.registry import (
     ScorerSpec,
     UnknownScorerError,
     create_scorer,
@@ -19,7 +22,6 @@ from vqpipe.scoring.registry import (
     register_scorer,
     unregister_scorer,
 )
-from vqpipe.scoring.thurstone import thurstone_map, thurstone_objective
 
 __all__ = [
     "COMPARISON_LEVELS",

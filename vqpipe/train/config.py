@@ -48,7 +48,7 @@ class Key:
 def _dtype_problem(value: str) -> str | None:
     import torch
 
-    from vqpipe.scoring.base import resolve_dtype
+    from vqpipe.models.devices import resolve_dtype
 
     try:
         resolve_dtype(value, torch.device("cpu"))

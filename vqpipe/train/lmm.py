@@ -330,7 +330,7 @@ def save_model_dir(
 def validation_anchors(config: dict[str, Any], directory: Path) -> Any:
     """Compare2Score validation anchors: ``config["anchors"]``, else five selected from the
     first dataset's training rows (Eq. 4) and written under ``directory``."""
-    from vqpipe.scorers.anchors import load_anchor_set, write_anchor_set
+    from vqpipe.scorers.anchor_sets import load_anchor_set, write_anchor_set
 
     if config.get("anchors"):
         return load_anchor_set(config["anchors"])
@@ -449,7 +449,7 @@ def train_lmm(config: dict[str, Any], method: str) -> dict[str, Any] | None:
     """Supervised fine-tuning of the LMM on ``method``'s conversations (see module doc)."""
     import tempfile
 
-    from vqpipe.scoring.base import resolve_dtype
+    from vqpipe.models.devices import resolve_dtype
 
     seed = int(setting(config, "common", "seed"))
     torch.manual_seed(seed)

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from vqpipe.prompts import QALIGN_TASKS
-from vqpipe.scoring.comparison import comparison_level_index
-from vqpipe.scoring.levels import LEVELS, mos_to_level
+from vqpipe.quality_math.comparison import comparison_level_index
+from vqpipe.quality_math.levels import LEVELS, mos_to_level
 
 COMPARISON_ANSWERS = (
     "inferior to",

@@ -287,7 +287,7 @@ class MPLUGOwl2ForCausalLM(nn.Module):
     ) -> MPLUGOwl2ForCausalLM:
         """Load an official checkpoint directory: a local path, an fsspec URI (``s3://...``,
         copied to the local cache once) or, when online, a Hugging Face hub id."""
-        from vqpipe.scoring.base import resolve_dtype
+        from vqpipe.models.devices import resolve_dtype
 
         directory = resolve_model_dir(path_or_uri, storage_options)
         config = MPLUGOwl2Config.from_pretrained(directory)

@@ -15,11 +15,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vqpipe.scoring._arrays import input_tensor, is_tensor
+from vqpipe.quality_math.arrays import input_tensor, is_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _torch() -> Any:
@@ -233,7 +236,7 @@ class BatchRunner:
     """Score batches of items ([T, ...] frames each) with up to ``calls`` batches in flight:
     stacking a batch into its buffer and copying it to the device need no lock, so they run
     while another batch holds the device; the device work of each batch runs under one lock
-    (:meth:`~vqpipe.scoring.base.Scorer.predict_stacked`: queued kernels, no sync), and the
+    (:meth:`~vqpipe.scorers.base.Scorer.predict_stacked`: queued kernels, no sync), and the
     caller waits for its own outputs' copy only after letting go of the lock.
 
     ``in_flight`` / ``max_in_flight``: batches between :meth:`__call__`'s start and end."""
@@ -279,3 +282,12 @@ class BatchRunner:
         finally:
             with self._count_lock:
                 self.in_flight -= 1
+
+
+def device_input(x: Any, device: torch.device) -> torch.Tensor:
+    """Model input ``x`` (numpy, or a tensor) on ``device``: host memory goes to a CUDA device
+    through pinned memory without blocking the host; a tensor already there stays as it is."""
+    t = input_tensor(x)
+    if device.type == "cuda" and not t.is_cuda:
+        t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)

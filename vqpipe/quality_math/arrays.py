@@ -59,12 +59,3 @@ def input_tensor(x: Any) -> torch.Tensor:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.as_tensor(x)
     return torch.as_tensor(x)
-
-
-def device_input(x: Any, device: torch.device) -> torch.Tensor:
-    """Model input ``x`` (numpy, or a tensor) on ``device``: host memory goes to a CUDA device
-    through pinned memory without blocking the host; a tensor already there stays as it is."""
-    t = input_tensor(x)
-    if device.type == "cuda" and not t.is_cuda:
-        t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
-    return t.to(device)

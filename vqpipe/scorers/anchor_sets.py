@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vqpipe.scoring.anchors import select_anchors
+from vqpipe.quality_math.anchor_selection import select_anchors
 
 OFFICIAL_ANCHOR_MATRIX = np.array(
     [

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from vqpipe.scoring.base import Scorer
+from vqpipe.scorers.base import Scorer
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vqpipe.scoring._arrays import as_float_tensor, like_input
+from vqpipe.quality_math.arrays import as_float_tensor, like_input
 
 if TYPE_CHECKING:
     pass

@@ -11,7 +11,7 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any
 
-from vqpipe.scoring._arrays import as_float_tensor, like_input
+from vqpipe.quality_math.arrays import as_float_tensor, like_input
 
 if TYPE_CHECKING:
     import torch

@@ -29,12 +29,12 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from vqpipe.defaults import VIDEO_FPS
 from vqpipe.io.fs import read_bytes
 from vqpipe.io.media_types import media_type_from_name, sniff_media_type
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image, decode_video
 from vqpipe.media.image import Draft
-from vqpipe.pipeline.config import JobConfig
-from vqpipe.scoring._arrays import is_tensor
+from vqpipe.quality_math.arrays import is_tensor
 
 Item = Union[Image.Image, list[Image.Image]]  # noqa: UP007 — an image, or a video's frames
 """One normalised item: a PIL image, or the frames of one video."""
@@ -46,13 +46,11 @@ ACCEPTED = (
 )
 """What :func:`as_items` accepts, as the TypeError states it."""
 
-DEFAULT_VIDEO_FPS = JobConfig.video_fps  # the pipeline's frame sampling rate
-
 
 def as_items(
     x: Any,
     storage_options: dict[str, Any] | None = None,
-    video_fps: float = DEFAULT_VIDEO_FPS,
+    video_fps: float = VIDEO_FPS,
     limits: MediaLimits | None = None,
     draft: Draft | None = None,
 ) -> tuple[list[Item], bool]:

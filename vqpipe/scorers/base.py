@@ -8,13 +8,13 @@
   one ``[N, ...]`` array (numpy, or a tensor already on the device; item i owns the next
   ``counts[i]`` frames) → per-item outputs (:meth:`Scorer.outputs` names them: ``score``
   [N], ``probs`` [N, K], extras). The pipeline's actors stack the frames into a pinned buffer
-  and call it (:mod:`vqpipe.scoring.transfer`); :meth:`Scorer.predict_items` takes the items
+  and call it (:mod:`vqpipe.scorers.transfer`); :meth:`Scorer.predict_items` takes the items
   as a list of ``[T, ...]`` arrays, stacks them and calls it (frames of different shapes,
   :attr:`Scorer.stacks_frames` False, go to :meth:`Scorer.predict` as lists instead).
 
 Library users call the scorer (``scorer(x)`` is ``scorer.score(x)``) or
 :meth:`Scorer.score_details`: they take one item or a batch of paths, URIs, PIL images, arrays,
-tensors or frame lists (:func:`vqpipe.scoring.inputs.as_items`), run the preprocessor on every
+tensors or frame lists (:func:`vqpipe.scorers.inputs.as_items`), run the preprocessor on every
 frame and hand the items to :meth:`Scorer.predict_items`.
 
 A scorer provides its preprocessor (or overrides :meth:`Scorer.preprocess`, one frame → arrays)
@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from vqpipe.defaults import DEFAULT_BATCH_SIZE
-from vqpipe.scoring._arrays import is_tensor
-from vqpipe.scoring.inputs import Item, as_items
+from vqpipe.models.devices import resolve_device, resolve_dtype
+from vqpipe.quality_math.arrays import is_tensor
+from vqpipe.scorers.inputs import Item, as_items
 
 if TYPE_CHECKING:
     import torch
@@ -54,39 +55,6 @@ def inference_mode(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → the first CUDA device when there is one, else the CPU."""
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` → bfloat16 on CUDA, float32 elsewhere; strings like ``"bf16"`` are accepted."""
-    import torch
-
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "half": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "float": torch.float32,
-    }
-    try:
-        return aliases[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(aliases)}") from None
 
 
 class Scorer:
@@ -270,7 +238,7 @@ class Scorer:
         self, x: Any, *, storage_options: dict[str, Any] | None = None, **options: Any
     ) -> dict[str, Any]:
         """Scores plus per-item details (``probs`` over :attr:`prob_labels`, ...) of one item
-        or a batch (see :mod:`vqpipe.scoring.inputs`). A batch gives arrays with one row per
+        or a batch (see :mod:`vqpipe.scorers.inputs`). A batch gives arrays with one row per
         item; one item gives that row (``score`` a float). ``storage_options`` (default: the
         scorer's) are for URIs; ``options`` go to :meth:`predict_items`."""
         out, single = self._score(x, storage_options, options)
