@@ -33,8 +33,9 @@ def run(
     from vqpipe.io.sources import list_inputs
     from vqpipe.media.decode import MediaLimits, decode_image
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
+    from vqpipe.pipeline.decode_stage import decode_batch
     from vqpipe.pipeline.job import run_job
-    from vqpipe.pipeline.stages import DECODE_CPUS, DECODE_MEMORY, decode_batch
+    from vqpipe.pipeline.stages import DECODE_CPUS, DECODE_MEMORY
     from vqpipe.scoring import create_scorer
 
     with tempfile.TemporaryDirectory() as tmp:

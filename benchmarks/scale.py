@@ -248,9 +248,11 @@ def stage_costs(shard: str, out: Path) -> dict:
     import numpy as np
 
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
+    from vqpipe.pipeline.decode_stage import decode_batch
     from vqpipe.pipeline.job import _read_options
+    from vqpipe.pipeline.score_stage import ScoreStage
     from vqpipe.pipeline.shards import read_shards
-    from vqpipe.pipeline.stages import ScoreStage, decode_batch, write_batch
+    from vqpipe.pipeline.stages import write_batch
 
     config = JobConfig(input=shard, output=str(out), scorers=[ScorerOptions("brightness")])
     out.mkdir()

@@ -173,7 +173,8 @@ def test_pools_in_the_decode_tasks_and_in_actors_score_alike(ray_local, tmp_path
     gives the same scores, and every stage's errors are still rows."""
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
     from vqpipe.pipeline.job import build_dataset, scorer_signature
-    from vqpipe.pipeline.stages import decode_cpus, scores_in_tasks
+    from vqpipe.pipeline.score_stage import scores_in_tasks
+    from vqpipe.pipeline.stages import decode_cpus
 
     fast, slow = ScorerOptions.parse("brightness"), ScorerOptions.parse("brightness:latency_s=0.01")
     assert scores_in_tasks(fast) and not scores_in_tasks(slow)

@@ -38,7 +38,8 @@ from vqpipe.media.device_decode import (
 from vqpipe.media.image import to_rgb
 from vqpipe.models.mplug_owl2.processor import MPLUGOwl2ImageProcessor
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.stages import decode_batch, decodes_on_device
+from vqpipe.pipeline.decode_stage import decode_batch
+from vqpipe.pipeline.score_stage import decodes_on_device
 from vqpipe.scorers.gamma import GammaPreprocessor, GammaScorer
 
 ORIENTATION = 0x0112
@@ -409,12 +410,12 @@ def test_score_with_gpu_decode_on_cpu_equals_cpu_decode(ray_local, tmp_path, cap
 
 
 def test_a_block_sends_at_most_its_budget_of_jpeg_bytes(tmp_path, monkeypatch):
-    from vqpipe.pipeline import stages
+    from vqpipe.pipeline import decode_stage
 
     datas = [_jpeg(_scene(14 + k, (64, 48))) for k in range(3)]
     for k, data in enumerate(datas):
         (tmp_path / f"{k}.jpg").write_bytes(data)
-    monkeypatch.setattr(stages, "DEVICE_BLOCK_BYTES", len(datas[0]) + len(datas[1]))
+    monkeypatch.setattr(decode_stage, "DEVICE_BLOCK_BYTES", len(datas[0]) + len(datas[1]))
     batch = {
         "uri": np.array([str(tmp_path / f"{k}.jpg") for k in range(3)], dtype=object),
         "media_type": np.array(["image"] * 3, dtype=object),

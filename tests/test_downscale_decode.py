@@ -12,7 +12,7 @@ from vqpipe.media.decode import ImageInfo, MediaError, MediaLimits, decode_image
 from vqpipe.media.image import Draft
 from vqpipe.models.gamma_checkpoint import save_gamma
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ImageProcessor
-from vqpipe.pipeline import stages
+from vqpipe.pipeline import decode_stage, score_stage
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.job import scorer_signature
 from vqpipe.scorers._owl2 import Owl2Preprocessor
@@ -144,7 +144,7 @@ def _decode_one(data, scorers, tmp_path, monkeypatch):
     path = tmp_path / "big.jpg"
     path.write_bytes(data)
     batch = {"uri": np.array([str(path)]), "media_type": np.array(["image"])}
-    out = stages.decode_batch(batch, scorers, {}, 1.0, MediaLimits())
+    out = decode_stage.decode_batch(batch, scorers, {}, 1.0, MediaLimits())
     assert out["error"][0] is None, out["error"][0]
     assert (out["width"][0], out["height"][0]) == (4000, 3000)  # always the original size
     return seen
@@ -156,12 +156,12 @@ def test_pipeline_hands_the_draft_to_gamma_and_full_size_to_exact_scorers(
     gamma = ScorerOptions.parse(f"gamma:checkpoint={checkpoint}")
     qalign = ScorerOptions.parse(f"qalign:checkpoint={qalign_checkpoint}")
     seen = _decode_one(big_jpeg, [gamma, qalign], tmp_path, monkeypatch)
-    size = stages.build_preprocessor(gamma, {}).image_size  # the tiny checkpoint's: 32
+    size = score_stage.build_preprocessor(gamma, {}).image_size  # the tiny checkpoint's: 32
     assert seen["gamma"] == [(500, 375)]  # 1/8 scale: short side 375 ≥ 2 × 32
     assert seen["owl2"] == [(4000, 3000)]  # Q-Align is exact by default
     opted = ScorerOptions.parse(f"qalign:checkpoint={qalign_checkpoint},exact_preprocessing=false")
     exact = ScorerOptions.parse(f"gamma:checkpoint={checkpoint},exact_preprocessing=true")
-    owl_size = stages.build_preprocessor(opted, {}).processor.size
+    owl_size = score_stage.build_preprocessor(opted, {}).processor.size
     seen = _decode_one(big_jpeg, [exact, opted], tmp_path, monkeypatch)
     assert seen["gamma"] == [(4000, 3000)]
     (w, h), scale = seen["owl2"][0], 4000 // 2 // owl_size  # the largest scale Pillow may take
@@ -173,9 +173,9 @@ def test_pipeline_hands_the_draft_to_gamma_and_full_size_to_exact_scorers(
 def test_option_through_cli_parsing_and_signature(checkpoint, qalign_checkpoint):
     spec = ScorerOptions.parse(f"gamma:checkpoint={checkpoint},exact_preprocessing=true")
     assert spec.options["exact_preprocessing"] is True
-    assert stages.build_preprocessor(spec, {}).draft is None
+    assert score_stage.build_preprocessor(spec, {}).draft is None
     default = ScorerOptions.parse(f"gamma:checkpoint={checkpoint}")
-    assert stages.build_preprocessor(default, {}).draft == Draft(64, "short")  # 2 × 32 px
+    assert score_stage.build_preprocessor(default, {}).draft == Draft(64, "short")  # 2 × 32 px
     off = ScorerOptions.parse(f"gamma:checkpoint={checkpoint},exact_preprocessing=false")
     # a resumed job with the other setting is refused: the signature tells them apart
     assert scorer_signature(default, {}) == scorer_signature(off, {})

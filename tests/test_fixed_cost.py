@@ -155,7 +155,7 @@ def test_numpy_scorer_actor_imports_no_torch():
     code = f"""
 import json, sys
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.stages import ScoreStage
+from vqpipe.pipeline.score_stage import ScoreStage
 from vqpipe.scoring import create_scorer
 stage = ScoreStage(ScorerOptions("brightness"))
 meta = create_scorer("brightness", device="cpu").metadata()

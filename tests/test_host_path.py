@@ -15,8 +15,10 @@ from vqpipe.cli import main
 from vqpipe.data import make_image_dataset, make_video_dataset
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline.config import ScorerOptions
+from vqpipe.pipeline.decode_stage import decode_score
 from vqpipe.pipeline.pixels import column_items, pixel_array, to_block
-from vqpipe.pipeline.stages import CALLS_PER_ACTOR, ScoreStage, decode_score, score_stage
+from vqpipe.pipeline.score_stage import ScoreStage
+from vqpipe.pipeline.stages import CALLS_PER_ACTOR, score_stage
 from vqpipe.scorers.transfer import StagingBuffers
 from vqpipe.scoring import create_scorer
 from vqpipe.storage import read_quality_table
@@ -164,7 +166,7 @@ import sys
 import numpy as np
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import pixel_array
-from vqpipe.pipeline.stages import ScoreStage
+from vqpipe.pipeline.score_stage import ScoreStage
 stage = ScoreStage(ScorerOptions.parse("brightness:latency_s=0.01"))
 items = [np.full((t, 3, 4, 4), v, np.uint8) for t, v in ((1, 0), (2, 255), (1, 51))]
 out = stage({"error": np.full(3, None, object), "_input_brightness": pixel_array(items)})

@@ -120,7 +120,8 @@ def test_decode_blocks_are_cut_by_frames_not_rows():
 def test_a_batch_of_videos_is_decoded_a_few_videos_at_a_time():
     from vqpipe.media.decode import MediaLimits
     from vqpipe.pipeline.config import ScorerOptions
-    from vqpipe.pipeline.stages import DECODE_MEMORY, FRAME_BYTES, decode_score
+    from vqpipe.pipeline.decode_stage import decode_score
+    from vqpipe.pipeline.stages import DECODE_MEMORY, FRAME_BYTES
 
     n = 10
     video = mp4_bytes(frames=4)

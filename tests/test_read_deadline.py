@@ -389,7 +389,7 @@ def test_connection_and_server_errors_are_transient_by_type_and_status():
 
 def test_a_refused_http_connection_is_a_transient_read_row_not_not_found():
     from vqpipe.media.decode import MediaLimits
-    from vqpipe.pipeline import stages
+    from vqpipe.pipeline import decode_stage
     from vqpipe.pipeline.config import ScorerOptions
 
     with socket.socket() as sock:
@@ -400,7 +400,7 @@ def test_a_refused_http_connection_is_a_transient_read_row_not_not_found():
         "media_type": np.array(["image"]),
     }
     limits = MediaLimits(read_timeout_s=10)
-    out = stages.decode_batch(batch, [ScorerOptions("brightness")], {}, 1.0, limits)
+    out = decode_stage.decode_batch(batch, [ScorerOptions("brightness")], {}, 1.0, limits)
     assert out["error"][0].startswith("read: ") and "not found" not in out["error"][0]
     assert "ClientConnectorError" in out["error"][0] and out["error_kind"][0] == "transient"
 

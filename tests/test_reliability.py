@@ -180,7 +180,7 @@ def test_transient_store_errors_are_retried_and_denied_objects_become_rows(monke
     from fsspec.implementations.memory import MemoryFileSystem
 
     import vqpipe.io.fs
-    from vqpipe.pipeline import stages
+    from vqpipe.pipeline import decode_stage
 
     failures: dict[str, int] = {}
 
@@ -216,7 +216,7 @@ def test_transient_store_errors_are_retried_and_denied_objects_become_rows(monke
         "uri": np.array(["flaky:///b/ok.png", "flaky:///b/forbidden.png", "flaky:///b/gone.png"]),
         "media_type": np.array(["image"] * 3),
     }
-    out = stages.decode_batch(batch, [ScorerOptions("brightness")], {}, 1.0, MediaLimits())
+    out = decode_stage.decode_batch(batch, [ScorerOptions("brightness")], {}, 1.0, MediaLimits())
     errors = list(out["error"])
     assert errors[0] is None and failures["/b/ok.png"] == 3  # two transient failures, then ok
     assert errors[1].startswith("read: access denied") and "/b/forbidden.png" not in failures
@@ -260,7 +260,7 @@ def test_secrets_never_reach_logs_job_record_or_parquet(
 
 def test_manifest_entries_cannot_escape_the_configured_root(tmp_path):
     from vqpipe.io.sources import OUTSIDE_ROOT, confine, list_inputs
-    from vqpipe.pipeline.stages import decode_batch
+    from vqpipe.pipeline.decode_stage import decode_batch
 
     root = tmp_path / "data"
     (root / "a").mkdir(parents=True)

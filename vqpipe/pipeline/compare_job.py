@@ -31,7 +31,9 @@ from vqpipe.io.sources import manifest_entry
 from vqpipe.media.decode import MediaLimits
 from vqpipe.pipeline import job, runner
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
+from vqpipe.pipeline.decode_stage import decode_batch
 from vqpipe.pipeline.runner import JobKind
+from vqpipe.pipeline.score_stage import ScoreStage
 from vqpipe.pipeline.shards import (
     KEY,
     SHARD,
@@ -43,12 +45,10 @@ from vqpipe.pipeline.stages import (
     DECODE_MEMORY,
     DECODE_RETRIES,
     READ_CPUS,
-    ScoreStage,
     Stage,
     _from_bytes,
     _to_bytes,
     actor_cpus,
-    decode_batch,
     write_stage,
 )
 from vqpipe.schema import (

@@ -32,6 +32,7 @@ from vqpipe.pipeline.cascade import SKIPPED, gate_batch, parse_when, restore_row
 from vqpipe.pipeline.column_types import unified_types
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
+from vqpipe.pipeline.score_stage import build_preprocessor, decodes_on_device, scores_in_tasks
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     LISTING,
@@ -44,15 +45,12 @@ from vqpipe.pipeline.shards import (
 )
 from vqpipe.pipeline.stages import (
     Stage,
-    build_preprocessor,
     decode_cpus,
     decode_stage,
-    decodes_on_device,
     follow_stage,
     read_decode_stage,
     read_stage,
     score_stage,
-    scores_in_tasks,
     write_stage,
 )
 from vqpipe.pipeline.validate import check_checkpoints, validate_job

@@ -26,8 +26,9 @@ from vqpipe.console import RateMeter
 from vqpipe.errors import UserError, check_interrupted
 from vqpipe.io.media_types import PARQUET_SUFFIXES
 from vqpipe.pipeline.config import JobConfig
+from vqpipe.pipeline.score_stage import DeviceUnavailableError
 from vqpipe.pipeline.shards import Shard, signature_hash
-from vqpipe.pipeline.stages import DeviceUnavailableError, actor_cpus
+from vqpipe.pipeline.stages import actor_cpus
 from vqpipe.pipeline.validate import check_cluster_resources, storage_error
 from vqpipe.schema import METADATA_KEY
 from vqpipe.storage import LostLockError, QualityTable, TableLock

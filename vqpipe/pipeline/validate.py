@@ -97,7 +97,7 @@ def check_checkpoint(spec: ScorerOptions, cls: type, storage_options: dict[str, 
     """The checkpoint is there and of a loadable kind (header only), and the decode stage's
     preprocessor can be built from it."""
     from vqpipe.io.checkpoints import probe_checkpoint
-    from vqpipe.pipeline.stages import build_preprocessor
+    from vqpipe.pipeline.score_stage import build_preprocessor
 
     kwargs = spec.scorer_kwargs(storage_options)
     checkpoint = kwargs.get("checkpoint")

@@ -65,7 +65,7 @@ class ColumnScorer:
         limits: MediaLimits | None = None,
         video_fps: float = 1.0,
     ) -> None:
-        from vqpipe.pipeline.stages import ScoreStage
+        from vqpipe.pipeline.score_stage import ScoreStage
 
         self.spec = spec
         self.storage_options = storage_options or {}
@@ -76,7 +76,7 @@ class ColumnScorer:
     def prepare(self, item: Item) -> Prepared:
         """Read (a URI) and decode ``item``, run the scorer's preprocessor: the decode stage's
         code on a batch of one, decoded here on the CPU (``decode=`` does not apply)."""
-        from vqpipe.pipeline.stages import decode_batch
+        from vqpipe.pipeline.decode_stage import decode_batch
 
         if item.error is not None:
             return None, item.error
