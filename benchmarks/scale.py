@@ -249,7 +249,7 @@ def stage_costs(shard: str, out: Path) -> dict:
 
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
     from vqpipe.pipeline.decode_stage import decode_batch
-    from vqpipe.pipeline.job import _read_options
+    from vqpipe.pipeline.planning import _read_options
     from vqpipe.pipeline.score_stage import ScoreStage
     from vqpipe.pipeline.shards import read_shards
     from vqpipe.pipeline.stages import write_batch

@@ -347,7 +347,7 @@ def test_since_limits_a_prefix_listing_to_newer_objects(ray_local, tmp_path, cap
 
 @pytest.mark.slow
 def test_a_growing_prefix_resumes_by_a_distributed_anti_join(ray_local, tmp_path, monkeypatch):
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import planning
 
     corpus = tmp_path / "corpus"
     (corpus / "day1").mkdir(parents=True)
@@ -370,7 +370,7 @@ def test_a_growing_prefix_resumes_by_a_distributed_anti_join(ray_local, tmp_path
     for i in range(5, 8):
         (corpus / "day2" / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
     (corpus / "day1" / "late.png").write_bytes(image_bytes(9, "PNG"))
-    monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)  # always the anti-join
+    monkeypatch.setattr(planning, "DRIVER_RESUME_MAX_PARTS", 0)  # always the anti-join
     assert main(args) == 0
     summary = json.loads((out / "_job.json").read_text())["summary"]
     assert summary["already_done"] == 5 and summary["scored_rows"] == 4

@@ -212,7 +212,7 @@ def test_the_plan_counts_parquet_rows_and_one_level_folders(tmp_path):
     import pyarrow.parquet as pq
 
     from vqpipe.pipeline.config import JobConfig
-    from vqpipe.pipeline.job import plan_work
+    from vqpipe.pipeline.planning import plan_work
 
     lake = tmp_path / "lake"
     lake.mkdir()

@@ -337,13 +337,13 @@ def test_limited_runs_over_the_resume_anti_join_never_overwrite_each_other(
     """--limit cuts a listing fragment; the anti-join of the next run cuts the same fragment
     elsewhere: each run's rows become a whole part of their own, and the table grows to every
     file exactly once."""
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import planning
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     (corpus / "sub").mkdir(parents=True)
     for i in range(12):
         (corpus / "sub" / f"{i:02d}.png").write_bytes(image_bytes(i, "PNG"))
-    monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)  # always the distributed anti-join
+    monkeypatch.setattr(planning, "DRIVER_RESUME_MAX_PARTS", 0)  # always the distributed anti-join
     argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
     sizes = []
     for limit in (["--limit", "5"], ["--limit", "4"], []):
@@ -555,14 +555,14 @@ def test_a_manifest_regenerated_in_place_is_read_again(ray_local, tmp_path):
 def test_a_file_replaced_in_place_is_scored_again_and_its_row_replaced(
     ray_local, tmp_path, monkeypatch, capsys, anti_join
 ):
-    from vqpipe.pipeline import job
+    from vqpipe.pipeline import planning
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     (corpus / "sub").mkdir(parents=True)
     for i in range(4):
         (corpus / "sub" / f"{i}.png").write_bytes(image_bytes(i, "PNG"))
     if anti_join:
-        monkeypatch.setattr(job, "DRIVER_RESUME_MAX_PARTS", 0)
+        monkeypatch.setattr(planning, "DRIVER_RESUME_MAX_PARTS", 0)
     argv = ["score", str(corpus), "--out", str(out), "--scorer", "brightness"]
     assert main(argv) == 0
     before = read_quality_table(str(out)).set_index("uri")

@@ -29,7 +29,7 @@ from vqpipe.io.manifest import carry_columns, manifest_chunks
 from vqpipe.io.media_types import media_type_from_name
 from vqpipe.io.sources import manifest_entry
 from vqpipe.media.decode import MediaLimits
-from vqpipe.pipeline import job, runner
+from vqpipe.pipeline import job, planning, runner
 from vqpipe.pipeline.config import JobConfig, ScorerOptions
 from vqpipe.pipeline.decode_stage import decode_batch
 from vqpipe.pipeline.runner import JobKind
@@ -149,7 +149,7 @@ def validate_compare(
 
 def plan_pair_shards(config: JobConfig) -> list[Shard]:
     """The manifest files of the input (sorted; the job's own output excluded)."""
-    shards = job.plan_shards(config, "manifest")
+    shards = planning.plan_shards(config, "manifest")
     if not shards:
         raise UserError(f"no Parquet / CSV / JSONL manifest in {config.input}")
     return shards
