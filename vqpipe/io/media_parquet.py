@@ -32,6 +32,10 @@ job's output columns (``reserved``: ``width``, ``<scorer>_score``, …) is renam
 ``input_<name>``. When the file cannot be read (not Parquet, no media column, a damaged row
 group), one record with ``key = "@<row>"`` (the first row not read) carries the error after the
 records read before it.
+
+Why one module of ~550 lines: finding the media column, streaming row groups, reading an
+oversized cell page by page and converting rows share one byte budget and one row count;
+apart, a limit checked in one piece could be missed in another.
 """
 
 from __future__ import annotations

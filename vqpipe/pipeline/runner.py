@@ -6,6 +6,10 @@ A :class:`JobKind` says what differs — its checks, signature, plan and Ray Dat
 table itself (parts, lock, staging, record) is :class:`vqpipe.storage.QualityTable`'s. Every
 commit is fenced by the lock (:class:`vqpipe.storage.Fence`): a job that lost its table while
 paused stops in one line and commits nothing more.
+
+Why one module of ~600 lines: the runner's steps share the lock and the order they run in
+(commit → repeats → swap → record is what makes a kill at any moment safe); split by step,
+that order would be spread over files that each look free to reorder.
 """
 
 from __future__ import annotations
