@@ -416,35 +416,17 @@ def _check_table(
     method: str, config: Mapping[str, Any], spec: Mapping[str, Any], where: str
 ) -> tuple[int, str | None, str | None]:
     """(training rows, a note about skipped rows, a problem) for one dataset entry."""
-    from vqpipe.train.tables import dataset_table, split_rows
+    from vqpipe.train.tables import check_table
 
-    source = spec["table"]
-    name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
-    try:
-        table = dataset_table(spec, config.get("storage_options"))
-    except Exception as exc:
-        return 0, None, f"{where}cannot read table {name}: {type(exc).__name__}: {exc}"
-    missing = [c for c in REQUIRED_COLUMNS[method] if c not in table.columns]
-    if missing:
-        return 0, None, f"{where}table {name} lacks column(s) {missing} ({method} needs them)"
-    rows = split_rows(table, dataset_split(config, spec, method))
-    taken, skipped = media_rows(rows, method)
-    note = skipped_note(skipped, method, where + name) if len(skipped) else None
-    return len(rows) - len(skipped), note, _missing_files(taken, spec, where + name)
-
-
-def _missing_files(table: Any, spec: Mapping[str, Any], where: str) -> str | None:
-    """A problem naming the local training files that do not exist (URIs are not listed)."""
-    paths = [p for p in table["path"] if isinstance(p, str) and "://" not in p]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if not missing:
-        return None
-    root = spec.get("image_root")
-    against = f"image_root {root}" if root is not None else "the table's folder (or image_root)"
-    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    return (
-        f"{where}: {len(missing)} of {len(paths)} image file(s) not found: "
-        f"{', '.join(missing[:3])}{more} (relative paths resolve against {against})"
+    split = dataset_split(config, spec, method)
+    return check_table(
+        spec,
+        config.get("storage_options"),
+        method,
+        REQUIRED_COLUMNS[method],
+        MEDIA[method],
+        split,
+        where,
     )
 
 

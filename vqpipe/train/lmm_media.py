@@ -31,8 +31,8 @@ def load_visual(
     max_frames: int,
     storage_options: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """uint8 [T, 3, S, S]: one image (T = 1), or a video's frames at ``video_fps`` (the official
-    Q-Align video recipe: 1) capped evenly at ``max_frames``."""
+    """uint8 [T, 3, S, S]: one image (T = 1), or a video's frames sampled at ``video_fps`` and
+    capped evenly at ``max_frames``."""
     from vqpipe.io.fs import read_bytes
     from vqpipe.io.media_types import media_type_from_name
     from vqpipe.media.decode import decode_video, even_subset

@@ -75,3 +75,44 @@ def skipped_rows_note(skipped: Any, method: str, media: frozenset[str], where: s
         f"{where}: skipping {len(skipped)} row(s) that {method} cannot train on "
         f"(it takes {'/'.join(sorted(media))}): {', '.join(files)}{more}"
     )
+
+
+def check_table(
+    spec: Mapping[str, Any],
+    storage_options: dict[str, Any] | None,
+    method: str,
+    columns: tuple[str, ...],
+    media: frozenset[str],
+    split: str | None,
+    where: str,
+) -> tuple[int, str | None, str | None]:
+    """(training rows, a note about skipped rows, a problem) for one ``datasets`` entry that
+    ``method`` trains on: the table readable, with ``columns``, its files there."""
+    source = spec["table"]
+    name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
+    try:
+        table = dataset_table(spec, storage_options)
+    except Exception as exc:
+        return 0, None, f"{where}cannot read table {name}: {type(exc).__name__}: {exc}"
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        return 0, None, f"{where}table {name} lacks column(s) {missing} ({method} needs them)"
+    rows = split_rows(table, split)
+    taken, skipped = rows_of_media(rows, media)
+    note = skipped_rows_note(skipped, method, media, where + name) if len(skipped) else None
+    return len(rows) - len(skipped), note, _missing_files(taken, spec, where + name)
+
+
+def _missing_files(table: Any, spec: Mapping[str, Any], where: str) -> str | None:
+    """A problem naming the local training files that do not exist (URIs are not listed)."""
+    paths = [p for p in table["path"] if isinstance(p, str) and "://" not in p]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if not missing:
+        return None
+    root = spec.get("image_root")
+    against = f"image_root {root}" if root is not None else "the table's folder (or image_root)"
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (
+        f"{where}: {len(missing)} of {len(paths)} image file(s) not found: "
+        f"{', '.join(missing[:3])}{more} (relative paths resolve against {against})"
+    )
