@@ -4,7 +4,7 @@
   the equal-interval rule on the dataset's own scale; DMOS flipped first).
 * **Compare2Score**: image pairs inside one dataset labelled with the σ rule, as two-image
   conversations whose prompt is the one the scorer asks at inference.
-* **Gamma**: :func:`vqpipe.train.gamma.mixed_table` (MOS normalised to [0, 1] + scene prompt).
+* **Gamma**: :func:`vqpipe.train.data.mixed_table` (MOS normalised to [0, 1] + scene prompt).
 """
 
 from __future__ import annotations
