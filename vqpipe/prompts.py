@@ -8,6 +8,18 @@ QALIGN_TASKS: dict[str, tuple[str, str]] = {
 }
 """Q-Align task → (what is rated, what the input is called) in the official prompt."""
 
+QALIGN_QUESTION = "How would you rate the {what} of this {medium}?"
+"""Q-Align's question, filled from :data:`QALIGN_TASKS`."""
+COMPARE2SCORE_QUESTION = (
+    "Compared with the first image, what is your quality rating for second image?"
+)
+"""Compare2Score's question after its two images (anchor first, test second)."""
+SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions."
+)
+"""The vicuna_v1 system line of mPLUG-Owl2's conversations."""
+
 # Gamma's level prompts (the model's text side lives in vqpipe.models.gamma)
 PROMPT_LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
 BASE_PROMPTS: tuple[str, ...] = tuple(f"{level} image" for level in PROMPT_LEVELS)

@@ -16,6 +16,7 @@ import numpy as np
 
 from vqpipe.models.mplug_owl2 import IMAGE_TOKEN, PromptTokenizer
 from vqpipe.models.mplug_owl2.modeling import IGNORE_INDEX
+from vqpipe.prompts import SYSTEM
 from vqpipe.train.config import dataset_setting, dataset_split
 from vqpipe.train.settings import Settings
 from vqpipe.train.tables import dataset_table, split_rows
@@ -25,10 +26,6 @@ from vqpipe.train.tasks import (
     qalign_conversations,
 )
 
-SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the human's questions."
-)
 EOS = "</s>"
 
 

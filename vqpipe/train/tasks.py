@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqpipe.prompts import QALIGN_TASKS
+from vqpipe.prompts import COMPARE2SCORE_QUESTION, QALIGN_QUESTION, QALIGN_TASKS
 from vqpipe.scoring.comparison import comparison_level_index
 from vqpipe.scoring.levels import LEVELS, mos_to_level
 
@@ -59,7 +59,7 @@ def qalign_conversations(table: pd.DataFrame, task: str = "quality") -> list[dic
                 "conversations": [
                     {
                         "from": "human",
-                        "value": f"How would you rate the {what} of this {medium}?\n<|image|>",
+                        "value": f"{QALIGN_QUESTION.format(what=what, medium=medium)}\n<|image|>",
                     },
                     {"from": "gpt", "value": f"The {what} of the {medium} is {level}."},
                 ],
@@ -112,10 +112,7 @@ def compare2score_pairs(table: pd.DataFrame, n_pairs: int, seed: int = 0) -> pd.
 
 def compare2score_conversations(pairs: pd.DataFrame) -> list[dict[str, Any]]:
     """Two-image SFT records with the inference prompt (anchor first, test second)."""
-    question = (
-        "<|image|> <|image|> Compared with the first image, what is your quality "
-        "rating for second image? "
-    )
+    question = f"<|image|> <|image|> {COMPARE2SCORE_QUESTION} "
     return [
         {
             "id": f"{a}|{b}",
