@@ -219,3 +219,15 @@ def test_every_key_a_loop_reads_is_declared():
             assert not found, (path.name, found)
     gamma_only = {"model_config", "train_backbone", "crop_step", "patch_init"}
     assert gamma_only <= set(KEYS["gamma"]) and not gamma_only & set(KEYS["qalign"])
+
+
+def test_typed_configs_take_their_defaults_from_the_key_table():
+    from vqpipe.train.settings import GammaSettings, QAlignSettings, settings
+
+    gamma = settings("gamma", {"datasets": [{"table": "t.csv"}], "lr": 1})
+    assert isinstance(gamma, GammaSettings) and gamma.lr == 1.0 and isinstance(gamma.lr, float)
+    assert gamma.epochs == KEYS["gamma"]["epochs"].default and gamma.resume is True
+    assert not gamma.weighted and settings("gamma", gamma) is gamma
+    qalign = settings("qalign", {"datasets": [{"table": "t.csv", "weight": 2}], "epochs": 3})
+    assert isinstance(qalign, QAlignSettings) and qalign.epochs == 3 and qalign.weighted
+    assert qalign.task == KEYS["qalign"]["task"].default and qalign.raw["epochs"] == 3
