@@ -204,12 +204,30 @@ def test_an_undecodable_training_image_names_its_file(tmp_path):
 
 
 def test_every_key_a_loop_reads_is_declared():
+    from vqpipe.train.settings import fields
+
     assert set(METHODS) == set(KEYS)
+    for method in KEYS:  # the loops read the typed configs, whose fields are the key table
+        assert fields(method) == set(KEYS[method]), (method, fields(method) ^ set(KEYS[method]))
     root = Path(__file__).parents[1] / "vqpipe" / "train"
     read = re.compile(r'config(?:\.get\(|\[)"([a-z_]+)"|setting\(config, "[a-z0-9]+", "([a-z_]+)"')
     declared = set().union(*(set(keys) for keys in KEYS.values()))
-    for name in ("gamma.py", "lmm.py", "loop.py", "trainer.py"):
-        found = {a or b for a, b in read.findall((root / name).read_text())}
-        assert found and found <= declared, (name, found - declared)
+    for path in sorted(root.glob("*.py")):
+        found = {a or b for a, b in read.findall(path.read_text())}
+        assert found <= declared, (path.name, found - declared)
+        if path.name not in ("config.py", "settings.py"):  # read in one place
+            assert not found, (path.name, found)
     gamma_only = {"model_config", "train_backbone", "crop_step", "patch_init"}
     assert gamma_only <= set(KEYS["gamma"]) and not gamma_only & set(KEYS["qalign"])
+
+
+def test_typed_configs_take_their_defaults_from_the_key_table():
+    from vqpipe.train.settings import GammaSettings, QAlignSettings, settings
+
+    gamma = settings("gamma", {"datasets": [{"table": "t.csv"}], "lr": 1})
+    assert isinstance(gamma, GammaSettings) and gamma.lr == 1.0 and isinstance(gamma.lr, float)
+    assert gamma.epochs == KEYS["gamma"]["epochs"].default and gamma.resume is True
+    assert not gamma.weighted and settings("gamma", gamma) is gamma
+    qalign = settings("qalign", {"datasets": [{"table": "t.csv", "weight": 2}], "epochs": 3})
+    assert isinstance(qalign, QAlignSettings) and qalign.epochs == 3 and qalign.weighted
+    assert qalign.task == KEYS["qalign"]["task"].default and qalign.raw["epochs"] == 3

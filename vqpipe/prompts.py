@@ -39,6 +39,11 @@ COMPARE_ANSWER = "The quality of the second image is"
 """Compare2Score's answer up to its comparison word."""
 COMPARE_PROMPT = f"USER: <|image|> <|image|> {COMPARE_QUESTION} \nASSISTANT: {COMPARE_ANSWER}"
 """The official Compare2Score prompt: anchor image first, test image second."""
+SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions."
+)
+"""The vicuna_v1 system line of mPLUG-Owl2's conversations."""
 
 # Gamma's level prompts (the model's text side lives in vqpipe.models.gamma)
 PROMPT_LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")

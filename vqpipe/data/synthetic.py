@@ -533,9 +533,11 @@ def _check_fractions(split_fractions: Sequence[float]) -> tuple[float, float, fl
     return fractions[0] / total, fractions[1] / total, fractions[2] / total
 
 
-def _split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
-    """Largest-remainder rounding; every split with a positive fraction gets >= 1 item
-    whenever ``n`` is at least the number of such splits."""
+def split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """How many of ``n`` items (or contents) go to train, val and test: the one rounding rule
+    of every split (here and :func:`vqpipe.train.mos_readers.assign_splits`). Largest-remainder
+    rounding; every split with a positive fraction gets >= 1 item
+        whenever ``n`` is at least the number of such splits."""
     raw = [n * f for f in fractions]
     counts = [math.floor(r) for r in raw]
     order = sorted(range(3), key=lambda i: (-round(raw[i] - counts[i], 9), i))
@@ -555,7 +557,7 @@ def _assign_splits(
     content_ids: Sequence[int], fractions: tuple[float, float, float], seed: int, tag: str
 ) -> dict[int, str]:
     ids = sorted(set(content_ids))
-    counts = _split_counts(len(ids), fractions)
+    counts = split_counts(len(ids), fractions)
     order = _rng(seed, tag, "split").permutation(len(ids))
     split_of: dict[int, str] = {}
     start = 0

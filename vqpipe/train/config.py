@@ -89,6 +89,12 @@ COMMON_KEYS = {
     "early_stop_patience": Key("int", help="stop after this many epochs without a better SRCC"),
     "checkpoint_every": Key("int", 1, help="save a checkpoint every this many epochs"),
     "checkpoint_dir": Key("path", help="where checkpoints go outside Ray Train"),
+    "resume": Key(
+        "bool",
+        True,
+        help="continue from the run's latest checkpoint (Ray Train: same storage path and "
+        "name); false: start over (`vqpipe train --no-resume`)",
+    ),
     "resume_from": Key("path", help="a checkpoint directory to resume from"),
     "verbose": Key("bool", False, help="print each epoch's metrics as JSON (outside Ray Train)"),
     "stream": Key("bool", False, help="stream and decode the training media with Ray Data"),
@@ -410,56 +416,32 @@ def _check_table(
     method: str, config: Mapping[str, Any], spec: Mapping[str, Any], where: str
 ) -> tuple[int, str | None, str | None]:
     """(training rows, a note about skipped rows, a problem) for one dataset entry."""
-    from vqpipe.train.data import dataset_table, split_rows
+    from vqpipe.train.tables import check_table
 
-    source = spec["table"]
-    name = "a DataFrame" if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
-    try:
-        table = dataset_table(spec, config.get("storage_options"))
-    except Exception as exc:
-        return 0, None, f"{where}cannot read table {name}: {type(exc).__name__}: {exc}"
-    missing = [c for c in REQUIRED_COLUMNS[method] if c not in table.columns]
-    if missing:
-        return 0, None, f"{where}table {name} lacks column(s) {missing} ({method} needs them)"
-    rows = split_rows(table, dataset_split(config, spec, method))
-    taken, skipped = media_rows(rows, method)
-    note = skipped_note(skipped, method, where + name) if len(skipped) else None
-    return len(rows) - len(skipped), note, _missing_files(taken, spec, where + name)
-
-
-def _missing_files(table: Any, spec: Mapping[str, Any], where: str) -> str | None:
-    """A problem naming the local training files that do not exist (URIs are not listed)."""
-    paths = [p for p in table["path"] if isinstance(p, str) and "://" not in p]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if not missing:
-        return None
-    root = spec.get("image_root")
-    against = f"image_root {root}" if root is not None else "the table's folder (or image_root)"
-    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    return (
-        f"{where}: {len(missing)} of {len(paths)} image file(s) not found: "
-        f"{', '.join(missing[:3])}{more} (relative paths resolve against {against})"
+    split = dataset_split(config, spec, method)
+    return check_table(
+        spec,
+        config.get("storage_options"),
+        method,
+        REQUIRED_COLUMNS[method],
+        MEDIA[method],
+        split,
+        where,
     )
 
 
 def media_rows(table: Any, method: str) -> tuple[Any, Any]:
     """(rows ``method`` can take, rows it cannot) of a MOS table, by each path's media type."""
-    from vqpipe.io.media_types import media_type_from_name
+    from vqpipe.train.tables import rows_of_media  # pandas: not for ``vqpipe --help``
 
-    kinds = table["path"].astype(str).map(media_type_from_name)
-    unreadable = kinds.isin(["image", "video"]) & ~kinds.isin(sorted(MEDIA[method]))
-    return table[~unreadable], table[unreadable]
+    return rows_of_media(table, MEDIA[method])
 
 
 def skipped_note(skipped: Any, method: str, where: str) -> str:
     """The log line for rows skipped by :func:`media_rows`: how many, and the first files."""
-    files = [str(p) for p in skipped["path"][:5]]
-    more = f" and {len(skipped) - len(files)} more" if len(skipped) > len(files) else ""
-    media = "/".join(sorted(MEDIA[method]))
-    return (
-        f"{where}: skipping {len(skipped)} row(s) that {method} cannot train on "
-        f"(it takes {media}): {', '.join(files)}{more}"
-    )
+    from vqpipe.train.tables import skipped_rows_note
+
+    return skipped_rows_note(skipped, method, MEDIA[method], where)
 
 
 if __name__ == "__main__":

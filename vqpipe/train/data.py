@@ -5,8 +5,6 @@ Ray Data stream of the same media stage for Ray Train workers."""
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,56 +15,19 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, Resize
 
 from vqpipe.io.fs import read_bytes
-from vqpipe.io.sources import is_relative
-from vqpipe.io.tables import read_table
 from vqpipe.media.decode import MediaError, MediaLimits, decode_image
 from vqpipe.models.gamma import scene_for_dataset, scene_prompts
 from vqpipe.train.config import dataset_setting, media_rows, skipped_note
+from vqpipe.train.tables import dataset_name, dataset_table, joined_path, split_rows
+
+__all__ = [  # the table helpers live in train/tables.py; imported from here by callers too
+    "dataset_name",
+    "dataset_table",
+    "joined_path",
+    "split_rows",
+]
 
 log = logging.getLogger("vqpipe.train")
-
-
-def split_rows(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
-    """The rows of ``split`` (all rows when ``split`` is None or the table has no splits)."""
-    if split is None or "split" not in table:
-        return table
-    return table[table["split"] == split]
-
-
-def joined_path(path: str, base: str) -> str:
-    """``path`` as it is when absolute or a URI, else joined to ``base`` (a folder or URI
-    prefix)."""
-    if not is_relative(path):
-        return path
-    if "://" in base:
-        scheme, _, prefix = base.partition("://")
-        return f"{scheme}://{posixpath.normpath(posixpath.join(prefix, path))}"
-    return os.path.abspath(os.path.join(base, path))
-
-
-def dataset_table(
-    spec: dict[str, Any], storage_options: dict[str, Any] | None = None
-) -> pd.DataFrame:
-    """A ``datasets`` entry's MOS table, every relative ``path`` joined to the entry's
-    ``image_root``, else to the table's own folder (never to the working directory of
-    whichever worker reads it); a DataFrame's relative paths need ``image_root``."""
-    source = spec["table"]
-    table = read_table(source, storage_options)
-    base = spec.get("image_root")
-    if base is None and isinstance(source, (str, os.PathLike)):
-        text = os.fspath(source)
-        base = text.rsplit("/", 1)[0] if "://" in text else os.path.dirname(os.path.abspath(text))
-    if base is None or "path" not in table or table.empty:
-        return table
-    table = table.copy()
-    table["path"] = [
-        joined_path(p, os.fspath(base)) if isinstance(p, str) else p for p in table["path"]
-    ]
-    return table
-
-
-def dataset_name(table: pd.DataFrame, default: str = "dataset") -> str:
-    return str(table["dataset"].iloc[0]) if "dataset" in table and len(table) else default
 
 
 def normalised_targets(table: pd.DataFrame) -> np.ndarray:

@@ -4,8 +4,11 @@ Recipe (Gamma paper, Sec. 4): freeze CLIP, train the MoAE experts, routers, λ, 
 and the level weights; MSE between the predicted score and the MOS normalised to [0, 1];
 Adam, lr 2e-5. Datasets are mixed with per-dataset weights and per-dataset scene prompts.
 
-``train_gamma(config)`` reads everything from one dict so that
-``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged: ``datasets``
+``train_gamma(config)`` takes one dict (read once into
+:class:`~vqpipe.train.settings.GammaSettings`) so that
+``TorchTrainer(train_gamma, train_loop_config=config)`` can call it unchanged; the epochs,
+validation, checkpoints and resume are :func:`vqpipe.train.loop.run_training`'s, the
+Gamma-specific parts :class:`GammaTraining`'s. Keys: ``datasets``
 (MOS tables with ``path``, ``mos`` and optionally ``split``, ``scale_low``, ``scale_high``,
 ``lower_better``, ``dataset``; per entry ``scene``, ``weight``, ``split``, ``image_root``),
 ``checkpoint`` to fine-tune (without it and without ``model_config``, a :class:`GammaConfig`
@@ -26,8 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +40,18 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, scene_for_dataset
 from vqpipe.models.gamma_checkpoint import load_gamma, save_gamma
-from vqpipe.train.config import media_rows, setting, start_from
-from vqpipe.train.data import (
-    MOSImageDataset,
-    dataset_name,
-    dataset_table,
-    load_image,
-    mixed_table,
-    normalised_targets,
-    split_rows,
-)
+from vqpipe.train.config import media_rows, start_from
+from vqpipe.train.data import MOSImageDataset, load_image, mixed_table, normalised_targets
 from vqpipe.train.loop import (
     STATE_FILE,
-    EarlyStopping,
-    dataset_shard,
-    end_epoch,
-    load_state,
-    rank_and_world,
-    ray_train_context,
-    resume_directory,
-    trainer_state,
+    Run,
+    dataset_means,
+    run_training,
+    stream_batches,
     write_training_args,
 )
+from vqpipe.train.settings import GammaSettings, settings
+from vqpipe.train.tables import dataset_name, dataset_table, split_rows
 
 log = logging.getLogger("vqpipe.train")
 
@@ -144,30 +136,33 @@ def from_scratch_config(
     return config
 
 
-def build_model(config: dict[str, Any]) -> GammaModel:
-    if config.get("checkpoint"):
-        model, _ = load_gamma(config["checkpoint"], storage_options=config.get("storage_options"))
+def build_model(config: GammaSettings | dict[str, Any]) -> GammaModel:
+    """The model to train: ``checkpoint``'s, else a new one of ``model_config``."""
+    config = settings("gamma", config)
+    if config.checkpoint:
+        model, _ = load_gamma(config.checkpoint, storage_options=config.storage_options)
         return model
-    model = GammaModel(GammaConfig.from_dict(dict(config.get("model_config") or {})))
-    if config.get("patch_init") == "dct":
+    model = GammaModel(GammaConfig.from_dict(dict(config.model_config or {})))
+    if config.patch_init == "dct":
         dct_patch_init_(model.clip_model.visual.conv1)
     return model
 
 
-def input_size(config: dict[str, Any]) -> int:
+def input_size(config: GammaSettings | dict[str, Any]) -> int:
     """The model's input size from ``config`` without building it."""
+    config = settings("gamma", config)
     import open_clip
 
     from vqpipe.scorers.gamma import checkpoint_image_size
 
-    if config.get("checkpoint"):
-        return checkpoint_image_size(config["checkpoint"], config.get("storage_options"))
-    name = GammaConfig.from_dict(dict(config.get("model_config") or {})).clip_model
+    if config.checkpoint:
+        return checkpoint_image_size(config.checkpoint, config.storage_options)
+    name = GammaConfig.from_dict(dict(config.model_config or {})).clip_model
     size = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("image_size", 224)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def validate(model: GammaModel, config: dict[str, Any], device: torch.device) -> dict[str, float]:
+def validate(model: GammaModel, config: GammaSettings, device: torch.device) -> dict[str, float]:
     """SRCC / PLCC of ``model`` on the ``val`` split of each training table (eval geometry)."""
     from vqpipe.eval.metrics import plcc, srcc
     from vqpipe.scorers.gamma import GammaScorer
@@ -176,25 +171,21 @@ def validate(model: GammaModel, config: dict[str, Any], device: torch.device) ->
     scorer = GammaScorer(model=model, device=device, dtype="fp32")
     out: dict[str, float] = {}
     try:
-        for spec in config["datasets"]:
-            val = split_rows(dataset_table(spec, config.get("storage_options")), "val")
+        for spec in config.datasets:
+            val = split_rows(dataset_table(spec, config.storage_options), "val")
             val, _ = media_rows(val, "gamma")  # videos were skipped (and logged) for training
             if "split" not in val or val.empty:
                 continue
             name = dataset_name(val, "val")
             scene = spec.get("scene") or scene_for_dataset(name)
-            images = [load_image(p, config.get("storage_options")) for p in val["path"]]
+            images = [load_image(p, config.storage_options) for p in val["path"]]
             pred = scorer.score(images, scene=scene)
             target = normalised_targets(val)
             out[f"val_srcc/{name}"] = srcc(pred, target)
             out[f"val_plcc/{name}"] = plcc(pred, target)
     finally:
         model.train(was_training)
-    for name in ("val_srcc", "val_plcc"):  # the mean over datasets, for early stopping too
-        values = [v for k, v in out.items() if k.startswith(f"{name}/")]
-        if values:
-            out[name] = float(np.nanmean(values))
-    return out
+    return dataset_means(out)
 
 
 def save_training_checkpoint(
@@ -214,41 +205,136 @@ def _collate(batch: list[tuple[torch.Tensor, float, str]]) -> Batch:
     return torch.stack(pixels), targets_t, list(scenes), torch.ones_like(targets_t)
 
 
-def _stream_batches(shard: Any, batch_size: int) -> Iterator[Batch]:
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        ok = np.array([not e for e in batch["error"]], dtype=np.float32)
-        yield (
-            torch.from_numpy(np.ascontiguousarray(batch["pixels"])),
-            torch.from_numpy(batch["target"].astype(np.float32)),
-            [str(s) for s in batch["scene"]],
-            torch.from_numpy(batch["weight"].astype(np.float32) * ok),
-        )
+def _streamed(batch: dict[str, np.ndarray]) -> Batch:
+    """A batch of :func:`vqpipe.train.data.training_stream`; unreadable rows weigh 0."""
+    ok = np.array([not e for e in batch["error"]], dtype=np.float32)
+    return (
+        torch.from_numpy(np.ascontiguousarray(batch["pixels"])),
+        torch.from_numpy(batch["target"].astype(np.float32)),
+        [str(s) for s in batch["scene"]],
+        torch.from_numpy(batch["weight"].astype(np.float32) * ok),
+    )
 
 
-def _local_loader(config: dict[str, Any], table: pd.DataFrame, image_size: int) -> DataLoader:
-    seed = int(setting(config, "gamma", "seed"))
-    batch_size = int(setting(config, "gamma", "batch_size"))
+def _local_loader(config: GammaSettings, table: pd.DataFrame, image_size: int) -> DataLoader:
     dataset = MOSImageDataset(
         table,
         image_size,
-        augment=bool(setting(config, "gamma", "augment")),
-        crop_step=int(setting(config, "gamma", "crop_step")),
-        storage_options=config.get("storage_options"),
+        augment=config.augment,
+        crop_step=config.crop_step,
+        storage_options=config.storage_options,
     )
     sampler = WeightedRandomSampler(
         torch.as_tensor(table["weight"].to_numpy(copy=True)),
         len(table),
         replacement=True,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(config.seed),
     )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=config.batch_size,
         sampler=sampler,
         collate_fn=_collate,
-        num_workers=int(setting(config, "gamma", "num_workers")),
-        drop_last=len(table) > batch_size,
+        num_workers=config.num_workers,
+        drop_last=len(table) > config.batch_size,
     )
+
+
+class GammaTraining:
+    """Gamma's part of the training skeleton (:class:`vqpipe.train.loop.Method`): the model
+    (CLIP frozen unless ``train_backbone``), Adam, the MSE (+ soft level) loss, validation
+    through :class:`~vqpipe.scorers.gamma.GammaScorer`, ``model.safetensors`` checkpoints."""
+
+    sharded = False
+
+    def __init__(self, config: GammaSettings) -> None:
+        self.settings = config
+        self.cosine = config.cosine
+
+    def setup(self, run: Run, resume: Path | None) -> tuple[torch.optim.Optimizer, int]:
+        config = self.settings
+        self.run = run
+        model = build_model(config)
+        trainable = model.set_trainable(train_backbone=config.train_backbone)
+        if config.freeze_patch_embed:
+            model.clip_model.visual.conv1.requires_grad_(False)
+            trainable = [n for n in trainable if not n.startswith("clip_model.visual.conv1.")]
+        self.trainable = len(trainable)
+        self.table = mixed_table(config.datasets, config.split, config.storage_options)
+        self.shard = run.shard()
+        loader = (
+            None if self.shard is not None else _local_loader(config, self.table, model.image_size)
+        )
+        model.to(run.device).train()
+        if run.world > 1:
+            import ray.train.torch
+
+            model = ray.train.torch.prepare_model(model)
+            if loader is not None:
+                loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+        self.loader, self.model = loader, model
+        self.core: GammaModel = model.module if hasattr(model, "module") else model
+        if resume is not None:
+            stored, _ = load_gamma(resume / "model.safetensors")
+            self.core.load_state_dict(stored.state_dict())
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        if loader is not None:
+            per_epoch = len(loader)
+        else:
+            per_epoch = math.ceil(len(self.table) / run.world / config.batch_size)
+        return self.optimizer, per_epoch
+
+    def attach(self, schedule: Any, resume: Path | None) -> None:
+        self.schedule = schedule
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        seed = self.settings.seed
+        torch.manual_seed(seed + epoch)  # crops and flips: reproducible and resumable
+        if self.loader is None:
+            return stream_batches(self.shard, self.settings.batch_size, _streamed)
+        if hasattr(self.loader.sampler, "generator"):
+            self.loader.sampler.generator.manual_seed(seed + epoch)
+        return self.loader
+
+    def step(self, batch: Batch) -> float:
+        pixels, targets, scenes, weights = batch
+        device = self.run.device
+        out = self.model(self.core.normalize(pixels.to(device)), scenes)
+        targets, weights = targets.to(device), weights.to(device)
+        per_row = (out["score"].float() - targets) ** 2
+        level_weight = self.settings.level_loss_weight
+        if level_weight > 0:
+            per_row = per_row + level_weight * soft_level_loss(out["logits"], targets, self.core)
+        loss = (per_row * weights).sum() / weights.sum().clamp_min(1e-6)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.item()
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.core, self.settings, self.run.device)
+
+    def saver(self, state: dict[str, Any]) -> Callable[[Path], None]:
+        return lambda directory: save_training_checkpoint(directory, self.core, state)
+
+    def finish(self, history: dict[str, Any], run: Run) -> GammaModel:
+        history["trainable"] = self.trainable
+        history["skipped_rows"] = self.table.attrs.get("skipped_rows", 0)
+        self.core.eval()
+        config = self.settings
+        if config.output and run.rank == 0:
+            dtype = torch.float16 if config.save_dtype == "float16" else None
+            history["output"] = str(save_gamma(self.core, config.output, dtype=dtype))
+            final = history["epoch_loss"][-1] if history["epoch_loss"] else None
+            write_training_args(
+                Path(config.output).with_name("training_args.json"),
+                config.raw,
+                steps=history["steps"],
+                final_loss=final,
+            )
+        return self.core
 
 
 def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -256,116 +342,4 @@ def train_gamma(config: dict[str, Any]) -> dict[str, Any] | None:
     the model (``None`` inside Ray Train, where results travel as reports and checkpoints)."""
     config, start = start_from("gamma", config)  # neither checkpoint nor model_config: the demo
     log.info(start)
-    seed = int(setting(config, "gamma", "seed"))
-    torch.manual_seed(seed)
-    ctx = ray_train_context()
-    rank, world = rank_and_world(ctx)
-    device = torch.device(config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    model = build_model(config)
-    trainable = model.set_trainable(train_backbone=bool(setting(config, "gamma", "train_backbone")))
-    if config.get("freeze_patch_embed"):
-        model.clip_model.visual.conv1.requires_grad_(False)
-        trainable = [n for n in trainable if not n.startswith("clip_model.visual.conv1.")]
-    batch_size = int(setting(config, "gamma", "batch_size"))
-    table = mixed_table(
-        config["datasets"], setting(config, "gamma", "split"), config.get("storage_options")
-    )
-    shard = dataset_shard(ctx)
-    loader = None if shard is not None else _local_loader(config, table, model.image_size)
-    model.to(device).train()
-    if world > 1:
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model)
-        if loader is not None:
-            loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-    core = model.module if hasattr(model, "module") else model
-    params = [p for p in core.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params,
-        lr=float(setting(config, "gamma", "lr")),
-        weight_decay=float(setting(config, "gamma", "weight_decay")),
-    )
-    epochs = int(setting(config, "gamma", "epochs"))
-    per_epoch = len(loader) if loader is not None else math.ceil(len(table) / world / batch_size)
-    max_steps = config.get("max_steps")
-    total = min(epochs * per_epoch, int(max_steps)) if max_steps else epochs * per_epoch
-    warmup = int(float(setting(config, "gamma", "warmup")) * total)
-
-    def lr_factor(step: int) -> float:  # linear warmup, then cosine decay (if enabled)
-        if step < warmup:
-            return (step + 1) / warmup
-        if not setting(config, "gamma", "cosine"):
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    level_weight = float(setting(config, "gamma", "level_loss_weight"))
-    history: dict[str, Any] = {"epoch_loss": [], "step_loss": [], "trainable": len(trainable)}
-    history["val"] = []
-    history["skipped_rows"] = table.attrs.get("skipped_rows", 0)
-    step, start_epoch, started = 0, 0, time.perf_counter()
-    with resume_directory(config, ctx) as resume:
-        if resume is not None:
-            stored, _ = load_gamma(resume / "model.safetensors")
-            core.load_state_dict(stored.state_dict())
-            state = load_state(resume)
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
-            history["resumed_from_step"] = step
-    stopper = EarlyStopping(config.get("early_stop_patience"))
-    for epoch in range(start_epoch, epochs):
-        torch.manual_seed(seed + epoch)  # crops and flips: reproducible and resumable
-        if loader is not None and hasattr(loader.sampler, "generator"):
-            loader.sampler.generator.manual_seed(seed + epoch)
-        batches = _stream_batches(shard, batch_size) if shard is not None else loader
-        losses = []
-        for pixels, targets, scenes, weights in batches:
-            out = model(core.normalize(pixels.to(device)), scenes)
-            targets, weights = targets.to(device), weights.to(device)
-            per_row = (out["score"].float() - targets) ** 2
-            if level_weight > 0:
-                per_row = per_row + level_weight * soft_level_loss(out["logits"], targets, core)
-            loss = (per_row * weights).sum() / weights.sum().clamp_min(1e-6)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            history["step_loss"].append(loss.item())
-            step += 1
-            if max_steps and step >= int(max_steps):
-                break
-        history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
-        metrics: dict[str, Any] = {"epoch": epoch, "loss": history["epoch_loss"][-1], "steps": step}
-        if setting(config, "gamma", "validate"):
-            metrics.update(validate(core, config, device))
-            history["val"].append({k: v for k, v in metrics.items() if k.startswith("val")})
-        stop = bool(max_steps and step >= int(max_steps)) | stopper.update(metrics)
-        state = trainer_state(optimizer, schedule, epoch, step)
-        end_epoch(
-            metrics,
-            config,
-            ctx,
-            lambda d, state=state: save_training_checkpoint(d, core, state),
-            last=stop or epoch == epochs - 1,
-        )
-        if stop:
-            break
-    history["seconds"] = time.perf_counter() - started
-    history["steps"] = step
-    core.eval()
-    output = config.get("output")
-    if output and rank == 0:
-        dtype = torch.float16 if config.get("save_dtype") == "float16" else None
-        history["output"] = str(save_gamma(core, output, dtype=dtype))
-        final = history["epoch_loss"][-1] if history["epoch_loss"] else None
-        write_training_args(
-            Path(output).with_name("training_args.json"), config, steps=step, final_loss=final
-        )
-    if ctx is not None:  # Ray Train cannot return tensors; the model is in the checkpoint
-        return None
-    history["model"] = core
-    return history
+    return run_training(GammaTraining(settings("gamma", config)))

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vqpipe.data.synthetic import SPLITS, split_counts
+
 COLUMNS = ["path", "mos", "std", "dataset", "split", "scale_low", "scale_high", "lower_better"]
 
 
@@ -242,11 +244,11 @@ def assign_splits(
     unique = np.array(sorted(units.unique()))
     rng = np.random.default_rng(seed)
     order = unique[rng.permutation(len(unique))]
-    n_train = round(fractions[0] * len(order))
-    n_val = round(fractions[1] * len(order))
-    label = {u: "train" for u in order[:n_train]}
-    label.update({u: "val" for u in order[n_train : n_train + n_val]})
-    label.update({u: "test" for u in order[n_train + n_val :]})
+    n_train, n_val, _ = split_counts(len(order), fractions)
+    train, val, test = SPLITS
+    label = {u: train for u in order[:n_train]}
+    label.update({u: val for u in order[n_train : n_train + n_val]})
+    label.update({u: test for u in order[n_train + n_val :]})
     out["split"] = units.map(label).to_numpy()
     out.attrs["split"] = {"seed": seed, "fractions": list(fractions), "by_content": by_content}
     return out

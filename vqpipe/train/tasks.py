@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqpipe.prompts import QALIGN_TASKS
+from vqpipe.eval.evaluate import oriented_mos
+from vqpipe.prompts import COMPARE_QUESTION, QALIGN_TASKS, qalign_question
 from vqpipe.quality_math.comparison import comparison_level_index
 from vqpipe.quality_math.levels import LEVELS, mos_to_level
 
@@ -26,16 +27,6 @@ COMPARISON_ANSWERS = (
     "superior to",
 )
 """How each comparison level reads in the answer, inferior .. superior."""
-
-
-def oriented_mos(table: pd.DataFrame) -> np.ndarray:
-    """MOS with DMOS datasets flipped on their scale, so that higher is better everywhere."""
-    mos = table["mos"].to_numpy(np.float64)
-    if "lower_better" not in table:
-        return mos
-    flip = table["lower_better"].astype(bool).to_numpy()
-    low, high = table["scale_low"].to_numpy(np.float64), table["scale_high"].to_numpy(np.float64)
-    return np.where(flip, low + high - mos, mos)
 
 
 def qalign_levels(table: pd.DataFrame) -> np.ndarray:
@@ -59,7 +50,7 @@ def qalign_conversations(table: pd.DataFrame, task: str = "quality") -> list[dic
                 "conversations": [
                     {
                         "from": "human",
-                        "value": f"How would you rate the {what} of this {medium}?\n<|image|>",
+                        "value": f"{qalign_question(task)}\n<|image|>",
                     },
                     {"from": "gpt", "value": f"The {what} of the {medium} is {level}."},
                 ],
@@ -112,10 +103,7 @@ def compare2score_pairs(table: pd.DataFrame, n_pairs: int, seed: int = 0) -> pd.
 
 def compare2score_conversations(pairs: pd.DataFrame) -> list[dict[str, Any]]:
     """Two-image SFT records with the inference prompt (anchor first, test second)."""
-    question = (
-        "<|image|> <|image|> Compared with the first image, what is your quality "
-        "rating for second image? "
-    )
+    question = f"<|image|> <|image|> {COMPARE_QUESTION} "
     return [
         {
             "id": f"{a}|{b}",

@@ -1,8 +1,10 @@
 """Ray Train entry point: ``fit(method, config)`` runs a method's ``train_loop_per_worker`` in a
-``TorchTrainer`` (CPU: gloo; GPU: nccl), with checkpoints reported each epoch and resume
-from the last one (``resume=True`` continues from the newest checkpoint under
-``storage_path/name``). ``config["stream"] = True`` streams the training images with Ray
-Data (:func:`streamed_training_data`)."""
+``TorchTrainer`` (CPU: gloo; GPU: nccl), with checkpoints reported each epoch. A run is its
+``storage_path`` and ``name``: Ray Train restores a run's checkpoint list itself and hands
+each worker the latest (``ray.train.get_checkpoint()``), which the loop resumes from unless
+``resume=False`` (config ``resume: false``: start over; the old checkpoints are forgotten as
+the new ones replace them). ``stream: true`` streams the training images with Ray Data
+(:func:`streamed_training_data`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vqpipe.train.config import absolute_paths, check_config, setting, start_from
+from vqpipe.train.config import absolute_paths, check_config, start_from
 
 log = logging.getLogger("vqpipe.train")
 
@@ -85,11 +87,12 @@ def fit(
         use_gpu=use_gpu,
         resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
     )
-    datasets = {"train": streamed_training_data(method, config)} if config.get("stream") else None
-    local = "://" not in storage
-    latest = latest_checkpoint(os.path.join(storage, name)) if resume and local else None
-    if latest:  # the loop resumes from ray.train.get_checkpoint() first, else from this
-        config = {**config, "resume_from": latest}
+    from vqpipe.train.settings import settings
+
+    streamed = settings(method, config).stream
+    datasets = {"train": streamed_training_data(method, config)} if streamed else None
+    if not resume:  # the workers ignore the checkpoint Ray Train restores for this name
+        config = {**config, "resume": False}
     with reported_epochs(progress) as callbacks:
         trainer = TorchTrainer(
             loop,
@@ -103,34 +106,24 @@ def fit(
 
 
 def streamed_training_data(method: str, config: dict[str, Any]) -> Any:
-    """``config["stream"]``: the training images as a Ray Dataset read, decoded and
+    """``stream: true``: the training images as a Ray Dataset read, decoded and
     preprocessed by Ray Data workers (local or object storage), split across the training
     workers — the Gamma crops (:func:`vqpipe.train.data.training_stream`) or the LMM examples'
     images and frames (:func:`vqpipe.train.lmm.lmm_training_stream`)."""
-    if method != "gamma":
-        from vqpipe.train.lmm import lmm_training_stream
+    from vqpipe.train.settings import settings
 
-        return lmm_training_stream(config, method)
+    typed = settings(method, config)
+    if method != "gamma":
+        from vqpipe.train.lmm_media import lmm_training_stream
+
+        return lmm_training_stream(typed, method)
     from vqpipe.train.data import mixed_table, training_stream
     from vqpipe.train.gamma import input_size
 
     return training_stream(
-        mixed_table(
-            config["datasets"], setting(config, "gamma", "split"), config.get("storage_options")
-        ),
-        input_size(config),
-        crop_step=int(setting(config, "gamma", "crop_step")),
-        augment=bool(setting(config, "gamma", "augment")),
-        storage_options=config.get("storage_options"),
+        mixed_table(typed.datasets, typed.split, typed.storage_options),
+        input_size(typed),
+        crop_step=typed.crop_step,
+        augment=typed.augment,
+        storage_options=typed.storage_options,
     )
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
-    """The newest complete checkpoint directory of a run (one with ``trainer_state.pt``)."""
-    root = Path(run_dir)
-    if not root.exists():
-        return None
-    found = [p.parent for p in root.rglob("trainer_state.pt")]
-    if not found:
-        return None
-    return str(max(found, key=lambda p: (p / "trainer_state.pt").stat().st_mtime))
