@@ -1,29 +1,7 @@
-"""Dataset utilities for ``vqpipe`` (synthetic quality data)."""
+"""Dataset utilities for ``vqpipe`` (synthetic quality data): the public names of
+:mod:`vqpipe.data.synthetic`, listed once there."""
 
-from vqpipe.data.synthetic import (
-    DISTORTIONS,
-    MOS_COLUMNS,
-    SEVERITIES,
-    SPLITS,
-    VIDEO_COLUMNS,
-    VIDEO_DISTORTIONS,
-    distort,
-    make_content_image,
-    make_corpus,
-    make_image_dataset,
-    make_video_dataset,
-)
+from vqpipe.data import synthetic
+from vqpipe.data.synthetic import *  # noqa: F403  (its __all__ is the list)
 
-__all__ = [
-    "DISTORTIONS",
-    "MOS_COLUMNS",
-    "SEVERITIES",
-    "SPLITS",
-    "VIDEO_COLUMNS",
-    "VIDEO_DISTORTIONS",
-    "distort",
-    "make_content_image",
-    "make_corpus",
-    "make_image_dataset",
-    "make_video_dataset",
-]
+__all__ = list(synthetic.__all__)
