@@ -7,6 +7,8 @@ script writes. Kinds:
 - ``bench FILE``: the table of a ``vqpipe bench`` report (``bench.json``), as
   :func:`vqpipe.bench.to_markdown` writes it (the performance tables come from the benchmark
   JSON, never by hand).
+- ``records FILE KEY,KEY,...``: a table of the records a benchmark script wrote with
+  ``--json`` (a list of dicts), one column per key, numbers to 3 significant digits.
 - ``training-keys``: every training key and default, from ``vqpipe/train/config.py``.
 
     python scripts/render_docs.py           # rewrite the blocks in place
@@ -34,11 +36,26 @@ def render(spec: str, root: Path = ROOT) -> str:
         from vqpipe.bench import to_markdown
 
         return to_markdown(json.loads((root / args[0]).read_text()))
+    if kind == "records":
+        return records_table(json.loads((root / args[0]).read_text()), args[1].split(","))
     if kind == "training-keys":
         from vqpipe.train.config import markdown
 
         return markdown()
     raise ValueError(f"unknown generated block kind {kind!r}")
+
+
+def records_table(records: list[dict], keys: list[str]) -> str:
+    """A Markdown table of ``records``, one row each, the columns ``keys``."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in records]
+    return "\n".join(lines) + "\n"
 
 
 def regenerate(text: str, root: Path = ROOT) -> str:
