@@ -13,11 +13,16 @@ from tests.lake_data import image_bytes, mp4_bytes
 from vqpipe.io.media_parquet import (
     PARQUET_TYPES,
     find_media_column,
-    iter_parquet_media,
     iter_parquet_media_batches,
 )
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def iter_parquet_media(file_uri, storage_options=None, **kwargs):
+    """The reader's batches one record (dict) at a time (the tests read records)."""
+    for table in iter_parquet_media_batches(file_uri, storage_options, **kwargs):
+        yield from table.to_pylist()
 
 
 def hf_table() -> pa.Table:
