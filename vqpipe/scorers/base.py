@@ -36,6 +36,7 @@ from vqpipe.defaults import DEFAULT_BATCH_SIZE
 from vqpipe.models.devices import resolve_device, resolve_dtype
 from vqpipe.quality_math.arrays import is_tensor
 from vqpipe.scorers.inputs import Item, as_items
+from vqpipe.scorers.transfer import device_input
 
 if TYPE_CHECKING:
     import torch
@@ -350,10 +351,7 @@ def _average_tensor(values: torch.Tensor, owner: np.ndarray, counts: np.ndarray)
     import torch
 
     def put(array: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(array)
-        if values.is_cuda:
-            host = host.pin_memory()
-        return host.to(values.device, non_blocking=True)
+        return device_input(array, values.device)
 
     with torch.inference_mode():
         sums = values.new_zeros((len(counts), *values.shape[1:]), dtype=torch.float64)

@@ -34,6 +34,7 @@ from vqpipe.prompts import QALIGN_TASKS, qalign_prompt
 from vqpipe.quality_math.levels import LEVELS, level_probs, level_score
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.base import average_frames, inference_mode
+from vqpipe.scorers.transfer import device_input
 
 if TYPE_CHECKING:  # torch and the model load where the model is built or run
     import torch
@@ -364,9 +365,7 @@ class QAlignScorer(Owl2Scorer):
 def _index_like(index: np.ndarray, pixels: Any) -> Any:
     """``index`` for indexing ``pixels``: a tensor on its device (a tensor), else as is."""
     if getattr(pixels, "is_cuda", False):
-        import torch
-
-        return torch.from_numpy(index).pin_memory().to(pixels.device, non_blocking=True)
+        return device_input(index, pixels.device)
     return index
 
 
