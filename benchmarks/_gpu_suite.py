@@ -517,9 +517,15 @@ def job_section(args: argparse.Namespace) -> dict[str, Any]:
             )
             wall = time.perf_counter() - started
         job_record = json.loads((Path(tmp) / "quality" / "_job.json").read_text())
-    first = next((t for t, p in updates if p["done"] > 0), None)
+    committed = [(t, p["done"]) for t, p in updates if p["done"] > 0]
+    first = committed[0][0] if committed else None
     final = updates[-1][1] if updates else {}
     steady = final.get("scoring_items_per_s")
+    if steady is None and len(committed) > 1 and committed[-1][0] > committed[0][0]:
+        # a short job ends inside the meter's warm-up: the same quantity from the first and
+        # the last progress update (rows committed after the first part / seconds since it)
+        (t0, done0), (t1, done1) = committed[0], committed[-1]
+        steady = round((done1 - done0) / (t1 - t0), 2)
     busy = sampler.summary(since=first)
     out: dict[str, Any] = {
         "scorer": f"gamma {config.clip_model}",
