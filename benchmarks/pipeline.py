@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 
 def run(
@@ -30,7 +31,7 @@ def run(
     import ray
 
     from vqpipe.data import make_image_dataset
-    from vqpipe.io.sources import list_inputs
+    from vqpipe.io.readers import ReadOptions, read_tables
     from vqpipe.media.decode import MediaLimits, decode_image
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
     from vqpipe.pipeline.decode_stage import decode_batch
@@ -45,7 +46,8 @@ def run(
         spec = ScorerOptions(scorer_name, options, batch_size=batch_size, num_cpus=actor_cpus)
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
-        listing = list_inputs(images)
+        read = ReadOptions(spec=images)  # the job's own listing of the folder
+        listing = pa.concat_tables(read_tables("files", images, read, {})).to_pandas()
         n = len(listing)
 
         def pipeline_pass() -> float:

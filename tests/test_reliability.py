@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -259,7 +260,8 @@ def test_secrets_never_reach_logs_job_record_or_parquet(
 
 
 def test_manifest_entries_cannot_escape_the_configured_root(tmp_path):
-    from vqpipe.io.sources import OUTSIDE_ROOT, confine, list_inputs
+    from vqpipe.io.readers import ReadOptions, read_tables
+    from vqpipe.io.sources import OUTSIDE_ROOT, confine
     from vqpipe.pipeline.decode_stage import decode_batch
 
     root = tmp_path / "data"
@@ -271,7 +273,8 @@ def test_manifest_entries_cannot_escape_the_configured_root(tmp_path):
     manifest.write_text(
         "uri\na/ok.png\n../secret.png\na/../../secret.png\n" + f"{tmp_path / 'secret.png'}\n"
     )
-    table = list_inputs(str(manifest), root=str(root))
+    read = ReadOptions(spec=str(manifest), root=str(root))
+    table = pa.concat_tables(read_tables("manifest", str(manifest), read, {})).to_pandas()
     inside = table[table["media_type"] != OUTSIDE_ROOT]
     assert [os.path.basename(u) for u in inside["uri"]] == ["ok.png"]
     assert (table["media_type"] == OUTSIDE_ROOT).sum() == 3

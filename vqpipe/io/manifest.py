@@ -224,8 +224,11 @@ def _manifest_rows(
         table = table.filter(pa.array(chosen))
         raw = [v for v, c in zip(raw, chosen, strict=True) if c]
         index = [i for i, c in zip(index, chosen, strict=True) if c]
-    keep = [not (isinstance(v, str) and v in seen) for v in raw]
-    seen.update(v for v in raw if isinstance(v, str))
+    keep = []  # in order, so that a URI repeated within this chunk is kept once too
+    for v in raw:
+        keep.append(not (isinstance(v, str) and v in seen))
+        if isinstance(v, str):
+            seen.add(v)
     dropped = keep.count(False)
     if dropped:  # a URI listed again in the shard: scored once, its repeats counted
         table, raw = table.filter(pa.array(keep)), [v for v, k in zip(raw, keep, strict=True) if k]

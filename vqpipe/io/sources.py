@@ -4,7 +4,6 @@ fsspec store, listed into input rows; and how manifest entries resolve (:func:`m
 Every listed input becomes exactly one row (``uri``, ``media_type``, ``bytes``); inputs that
 cannot be scored (unsupported extension, a symlink loop, a folder that cannot be read) are
 still rows, with an ``error``; producers' sidecars are counted, not listed.
-:func:`list_inputs` is the same listing as a pandas table, for library users.
 """
 
 from __future__ import annotations
@@ -17,19 +16,14 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import fsspec
-import numpy as np
 
 from vqpipe.io.fs import content_version, is_local, join_uri, url_to_fs
 from vqpipe.io.media_types import UNSUPPORTED, extension, media_type_from_name, sidecar_of
 from vqpipe.io.patterns import SymlinkLoopError, find_local, glob_base, has_magic
 from vqpipe.storage.names import JOB_RECORD, is_job_artifact
 
-if TYPE_CHECKING:  # pandas only where a manifest or listing becomes a table (not in workers)
-    import pandas as pd
-
+if TYPE_CHECKING:
     from vqpipe.io.readers import ReadOptions
-
-MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
 INVALID_NAME = "invalid-name"
@@ -114,27 +108,6 @@ def entry_selected(
     if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
         return False
     return not any(_excluded(rel, pat) for pat in exclude)
-
-
-def is_manifest(spec: str) -> bool:
-    return spec.lower().endswith(MANIFEST_SUFFIXES)
-
-
-def read_manifest(spec: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """A manifest (Parquet / CSV / JSONL) with a ``uri`` column; other columns are carried."""
-    import pandas as pd
-
-    opts = {"storage_options": storage_options} if "://" in spec else {}
-    lower = spec.lower()
-    if lower.endswith(".parquet"):
-        table = pd.read_parquet(spec, **opts)
-    elif lower.endswith(".csv"):
-        table = pd.read_csv(spec, **opts)
-    else:
-        table = pd.read_json(spec, lines=lower.endswith(".jsonl"), **opts)
-    if "uri" not in table.columns:
-        raise ValueError(f"manifest {spec} has no 'uri' column (columns: {list(table.columns)})")
-    return table
 
 
 def modified_time(info: dict[str, Any]) -> float:
@@ -394,61 +367,3 @@ def listed_rows(
     if counts is not None:
         counts["sidecars"] = counts.get("sidecars", 0) + skipped
     return rows
-
-
-def list_inputs(
-    spec: str | os.PathLike,
-    *,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    storage_options: dict[str, Any] | None = None,
-    limit: int | None = None,
-    root: str | None = None,
-    since: float | None = None,
-) -> pd.DataFrame:
-    """All inputs of a job, sorted by ``uri`` (a stable order for sharding and resume).
-
-    ``spec``: a local directory, an fsspec URI prefix (``s3://bucket/prefix/``), or a manifest
-    file (``.parquet`` / ``.csv`` / ``.jsonl``, needs a ``uri`` column). ``include`` /
-    ``exclude``: glob patterns on the path relative to the prefix (``"**/*.jpg"``); a manifest
-    entry is selected by its path relative to ``root`` (else to the manifest's folder). A
-    quality table's own files are skipped. ``root``: manifest entries are resolved against it
-    and must stay inside it (``..``, absolute paths or other buckets elsewhere become error
-    rows, never reads); without it a relative entry is relative to the manifest's folder.
-    ``since``: a prefix listing keeps only objects modified after this POSIX time.
-    """
-    import pandas as pd
-
-    spec = os.fspath(spec)
-    if is_manifest(spec):
-        table = read_manifest(spec, storage_options)
-        table = table.assign(uri=table["uri"].astype(str))
-        if "media_type" not in table.columns:
-            table["media_type"] = table["uri"].map(media_type_from_name)
-        base = None if root is None else str(root)
-        resolved = [manifest_entry(u, spec, base) for u in table["uri"]]
-        # rejected entries keep the manifest's text, so the error row names what was asked
-        table["uri"] = [r if ok else u for u, (r, ok) in zip(table["uri"], resolved, strict=True)]
-        outside = np.array([not ok for _, ok in resolved], dtype=bool)
-        table.loc[outside, "media_type"] = OUTSIDE_ROOT
-        if include or exclude:
-            base = base if base is not None else spec.rstrip("/").rsplit("/", 1)[0]
-            chosen = [entry_selected(u, base, include, exclude) for u in table["uri"]]
-            table = table[np.array(chosen, dtype=bool)]
-        if "bytes" not in table.columns:
-            table["bytes"] = pd.array([None] * len(table), dtype="Int64")
-    else:
-        fs, root = url_to_fs(spec, storage_options)
-        if not fs.isdir(root):
-            raise FileNotFoundError(f"input not found or not a directory: {spec}")
-        root = root.rstrip("/")
-        found = fs.find(root, withdirs=False, detail=True)
-        rows = listed_rows(fs, root, spec, found, include, exclude, since)
-        table = pd.DataFrame(rows, columns=["uri", "media_type", "bytes"])
-    dupes = table["uri"].duplicated()
-    if dupes.any():
-        raise ValueError(
-            f"{int(dupes.sum())} duplicate uri(s) in the input, e.g. {table['uri'][dupes].iloc[0]}"
-        )
-    table = table.sort_values("uri", kind="stable").reset_index(drop=True)
-    return table.head(limit) if limit is not None else table
