@@ -271,3 +271,33 @@ def test_two_scorer_pools_in_one_job_and_video_sequences(
     frames, _ = decode_video(Path(video["uri"]).read_bytes(), 1.0)
     direct = QAlignScorer(**qalign).score([frames])[0]
     assert video["qalign_score"] == pytest.approx(direct, abs=1e-4)
+
+
+def test_pool_options_are_resolved_once_and_shipped_as_they_are():
+    """The driver resolves each pool's scorer arguments once (registry defaults, options, the
+    job's storage options); a worker's copy uses them as they are and never rebuilds them."""
+    import pickle
+
+    from vqpipe.scorers.registry import get_scorer_spec
+
+    secrets = {"key": "AKIA", "secret": "s3cr3t"}
+    config = JobConfig(
+        "in",
+        "out",
+        scorers=[ScorerOptions.parse("gamma:checkpoint=/w/g.safetensors,batch_size=4")],
+        storage_options=secrets,
+    )
+    resolved = config.resolved()
+    assert config.scorers[0].kwargs is None  # the caller's config is left as it was
+    shipped = pickle.loads(pickle.dumps(resolved.scorers[0]))  # what a worker receives
+    expected = {
+        **get_scorer_spec("gamma").defaults,
+        "checkpoint": "/w/g.safetensors",
+        "storage_options": secrets,
+    }
+    assert shipped.kwargs == expected
+    shipped.options["checkpoint"] = "/elsewhere"
+    assert shipped.scorer_kwargs({"other": 1}) == expected  # as shipped, not recomputed
+    assert shipped.batch_size == 4 and shipped.column == "gamma"
+    recorded = json.dumps(resolved.to_metadata())
+    assert "s3cr3t" not in recorded and "s3cr3t" not in repr(shipped)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from vqpipe.defaults import VIDEO_FPS, default_batch_size
@@ -91,6 +91,9 @@ class ScorerOptions:
     column: str = ""
     decode: str = "cpu"  # cpu | gpu | auto: see :func:`vqpipe.pipeline.stages.decodes_on_device`
     when: str | None = None  # cascade: see :mod:`vqpipe.pipeline.cascade`
+    kwargs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The scorer's constructor arguments once resolved (:meth:`JobConfig.resolved`, on the
+    driver): the decode tasks and actors receive them with the pool and use them as they are."""
 
     def __post_init__(self) -> None:
         self.column = self.column or self.name.lower().replace("-", "_")
@@ -180,8 +183,10 @@ class ScorerOptions:
     def scorer_kwargs(self, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The scorer's constructor arguments: registry defaults, its options, and the job's
         storage options (under its own ``storage_options``, which win key by key) when the
-        scorer takes them. The one place that builds them: the driver's signature, the decode
-        stage's preprocessor and the scoring actor all call this."""
+        scorer takes them. The one place that builds them; a pool resolved by the driver
+        (:attr:`kwargs`) returns its resolved arguments, so workers never rebuild them."""
+        if self.kwargs is not None:
+            return dict(self.kwargs)
         from vqpipe.scorers.registry import get_scorer_spec
 
         registered = get_scorer_spec(self.name)
@@ -199,6 +204,7 @@ class ScorerOptions:
     def to_metadata(self) -> dict[str, Any]:
         """The pool as recorded: scorer-level storage options reduced to their key names."""
         data = asdict(self)
+        data.pop("kwargs")  # derived (and holds the job's storage secrets)
         if "storage_options" in data["options"]:
             data["options"]["storage_options"] = sorted(data["options"]["storage_options"] or {})
         return data
@@ -250,6 +256,15 @@ class JobConfig:
     since: float | None = None  # files: only objects modified after this POSIX time
     calibration: dict[str, Any] | None = None  # vqpipe calibrate's JSON: <column>_calibrated
     retry_errors: bool = False  # resume: score every error row again (else transient ones only)
+
+    def resolved(self) -> JobConfig:
+        """A copy whose pools carry their scorers' constructor arguments (resolved once, here:
+        the job's driver calls this before anything is shipped to a worker)."""
+        pools = [
+            replace(s, kwargs=replace(s, kwargs=None).scorer_kwargs(self.storage_options))
+            for s in self.scorers
+        ]
+        return replace(self, scorers=pools)
 
     def to_metadata(self) -> dict[str, Any]:
         """Job options without secrets (every storage options dict reduced to its key names)."""

@@ -405,6 +405,7 @@ def run(
     notice = notice or log.warning
     started = time.perf_counter()
     kind.validate(config)
+    config = config.resolved()  # the pools' scorer arguments, once: workers get them as they are
     signature = kind.signature(config)
     sig = signature_hash(signature)
     for line in kind.notices(config):
