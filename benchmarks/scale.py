@@ -249,14 +249,14 @@ def stage_costs(shard: str, out: Path) -> dict:
 
     from vqpipe.pipeline.config import JobConfig, ScorerOptions
     from vqpipe.pipeline.decode_stage import decode_batch
-    from vqpipe.pipeline.planning import _read_options
+    from vqpipe.pipeline.planning import read_options
     from vqpipe.pipeline.score_stage import ScoreStage
     from vqpipe.pipeline.shards import read_shards
     from vqpipe.pipeline.stages import write_batch
 
     config = JobConfig(input=shard, output=str(out), scorers=[ScorerOptions("brightness")])
     out.mkdir()
-    options = {**_read_options(config, 256), "done": frozenset()}
+    options = {**read_options(config, 256), "done": frozenset()}
     task = {"uri": np.array([shard]), "format": np.array(["webdataset"]), "id": np.array(["s"])}
     stage, times = None, {}
     for label in ("cold", "warm"):

@@ -67,7 +67,7 @@ def child(images: str, out: str, limit: int) -> None:
     timed(job, "check_checkpoints", "checkpoint probe + preprocessor")
     timed(job, "scorer_signature", "signature (checkpoint identity)")
     timed(job, "plan_work", "listing + resume check")
-    timed(job, "_resume_filter", "listing + resume check")
+    timed(job, "resume_filter", "listing + resume check")
     timed(runner, "check_cluster_resources", "cluster check")
     timed(job, "check_output_writable", "output check")
 

@@ -56,7 +56,10 @@ def verbosity(args: argparse.Namespace) -> int:
 def add_address(parser: argparse.ArgumentParser) -> None:
     """``--address``: the Ray cluster (checked by ``vqpipe.pipeline.validate``)."""
     parser.add_argument(
-        "--address", default=None, help="Ray cluster to use (default: RAY_ADDRESS, else local)"
+        "--address",
+        default=None,
+        help="Ray cluster to use (default: RAY_ADDRESS, else a local one; 'local' always "
+        "starts a new local Ray)",
     )
 
 

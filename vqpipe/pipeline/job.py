@@ -26,11 +26,11 @@ from vqpipe.pipeline import runner
 from vqpipe.pipeline.cascade import SKIPPED, gate_batch, parse_when, restore_rows
 from vqpipe.pipeline.config import JobConfig, ScorerOptions, exact_preprocessing
 from vqpipe.pipeline.planning import (
-    _read_options,
-    _resume_filter,
     fragment_rows,
     plan_shards,
     plan_work,
+    read_options,
+    resume_filter,
 )
 from vqpipe.pipeline.runner import SETTINGS, Build, JobKind, Work
 from vqpipe.pipeline.score_stage import build_preprocessor, decodes_on_device, scores_in_tasks
@@ -192,7 +192,7 @@ def build_dataset(
         "pools": in_tasks,
         "arrow": True,  # pixels as tensor columns (vqpipe.pipeline.pixels)
     }
-    options = {**_read_options(config, rows), "done": done_set or {}}
+    options = {**read_options(config, rows), "done": done_set or {}}
     stage: Stage | None
     cpus = decode_cpus(config.scorers)
     fused = not listing and done is None and config.limit is None
@@ -341,7 +341,7 @@ class ScoreJob(JobKind):
         check_checkpoints(config)
 
     def resume_filter(self, config: JobConfig, table: QualityTable, work: Work) -> dict[str, Any]:
-        done, done_set, partitions = _resume_filter(config, work)
+        done, done_set, partitions = resume_filter(config, work)
         return {"done": done, "done_set": done_set, "join_partitions": partitions}
 
     def build(self, run: Build) -> Any:

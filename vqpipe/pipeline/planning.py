@@ -75,7 +75,9 @@ def _driver_resumable(table: QualityTable, parts: list[str]) -> bool:
     return len(parts) <= DRIVER_RESUME_MAX_PARTS and table.rows(parts) <= DRIVER_RESUME_MAX_ROWS
 
 
-def _read_options(config: JobConfig, rows: int) -> dict[str, Any]:
+def read_options(config: JobConfig, rows: int) -> dict[str, Any]:
+    """The readers' options of this job (:class:`vqpipe.io.readers.ReadOptions`' fields) with
+    ``rows`` rows per table at most."""
     return {
         "spec": config.input,
         "include": list(config.include),
@@ -226,7 +228,7 @@ def plan_work(
         if kind == "manifest" and todo and len(shards) > 1:
             if not runner.all_parquet(shards):
                 runner.start_ray(config)  # text manifests are read whole for their types
-            options = _read_options(config, fragment_rows(config, kind))
+            options = read_options(config, fragment_rows(config, kind))
             types = unified_types(shards, options, config.storage_options)
             for record in todo if types else ():  # one type per column for every shard
                 record["types"] = json.dumps(types)
@@ -315,7 +317,7 @@ def _listing_done(
     done = driver_resume.done_uris(table, parts, DRIVER_RESUME_MAX_ROWS)
     if done is None:
         return False
-    options = {**_read_options(config, fragment_rows(config, LISTING)), "done": done}
+    options = {**read_options(config, fragment_rows(config, LISTING)), "done": done}
     if driver_resume.listing_left(source, options, config.storage_options):
         return False
     work.summary["already_done"] = len(done)
@@ -328,11 +330,11 @@ def _small_listing_left(config: JobConfig, done: dict[str, str | None]) -> int |
     fs, root = url_to_fs(config.input, config.storage_options)
     if len(fs.ls(root.rstrip("/"), detail=False)) > DRIVER_LISTING_MAX:
         return None
-    options = {**_read_options(config, fragment_rows(config, LISTING)), "done": done, "top": True}
+    options = {**read_options(config, fragment_rows(config, LISTING)), "done": done, "top": True}
     return sum(len(t) for t in listing_tables(config.input, options, config.storage_options))
 
 
-def _resume_filter(config: JobConfig, work: Work) -> tuple[Any, dict[str, str | None], int]:
+def resume_filter(config: JobConfig, work: Work) -> tuple[Any, dict[str, str | None], int]:
     """The rows a listing already wrote: few parts → their URIs and content versions, dropped
     in the listing tasks (no shuffle); many → a Ray dataset of them for a distributed
     anti-join on both (on the URI alone when a part predates versions), and its partitions."""

@@ -114,7 +114,9 @@ LMM_KEYS = {
     "freeze_vision": Key("bool", False, help="keep the vision tower fixed"),
     "gradient_checkpointing": Key("bool", False, help="recompute activations (less memory)"),
     "dtype": Key("str", check=_dtype_problem, help="bf16 on GPU, fp32 on CPU when not given"),
-    "deepspeed": Key("deepspeed", help="true, or {stage: 2 | 3, offload: bool}: ZeRO on GPUs"),
+    "deepspeed": Key(
+        "deepspeed", help="true, or {stage: 2 | 3, offload: bool}: ZeRO on GPUs (true: stage 3)"
+    ),
     "video_fps": Key("number", 1.0, help="frames per second sampled from training videos"),
     "max_frames": Key("int", 8, help="at most this many frames per video"),
 }

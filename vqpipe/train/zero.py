@@ -9,12 +9,15 @@ from typing import Any
 
 import torch
 
+ZERO_STAGE = 3
+"""The ZeRO stage when the ``deepspeed`` key does not name one: the official OneAlign recipe's."""
+
 DEEPSPEED_DIR = "deepspeed"
 """Checkpoint subdirectory with DeepSpeed's sharded optimizer state (one file per rank)."""
 
 
 def deepspeed_config(
-    stage: int = 3,
+    stage: int = ZERO_STAGE,
     bf16: bool = True,
     batch_per_gpu: int = 32,
     grad_accum: int = 1,
@@ -55,7 +58,7 @@ def deepspeed_settings(option: bool | dict[str, Any], batch_per_gpu: int) -> dic
     if "zero_optimization" in ds:
         return ds
     return deepspeed_config(
-        stage=int(ds.get("stage", 2)),
+        stage=int(ds.get("stage", ZERO_STAGE)),
         bf16=bool(ds.get("bf16", True)),
         batch_per_gpu=batch_per_gpu,
         grad_accum=int(ds.get("grad_accum", 1)),
