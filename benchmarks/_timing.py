@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -78,3 +79,22 @@ def emit(records: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(records, indent=2))
     else:
         print_records(records)
+
+
+def model_parser(
+    doc: str, quick_help: str = "a small config that runs on a CPU"
+) -> argparse.ArgumentParser:
+    """The flags every model benchmark takes: ``--quick``, ``--device``, ``--dtype``, ``--json``
+    (each script adds its own sizes and repeats)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--device", default=None, help="default: cuda when there is one, else cpu")
+    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    """``--device`` and ``--dtype`` with their defaults filled in."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, args.dtype or ("bf16" if device.startswith("cuda") else "fp32")

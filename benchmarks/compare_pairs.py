@@ -11,14 +11,13 @@ Random weights; the anchor matrix is given, so nothing but pair comparisons is t
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from _timing import best_time, emit, machine_name
+from _timing import best_time, device_and_dtype, emit, machine_name, model_parser
 from PIL import Image
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM
@@ -79,18 +78,13 @@ def run(quick: bool, device: str, dtype: str, n: int, repeats: int) -> list[dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser = model_parser(__doc__)
     parser.add_argument("--pairs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = device_and_dtype(args)
     quick = args.quick or device == "cpu"
     pairs = args.pairs or (32 if device == "cuda" else 8)
-    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     emit(run(quick, device, dtype, pairs, args.repeats), args.json)
 
 

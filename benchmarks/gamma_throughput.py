@@ -11,12 +11,11 @@ with its ratio; ``--json`` prints the records.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
 import torch
-from _timing import best_time, count_flops, emit, machine_name, mfu
+from _timing import best_time, count_flops, device_and_dtype, emit, machine_name, mfu, model_parser
 from PIL import Image
 
 from vqpipe.models.gamma import GammaConfig, GammaModel, MoAEMLP, create_clip
@@ -109,21 +108,16 @@ def run(config: GammaConfig, device: str, dtype: str, batch: int, repeats: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the small demo config")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser = model_parser(__doc__, "the small demo config")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
         config = GammaConfig(clip_model="vqpipe-demo-ViT-16", n_moae_layers=2, adapter_hidden=64)
     else:
         config = GammaConfig()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = device_and_dtype(args)
     batch = args.batch or (256 if device == "cuda" else 16)
-    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     records = run(copy.deepcopy(config), device, dtype, batch, args.repeats)
     emit(records, args.json)
 

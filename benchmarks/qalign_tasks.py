@@ -13,14 +13,13 @@ FlopCounterMode, and the visual encoding's share of one task's FLOPs is reported
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
-from _timing import count_flops, emit, machine_name, sync
+from _timing import count_flops, device_and_dtype, emit, machine_name, model_parser, sync
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
@@ -92,18 +91,13 @@ def run(quick: bool, device: str, dtype: str, batch: int, rounds: int) -> list[d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small config that runs on a CPU")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser = model_parser(__doc__, "a small config that runs on a CPU")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = device_and_dtype(args)
     quick = args.quick or device == "cpu"
     batch = args.batch or (32 if device == "cuda" else 8)
-    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     emit(run(quick, device, dtype, batch, args.rounds), args.json)
 
 

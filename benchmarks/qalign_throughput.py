@@ -12,12 +12,11 @@ H100/H200 bf16 dense). ``--json`` prints the records.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import numpy as np
 import torch
-from _timing import best_time, emit, machine_name, mfu
+from _timing import best_time, device_and_dtype, emit, machine_name, mfu, model_parser
 
 from vqpipe.models.mplug_owl2 import MPLUGOwl2ForCausalLM
 from vqpipe.models.mplug_owl2.config import MPLUGOwl2Config
@@ -109,19 +108,14 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small config that runs on a CPU")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser = model_parser(__doc__, "a small config that runs on a CPU")
     parser.add_argument("--batch", type=int, nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = device_and_dtype(args)
     quick = args.quick or device == "cpu"
     batches = args.batch or ([1, 16, 64] if device == "cuda" else [1, 8])
-    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
     records = run(quick, device, dtype, batches, args.repeats, args.peak_tflops)
     emit(records, args.json)
 
