@@ -13,16 +13,16 @@ is as big on disk as in memory, and one over ``max_bytes`` is an error row, neve
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vqpipe.io.fs import is_local, is_transient, url_to_fs
-from vqpipe.io.media_parquet import READ_BATCH_BYTES, MediaPaths, MediaRows
-from vqpipe.io.records import describe, open_input
+from vqpipe.io.fs import is_local, url_to_fs
+from vqpipe.io.media_parquet import READ_BATCH_BYTES, MediaRows
+from vqpipe.io.records import open_input
 
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 """Files of a ``save_to_disk`` folder (``dataset_dict.json``: a ``DatasetDict``'s)."""
@@ -75,35 +75,20 @@ def _pieces(batch: pa.RecordBatch, column: str, batch_rows: int) -> Iterator[pa.
         at = end
 
 
-def iter_arrow_media_batches(
-    file_uri: str,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    media_column: str | None = None,
-    key_column: str | None = None,
-    batch_rows: int = 256,
-    max_bytes: int | None = None,
-    reserved: Collection[str] = (),
-    paths: MediaPaths | None = None,
+def arrow_media_tables(
+    rows: MediaRows, storage_options: dict[str, Any] | None, batch_rows: int
 ) -> Iterator[pa.Table]:
-    """Arrow tables of at most ``batch_rows`` records of one Arrow IPC file with media cells
-    (contract: :mod:`vqpipe.io.media_parquet`)."""
-    rows = MediaRows(
-        str(file_uri),
-        media_column=media_column,
-        key_column=key_column,
-        max_bytes=max_bytes,
-        reserved=reserved,
-        paths=paths,
-    )
-    try:
-        with ExitStack() as stack:
-            reader = open_arrow(stack, rows.shard, storage_options)
-            column = rows.start(reader.schema)
-            for batch in _batches(reader):
-                for piece in _pieces(batch, column, batch_rows):
-                    yield from rows.tables(piece)
-    except Exception as exc:
-        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
-            raise
-        yield rows.error(f"read: arrow file unreadable at row {rows.row}: {describe(exc)}")
+    """Arrow tables of at most ``batch_rows`` records of ``rows.shard``, an Arrow IPC file with
+    media cells, converted by ``rows`` (contract: :mod:`vqpipe.io.media_parquet`)."""
+    return rows.guarded("arrow file", _arrow_tables(rows, storage_options, batch_rows))
+
+
+def _arrow_tables(
+    rows: MediaRows, storage_options: dict[str, Any] | None, batch_rows: int
+) -> Iterator[pa.Table]:
+    with ExitStack() as stack:
+        reader = open_arrow(stack, rows.shard, storage_options)
+        column = rows.start(reader.schema)
+        for batch in _batches(reader):
+            for piece in _pieces(batch, column, batch_rows):
+                yield from rows.tables(piece)

@@ -408,6 +408,17 @@ class MediaRows:
         """The record that stands for the rest of a file that cannot be read."""
         return _error_table(self.shard, self.row, message, self.carried)
 
+    def guarded(self, what: str, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        """``tables`` (the records of this file, read lazily) until reading fails, then the
+        :meth:`error` record ``"read: <what> unreadable at row …"``; a transient failure (a
+        store outage or stall) raises instead: the job's shard error row, transient."""
+        try:
+            yield from tables
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            yield self.error(f"read: {what} unreadable at row {self.row}: {describe(exc)}")
+
 
 def _media_leaf(parquet: pq.ParquetFile, column: str) -> int:
     """The index of the leaf (Parquet column) that holds the media bytes."""
@@ -535,17 +546,26 @@ def iter_parquet_media_batches(
         reserved=reserved,
         paths=paths,
     )
-    try:
-        with open_input(rows.shard, storage_options) as fh:
-            # pre_buffer would coalesce the ranges of several row groups (up to 32 MiB) into
-            # one read, measured: a 24 MB file held whole; buffered column reads keep one
-            # row group's worth at a time
-            parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
-            column = rows.start(parquet.schema_arrow)
-            with open_input(rows.shard, storage_options) as pages:  # page headers, own cursor
-                for batch, sizes in _parquet_batches(parquet, pages, column, batch_rows, max_bytes):
-                    yield from rows.tables(batch, sizes)
-    except Exception as exc:
-        if is_transient(exc):  # a store outage or stall: the job's shard error row, transient
-            raise
-        yield rows.error(f"read: parquet file unreadable at row {rows.row}: {describe(exc)}")
+    return parquet_media_tables(rows, storage_options, batch_rows)
+
+
+def parquet_media_tables(
+    rows: MediaRows, storage_options: dict[str, Any] | None, batch_rows: int
+) -> Iterator[pa.Table]:
+    """:func:`iter_parquet_media_batches` of the file ``rows.shard``, converted by ``rows``."""
+    return rows.guarded("parquet file", _parquet_tables(rows, storage_options, batch_rows))
+
+
+def _parquet_tables(
+    rows: MediaRows, storage_options: dict[str, Any] | None, batch_rows: int
+) -> Iterator[pa.Table]:
+    with open_input(rows.shard, storage_options) as fh:
+        # pre_buffer would coalesce the ranges of several row groups (up to 32 MiB) into
+        # one read, measured: a 24 MB file held whole; buffered column reads keep one
+        # row group's worth at a time
+        parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+        column = rows.start(parquet.schema_arrow)
+        with open_input(rows.shard, storage_options) as pages:  # page headers, own cursor
+            batches = _parquet_batches(parquet, pages, column, batch_rows, rows.max_bytes)
+            for batch, sizes in batches:
+                yield from rows.tables(batch, sizes)

@@ -36,8 +36,9 @@ _UNESCAPE = re.compile(r"\\([\\{},])")
 # brace expansion
 
 
-def _matching_brace(text: str, start: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``start``; -1 when unbalanced."""
+def _scan(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, brace depth once it is read) of each unescaped character of
+    ``text`` from ``start`` (an escape ``\\x`` and the character it escapes are passed over)."""
     depth, i = 0, start
     while i < len(text):
         char = text[i]
@@ -48,28 +49,25 @@ def _matching_brace(text: str, start: int) -> int:
             depth += 1
         elif char == "}":
             depth -= 1
-            if depth == 0:
-                return i
+        yield i, char, depth
         i += 1
+
+
+def _matching_brace(text: str, start: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``start``; -1 when unbalanced."""
+    for i, char, depth in _scan(text, start):
+        if char == "}" and depth == 0:
+            return i
     return -1
 
 
 def _split_commas(text: str) -> list[str]:
     """Split at commas outside nested braces (escapes kept)."""
-    parts, depth, last, i = [], 0, 0, 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        elif char == "," and depth == 0:
+    parts, last = [], 0
+    for i, char, depth in _scan(text):
+        if char == "," and depth == 0:
             parts.append(text[last:i])
             last = i + 1
-        i += 1
     parts.append(text[last:])
     return parts
 
@@ -96,31 +94,25 @@ def _range_values(text: str) -> list[str] | None:
 
 
 def _expand(text: str) -> Iterator[str]:
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
+    for i, char, _ in _scan(text):
+        if char != "{":
             continue
-        if char == "{":
-            end = _matching_brace(text, i)
-            if end < 0:
-                break  # unbalanced: the rest is literal
-            body = text[i + 1 : end]
-            parts = _split_commas(body)
-            if len(parts) > 1:
-                values = [v for part in parts for v in _expand(part)]
-            else:
-                values = _range_values(body)
-            if values is None:  # "{abc}": literal braces, keep scanning inside
-                i += 1
-                continue
-            prefix, rest = text[:i], list(_expand(text[end + 1 :]))
-            for value in values:
-                for tail in rest:
-                    yield prefix + value + tail
-            return
-        i += 1
+        end = _matching_brace(text, i)
+        if end < 0:
+            break  # unbalanced: the rest is literal
+        body = text[i + 1 : end]
+        parts = _split_commas(body)
+        if len(parts) > 1:
+            values = [v for part in parts for v in _expand(part)]
+        else:
+            values = _range_values(body)
+        if values is None:  # "{abc}": literal braces, keep scanning inside
+            continue
+        prefix, rest = text[:i], list(_expand(text[end + 1 :]))
+        for value in values:
+            for tail in rest:
+                yield prefix + value + tail
+        return
     yield text
 
 

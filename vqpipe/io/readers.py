@@ -115,27 +115,26 @@ class MediaTableReader(Reader):
     suffixes = (*PARQUET_SUFFIXES, *ARROW_SUFFIXES)
 
     def tables(self, uri, options, storage_options):
-        from vqpipe.io.hf_arrow import iter_arrow_media_batches
-        from vqpipe.io.media_parquet import MediaPaths, iter_parquet_media_batches
+        from vqpipe.io.hf_arrow import arrow_media_tables
+        from vqpipe.io.media_parquet import MediaPaths, MediaRows, parquet_media_tables
 
-        arrow = uri.lower().endswith(ARROW_SUFFIXES)
-        reader = iter_arrow_media_batches if arrow else iter_parquet_media_batches
         paths = MediaPaths(  # HF Image cells that name a file ({bytes: null, path})
             root=options.root,
             storage_options=storage_options,
             max_bytes=options.max_bytes,
             timeout_s=options.read_timeout_s,
         )
-        return reader(
+        rows = MediaRows(
             uri,
-            storage_options,
             media_column=options.media_column,
             key_column=options.key_column,
-            batch_rows=options.rows,
             max_bytes=options.max_bytes,
             reserved=options.reserved,
             paths=paths,
         )
+        arrow = uri.lower().endswith(ARROW_SUFFIXES)
+        read = arrow_media_tables if arrow else parquet_media_tables
+        return read(rows, storage_options, options.rows)
 
 
 class ManifestReader(Reader):

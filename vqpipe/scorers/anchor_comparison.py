@@ -2,10 +2,10 @@
 set, its matrix ``P_a[i, j] = P(anchor_i ≻ anchor_j)`` and the Thurstone MAP score of a test
 image from its m comparisons with the anchors.
 
-A scorer supplies the comparisons (its model); this module does the rest. ``P_a`` is given
-(:class:`AnchorOptions` or the set's ``matrix.json``), read from the disk cache, or made once
-from the scorer's comparisons of the anchors with each other and cached under
-``$VQPIPE_CACHE/compare2score``.
+A scorer supplies the comparisons (its model's logits: :class:`AnchorScoring`'s two methods);
+this module does the rest. ``P_a`` is given (:class:`AnchorOptions` or the set's
+``matrix.json``), read from the disk cache, or made once from the scorer's comparisons of the
+anchors with each other and cached under ``$VQPIPE_CACHE/compare2score``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vqpipe.io.checkpoints import default_cache_dir
+from vqpipe.quality_math.comparison import soft_comparison
 from vqpipe.quality_math.thurstone import thurstone_map
 from vqpipe.scorers.anchor_sets import AnchorSet, check_anchor_matrix, load_anchor_set
+
+if TYPE_CHECKING:
+    import torch
 
 OUTPUTS = ("thurstone", "official")
 """What ``score`` may be: the raw Thurstone MAP value, or the official ``score_100``."""
@@ -157,3 +161,51 @@ class AnchorComparison:
             "anchor_mos": self.anchors.table["mos"].tolist(),
             "temperature": self.options.temperature,
         }
+
+
+class AnchorScoring:
+    """What both Compare2Score scorers do with their model's comparisons (a mixin, before
+    :class:`~vqpipe.scorers.base.Scorer` in the bases): ``P(test ≻ anchor_j)`` from
+    :meth:`comparison_logits` (the soft comparison at ``temperature``), ``P_a`` from the anchors
+    compared with each other, and :meth:`predict`. A scorer implements
+    :meth:`comparison_logits` and :meth:`anchor_inputs`, sets ``temperature`` and ``anchors``
+    and calls :meth:`start_comparison` once its model can compare."""
+
+    temperature: float
+    anchors: AnchorSet
+    checkpoint_fingerprint: str | None
+    comparison: AnchorComparison
+
+    def comparison_logits(self, inputs: Any) -> torch.Tensor:
+        """[B, m, 5] logits of the comparison words, every test input against every anchor."""
+        raise NotImplementedError
+
+    def anchor_inputs(self) -> Any:
+        """The anchors, as :meth:`comparison_logits` takes test inputs."""
+        raise NotImplementedError
+
+    def start_comparison(self, options: AnchorOptions, model_key: Sequence[Any]) -> None:
+        """``comparison`` (its ``P_a`` given, cached, or computed now with the model),
+        ``anchor_matrix`` and ``prob_labels``; ``model_key``: see :class:`AnchorComparison`."""
+        self.comparison = AnchorComparison(
+            options,
+            self.anchors,
+            self.compute_anchor_matrix,
+            self.checkpoint_fingerprint,
+            model_key,
+        )
+        self.anchor_matrix = self.comparison.matrix
+        self.prob_labels = self.comparison.labels
+
+    def comparison_probs(self, inputs: Any) -> np.ndarray:
+        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
+        logits = self.comparison_logits(inputs)
+        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
+
+    def compute_anchor_matrix(self) -> np.ndarray:
+        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
+        return symmetric_matrix(self.comparison_probs(self.anchor_inputs()))
+
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.comparison.scores(self.comparison_probs(batch["pixels"]))

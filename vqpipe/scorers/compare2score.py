@@ -27,16 +27,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqpipe.prompts import COMPARE_PROMPT
-from vqpipe.quality_math.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS
 from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
-    AnchorComparison,
     AnchorOptions,
+    AnchorScoring,
     add_test_rows,
     map_scores,
-    symmetric_matrix,
 )
 from vqpipe.scorers.anchor_sets import AnchorSet
 from vqpipe.scorers.base import inference_mode
@@ -58,7 +57,7 @@ __all__ = [
 DEFAULT_CHECKPOINT = "q-future/Compare2Score"
 
 
-class Compare2ScoreScorer(Owl2Scorer):
+class Compare2ScoreScorer(AnchorScoring, Owl2Scorer):
     """Compare2Score on the native mPLUG-Owl2. ``anchors``, ``anchor_matrix``, ``output``,
     ``temperature`` and ``cache_dir``: see :class:`~vqpipe.scorers.anchor_comparison.AnchorOptions`
     (``P_a`` is computed once per checkpoint and anchor set when not given, and cached);
@@ -116,28 +115,11 @@ class Compare2ScoreScorer(Owl2Scorer):
         self.anchors = options.anchor_set()
         self.anchor_pixels = np.stack([self.processor.to_uint8(im) for im in self.anchors.images()])
         self._cache: KVCache | None = None
-        self.comparison = AnchorComparison(
-            options,
-            self.anchors,
-            self.compute_anchor_matrix,
-            self.checkpoint_fingerprint,
-            (type(self).__name__, str(self.dtype), COMPARE_PROMPT),
-        )
-        self.anchor_matrix = self.comparison.matrix
-        self.prob_labels = self.comparison.labels
+        self.start_comparison(options, (type(self).__name__, str(self.dtype), COMPARE_PROMPT))
 
-    def comparison_probs(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
-        logits = self.comparison_logits(pixels)
-        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
-
-    def compute_anchor_matrix(self) -> np.ndarray:
-        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
-        return symmetric_matrix(self.comparison_probs(self.anchor_pixels))
-
-    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
-        return self.comparison.scores(self.comparison_probs(batch["pixels"]))
+    def anchor_inputs(self) -> np.ndarray:
+        """The anchors' uint8 pixels [m, 3, S, S], as :meth:`comparison_logits` takes tests."""
+        return self.anchor_pixels
 
     # ------------------------------------------------------------------ comparisons
     @inference_mode

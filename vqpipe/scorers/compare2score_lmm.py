@@ -22,13 +22,12 @@ from vqpipe.io.checkpoints import checkpoint_identity, resolve_checkpoint
 from vqpipe.media.image import to_rgb
 from vqpipe.prompts import COMPARE_ANSWER as ANSWER_PREFIX
 from vqpipe.prompts import COMPARE_QUESTION as QUESTION
-from vqpipe.quality_math.comparison import COMPARISON_LEVELS, soft_comparison
+from vqpipe.quality_math.comparison import COMPARISON_LEVELS
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
-    AnchorComparison,
     AnchorOptions,
-    symmetric_matrix,
+    AnchorScoring,
 )
 from vqpipe.scorers.anchor_sets import AnchorSet
 from vqpipe.scorers.base import Scorer, inference_mode
@@ -56,7 +55,7 @@ def _pil(image: Any) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
 
 
-class LMMCompare2ScoreScorer(Scorer):
+class LMMCompare2ScoreScorer(AnchorScoring, Scorer):
     """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model.
     ``anchors``, ``anchor_matrix``, ``output``, ``temperature`` and ``cache_dir``: see
     :class:`~vqpipe.scorers.anchor_comparison.AnchorOptions`; ``pairs_per_forward``: image
@@ -109,15 +108,7 @@ class LMMCompare2ScoreScorer(Scorer):
         self.anchors = options.anchor_set()
         self._anchor_images = self.anchors.images()
         self.preprocessor = RGBArray()
-        self.comparison = AnchorComparison(
-            options,
-            self.anchors,
-            self.compute_anchor_matrix,
-            self.checkpoint_fingerprint,
-            (type(self).__name__, str(self.dtype)),
-        )
-        self.anchor_matrix = self.comparison.matrix
-        self.prob_labels = self.comparison.labels
+        self.start_comparison(options, (type(self).__name__, str(self.dtype)))
 
     def _prompt(self) -> str:
         image = getattr(self.processor, "image_token", "<image>")
@@ -143,19 +134,6 @@ class LMMCompare2ScoreScorer(Scorer):
     def anchor_inputs(self) -> list[Image.Image]:
         """The anchor images, as :meth:`comparison_logits` takes test images."""
         return self._anchor_images
-
-    def comparison_probs(self, inputs: Sequence[Any]) -> np.ndarray:
-        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
-        logits = self.comparison_logits(inputs)
-        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
-
-    def compute_anchor_matrix(self) -> np.ndarray:
-        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
-        return symmetric_matrix(self.comparison_probs(self._anchor_images))
-
-    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
-        return self.comparison.scores(self.comparison_probs(batch["pixels"]))
 
     @inference_mode
     def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
