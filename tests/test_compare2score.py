@@ -84,7 +84,7 @@ def test_computed_anchor_matrix_is_complementary(scorer):
     p = scorer.anchor_matrix
     np.testing.assert_allclose(np.diag(p), 0.5)
     np.testing.assert_allclose(p + p.T, 1.0, atol=1e-12)
-    raw = scorer.comparison_probs(scorer.anchor_pixels)
+    raw = scorer.comparison.probs(scorer.anchor_pixels)
     np.testing.assert_allclose(p, (raw + 1 - raw.T) / 2, atol=1e-6)
     assert np.abs(raw - 0.5).max() > 1e-3  # the model does prefer some anchors
 
@@ -96,7 +96,7 @@ def test_cached_anchor_matrix_equals_recomputed(qalign_checkpoint, scorer):
         qalign_checkpoint, temperature=1.0, cache_dir=scorer._cache_dir, model=None
     )
     np.testing.assert_allclose(again.anchor_matrix, scorer.anchor_matrix, atol=0)
-    np.testing.assert_allclose(again.compute_anchor_matrix(), scorer.anchor_matrix, atol=1e-6)
+    np.testing.assert_allclose(again.comparison.compute_matrix(), scorer.anchor_matrix, atol=1e-6)
 
 
 def test_prefix_cached_equals_naive_and_batch_equals_one_by_one(qalign_checkpoint, scorer):

@@ -112,7 +112,7 @@ def test_zero_shot_logits_are_the_answer_position_of_the_model(scorer, llava_dir
 
     processor = AutoProcessor.from_pretrained(llava_dir)
     model = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()
-    anchor, test = scorer.anchor_inputs()[2], images(1)[0]
+    anchor, test = scorer.comparison.anchor_inputs[2], images(1)[0]
     batch = processor(text=[scorer.text], images=[[anchor, test]], return_tensors="pt")
     with torch.no_grad():
         ref = model(**batch).logits[0, -1, scorer.word_ids_]

@@ -73,7 +73,7 @@ def _pixels(scorer, paths):
 def test_anchor_first_pairs_equal_the_scorers_anchor_comparisons(c2s, corpus):
     anchors, tests = corpus["anchors"], corpus["tests"]
     m = len(anchors)
-    ref = c2s.comparison_probs(_pixels(c2s, tests))  # [test, anchor]: P(test ≻ anchor_j)
+    ref = c2s.comparison.probs(_pixels(c2s, tests))  # [test, anchor]: P(test ≻ anchor_j)
     a = [anchors[j] for t in range(len(tests)) for j in range(m)]
     b = [tests[t] for t in range(len(tests)) for j in range(m)]
     out = compare_images(c2s, a, b)
@@ -117,7 +117,7 @@ def test_zero_shot_lmm_pairs_equal_its_anchor_comparisons(llava_dir, corpus):  #
     lmm = create_scorer("compare2score-lmm", checkpoint=str(llava_dir))
     anchors, tests = corpus["anchors"], corpus["tests"][:2]
     m = len(anchors)
-    ref = lmm.comparison_probs([np.asarray(Image.open(t).convert("RGB")) for t in tests])
+    ref = lmm.comparison.probs([np.asarray(Image.open(t).convert("RGB")) for t in tests])
     out = compare_images(
         lmm, [anchors[j] for _ in tests for j in range(m)], [t for t in tests for _ in range(m)]
     )
@@ -169,7 +169,7 @@ def test_compare_job_through_the_cli_errors_resume_and_s3(
     ok = table[table["error"].isna()]
     assert len(ok) == 9
     pixels = _pixels(c2s, corpus["tests"])
-    ref = c2s.comparison_probs(pixels)  # [test, anchor]
+    ref = c2s.comparison.probs(pixels)  # [test, anchor]
     expected = [ref[k, j] for k in range(3) for j in (0, 2, 4)]
     np.testing.assert_allclose(ok["p_b_better_ab"], expected, atol=1e-5)
     mean, gap = (

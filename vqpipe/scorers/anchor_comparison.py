@@ -94,35 +94,55 @@ def symmetric_matrix(raw: np.ndarray) -> np.ndarray:
 
 
 class AnchorComparison:
-    """An anchor set with its matrix ``P_a``, and the scores of test images from their
-    comparison probabilities ``p`` [B, m] (:meth:`scores`).
+    """An anchor set with its matrix ``P_a``, and the scores of test images (:meth:`predict`)
+    from a scorer's comparisons: ``logits(inputs)`` gives the [B, m, 5] logits of the
+    comparison words for every test input against every anchor, ``anchor_inputs`` are the
+    anchors as ``logits`` takes test inputs. The object both Compare2Score scorers hold.
 
-    ``compute`` (called only when ``P_a`` is neither given nor cached) makes ``P_a`` with the
-    scorer's model, e.g. ``symmetric_matrix(probs(anchors))``. ``fingerprint`` (the
-    checkpoint's identity; None, a model object: no disk cache) and ``model_key`` (what else
-    changes the model's comparisons: the scorer, dtype, prompt) key the cached matrix."""
+    ``P_a`` is the options' or the set's when given, else read from the disk cache, else made
+    now from the anchors compared with each other (:meth:`compute_matrix`) and cached.
+    ``fingerprint`` (the checkpoint's identity; None, a model object: no disk cache) and
+    ``model_key`` (what else changes the model's comparisons: the scorer, dtype, prompt) key
+    the cached matrix."""
 
     def __init__(
         self,
         options: AnchorOptions,
         anchors: AnchorSet,
-        compute: Callable[[], np.ndarray],
+        logits: Callable[[Any], torch.Tensor],
+        anchor_inputs: Any,
         fingerprint: str | None = None,
         model_key: Sequence[Any] = (),
     ) -> None:
         self.options = options
         self.anchors = anchors
+        self.logits = logits
+        self.anchor_inputs = anchor_inputs
         self.labels = tuple(f"anchor{j}" for j in range(len(anchors)))
         given = options.anchor_matrix if options.anchor_matrix is not None else anchors.matrix
         if given is not None:
             matrix = given
         elif fingerprint is None:  # a model object: no stable key, no disk cache
-            matrix = compute()
+            matrix = self.compute_matrix()
         else:
             key = [fingerprint, anchors.fingerprint, options.temperature, *model_key]
-            matrix = self._cached(key, compute)
+            matrix = self._cached(key, self.compute_matrix)
         self.matrix = np.asarray(matrix, dtype=np.float64)
         check_anchor_matrix(self.matrix, len(anchors))
+
+    def probs(self, inputs: Any) -> np.ndarray:
+        """``P(test ≻ anchor_j)`` for every test input and anchor, [B, m] (the soft comparison
+        of the logits at the options' ``temperature``)."""
+        logits = self.logits(inputs)
+        return soft_comparison(logits, temperature=self.options.temperature).cpu().numpy()
+
+    def compute_matrix(self) -> np.ndarray:
+        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
+        return symmetric_matrix(self.probs(self.anchor_inputs))
+
+    def predict(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Test inputs → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.scores(self.probs(inputs))
 
     def _cached(self, key: list[Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The matrix cached under ``key``, else ``compute()``, written there atomically."""
@@ -161,51 +181,3 @@ class AnchorComparison:
             "anchor_mos": self.anchors.table["mos"].tolist(),
             "temperature": self.options.temperature,
         }
-
-
-class AnchorScoring:
-    """What both Compare2Score scorers do with their model's comparisons (a mixin, before
-    :class:`~vqpipe.scorers.base.Scorer` in the bases): ``P(test ≻ anchor_j)`` from
-    :meth:`comparison_logits` (the soft comparison at ``temperature``), ``P_a`` from the anchors
-    compared with each other, and :meth:`predict`. A scorer implements
-    :meth:`comparison_logits` and :meth:`anchor_inputs`, sets ``temperature`` and ``anchors``
-    and calls :meth:`start_comparison` once its model can compare."""
-
-    temperature: float
-    anchors: AnchorSet
-    checkpoint_fingerprint: str | None
-    comparison: AnchorComparison
-
-    def comparison_logits(self, inputs: Any) -> torch.Tensor:
-        """[B, m, 5] logits of the comparison words, every test input against every anchor."""
-        raise NotImplementedError
-
-    def anchor_inputs(self) -> Any:
-        """The anchors, as :meth:`comparison_logits` takes test inputs."""
-        raise NotImplementedError
-
-    def start_comparison(self, options: AnchorOptions, model_key: Sequence[Any]) -> None:
-        """``comparison`` (its ``P_a`` given, cached, or computed now with the model),
-        ``anchor_matrix`` and ``prob_labels``; ``model_key``: see :class:`AnchorComparison`."""
-        self.comparison = AnchorComparison(
-            options,
-            self.anchors,
-            self.compute_anchor_matrix,
-            self.checkpoint_fingerprint,
-            model_key,
-        )
-        self.anchor_matrix = self.comparison.matrix
-        self.prob_labels = self.comparison.labels
-
-    def comparison_probs(self, inputs: Any) -> np.ndarray:
-        """``P(test ≻ anchor_j)`` for every test image and anchor, [B, m]."""
-        logits = self.comparison_logits(inputs)
-        return soft_comparison(logits, temperature=self.temperature).cpu().numpy()
-
-    def compute_anchor_matrix(self) -> np.ndarray:
-        """``P_a`` from the model: every anchor compared with every anchor, both orders."""
-        return symmetric_matrix(self.comparison_probs(self.anchor_inputs()))
-
-    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
-        return self.comparison.scores(self.comparison_probs(batch["pixels"]))

@@ -32,8 +32,8 @@ from vqpipe.scorers._owl2 import Owl2Scorer
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
+    AnchorComparison,
     AnchorOptions,
-    AnchorScoring,
     add_test_rows,
     map_scores,
 )
@@ -57,7 +57,7 @@ __all__ = [
 DEFAULT_CHECKPOINT = "q-future/Compare2Score"
 
 
-class Compare2ScoreScorer(AnchorScoring, Owl2Scorer):
+class Compare2ScoreScorer(Owl2Scorer):
     """Compare2Score on the native mPLUG-Owl2. ``anchors``, ``anchor_matrix``, ``output``,
     ``temperature`` and ``cache_dir``: see :class:`~vqpipe.scorers.anchor_comparison.AnchorOptions`
     (``P_a`` is computed once per checkpoint and anchor set when not given, and cached);
@@ -115,11 +115,20 @@ class Compare2ScoreScorer(AnchorScoring, Owl2Scorer):
         self.anchors = options.anchor_set()
         self.anchor_pixels = np.stack([self.processor.to_uint8(im) for im in self.anchors.images()])
         self._cache: KVCache | None = None
-        self.start_comparison(options, (type(self).__name__, str(self.dtype), COMPARE_PROMPT))
+        self.comparison = AnchorComparison(
+            options,
+            self.anchors,
+            lambda inputs: self.comparison_logits(inputs),  # looked up per call
+            self.anchor_pixels,
+            self.checkpoint_fingerprint,
+            (type(self).__name__, str(self.dtype), COMPARE_PROMPT),
+        )
+        self.anchor_matrix = self.comparison.matrix
+        self.prob_labels = self.comparison.labels
 
-    def anchor_inputs(self) -> np.ndarray:
-        """The anchors' uint8 pixels [m, 3, S, S], as :meth:`comparison_logits` takes tests."""
-        return self.anchor_pixels
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.comparison.predict(batch["pixels"])
 
     # ------------------------------------------------------------------ comparisons
     @inference_mode

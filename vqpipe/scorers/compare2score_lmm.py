@@ -26,8 +26,8 @@ from vqpipe.quality_math.comparison import COMPARISON_LEVELS
 from vqpipe.scorers.anchor_comparison import (
     EXTRA_OUTPUTS,
     SCORE_RANGE,
+    AnchorComparison,
     AnchorOptions,
-    AnchorScoring,
 )
 from vqpipe.scorers.anchor_sets import AnchorSet
 from vqpipe.scorers.base import Scorer, inference_mode
@@ -55,7 +55,7 @@ def _pil(image: Any) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
 
 
-class LMMCompare2ScoreScorer(AnchorScoring, Scorer):
+class LMMCompare2ScoreScorer(Scorer):
     """Compare2Score's anchor-matrix inference on a transformers image-text-to-text model.
     ``anchors``, ``anchor_matrix``, ``output``, ``temperature`` and ``cache_dir``: see
     :class:`~vqpipe.scorers.anchor_comparison.AnchorOptions`; ``pairs_per_forward``: image
@@ -108,7 +108,16 @@ class LMMCompare2ScoreScorer(AnchorScoring, Scorer):
         self.anchors = options.anchor_set()
         self._anchor_images = self.anchors.images()
         self.preprocessor = RGBArray()
-        self.start_comparison(options, (type(self).__name__, str(self.dtype)))
+        self.comparison = AnchorComparison(
+            options,
+            self.anchors,
+            lambda inputs: self.comparison_logits(inputs),  # looked up per call
+            self._anchor_images,
+            self.checkpoint_fingerprint,
+            (type(self).__name__, str(self.dtype)),
+        )
+        self.anchor_matrix = self.comparison.matrix
+        self.prob_labels = self.comparison.labels
 
     def _prompt(self) -> str:
         image = getattr(self.processor, "image_token", "<image>")
@@ -131,9 +140,9 @@ class LMMCompare2ScoreScorer(AnchorScoring, Scorer):
     def make_preprocessor(cls, **_: Any) -> RGBArray:
         return RGBArray()
 
-    def anchor_inputs(self) -> list[Image.Image]:
-        """The anchor images, as :meth:`comparison_logits` takes test images."""
-        return self._anchor_images
+    def predict(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Test images → ``score``, ``thurstone``, ``score_100`` [B], ``probs`` [B, m]."""
+        return self.comparison.predict(batch["pixels"])
 
     @inference_mode
     def comparison_logits(self, inputs: Sequence[Any]) -> torch.Tensor:
