@@ -197,6 +197,56 @@ def _brute_force(c, e, threshold, keep, target):
     return best
 
 
+def test_a_when_pool_decodes_only_the_rows_its_gate_sends_on(tmp_path, monkeypatch):
+    """Decode tasks send a when= pool's images on undecoded; after the gate, only the rows
+    sent on are decoded, to the very pixels (and errors) of the in-task path."""
+    from PIL import Image
+    from ray.data.block import BlockAccessor
+
+    from vqpipe.media.decode import MediaLimits
+    from vqpipe.pipeline import decode_stage
+    from vqpipe.pipeline.decode_stage import decode_batch, decode_deferred
+    from vqpipe.pipeline.pixels import column_items
+
+    rng = np.random.default_rng(3)
+    uris = []
+    for k, fmt in enumerate(["jpeg", "png", "jpeg", "webp"]):
+        path = tmp_path / f"{k}.{fmt}"
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), np.uint8)).save(path, fmt.upper())
+        uris.append(str(path))
+    (tmp_path / "bad.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    uris.append(str(tmp_path / "bad.jpeg"))
+    batch = {"uri": np.array(uris, object), "media_type": np.array(["image"] * 5, object)}
+    first = ScorerOptions("brightness", {"size": 8})
+    later = ScorerOptions.parse("brightness:size=16,column=later,when=brightness_score > 0.5")
+    plain = ScorerOptions("brightness", {"size": 16}, column="later")
+    limits = MediaLimits()
+    reference = decode_batch(dict(batch), [first, plain], {}, 1.0, limits)
+    out = decode_batch(dict(batch), [first, later], {}, 1.0, limits)
+    good = [e is None for e in out["error"]]
+    assert good == [True, True, True, True, False]
+    assert [bool(len(b)) for b in out["_defer_later"]] == good  # bytes on, not decoded
+    assert all(x is None for x in out["_input_later"])
+    assert list(out["_input_brightness"][:4]) and list(out["error"]) == list(reference["error"])
+    out["brightness_score"] = np.array([0.9, 0.1, 0.7, 0.2, np.nan])  # the first pool's
+    gated = BlockAccessor.for_block(gate_batch(out, later)).to_batch_format("numpy")
+    decoded = []
+    real = decode_stage.decode_image
+    monkeypatch.setattr(
+        decode_stage, "decode_image", lambda data, *a: decoded.append(data) or real(data, *a)
+    )
+    block = decode_deferred(gated, later, {}, limits)
+    after = restore_rows(BlockAccessor.for_block(block).to_batch_format("numpy"))
+    assert len(decoded) == 2  # the two rows sent on, nothing else
+    order = {u: i for i, u in enumerate(after["uri"])}
+    pixels = column_items(after["_input_later"])
+    for k in (0, 2):
+        np.testing.assert_array_equal(pixels[order[uris[k]]], reference["_input_later"][k])
+    for k in (1, 3, 4):
+        assert pixels[order[uris[k]]] is None
+    assert "_defer_later" not in after
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_plan_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
@@ -301,15 +351,17 @@ def test_cascade_job_end_to_end(ray_local, corpus, tmp_path, capsys):
     """Rows outside the band: NULL + skipped, never scored; inside: as without when=; one
     row per input; a no-op resume; another when= refused like another option; the plan."""
     everything, cascade = tmp_path / "all", tmp_path / "cascade"
-    for folder in ("calls-all", "calls"):
+    for folder in ("calls-all", "calls", "prep-all", "prep"):
         (tmp_path / folder).mkdir()
     pool = "brightness:latency_s=0.001,calls_dir="
-    assert _score(corpus, everything, "gamma", pool + str(tmp_path / "calls-all")) == 0
+    every = f"{pool}{tmp_path / 'calls-all'},preprocess_dir={tmp_path / 'prep-all'}"
+    assert _score(corpus, everything, "gamma", every) == 0
     full = read_quality_table(str(everything)).set_index("uri")
     ok = full["error"].isna()
     lo, hi = full.loc[ok, "gamma_score"].quantile([0.25, 0.75])
     when = f"gamma_score between {lo!r} and {hi!r}"
-    brightness = f"{pool}{tmp_path / 'calls'},when={when}"
+    banded = f"{pool}{tmp_path / 'calls'},preprocess_dir={tmp_path / 'prep'}"
+    brightness = f"{banded},when={when}"
     assert _score(corpus, cascade, "gamma", brightness) == 0
     table = read_quality_table(str(cascade)).set_index("uri")
     assert sorted(table.index) == sorted(full.index) and table.index.is_unique
@@ -326,13 +378,16 @@ def test_cascade_job_end_to_end(ray_local, corpus, tmp_path, capsys):
     assert np.array_equal(table["gamma_score"].fillna(-1), full["gamma_score"].fillna(-1))
     assert _calls(tmp_path / "calls") == inside.sum()  # the pool scored the band only
     assert _calls(tmp_path / "calls-all") == ok.sum()
+    # decoded and preprocessed for the pool after its gate: the band only, never the rest
+    assert len(list((tmp_path / "prep").iterdir())) == inside.sum()
+    assert len(list((tmp_path / "prep-all").iterdir())) == ok.sum()
     # a no-op resume: the skipped rows are done, nothing is scored again
     assert _score(corpus, cascade, "gamma", brightness) == 0
     assert _calls(tmp_path / "calls") == inside.sum()
     assert len(read_quality_table(str(cascade))) == len(full)
     # another band is another job: refused on the same table, like another scorer option
     capsys.readouterr()
-    assert _score(corpus, cascade, "gamma", f"{pool}{tmp_path / 'calls'},when=gamma_score > 0") == 2
+    assert _score(corpus, cascade, "gamma", f"{banded},when=gamma_score > 0") == 2
     assert "results of other scorers" in capsys.readouterr().err
     record = json.loads((cascade / "_job.json").read_text())
     assert record["scorers"]["brightness"]["when"] == when

@@ -56,6 +56,10 @@ INPUT_PREFIX = "_input_"
 JPEG_PREFIX = "_jpeg_"
 """``_jpeg_<column>``: a JPEG's bytes in transit to the pool that decodes it on its device
 (``decode=gpu``), empty for the rows decoded in the decode tasks (never written)."""
+DEFER_PREFIX = "_defer_"
+"""``_defer_<column>``: an image's bytes in transit to a ``when=`` pool, decoded for it after
+its gate (only the rows sent on), empty for the rows decoded in the decode tasks (never
+written)."""
 DATA = "data"
 """Column in transit: the media bytes of rows read from inside a shard (never written)."""
 DUPLICATES = "_duplicates"

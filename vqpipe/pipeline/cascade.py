@@ -276,14 +276,14 @@ def gate_batch(batch: dict[str, np.ndarray], spec: Any) -> Any:
     arrays of later pools, probabilities) between our own stages, as Ray's object transfer
     would; nothing read from outside is unpickled."""
     from vqpipe.pipeline.pixels import to_block
-    from vqpipe.schema import INPUT_PREFIX, JPEG_PREFIX, extra_column
+    from vqpipe.schema import DEFER_PREFIX, INPUT_PREFIX, JPEG_PREFIX, extra_column
 
     batch = restore_rows(batch)
     n = len(batch["uri"])
     flag = extra_column(spec.column, SKIPPED)
     skipped = ~parse_when(spec.when).evaluate(batch)
     batch[flag] = skipped
-    own = {INPUT_PREFIX + spec.column, JPEG_PREFIX + spec.column}
+    own = {INPUT_PREFIX + spec.column, JPEG_PREFIX + spec.column, DEFER_PREFIX + spec.column}
     out: dict[str, Any] = {}
     if skipped.any():
         held = {k: _take(v, skipped) for k, v in batch.items() if k not in own}

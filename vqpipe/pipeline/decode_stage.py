@@ -30,6 +30,7 @@ from vqpipe.pipeline.shards import (
 from vqpipe.schema import (
     BYTES,
     DATA,
+    DEFER_PREFIX,
     DURATION,
     ERROR,
     ERROR_KIND,
@@ -90,21 +91,22 @@ def decode_batch(
     # scorers share the job (a draft decode costs a fraction of the full one).
     drafts = {column: getattr(prep, "draft", None) for column, prep in preprocessors.items()}
     wanted = list(dict.fromkeys(drafts.values())) or [None]
-    device = _DeviceJpegs(
+    sent = _SentBytes(
         [
             spec.column
             for spec in scorers
             if spec.column not in in_process and decodes_on_device(spec, preprocessors[spec.column])
         ],
+        [spec.column for spec in scorers if spec.when and spec.column not in in_process],
         n,
     )
-    jpegs = device.columns
-    cpu_wanted = list(dict.fromkeys(d for c, d in drafts.items() if c not in jpegs))
+    went: set[str] = set()  # the columns the row's bytes went to undecoded
     for i in range(n):
         uri, kind = str(batch["uri"][i]), batch["media_type"][i]
         if not isinstance(kind, str):  # None / NaN: a member or cell of no known media type
             kind = "unsupported"
         decoded: dict[Any, list[Any]] = {}  # draft → the item's images or frames
+        went = set()
         errors[i] = error_text(given[i]) if given is not None else None
         try:
             if errors[i] is not None:  # the read stage already said why: nothing to decode
@@ -129,8 +131,11 @@ def decode_batch(
                         timeout_s=limits.read_timeout_s,
                     )
                 if kind == "image":
-                    header = device.take(data, limits, i)
-                    for draft in wanted if header is None else cpu_wanted:
+                    header, went = sent.take(data, limits, i)
+                    here = [d for c, d in drafts.items() if c not in went]
+                    if header is None and not here:  # decoded here for its size alone
+                        here = wanted[:1]
+                    for draft in dict.fromkeys(here):
                         image, info = decode_image(data, limits, draft)
                         decoded[draft] = [image]
                     if header is not None:
@@ -163,10 +168,11 @@ def decode_batch(
             errors[i] = f"read: {type(exc).__name__}: {exc}"
             kinds[i] = TRANSIENT if is_transient(exc) else None
         if errors[i] is not None:
-            device.drop(i)
+            sent.drop(i)
+            went = set()
         for column, prep in preprocessors.items():
             arrays = []
-            if errors[i] is None and not (column in jpegs and jpegs[column][i]):
+            if errors[i] is None and column not in went:
                 try:
                     if isinstance(prep, Exception):
                         raise prep
@@ -177,8 +183,7 @@ def decode_batch(
     for column, arrays in inputs.items():
         out[INPUT_PREFIX + column] = np.empty(n, dtype=object)
         out[INPUT_PREFIX + column][:] = arrays
-    for column, data in jpegs.items():
-        out[JPEG_PREFIX + column] = data
+    out.update(sent.columns())
     out.update({WIDTH: width, HEIGHT: height, DURATION: duration, FRAMES: frames, ERROR: errors})
     out[ERROR_KIND] = kinds
     if BYTES in out:  # nulls (sizes unknown) arrive as NaN or None: -1 in transit
@@ -186,36 +191,103 @@ def decode_batch(
     return out
 
 
+def decode_deferred(
+    batch: dict[str, np.ndarray],
+    spec: ScorerOptions,
+    storage_options: dict[str, Any],
+    limits: MediaLimits,
+) -> Any:
+    """After a ``when=`` pool's gate (:func:`~vqpipe.pipeline.cascade.gate_batch`): the rows
+    sent on whose image bytes came undecoded (``_defer_<column>``) decoded and preprocessed
+    for the pool as the decode tasks would have (the same draft, preprocessing and error
+    texts); the rows the gate held back are never decoded for it."""
+    from vqpipe.pipeline.pixels import column_items
+
+    column = spec.column
+    data = batch.pop(DEFER_PREFIX + column, None)
+    errors = np.array([error_text(e) for e in batch[ERROR]], dtype=object)
+    rows = [] if data is None else [i for i, d in enumerate(data) if d is not None and len(d)]
+    rows = [i for i in rows if errors[i] is None]
+    if rows:
+        items = column_items(batch[INPUT_PREFIX + column])
+        try:
+            prep: Any = build_preprocessor(spec, storage_options)
+        except Exception as exc:  # as in the decode tasks: every row's error, not a crash
+            prep = exc
+        for i in rows:
+            try:
+                if isinstance(prep, Exception):
+                    raise prep
+                image, _ = decode_image(bytes(data[i]), limits, getattr(prep, "draft", None))
+            except MediaError as exc:
+                errors[i] = f"decode: {exc}"
+                continue
+            except Exception as exc:
+                errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
+                continue
+            try:
+                items[i] = item_frames([prep(image)["pixels"]])
+            except Exception as exc:
+                errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
+        pixels = np.empty(len(items), dtype=object)
+        pixels[:] = items
+        batch[INPUT_PREFIX + column] = pixels
+        batch[ERROR] = errors
+    return to_block(batch, [c for c in batch if c.startswith(INPUT_PREFIX)])
+
+
 DEVICE_BLOCK_BYTES = 512 * 1024**2
-"""JPEG bytes a decode block sends to the pools that decode on their device, at most (an
-Arrow binary column holds < 2 GiB; the decode task holds them all): the block's further JPEGs
-are decoded in the task."""
+"""Image bytes a decode block sends on undecoded, at most (to the pools that decode on their
+device, and to the ``when=`` pools that decode after their gate; an Arrow binary column holds
+< 2 GiB, and the decode task holds them all): the block's further images are decoded in the
+task."""
 
 
-class _DeviceJpegs:
-    """The JPEG bytes of a block for the pools that decode on their device (``columns``:
-    ``_jpeg_<column>`` each, empty where the row is decoded in the task)."""
+class _SentBytes:
+    """The image bytes of a block that go on undecoded, within one budget: a plain JPEG's to
+    the pools that decode on their device (``jpegs``: ``_jpeg_<column>``), any image's to the
+    ``when=`` pools (``deferred``: ``_defer_<column>``; a plain JPEG of one that decodes on
+    its device goes there instead), decoded after their gate (:func:`decode_deferred`), so
+    that a row the gate holds back is never decoded for them. Empty where the row is decoded
+    in the task."""
 
-    def __init__(self, columns: list[str], n: int) -> None:
-        self.columns = {column: np.full(n, b"", dtype=object) for column in columns}
+    def __init__(self, device: list[str], deferred: list[str], n: int) -> None:
+        self.jpegs = {column: np.full(n, b"", dtype=object) for column in device}
+        self.deferred = {column: np.full(n, b"", dtype=object) for column in deferred}
         self.left = DEVICE_BLOCK_BYTES
 
-    def take(self, data: bytes, limits: MediaLimits, row: int) -> Any:
-        """``data``'s header when it goes to those pools (a plain JPEG within the limits and
-        the budget: :func:`~vqpipe.media.device_decode.device_header`), else None."""
-        if not self.columns or len(data) > self.left:
-            return None
-        header = device_header(data, limits)
+    def take(self, data: bytes, limits: MediaLimits, row: int) -> tuple[Any, set[str]]:
+        """``data``'s JPEG header when it goes to the device pools (a plain JPEG within the
+        limits: :func:`~vqpipe.media.device_decode.device_header`), else None; and the columns
+        it went to (none when the budget is spent)."""
+        if len(data) > self.left:
+            return None, set()
+        header = device_header(data, limits) if self.jpegs else None
+        went: set[str] = set()
         if header is not None:
+            for column, values in self.jpegs.items():
+                values[row] = data
+                went.add(column)
+        for column, values in self.deferred.items():
+            if column not in went:  # a when= pool decoding on its device takes the JPEG there
+                values[row] = data
+                went.add(column)
+        if went:
             self.left -= len(data)
-            for column in self.columns.values():
-                column[row] = data
-        return header
+        return header, went
 
     def drop(self, row: int) -> None:
         """An error row: nothing to send."""
-        for column in self.columns.values():
-            column[row] = b""
+        for columns in (self.jpegs, self.deferred):
+            for column in columns.values():
+                column[row] = b""
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The block's columns of bytes in transit."""
+        return {
+            **{JPEG_PREFIX + c: v for c, v in self.jpegs.items()},
+            **{DEFER_PREFIX + c: v for c, v in self.deferred.items()},
+        }
 
 
 def _cause_text(exc: BaseException) -> str:

@@ -43,6 +43,7 @@ from vqpipe.pipeline.stages import (
     Stage,
     decode_cpus,
     decode_stage,
+    deferred_decode_stage,
     follow_stage,
     read_decode_stage,
     read_stage,
@@ -238,6 +239,9 @@ def build_dataset(
             # it runs at the end of that pool's calls (gate_for): no task of its own
             stage = follow_stage(gate_batch, stage)
             ds = stage.apply(ds, fn_args=(spec,))
+        if spec.when:  # the rows sent on: their images decoded for the pool now, not before
+            stage = deferred_decode_stage(stage)
+            ds = stage.apply(ds, fn_args=(spec, so, config.limits))
         pool = {"spec": spec, "storage_options": so, "limits": config.limits}
         fingerprint = scorer["checkpoint_fingerprint"]
         stage = score_stage(spec, config.scorers)

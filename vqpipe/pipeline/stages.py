@@ -17,7 +17,12 @@ import numpy as np
 
 from vqpipe.io.fs import url_to_fs
 from vqpipe.pipeline.config import ScorerOptions
-from vqpipe.pipeline.decode_stage import decode_score, read_decode, read_shards_within
+from vqpipe.pipeline.decode_stage import (
+    decode_deferred,
+    decode_score,
+    read_decode,
+    read_shards_within,
+)
 from vqpipe.pipeline.score_stage import ScoreStage, scores_in_tasks
 from vqpipe.pipeline.shards import (
     BLOCK_BYTES,
@@ -288,6 +293,17 @@ def write_stage(upstream: Stage | None = None) -> Stage:
     so that Ray Data fuses writing into those tasks (no operator, task or transfer of its
     own)."""
     return follow_stage(write_batch, upstream)
+
+
+def deferred_decode_stage(upstream: Stage | None) -> Stage:
+    """After a ``when=`` pool's gate, :func:`decode_deferred`: fused into the task stage the
+    gate runs in (the decode tasks), else (the gate ran in an actor pool's calls) a task stage
+    with decode's requests, so the decoding spreads over the CPUs as the decode tasks do."""
+    if upstream is not None and not upstream.actors:
+        return follow_stage(decode_deferred, upstream)
+    return Stage(
+        decode_deferred, None, DECODE_CPUS, memory=DECODE_MEMORY, max_retries=DECODE_RETRIES
+    )
 
 
 def follow_stage(fn: Any, upstream: Stage | None = None) -> Stage:

@@ -3,9 +3,10 @@ set, its matrix ``P_a[i, j] = P(anchor_i ≻ anchor_j)`` and the Thurstone MAP s
 image from its m comparisons with the anchors.
 
 A scorer supplies the comparisons (its model's logits of the comparison words, and its
-anchors as inputs to them); :class:`AnchorComparison` does the rest. ``P_a`` is given (:class:`AnchorOptions` or the set's
-``matrix.json``), read from the disk cache, or made once from the scorer's comparisons of the
-anchors with each other and cached under ``$VQPIPE_CACHE/compare2score``.
+anchors as inputs to them); :class:`AnchorComparison` does the rest. ``P_a`` is given
+(:class:`AnchorOptions` or the set's ``matrix.json``), read from the disk cache, or made once
+from the scorer's comparisons of the anchors with each other and cached under
+``$VQPIPE_CACHE/compare2score``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ brightness``), and as the smallest example of the Scorer protocol for plugin aut
 ``latency_s`` makes each ``predict`` call take at least that long: a stand-in for a slow
 accelerator in fault-injection and back-pressure tests; ``calls_dir`` (a local folder) gets one
 file per ``predict`` call naming how many frames it scored, so tests can count what reached
-a pool (cascades: ``when=``).
+a pool (cascades: ``when=``); ``preprocess_dir`` likewise gets one file per item preprocessed
+(what was decoded for the pool).
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 class BrightnessPreprocessor:
     """PIL image → ``{"pixels": uint8 [3, size, size]}`` (a small thumbnail)."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, preprocess_dir: str | None = None) -> None:
         self.size = int(size)
+        self.preprocess_dir = preprocess_dir
 
     def __call__(self, image: Image.Image) -> dict[str, np.ndarray]:
+        if self.preprocess_dir:
+            open(os.path.join(self.preprocess_dir, f"item-{uuid.uuid4().hex}"), "w").close()
         thumb = to_rgb(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
         return {"pixels": np.ascontiguousarray(np.asarray(thumb, np.uint8).transpose(2, 0, 1))}
 
@@ -55,9 +59,10 @@ class BrightnessScorer(Scorer):
         size: int = 64,
         latency_s: float = 0.0,
         calls_dir: str | None = None,
+        preprocess_dir: str | None = None,
     ) -> None:
         super().__init__(checkpoint, "cpu", "float32")
-        self.preprocessor = BrightnessPreprocessor(size)
+        self.preprocessor = BrightnessPreprocessor(size, preprocess_dir)
         self.latency_s = float(latency_s)
         self.calls_dir = calls_dir
 
@@ -68,8 +73,10 @@ class BrightnessScorer(Scorer):
         return not latency_s
 
     @classmethod
-    def make_preprocessor(cls, size: int = 64, **_: Any) -> BrightnessPreprocessor:
-        return BrightnessPreprocessor(size)
+    def make_preprocessor(
+        cls, size: int = 64, preprocess_dir: str | None = None, **_: Any
+    ) -> BrightnessPreprocessor:
+        return BrightnessPreprocessor(size, preprocess_dir)
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.latency_s > 0:
