@@ -48,9 +48,11 @@ from vqpipe.rewards.cascade import cascade_decisions, decisions, plan_band
 from vqpipe.storage import read_quality_table
 
 
-def _corpus(root: Path, contents: int, seed: int) -> tuple[Path, Path]:
+def _corpus(
+    root: Path, contents: int, seed: int, size: tuple[int, int] = (96, 72)
+) -> tuple[Path, Path]:
     """The synthetic images split at random into two folders of (about) equal size."""
-    make_image_dataset(root / "all", n_contents=contents, size=(96, 72), seed=seed)
+    make_image_dataset(root / "all", n_contents=contents, size=size, seed=seed)
     images = sorted((root / "all" / "images").iterdir())
     random.Random(seed).shuffle(images)
     halves = root / "a", root / "b"
@@ -72,14 +74,20 @@ def _job(folder: Path, out: Path, qalign: dict[str, Any], when: str | None) -> f
     return time.perf_counter() - start
 
 
-def run(rounds: int, contents: int, keep_share: float, target: float) -> dict[str, Any]:
+def run(
+    rounds: int,
+    contents: int,
+    keep_share: float,
+    target: float,
+    size: tuple[int, int] = (96, 72),
+) -> dict[str, Any]:
     import ray
 
     from vqpipe.models.mplug_owl2.tiny import make_tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="vqpipe-cascade-"))
     try:
-        half_a, half_b = _corpus(work, contents, seed=0)
+        half_a, half_b = _corpus(work, contents, seed=0, size=size)
         checkpoint = make_tiny_checkpoint(work / "qalign", seed=3)
         qalign = {"checkpoint": str(checkpoint), "device": "cpu"}
         if not ray.is_initialized():
@@ -136,6 +144,7 @@ def run(rounds: int, contents: int, keep_share: float, target: float) -> dict[st
             "ratio": statistics.median(times["both"]) / statistics.median(times["cascade"]),
             "device": "cpu",
             "rounds": rounds,
+            "image_size": list(size),
         }
         return record
     finally:
@@ -143,7 +152,9 @@ def run(rounds: int, contents: int, keep_share: float, target: float) -> dict[st
 
 
 def _table(r: dict[str, Any]) -> str:
+    w, h = r["image_size"]
     lines = [
+        f"{r['rows_apply']} rows of {w}x{h} images scored per job, {r['rounds']} rounds",
         f"plan on {r['rows_plan']} rows: band gamma_score in [{r['band'][0]:.4f}, "
         f"{r['band'][1]:.4f}], agreement {r['plan_agreement']:.1%}, sent {r['plan_sent']:.1%}",
         f"{'':<10}{'agreement':>10}{'sent on':>9}{'min s':>8}{'median s':>10}",
@@ -164,6 +175,14 @@ def main() -> None:
     parser.add_argument("--keep-share", type=float, default=0.5, help="curation keeps this top")
     parser.add_argument("--target", type=float, default=0.99, help="plan's agreement target")
     parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(96, 72),
+        metavar=("W", "H"),
+        help="synthetic image size (default 96 72; larger: decoding weighs as in real corpora)",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -173,7 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds, contents = (1, 2) if args.quick else (args.rounds, args.contents)
     with ray_output_kept_out(NORMAL, "cascade-bench"):  # Ray's lines to a log file
-        records = [run(rounds, contents, args.keep_share, args.target)]
+        records = [run(rounds, contents, args.keep_share, args.target, tuple(args.size))]
     if args.json == "-":
         print(json.dumps(records, indent=2))
         return
