@@ -6,18 +6,20 @@ that ``vqpipe cascade plan`` finds, against scoring every row with both.
     python benchmarks/cascade.py --json out.json     # also write the records (--json alone:
                                                      # print them instead of the table)
 
-A synthetic corpus (:func:`vqpipe.data.make_image_dataset`) is split in two halves at random.
-Half A is scored by both (the demo Gamma checkpoint, bundled; a tiny random Q-Align made as the
-tests make it), and :func:`vqpipe.rewards.cascade.plan_band` plans the band on ``gamma_score``
-for a curation that keeps the rows whose ``qalign_score`` is in the top ``--keep-share`` of
-half A, to ``--target`` agreement. Half B is then scored twice per round, the two jobs
-alternating: both scorers on every row, and the cascade (``qalign:when=gamma_score between
-lo and hi``). Reported: the decision agreement on half B of the cascade's keep/drop (Q-Align
-inside the band, the side of the band outside) with Q-Align's own, the share of rows sent on,
-and the job wall clock of each (min and median over rounds, Ray's start-up left out: it is up
-before the first job) with their ratio.
+A synthetic corpus (:func:`vqpipe.data.make_image_dataset`, ``--size``) is split in two halves
+at random. Half A is scored by both (the demo Gamma checkpoint, bundled; a random Q-Align of
+``--qalign``'s shape), and :func:`vqpipe.rewards.cascade.plan_band` plans the band on
+``gamma_score`` for a curation that keeps the rows whose ``qalign_score`` is in the top
+``--keep-share`` of half A, to ``--target`` agreement. Half B is then scored per round by
+both scorers on every row and by the cascade (``qalign:when=gamma_score between lo and hi``),
+the jobs interleaved. Reported: the decision agreement on half B of the cascade's keep/drop
+(Q-Align inside the band, the side of the band outside) with Q-Align's own, the share of rows
+sent on, and the job wall clock of each (min and median over rounds, Ray's start-up left out:
+it is up before the first job) with their ratio. Then the cost per share sent: cascades with
+fixed central bands of half A's Gamma scores (sending about 50% and 25% on), in the same
+rounds.
 
-The tiny Q-Align's weights are random: how well Gamma predicts it, and so how narrow the band
+The Q-Align's weights are random: how well Gamma predicts it, and so how narrow the band
 is, says nothing about the real models; the share sent on and the time saved per row sent are
 what carry over.
 """
@@ -80,15 +82,18 @@ def run(
     keep_share: float,
     target: float,
     size: tuple[int, int] = (96, 72),
-) -> dict[str, Any]:
+    qalign_config: str = "bench",
+    shares: tuple[float, ...] = (0.5, 0.25),
+) -> list[dict[str, Any]]:
     import ray
 
-    from vqpipe.models.mplug_owl2.tiny import make_tiny_checkpoint
+    from vqpipe.models.mplug_owl2.tiny import bench_config, make_tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="vqpipe-cascade-"))
     try:
         half_a, half_b = _corpus(work, contents, seed=0, size=size)
-        checkpoint = make_tiny_checkpoint(work / "qalign", seed=3)
+        config = bench_config() if qalign_config == "bench" else None
+        checkpoint = make_tiny_checkpoint(work / "qalign", seed=3, config=config)
         qalign = {"checkpoint": str(checkpoint), "device": "cpu"}
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
@@ -98,11 +103,18 @@ def run(
         threshold = float(np.quantile(sample["qalign_score"], 1 - keep_share))
         band = plan_band(sample["gamma_score"], sample["qalign_score"], threshold, "above", target)
         when = f"gamma_score between {band.lo!r} and {band.hi!r}"
-        times: dict[str, list[float]] = {"both": [], "cascade": []}
-        for k in range(rounds):
-            for name in ("both", "cascade") if k % 2 == 0 else ("cascade", "both"):
-                out = work / f"{name}-{k}"
-                times[name].append(_job(half_b, out, qalign, when if name == "cascade" else None))
+        jobs: dict[str, str | None] = {"both": None, "cascade": when}
+        for share in shares:  # central bands of half A's Gamma scores: the cost per share sent
+            lo, hi = map(
+                float, np.quantile(sample["gamma_score"], [0.5 - share / 2, 0.5 + share / 2])
+            )
+            jobs[f"sent {share:.0%}"] = f"gamma_score between {lo!r} and {hi!r}"
+        times: dict[str, list[float]] = {name: [] for name in jobs}
+        for k in range(rounds):  # interleaved, the order turned each round
+            order = list(jobs) if k % 2 == 0 else list(jobs)[::-1]
+            for name in order:
+                out = work / f"{name.replace(' ', '-').replace('%', '')}-{k}"
+                times[name].append(_job(half_b, out, qalign, jobs[name]))
         both = read_quality_table(str(work / "both-0")).set_index("uri")
         cascade = read_quality_table(str(work / "cascade-0")).set_index("uri").loc[both.index]
         ok = both["error"].isna().to_numpy()
@@ -145,8 +157,29 @@ def run(
             "device": "cpu",
             "rounds": rounds,
             "image_size": list(size),
+            "qalign": qalign_config,
         }
-        return record
+        records = [record]
+        for name in jobs:
+            if not name.startswith("sent "):
+                continue
+            out = read_quality_table(str(work / f"{name.replace(' ', '-').replace('%', '')}-0"))
+            fixed = float(np.mean(~out["qalign_skipped"].to_numpy(bool)))
+            records.append(
+                {
+                    "figure": f"cascade sending {fixed:.0%} on (a fixed band) vs both on all "
+                    "(job wall clock)",
+                    "sent": fixed,
+                    "when": jobs[name],
+                    "cascade_s": times[name],
+                    "both_s": times["both"],
+                    "ratio_min": min(times["both"]) / min(times[name]),
+                    "ratio": statistics.median(times["both"]) / statistics.median(times[name]),
+                    "device": "cpu",
+                    "rounds": rounds,
+                }
+            )
+        return records
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -167,6 +200,14 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fixed(r: dict[str, Any]) -> str:
+    cascade, both = statistics.median(r["cascade_s"]), statistics.median(r["both_s"])
+    return (
+        f"fixed band sending {r['sent']:.1%} on: median {cascade:.1f} s vs {both:.1f} s → "
+        f"{r['ratio']:.2f}x (min {r['ratio_min']:.2f}x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 2 contents")
@@ -174,6 +215,13 @@ def main() -> None:
     parser.add_argument("--contents", type=int, default=4, help="synthetic contents (default 4)")
     parser.add_argument("--keep-share", type=float, default=0.5, help="curation keeps this top")
     parser.add_argument("--target", type=float, default=0.99, help="plan's agreement target")
+    parser.add_argument(
+        "--qalign",
+        choices=("bench", "tiny"),
+        default="bench",
+        help="the random Q-Align: bench (448 px, a 4-layer LLM: decoding, preprocessing and "
+        "the model weigh as the real one's do, relatively) or tiny (28 px; default bench)",
+    )
     parser.add_argument(
         "--size",
         type=int,
@@ -192,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds, contents = (1, 2) if args.quick else (args.rounds, args.contents)
     with ray_output_kept_out(NORMAL, "cascade-bench"):  # Ray's lines to a log file
-        records = [run(rounds, contents, args.keep_share, args.target, tuple(args.size))]
+        records = run(rounds, contents, args.keep_share, args.target, tuple(args.size), args.qalign)
     if args.json == "-":
         print(json.dumps(records, indent=2))
         return
@@ -200,6 +248,8 @@ def main() -> None:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(records, fh, indent=2)
     print(_table(records[0]))
+    for r in records[1:]:
+        print(_fixed(r))
 
 
 if __name__ == "__main__":
