@@ -298,12 +298,22 @@ def write_stage(upstream: Stage | None = None) -> Stage:
 def deferred_decode_stage(upstream: Stage | None) -> Stage:
     """After a ``when=`` pool's gate, :func:`decode_deferred`: fused into the task stage the
     gate runs in (the decode tasks), else (the gate ran in an actor pool's calls) a task stage
-    with decode's requests, so the decoding spreads over the CPUs as the decode tasks do."""
+    with decode's memory and retries, spread over the CPUs as the decode tasks are. A quarter
+    CPU each: it starts when the decode tasks already hold the CPUs (on 2 CPUs, with half a
+    CPU, a cascade sending 93% on took 0.83x the time of scoring every row with both, against
+    0.93x with a quarter; one round each of ``benchmarks/cascade.py --contents 40``)."""
     if upstream is not None and not upstream.actors:
         return follow_stage(decode_deferred, upstream)
     return Stage(
-        decode_deferred, None, DECODE_CPUS, memory=DECODE_MEMORY, max_retries=DECODE_RETRIES
+        decode_deferred,
+        None,
+        DEFERRED_DECODE_CPUS,
+        memory=DECODE_MEMORY,
+        max_retries=DECODE_RETRIES,
     )
+
+
+DEFERRED_DECODE_CPUS = 0.25
 
 
 def follow_stage(fn: Any, upstream: Stage | None = None) -> Stage:
