@@ -103,6 +103,14 @@ def run(rounds: int = 9, batch: int = 32, calls: int = 5) -> list[dict]:
         med = {k: statistics.median(v) for k, v in whole.items()}
         best = {k: min(v) for k, v in whole.items()}
         actor_med = {k: statistics.median(v) for k, v in actor.items()}
+        setting = {
+            "batch": batch,
+            "rounds": rounds,
+            "calls_per_round": calls,
+            "model": name,
+            "device": machine_name(device),
+            "dtype": "uint8",
+        }
         records.append(
             {
                 "figure": f"host path {name}, preprocessed → device copy, tensor column vs .npy",
@@ -118,12 +126,7 @@ def run(rounds: int = 9, batch: int = 32, calls: int = 5) -> list[dict]:
                 "actor_new_ms_per_image_median": actor_med["new"],
                 "actor_ratio": actor_med["old"] / actor_med["new"],
                 "buffers_allocated": buffers.allocated,
-                "batch": batch,
-                "rounds": rounds,
-                "calls_per_round": calls,
-                "model": name,
-                "device": machine_name(device),
-                "dtype": "uint8",
+                **setting,
             }
         )
         actor_best = {k: min(v) for k, v in actor.items()}
@@ -134,12 +137,7 @@ def run(rounds: int = 9, batch: int = 32, calls: int = 5) -> list[dict]:
                 "baseline_images_per_s": 1e3 / actor_med["old"],
                 "ratio": actor_med["old"] / actor_med["new"],
                 "ratio_best": actor_best["old"] / actor_best["new"],
-                "batch": batch,
-                "rounds": rounds,
-                "calls_per_round": calls,
-                "model": name,
-                "device": machine_name(device),
-                "dtype": "uint8",
+                **setting,
             }
         )
     return records
