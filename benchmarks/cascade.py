@@ -65,6 +65,11 @@ def _corpus(
     return halves
 
 
+def _table_folder(work: Path, job: str, round_: int) -> Path:
+    """Where round ``round_`` of the job named ``job`` (``both``, ``sent 50%`` …) writes."""
+    return work / f"{job.replace(' ', '-').replace('%', '')}-{round_}"
+
+
 def _job(folder: Path, out: Path, qalign: dict[str, Any], when: str | None) -> float:
     scorers = [ScorerOptions("gamma", {"device": "cpu"}, batch_size=16)]
     spec = ScorerOptions("qalign", dict(qalign), batch_size=4)
@@ -113,10 +118,14 @@ def run(
         for k in range(rounds):  # interleaved, the order turned each round
             order = list(jobs) if k % 2 == 0 else list(jobs)[::-1]
             for name in order:
-                out = work / f"{name.replace(' ', '-').replace('%', '')}-{k}"
+                out = _table_folder(work, name, k)
                 times[name].append(_job(half_b, out, qalign, jobs[name]))
-        both = read_quality_table(str(work / "both-0")).set_index("uri")
-        cascade = read_quality_table(str(work / "cascade-0")).set_index("uri").loc[both.index]
+        both = read_quality_table(str(_table_folder(work, "both", 0))).set_index("uri")
+        cascade = (
+            read_quality_table(str(_table_folder(work, "cascade", 0)))
+            .set_index("uri")
+            .loc[both.index]
+        )
         ok = both["error"].isna().to_numpy()
         truth = decisions(both["qalign_score"].to_numpy()[ok], threshold)
         sent = ~cascade["qalign_skipped"].to_numpy(bool)[ok]
@@ -163,7 +172,7 @@ def run(
         for name in jobs:
             if not name.startswith("sent "):
                 continue
-            out = read_quality_table(str(work / f"{name.replace(' ', '-').replace('%', '')}-0"))
+            out = read_quality_table(str(_table_folder(work, name, 0)))
             fixed = float(np.mean(~out["qalign_skipped"].to_numpy(bool)))
             records.append(
                 {

@@ -204,7 +204,7 @@ def test_a_when_pool_decodes_only_the_rows_its_gate_sends_on(tmp_path, monkeypat
     from ray.data.block import BlockAccessor
 
     from vqpipe.media.decode import MediaLimits
-    from vqpipe.pipeline import decode_stage
+    from vqpipe.pipeline import score_stage
     from vqpipe.pipeline.decode_stage import decode_batch, decode_deferred
     from vqpipe.pipeline.pixels import column_items
 
@@ -231,9 +231,9 @@ def test_a_when_pool_decodes_only_the_rows_its_gate_sends_on(tmp_path, monkeypat
     out["brightness_score"] = np.array([0.9, 0.1, 0.7, 0.2, np.nan])  # the first pool's
     gated = BlockAccessor.for_block(gate_batch(out, later)).to_batch_format("numpy")
     decoded = []
-    real = decode_stage.decode_image
+    real = score_stage.decode_image  # the deferred rows' decoder (cpu_pixels)
     monkeypatch.setattr(
-        decode_stage, "decode_image", lambda data, *a: decoded.append(data) or real(data, *a)
+        score_stage, "decode_image", lambda data, *a: decoded.append(data) or real(data, *a)
     )
     block = decode_deferred(gated, later, {}, limits)
     after = restore_rows(BlockAccessor.for_block(block).to_batch_format("numpy"))

@@ -187,6 +187,9 @@ class ScorerOptions:
         (:attr:`kwargs`) returns its resolved arguments, so workers never rebuild them."""
         if self.kwargs is not None:
             return dict(self.kwargs)
+        return self._build_kwargs(storage_options)
+
+    def _build_kwargs(self, storage_options: dict[str, Any] | None) -> dict[str, Any]:
         from vqpipe.scorers.registry import get_scorer_spec
 
         registered = get_scorer_spec(self.name)
@@ -260,10 +263,7 @@ class JobConfig:
     def resolved(self) -> JobConfig:
         """A copy whose pools carry their scorers' constructor arguments (resolved once, here:
         the job's driver calls this before anything is shipped to a worker)."""
-        pools = [
-            replace(s, kwargs=replace(s, kwargs=None).scorer_kwargs(self.storage_options))
-            for s in self.scorers
-        ]
+        pools = [replace(s, kwargs=s._build_kwargs(self.storage_options)) for s in self.scorers]
         return replace(self, scorers=pools)
 
     def to_metadata(self) -> dict[str, Any]:

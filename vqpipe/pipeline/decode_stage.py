@@ -21,7 +21,12 @@ from vqpipe.media.device_decode import device_header
 from vqpipe.media.isolated import video_decoder
 from vqpipe.pipeline.config import ScorerOptions
 from vqpipe.pipeline.pixels import item_frames, to_block
-from vqpipe.pipeline.score_stage import build_preprocessor, decodes_on_device, task_scorer
+from vqpipe.pipeline.score_stage import (
+    build_preprocessor,
+    cpu_pixels,
+    decodes_on_device,
+    task_scorer,
+)
 from vqpipe.pipeline.shards import (
     BLOCK_ROWS,
     block_bounds,
@@ -199,8 +204,8 @@ def decode_deferred(
 ) -> Any:
     """After a ``when=`` pool's gate (:func:`~vqpipe.pipeline.cascade.gate_batch`): the rows
     sent on whose image bytes came undecoded (``_defer_<column>``) decoded and preprocessed
-    for the pool as the decode tasks would have (the same draft, preprocessing and error
-    texts); the rows the gate held back are never decoded for it."""
+    for the pool (:func:`~vqpipe.pipeline.score_stage.cpu_pixels`: the decode tasks' draft
+    and preprocessing); the rows the gate held back are never decoded for it."""
     from vqpipe.pipeline.pixels import column_items
 
     column = spec.column
@@ -215,20 +220,7 @@ def decode_deferred(
         except Exception as exc:  # as in the decode tasks: every row's error, not a crash
             prep = exc
         for i in rows:
-            try:
-                if isinstance(prep, Exception):
-                    raise prep
-                image, _ = decode_image(bytes(data[i]), limits, getattr(prep, "draft", None))
-            except MediaError as exc:
-                errors[i] = f"decode: {exc}"
-                continue
-            except Exception as exc:
-                errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
-                continue
-            try:
-                items[i] = item_frames([prep(image)["pixels"]])
-            except Exception as exc:
-                errors[i] = f"preprocess[{column}]: {type(exc).__name__}: {exc}"
+            items[i], errors[i] = cpu_pixels(prep, bytes(data[i]), limits, column)
         pixels = np.empty(len(items), dtype=object)
         pixels[:] = items
         batch[INPUT_PREFIX + column] = pixels

@@ -44,6 +44,23 @@ def build_preprocessor(spec: ScorerOptions, storage_options: dict[str, Any]) -> 
     return _preprocessor(spec.name, json.dumps(kwargs, sort_keys=True, default=str))
 
 
+def cpu_pixels(
+    prep: Any, data: bytes, limits: MediaLimits, column: str
+) -> tuple[np.ndarray | None, str | None]:
+    """One image's bytes decoded with Pillow and run through the pool ``column``'s CPU
+    preprocessing ``prep`` (an exception: the one building it raised): its frames [1, ...], or
+    the row's error (``decode: …`` for bytes that do not decode, else ``preprocess[…]: …``)."""
+    try:
+        if isinstance(prep, Exception):
+            raise prep
+        image, _ = decode_image(data, limits, getattr(prep, "draft", None))
+        return np.stack([prep(image)["pixels"]]), None
+    except MediaError as exc:
+        return None, f"decode: {exc}"
+    except Exception as exc:
+        return None, f"preprocess[{column}]: {type(exc).__name__}: {exc}"
+
+
 def decodes_on_device(spec: ScorerOptions, preprocessor: Any) -> bool:
     """Whether the pool's actors decode its JPEGs on their device (``decode=gpu``; ``auto``:
     when the pool has GPUs), rather than the decode tasks: only for a scorer whose CPU
@@ -201,15 +218,10 @@ class ScoreStage:
             if image is not None:
                 inputs[rows[k]] = image[None]
         for i, image in zip(rows, images, strict=True):
-            if image is not None:
-                continue
-            try:
-                item, _ = decode_image(bytes(jpegs[i]), self.limits, getattr(prep, "draft", None))
-                inputs[i] = np.stack([prep(item)["pixels"]])  # type: ignore[misc]
-            except MediaError as exc:
-                errors[i] = f"decode: {exc}"
-            except Exception as exc:
-                errors[i] = f"preprocess[{self.spec.column}]: {type(exc).__name__}: {exc}"
+            if image is None:
+                inputs[i], errors[i] = cpu_pixels(
+                    prep, bytes(jpegs[i]), self.limits, self.spec.column
+                )
 
     def _predict(self, items: list[Any]) -> dict[str, np.ndarray]:
         """Per-item outputs of ``items`` (frames [T, ...] each: host arrays, or tensors on the

@@ -295,6 +295,10 @@ def write_stage(upstream: Stage | None = None) -> Stage:
     return follow_stage(write_batch, upstream)
 
 
+DEFERRED_DECODE_CPUS = 0.25
+"""CPUs per task of :func:`deferred_decode_stage` after an actor pool."""
+
+
 def deferred_decode_stage(upstream: Stage | None) -> Stage:
     """After a ``when=`` pool's gate, :func:`decode_deferred`: fused into the task stage the
     gate runs in (the decode tasks), else (the gate ran in an actor pool's calls) a task stage
@@ -311,9 +315,6 @@ def deferred_decode_stage(upstream: Stage | None) -> Stage:
         memory=DECODE_MEMORY,
         max_retries=DECODE_RETRIES,
     )
-
-
-DEFERRED_DECODE_CPUS = 0.25
 
 
 def follow_stage(fn: Any, upstream: Stage | None = None) -> Stage:
